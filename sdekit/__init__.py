@@ -1,0 +1,28 @@
+"""sdekit: score-based diffusion in continuous time.
+
+SDEs as objects (`sdekit.sde`), networks as prediction adapters (`sdekit.parameterization`), exact
+ground truth (`sdekit.ground_truth`), samplers (`sdekit.solvers`), probability-flow likelihoods
+(`sdekit.likelihood`) and an accuracy-vs-steps harness (`sdekit.compare`).
+"""
+from .ground_truth import GaussianMixture
+from .parameterization import PREDICTIONS, ClassifierFreeGuidance, ScoreModel, convert
+from .sde import (
+    SDE,
+    CosineVPSDE,
+    DiscreteVPSDE,
+    LinearSDE,
+    SubVPSDE,
+    VESDE,
+    VPSDE,
+    cosine_beta_schedule,
+    linear_beta_schedule,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE",
+    "linear_beta_schedule", "cosine_beta_schedule",
+    "ScoreModel", "ClassifierFreeGuidance", "convert", "PREDICTIONS",
+    "GaussianMixture",
+]

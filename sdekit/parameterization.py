@@ -1,0 +1,146 @@
+"""Network outputs as predictions: score, eps, v and x0, and the conversions among them.
+
+With x = alpha x0 + sigma eps (VP, VE and custom linear SDEs alike):
+    score = -eps / sigma
+    v     = alpha eps - sigma x0                      (Salimans & Ho 2022)
+    x0    = (x - sigma eps) / alpha = (alpha x - sigma v) / (alpha^2 + sigma^2)
+    eps   = (x - alpha x0) / sigma  = (sigma x + alpha v) / (alpha^2 + sigma^2)
+Every conversion goes through the pair (eps, x0), so any source reaches any target.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .sde import LinearSDE, broadcast_to
+
+Tensor = torch.Tensor
+
+PREDICTIONS = ("score", "eps", "v", "x0")
+
+__all__ = ["PREDICTIONS", "convert", "ScoreModel", "ClassifierFreeGuidance"]
+
+
+def _check_prediction(name: str) -> str:
+    if name not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {name!r}; accepted: {', '.join(PREDICTIONS)}")
+    return name
+
+
+def _coefficients(sde: LinearSDE, t, x: Tensor) -> tuple[Tensor, Tensor]:
+    t = sde.check_time(t)
+    return broadcast_to(sde.alpha(t), x), broadcast_to(sde.sigma(t), x)
+
+
+def _eps_and_x0(value: Tensor, src: str, x: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    if src == "eps":
+        eps = value
+        x0 = (x - s * eps) / a
+    elif src == "score":
+        eps = -s * value
+        x0 = (x - s * eps) / a
+    elif src == "x0":
+        x0 = value
+        eps = (x - a * x0) / s
+    else:  # v
+        n = a**2 + s**2
+        x0 = (a * x - s * value) / n
+        eps = (s * x + a * value) / n
+    return eps, x0
+
+
+def _from_eps_and_x0(eps: Tensor, x0: Tensor, dst: str, a: Tensor, s: Tensor) -> Tensor:
+    if dst == "eps":
+        return eps
+    if dst == "x0":
+        return x0
+    if dst == "score":
+        return -eps / s
+    return a * eps - s * x0  # v
+
+
+def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> Tensor:
+    """Convert a prediction ``value`` of kind ``src`` at (x, t) into kind ``dst``.
+
+    ``t`` is a scalar or a (batch,) tensor; ``value`` and ``x`` must have the same shape.
+    """
+    _check_prediction(src)
+    _check_prediction(dst)
+    if value.shape != x.shape:
+        raise ValueError(f"prediction shape {tuple(value.shape)} must equal x shape {tuple(x.shape)}")
+    if src == dst:
+        return value
+    a, s = _coefficients(sde, t, x)
+    eps, x0 = _eps_and_x0(value, src, x, a, s)
+    return _from_eps_and_x0(eps, x0, dst, a, s)
+
+
+class ScoreModel:
+    """Adapter from a network ``net(x, t) -> tensor`` to every prediction kind.
+
+    ``prediction`` names what the network outputs ("score", "eps", "v" or "x0"). ``t`` reaches the
+    network as a (batch,) tensor in x's dtype. Solvers ask for what they need (score, eps or x0) and
+    never see the network or its prediction type.
+    """
+
+    def __init__(self, net: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE, prediction: str = "eps"):
+        self.net = net
+        self.sde = sde
+        self.prediction = _check_prediction(prediction)
+
+    def _time_batch(self, x: Tensor, t) -> Tensor:
+        t = self.sde.check_time(t)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        elif t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},); got {tuple(t.shape)}")
+        return t
+
+    def predict(self, x: Tensor, t, kind: str) -> Tensor:
+        """The network's output at (x, t) expressed as ``kind``."""
+        _check_prediction(kind)
+        t = self._time_batch(x, t)
+        out = self.net(x, t.to(device=x.device, dtype=x.dtype))
+        if out.shape != x.shape:
+            raise ValueError(f"network returned shape {tuple(out.shape)}; expected x's shape {tuple(x.shape)}")
+        return convert(out, self.prediction, kind, x, t, self.sde)
+
+    def score(self, x: Tensor, t) -> Tensor:
+        return self.predict(x, t, "score")
+
+    def eps(self, x: Tensor, t) -> Tensor:
+        return self.predict(x, t, "eps")
+
+    def v(self, x: Tensor, t) -> Tensor:
+        return self.predict(x, t, "v")
+
+    def x0(self, x: Tensor, t) -> Tensor:
+        return self.predict(x, t, "x0")
+
+    def __repr__(self) -> str:
+        return f"ScoreModel(net={type(self.net).__name__}, sde={self.sde!r}, prediction={self.prediction!r})"
+
+
+class ClassifierFreeGuidance(torch.nn.Module):
+    """Classifier-free guidance (Ho & Salimans 2022) as a network ``net(x, t)``.
+
+    out = (1 + w) net(x, t, cond) - w net(x, t, null_cond), with both halves in one batched call.
+    Every conversion is affine in the network output with the same coefficients, so guiding in eps,
+    score, v or x0 space gives the same result: wrap the raw network and hand it to ``ScoreModel``.
+    ``cond`` is a (batch, ...) tensor; ``null_cond`` a tensor broadcastable to it (e.g. the null class).
+    """
+
+    def __init__(self, net: Callable, cond: Tensor, null_cond, weight: float):
+        super().__init__()
+        self.net = net
+        self.cond = cond
+        self.null_cond = torch.as_tensor(null_cond, dtype=cond.dtype, device=cond.device).expand_as(cond)
+        self.weight = float(weight)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.cond.shape[0] != x.shape[0]:
+            raise ValueError(f"cond has batch {self.cond.shape[0]} but x has batch {x.shape[0]}")
+        out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.cond, self.null_cond]))
+        cond_out, uncond_out = out.chunk(2)
+        return (1 + self.weight) * cond_out - self.weight * uncond_out

@@ -1,0 +1,509 @@
+"""Forward SDEs as objects.
+
+General SDE:  dx = F(x, t) dt + G(t) dw,  t in [0, T].
+
+Linear SDE:   dx = f(t) x dt + g(t) dw, with Gaussian transition
+              x_t | x_0 ~ N(alpha(t) x_0, sigma(t)^2 I),
+              alpha(t) = exp(int_0^t f),  sigma(t)^2 = alpha(t)^2 (sigma(0)^2 + int_0^t g^2 / alpha^2),
+              log-SNR lambda(t) = log(alpha^2 / sigma^2), strictly decreasing in t.
+
+Reverse-time family (Song et al. 2021, "Score-Based Generative Modeling through SDEs", eq. 6 and 13):
+              dx = [F(x, t) - (1 + eta^2)/2 G(t)^2 score(x, t)] dt + eta G(t) dw_bar;
+eta = 1 is the reverse SDE, eta = 0 the probability-flow ODE.
+
+This module imports nothing else of the package. All time arithmetic happens in float64; every
+schedule function takes a float or a tensor of times and returns a float64 tensor of the same
+shape. Times outside [0, T] raise ``ValueError``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "SDE",
+    "LinearSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "CosineVPSDE",
+    "DiscreteVPSDE",
+    "linear_beta_schedule",
+    "cosine_beta_schedule",
+    "broadcast_to",
+]
+
+_TIME_TOL = 1e-9
+
+
+def _as_time(t) -> Tensor:
+    """Times as a float64 tensor (keeps the device of a tensor input)."""
+    if isinstance(t, Tensor):
+        return t.to(torch.float64)
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
+def broadcast_to(coef: Tensor, x: Tensor) -> Tensor:
+    """Reshape a per-row coefficient of shape () or (batch,) so it broadcasts against x (batch, ...),
+    and cast it to x's dtype and device."""
+    coef = coef.to(device=x.device, dtype=x.dtype)
+    if coef.ndim == 0:
+        return coef
+    if coef.ndim != 1 or coef.shape[0] not in (1, x.shape[0]):
+        raise ValueError(
+            f"time tensor must be a scalar or have shape (batch,) = ({x.shape[0]},); got {tuple(coef.shape)}"
+        )
+    return coef.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class SDE:
+    """A forward SDE dx = drift(x, t) dt + diffusion(t) dw on [0, T].
+
+    Subclasses give ``drift(x, t)`` and ``diffusion(t)``. ``eps`` is the smallest time that samplers
+    and likelihoods use by default (the score is ill-conditioned at t = 0).
+    """
+
+    def __init__(self, T: float = 1.0, eps: float = 1e-3):
+        if not (T > 0 and math.isfinite(T)):
+            raise ValueError(f"T must be a finite positive number; got {T}")
+        if not (0 <= eps < T):
+            raise ValueError(f"eps must satisfy 0 <= eps < T = {T}; got {eps}")
+        self.T = float(T)
+        self.eps = float(eps)
+
+    # -- validation -------------------------------------------------------------------------
+    def check_time(self, t) -> Tensor:
+        """Return t as float64, raising ValueError if any entry lies outside [0, T] or is not finite."""
+        t = _as_time(t)
+        if t.numel() and (
+            not bool(torch.isfinite(t).all())
+            or float(t.min()) < -_TIME_TOL
+            or float(t.max()) > self.T * (1 + _TIME_TOL) + _TIME_TOL
+        ):
+            raise ValueError(
+                f"time must lie in [0, T] = [0, {self.T}] for {type(self).__name__}; "
+                f"got values in [{float(t.min())}, {float(t.max())}]"
+            )
+        return t.clamp(0.0, self.T)
+
+    # -- the SDE ----------------------------------------------------------------------------
+    def drift(self, x: Tensor, t) -> Tensor:
+        raise NotImplementedError
+
+    def diffusion(self, t) -> Tensor:
+        raise NotImplementedError
+
+    def reverse_drift(self, x: Tensor, t, score: Tensor, eta: float = 1.0) -> Tensor:
+        """Drift of the reverse-time family: F(x, t) - (1 + eta^2)/2 G(t)^2 score."""
+        g2 = broadcast_to(self.diffusion(t) ** 2, x)
+        return self.drift(x, t) - 0.5 * (1.0 + eta**2) * g2 * score
+
+    def probability_flow_drift(self, x: Tensor, t, score: Tensor) -> Tensor:
+        """Drift of the probability-flow ODE: F(x, t) - G(t)^2 score / 2."""
+        return self.reverse_drift(x, t, score, eta=0.0)
+
+    # -- prior ------------------------------------------------------------------------------
+    def prior_std(self) -> float:
+        raise NotImplementedError
+
+    def prior_sample(self, shape: Sequence[int], generator: Optional[torch.Generator] = None,
+                     dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+        """Draw x_T ~ N(0, prior_std^2 I) of the given shape."""
+        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return z * self.prior_std()
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        """log N(z; 0, prior_std^2 I), summed over all but the batch dimension."""
+        s = self.prior_std()
+        d = z[0].numel()
+        sq = z.reshape(z.shape[0], -1).pow(2).sum(-1)
+        return -0.5 * sq / s**2 - d * (math.log(s) + 0.5 * math.log(2 * math.pi))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(T={self.T}, eps={self.eps})"
+
+
+# Gauss-Legendre nodes on [0, 1] for the numerical schedule of custom SDEs (degree-15 exact).
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
+_GL_X = torch.tensor((_GL_X + 1) / 2, dtype=torch.float64)
+_GL_W = torch.tensor(_GL_W / 2, dtype=torch.float64)
+
+
+class LinearSDE(SDE):
+    """dx = f(t) x dt + g(t) dw with closed-form Gaussian marginals.
+
+    A custom SDE subclasses this and gives only ``f(t)`` and ``g(t)`` (float64 tensor in, float64
+    tensor out). alpha, sigma, lambda and t(lambda) are then derived numerically: the integrals
+    int f and int g^2/alpha^2 by composite 8-point Gauss-Legendre quadrature on a cached grid of
+    ``n_grid`` intervals, and t(lambda) by bisection on the monotone lambda. Built-in SDEs override
+    ``_log_alpha``, ``_sigma`` and ``_t_from_log_snr`` with closed forms.
+    """
+
+    n_grid: int = 512
+
+    def __init__(self, T: float = 1.0, eps: float = 1e-3):
+        super().__init__(T=T, eps=eps)
+        self._grid_cache = None
+
+    # -- what a subclass gives ---------------------------------------------------------------
+    def f(self, t: Tensor) -> Tensor:
+        raise NotImplementedError("a LinearSDE subclass must define f(t)")
+
+    def g(self, t: Tensor) -> Tensor:
+        raise NotImplementedError("a LinearSDE subclass must define g(t)")
+
+    def sigma0(self) -> float:
+        """sigma(0): zero unless the SDE starts from already-noised data."""
+        return 0.0
+
+    # -- SDE interface -----------------------------------------------------------------------
+    def drift(self, x: Tensor, t) -> Tensor:
+        return broadcast_to(self.f(self.check_time(t)), x) * x
+
+    def diffusion(self, t) -> Tensor:
+        return self.g(self.check_time(t))
+
+    # -- schedule (public, validated) --------------------------------------------------------
+    def alpha(self, t) -> Tensor:
+        return torch.exp(self._log_alpha(self.check_time(t)))
+
+    def log_alpha(self, t) -> Tensor:
+        return self._log_alpha(self.check_time(t))
+
+    def sigma(self, t) -> Tensor:
+        return self._sigma(self.check_time(t))
+
+    def log_snr(self, t) -> Tensor:
+        """lambda(t) = log(alpha^2 / sigma^2)."""
+        t = self.check_time(t)
+        return 2 * (self._log_alpha(t) - torch.log(self._sigma(t)))
+
+    def t_from_log_snr(self, lam) -> Tensor:
+        """The inverse of lambda(t). lambda outside [lambda(T), lambda(0)] raises ValueError."""
+        lam = _as_time(lam)
+        lo = float(self.log_snr(self.T))
+        hi = float(self.log_snr(0.0))
+        if lam.numel() and (
+            bool(torch.isnan(lam).any())
+            or float(lam.min()) < lo - 1e-9 * max(1.0, abs(lo))
+            or float(lam.max()) > hi + 1e-9 * max(1.0, abs(hi))
+        ):
+            raise ValueError(
+                f"log-SNR must lie in [lambda(T), lambda(0)] = [{lo}, {hi}]; "
+                f"got values in [{float(lam.min())}, {float(lam.max())}]"
+            )
+        return self._t_from_log_snr(lam.clamp(lo, hi)).clamp(0.0, self.T)
+
+    def marginal(self, x0: Tensor, t) -> tuple[Tensor, Tensor]:
+        """Mean and std of x_t | x_0: (alpha(t) x0, sigma(t) broadcast to x0)."""
+        t = self.check_time(t)
+        a = broadcast_to(torch.exp(self._log_alpha(t)), x0)
+        s = broadcast_to(self._sigma(t), x0)
+        return a * x0, s.expand_as(x0)
+
+    def perturb(self, x0: Tensor, t, noise: Tensor) -> Tensor:
+        """x_t = alpha(t) x0 + sigma(t) noise."""
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
+        t = self.check_time(t)
+        return broadcast_to(torch.exp(self._log_alpha(t)), x0) * x0 + broadcast_to(self._sigma(t), x0) * noise
+
+    def prior_std(self) -> float:
+        """Std of the prior at T assuming unit-variance data: sqrt(alpha(T)^2 + sigma(T)^2)."""
+        T = torch.tensor(self.T, dtype=torch.float64)
+        return float(torch.sqrt(torch.exp(2 * self._log_alpha(T)) + self._sigma(T) ** 2))
+
+    # -- numerical schedule for custom SDEs ---------------------------------------------------
+    def _grid(self):
+        """Cached nodes t_k, cumulative int_0^{t_k} f and int_0^{t_k} g^2/alpha^2."""
+        if self._grid_cache is None:
+            nodes = torch.linspace(0.0, self.T, self.n_grid + 1, dtype=torch.float64)
+            a, b = nodes[:-1], nodes[1:]
+            F_inc = self._gl(self.f, a, b)
+            F = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(F_inc, 0)])
+            self._grid_cache = (nodes, F, None)
+            S_inc = self._gl(self._s_integrand, a, b)
+            S = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(S_inc, 0)])
+            self._grid_cache = (nodes, F, S)
+        return self._grid_cache
+
+    @staticmethod
+    def _gl(fn, a: Tensor, b: Tensor) -> Tensor:
+        """int_a^b fn elementwise by 8-point Gauss-Legendre."""
+        h = (b - a).unsqueeze(-1)
+        s = a.unsqueeze(-1) + h * _GL_X
+        return (fn(s.reshape(-1)).reshape(s.shape) * _GL_W).sum(-1) * h.squeeze(-1)
+
+    def _s_integrand(self, s: Tensor) -> Tensor:
+        return self.g(s) ** 2 * torch.exp(-2 * self._log_alpha(s))
+
+    def _locate(self, t: Tensor):
+        nodes = self._grid()[0]
+        k = torch.searchsorted(nodes, t.contiguous(), right=True) - 1
+        return k.clamp(0, self.n_grid - 1), nodes
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        _, F, _ = self._grid()
+        k, nodes = self._locate(t)
+        flat_t, flat_k = t.reshape(-1), k.reshape(-1)
+        out = F[flat_k] + self._gl(self.f, nodes[flat_k], flat_t)
+        return out.reshape(t.shape)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        _, _, S = self._grid()
+        k, nodes = self._locate(t)
+        flat_t, flat_k = t.reshape(-1), k.reshape(-1)
+        s_over_a2 = self.sigma0() ** 2 + S[flat_k] + self._gl(self._s_integrand, nodes[flat_k], flat_t)
+        out = torch.exp(self._log_alpha(flat_t)) * torch.sqrt(s_over_a2)
+        return out.reshape(t.shape)
+
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """Bisection on the strictly decreasing lambda(t), bracketed on the cached grid."""
+        nodes = self._grid()[0]
+        lam_nodes = 2 * (self._log_alpha(nodes) - torch.log(self._sigma(nodes).clamp_min(1e-300)))
+        flat = lam.reshape(-1)
+        # lambda decreasing: count the nodes with lambda >= target
+        k = (lam_nodes.unsqueeze(0) >= flat.unsqueeze(1)).sum(1) - 1
+        k = k.clamp(0, self.n_grid - 1)
+        lo, hi = nodes[k].clone(), nodes[k + 1].clone()
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lm = 2 * (self._log_alpha(mid) - torch.log(self._sigma(mid)))
+            above = lm > flat
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return (0.5 * (lo + hi)).reshape(lam.shape)
+
+
+class VPSDE(LinearSDE):
+    """Variance preserving SDE (Song et al. 2021; DDPM in continuous time).
+
+    beta(t) = b0 + t (b1 - b0);  f = -beta/2;  g = sqrt(beta);
+    log alpha = -B(t)/2 with B(t) = b0 t + (b1 - b0) t^2 / 2;  sigma^2 = 1 - alpha^2;
+    lambda = -log(expm1(B));  t(lambda) solves B(t) = softplus(-lambda).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, eps: float = 1e-3):
+        if not (0 < beta_min <= beta_max):
+            raise ValueError(f"VPSDE needs 0 < beta_min <= beta_max; got beta_min={beta_min}, beta_max={beta_max}")
+        super().__init__(T=T, eps=eps)
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def _B(self, t: Tensor) -> Tensor:
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def _t_from_B(self, B: Tensor) -> Tensor:
+        d = self.beta_max - self.beta_min
+        return 2 * B / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * B))
+
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+    def g(self, t):
+        return torch.sqrt(self.beta(t))
+
+    def _log_alpha(self, t):
+        return -0.5 * self._B(t)
+
+    def _sigma(self, t):
+        return torch.sqrt(-torch.expm1(-self._B(t)))
+
+    def _t_from_log_snr(self, lam):
+        return self._t_from_B(torch.nn.functional.softplus(-lam))
+
+    def __repr__(self):
+        return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
+
+
+class SubVPSDE(VPSDE):
+    """Sub-VP SDE (Song et al. 2021, eq. 11): same f as VP, g^2 = beta (1 - exp(-2 B(t))).
+
+    alpha = exp(-B/2);  sigma = 1 - exp(-B) (a standard deviation, not a variance).
+    With u = exp(-B): e^lambda = u / (1 - u)^2, so u = 2 e^lambda / (2 e^lambda + 1 + sqrt(4 e^lambda + 1)).
+    """
+
+    def g(self, t):
+        return torch.sqrt(self.beta(t) * -torch.expm1(-2 * self._B(t)))
+
+    def _sigma(self, t):
+        return -torch.expm1(-self._B(t))
+
+    def _t_from_log_snr(self, lam):
+        # u = 2 e^lam / (2 e^lam + 1 + sqrt(4 e^lam + 1)); B = -log u, computed in log space.
+        e = torch.exp(lam)
+        log_u = math.log(2.0) + lam - torch.log(2 * e + 1 + torch.sqrt(4 * e + 1))
+        return self._t_from_B(-log_u)
+
+    def __repr__(self):
+        return f"SubVPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
+
+
+class VESDE(LinearSDE):
+    """Variance exploding SDE (Song & Ermon 2019; Song et al. 2021).
+
+    g(t) = sigma_min r^t sqrt(2 log r), r = sigma_max / sigma_min;  f = 0;  alpha = 1.
+    sigma(t)^2 = int_0^t g^2 = sigma_min^2 (r^{2t} - 1): the marginal consistent with g, so sigma(0) = 0.
+    The published convention sigma(t) = sigma_min r^t ignores the sigma_min^2 that is not produced by
+    g; the two differ by less than sigma_min^2 in variance. t(lambda) = log1p(e^-lambda / sigma_min^2) / (2 log r).
+    The prior is N(0, sigma(T)^2 I), as published (data variance is negligible beside sigma_max^2).
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, eps: float = 1e-5):
+        if not (0 < sigma_min < sigma_max):
+            raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max; got {sigma_min}, {sigma_max}")
+        super().__init__(T=T, eps=eps)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self._log_r = math.log(self.sigma_max / self.sigma_min) / self.T
+
+    def f(self, t):
+        return torch.zeros_like(t)
+
+    def g(self, t):
+        return self.sigma_min * torch.exp(self._log_r * t) * math.sqrt(2 * self._log_r)
+
+    def _log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def _sigma(self, t):
+        return self.sigma_min * torch.sqrt(torch.expm1(2 * self._log_r * t))
+
+    def _t_from_log_snr(self, lam):
+        return torch.log1p(torch.exp(-lam) / self.sigma_min**2) / (2 * self._log_r)
+
+    def prior_std(self) -> float:
+        return float(self._sigma(torch.tensor(self.T, dtype=torch.float64)))
+
+    def __repr__(self):
+        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps})"
+
+
+class CosineVPSDE(LinearSDE):
+    """VP SDE with the cosine schedule of improved DDPM (Nichol & Dhariwal 2021).
+
+    alpha(t)^2 = cos^2(phi(t)) / cos^2(phi(0)),  phi(t) = (t + s)/(1 + s) * pi/2;  sigma^2 = 1 - alpha^2;
+    beta(t) = -d log alpha^2 / dt = pi/(1 + s) tan(phi(t));  f = -beta/2;  g = sqrt(beta).
+    T defaults to 0.9946 (as in DPM-Solver) so that lambda(T) stays finite and beta bounded.
+    t(lambda): alpha^2 = sigmoid(lambda), t = (1 + s) 2/pi arccos(alpha cos phi(0)) - s.
+    """
+
+    def __init__(self, s: float = 0.008, T: float = 0.9946, eps: float = 1e-3):
+        if not (s > 0):
+            raise ValueError(f"CosineVPSDE needs s > 0; got {s}")
+        if not (0 < T < 1):
+            raise ValueError(f"CosineVPSDE needs 0 < T < 1 (alpha(1) = 0); got {T}")
+        super().__init__(T=T, eps=eps)
+        self.s = float(s)
+        self._log_cos0 = math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+
+    def _phi(self, t):
+        return (t + self.s) / (1 + self.s) * math.pi / 2
+
+    def beta(self, t):
+        return math.pi / (1 + self.s) * torch.tan(self._phi(t))
+
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+    def g(self, t):
+        return torch.sqrt(self.beta(t))
+
+    def _log_alpha(self, t):
+        return torch.log(torch.cos(self._phi(t))) - self._log_cos0
+
+    def _sigma(self, t):
+        return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
+
+    def _t_from_log_snr(self, lam):
+        alpha = torch.sqrt(torch.sigmoid(lam))
+        return (1 + self.s) * 2 / math.pi * torch.arccos(alpha * math.exp(self._log_cos0)) - self.s
+
+    def __repr__(self):
+        return f"CosineVPSDE(s={self.s}, T={self.T}, eps={self.eps})"
+
+
+def linear_beta_schedule(n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """The DDPM table (Ho et al. 2020): betas evenly spaced from beta_start to beta_end, float64."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    return torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+
+
+def cosine_beta_schedule(n: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """The improved-DDPM table (Nichol & Dhariwal 2021): beta_n = 1 - abar(n+1)/abar(n), clipped."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    steps = torch.arange(n + 1, dtype=torch.float64) / n
+    abar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
+class DiscreteVPSDE(LinearSDE):
+    """A DDPM beta table placed on continuous time.
+
+    Step n (0-based, n = 0..N-1) sits at t_n = (n + 1)/N with alpha(t_n)^2 = abar_n = prod_{i<=n} (1 - beta_i)
+    exactly; log alpha is piecewise linear in t between the steps (and from log alpha(0) = 0 to t_0),
+    so f(t) is piecewise constant and g^2 = -2 f keeps sigma^2 = 1 - alpha^2. T = 1, eps = t_0 = 1/N.
+    """
+
+    def __init__(self, betas, eps: Optional[float] = None):
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        if betas.numel() < 1:
+            raise ValueError("DiscreteVPSDE needs at least one beta")
+        if not bool(torch.isfinite(betas).all()) or bool((betas <= 0).any()) or bool((betas >= 1).any()):
+            raise ValueError("DiscreteVPSDE betas must all lie in the open interval (0, 1)")
+        self.N = betas.numel()
+        super().__init__(T=1.0, eps=1.0 / self.N if eps is None else eps)
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0)
+        # knots of the piecewise-linear log alpha: t = 0, 1/N, ..., 1
+        self._knots_t = torch.arange(self.N + 1, dtype=torch.float64) / self.N
+        self._knots_la = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(self.alphas_cumprod)])
+
+    @classmethod
+    def linear(cls, n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteVPSDE":
+        return cls(linear_beta_schedule(n, beta_start, beta_end))
+
+    @classmethod
+    def cosine(cls, n: int = 1000, s: float = 0.008) -> "DiscreteVPSDE":
+        return cls(cosine_beta_schedule(n, s))
+
+    def step_time(self, n) -> Tensor:
+        """t_n = (n + 1)/N for 0-based step index n."""
+        return (torch.as_tensor(n, dtype=torch.float64) + 1) / self.N
+
+    def _segment(self, t: Tensor) -> Tensor:
+        return (t * self.N).floor().long().clamp(0, self.N - 1)
+
+    def f(self, t):
+        k = self._segment(t)
+        return (self._knots_la[k + 1] - self._knots_la[k]) * self.N
+
+    def g(self, t):
+        return torch.sqrt(-2 * self.f(t))
+
+    def _log_alpha(self, t):
+        k = self._segment(t)
+        w = t * self.N - k
+        return self._knots_la[k] + w * (self._knots_la[k + 1] - self._knots_la[k])
+
+    def _sigma(self, t):
+        return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
+
+    def _t_from_log_snr(self, lam):
+        # alpha^2 = sigmoid(lambda); log alpha is decreasing and piecewise linear in t: invert exactly.
+        la = 0.5 * torch.nn.functional.logsigmoid(lam)
+        neg = -self._knots_la  # increasing
+        k = (torch.searchsorted(neg, (-la).contiguous(), right=True) - 1).clamp(0, self.N - 1)
+        w = (-la - neg[k]) / (neg[k + 1] - neg[k])
+        return (k + w) / self.N
+
+    def __repr__(self):
+        return f"DiscreteVPSDE(N={self.N}, eps={self.eps})"
