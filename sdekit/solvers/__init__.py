@@ -1,0 +1,16 @@
+"""Samplers for the reverse-time SDE and the probability-flow ODE, behind one registry.
+
+``sample(model, x_T, solver=..., steps=...)`` runs any of them; ``available()`` lists the names.
+Solver modules register themselves on import: ode, stochastic, exponential, discrete, backends.
+"""
+from . import grids
+from .base import NonFiniteError, RowNoise, Solution, SolverError, StepBudgetError
+from .driver import sample
+from .registry import SOLVERS, available, get, register
+
+from . import ode  # noqa: E402,F401  (registers solvers)
+
+__all__ = [
+    "sample", "available", "get", "register", "SOLVERS", "grids",
+    "Solution", "RowNoise", "SolverError", "NonFiniteError", "StepBudgetError",
+]

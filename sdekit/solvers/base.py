@@ -1,0 +1,145 @@
+"""What every solver shares: the model evaluator, per-row noise, the Solution, and the errors.
+
+A solver is a generator function with one signature (k-diffusion style)::
+
+    def solver(ev: Evaluator, x: Tensor, ts: Tensor, **options) -> Iterator[Tensor]:
+        for i in range(len(ts) - 1):
+            ...                      # ask ev for score / eps / x0 / drift at (x, ts[i])
+            yield x                  # the state at ts[i + 1]
+
+``ts`` is a float64 tensor of decreasing times (t_start ... t_end). The driver (``sample``) owns
+progress bars, callbacks, trajectories and NFE accounting; the solver owns only its update rule.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from ..parameterization import ScoreModel
+from ..sde import LinearSDE, broadcast_to
+
+Tensor = torch.Tensor
+
+__all__ = ["Solution", "Evaluator", "RowNoise", "SolverError", "NonFiniteError", "StepBudgetError"]
+
+
+class SolverError(RuntimeError):
+    """A solve could not complete."""
+
+
+class NonFiniteError(SolverError, FloatingPointError):
+    """The network (or the state) became NaN or Inf during a solve."""
+
+
+class StepBudgetError(SolverError):
+    """An adaptive solve needed more steps than its budget allows."""
+
+
+@dataclass
+class Solution:
+    """Result of ``sdekit.sample``: the final state, the cost and the times visited.
+
+    x: state at ts[-1] (or at t = 0 after a final denoising jump); nfe: network evaluations;
+    ts: the float64 time grid; trajectory: states at every ts (when asked for); stats: solver-specific
+    numbers (e.g. accepted/rejected steps of adaptive solvers).
+    """
+
+    x: Tensor
+    nfe: int
+    ts: Tensor
+    trajectory: Optional[list] = None
+    stats: dict = field(default_factory=dict)
+
+
+def _row_seed(base: int, row: int) -> int:
+    digest = hashlib.blake2b(f"{base}:{row}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class RowNoise:
+    """Gaussian noise with one independent stream per row.
+
+    Row i's stream is seeded from (seed, row_offset + i) alone, so a row's noise, and hence its
+    sample, does not depend on the batch size or on which other rows are solved beside it (and a
+    shard of rows [a, b) can be reproduced by ``row_offset=a``).
+    """
+
+    def __init__(self, seed: Union[int, torch.Generator, None], n_rows: int, row_offset: int = 0, device=None):
+        if isinstance(seed, torch.Generator):
+            seed = int(torch.randint(0, 2**62, (1,), generator=seed))
+        elif seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        self.seed = int(seed)
+        self.device = device
+        self.rows = range(row_offset, row_offset + n_rows)
+        self.generators = [torch.Generator(device="cpu").manual_seed(_row_seed(self.seed, r)) for r in self.rows]
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        if x.shape[0] != len(self.generators):
+            raise ValueError(f"noise has {len(self.generators)} rows but the state has {x.shape[0]}")
+        shape = tuple(x.shape[1:])
+        out = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in self.generators])
+        return out.to(device=x.device, dtype=x.dtype)
+
+    def row_seeds(self) -> list[int]:
+        """One integer seed per row (for backends that take their own seeds, e.g. torchsde)."""
+        return [_row_seed(self.seed + 1, r) for r in self.rows]
+
+
+class Evaluator:
+    """The only way a solver touches the model: counts NFE, checks for NaN/Inf, names step and time.
+
+    Every method takes a scalar float64 time (or a (batch,) tensor) and the state x.
+    """
+
+    def __init__(self, model: ScoreModel, noise: Optional[RowNoise] = None):
+        self.model = model
+        self.sde: LinearSDE = model.sde
+        self.noise = noise
+        self.nfe = 0
+        self.step = 0
+        self.stats: dict = {}  # solver-specific numbers reported in Solution.stats
+
+    # -- model -----------------------------------------------------------------------------
+    def _predict(self, x: Tensor, t, kind: str) -> Tensor:
+        out = self.model.predict(x, t, kind)
+        self.nfe += 1
+        if not bool(torch.isfinite(out).all()):
+            tt = float(torch.as_tensor(t).reshape(-1)[0])
+            raise NonFiniteError(
+                f"the network returned NaN or Inf at step {self.step} (t = {tt:.6g}) while computing {kind}; "
+                "check the network, the time grid (t too close to 0?) and the dtype"
+            )
+        return out
+
+    def score(self, x: Tensor, t) -> Tensor:
+        return self._predict(x, t, "score")
+
+    def eps(self, x: Tensor, t) -> Tensor:
+        return self._predict(x, t, "eps")
+
+    def x0(self, x: Tensor, t) -> Tensor:
+        return self._predict(x, t, "x0")
+
+    def reverse_drift(self, x: Tensor, t, eta: float = 1.0) -> Tensor:
+        """f x - (1 + eta^2)/2 g^2 score: eta = 0 is the probability-flow ODE, eta = 1 the reverse SDE."""
+        return self.sde.reverse_drift(x, t, self.score(x, t), eta=eta)
+
+    def pf_drift(self, x: Tensor, t) -> Tensor:
+        return self.reverse_drift(x, t, eta=0.0)
+
+    # -- noise and schedule --------------------------------------------------------------------
+    def randn_like(self, x: Tensor) -> Tensor:
+        if self.noise is None:
+            raise SolverError("this solver is stochastic and needs noise; pass generator= (a seed or torch.Generator)")
+        return self.noise.randn_like(x)
+
+    def coef(self, values: Tensor, x: Tensor) -> Tensor:
+        """A scalar or per-row schedule value, shaped and typed to multiply x."""
+        return broadcast_to(values, x)
+
+
+SolverFn = Callable[..., Any]
