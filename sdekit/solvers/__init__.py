@@ -8,7 +8,8 @@ from .base import NonFiniteError, RowNoise, Solution, SolverError, StepBudgetErr
 from .driver import sample
 from .registry import SOLVERS, available, get, register
 
-from . import ode  # noqa: E402,F401  (registers solvers)
+from . import ode, stochastic, backends  # noqa: E402,F401  (registers solvers)
+from . import exponential, discrete  # noqa: E402,F401
 
 __all__ = [
     "sample", "available", "get", "register", "SOLVERS", "grids",

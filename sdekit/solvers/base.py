@@ -84,10 +84,6 @@ class RowNoise:
         out = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in self.generators])
         return out.to(device=x.device, dtype=x.dtype)
 
-    def row_seeds(self) -> list[int]:
-        """One integer seed per row (for backends that take their own seeds, e.g. torchsde)."""
-        return [_row_seed(self.seed + 1, r) for r in self.rows]
-
 
 class Evaluator:
     """The only way a solver touches the model: counts NFE, checks for NaN/Inf, names step and time.

@@ -1,0 +1,183 @@
+"""Adapters to external integrators.
+
+torchdiffeq  any ``torchdiffeq.odeint`` method on the probability-flow ODE dx/dt = F(x, t); the adaptive
+             ones (dopri5, dopri8, bosh3, adaptive_heun, fehlberg2) are also registered by name.
+scipy        ``scipy.integrate.solve_ivp`` (RK45, LSODA, ...) on the flattened float64 state.
+torchsde     any ``torchsde.sdeint`` method (euler, milstein, srk, reversible_heun) on the reverse SDE,
+             written forward in r = -t: dy = -[f y - g^2 score] dr + g dW (additive noise, so Ito and
+             Stratonovich agree). Brownian increments on torchsde's step grid come from each row's own
+             noise stream, so rows do not depend on the batch size.
+
+Adaptive solves carry a budget ``max_nfe``; exceeding it raises ``StepBudgetError`` (never a hang).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .base import Evaluator, StepBudgetError
+from .registry import register
+
+ADAPTIVE_TORCHDIFFEQ = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
+
+
+class _BudgetedDrift:
+    """F(x, t) of the probability-flow ODE that refuses to run past ``max_nfe`` evaluations."""
+
+    def __init__(self, ev: Evaluator, max_nfe: int):
+        self.ev, self.max_nfe = ev, int(max_nfe)
+
+    def __call__(self, t, x):
+        if self.ev.nfe >= self.max_nfe:
+            raise StepBudgetError(
+                f"the adaptive solve used its budget of {self.max_nfe} network evaluations before reaching "
+                f"the end (now at t = {float(t):.6g}); loosen rtol/atol or raise max_nfe"
+            )
+        return self.ev.pf_drift(x, t.to(torch.float64))
+
+
+@register("torchdiffeq", order=5, nfe_per_step=6, adaptive=True)
+def torchdiffeq_ode(ev: Evaluator, x, ts, *, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+                    max_nfe: int = 100_000, step_size=None):
+    """The probability-flow ODE through ``torchdiffeq.odeint(method=...)``; states at every ts."""
+    import torchdiffeq
+
+    if method in ADAPTIVE_TORCHDIFFEQ:  # land exactly on t_end: the score does not exist past it
+        options = {"step_t": ts[-1:].to(device=x.device, dtype=x.dtype)}
+    else:
+        options = {} if step_size is None else {"step_size": float(step_size)}
+    out = torchdiffeq.odeint(_BudgetedDrift(ev, max_nfe), x, ts.to(device=x.device, dtype=x.dtype),
+                             method=method, rtol=rtol, atol=atol, options=options)
+    ev.stats["method"] = method
+    for i in range(1, len(ts)):
+        yield out[i]
+
+
+for _name in ADAPTIVE_TORCHDIFFEQ:
+    register(_name, order=5 if _name.startswith("dopri") else 3, nfe_per_step=6, adaptive=True,
+             method=_name)(torchdiffeq_ode)
+
+
+@register("scipy", order=5, nfe_per_step=6, adaptive=True)
+def scipy_ode(ev: Evaluator, x, ts, *, method: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5,
+              max_nfe: int = 100_000):
+    """The probability-flow ODE through ``scipy.integrate.solve_ivp`` (float64 numpy state on the CPU)."""
+    from scipy.integrate import solve_ivp
+
+    shape, dtype, device = x.shape, x.dtype, x.device
+    drift = _BudgetedDrift(ev, max_nfe)
+
+    def rhs(t, y):
+        xt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
+        return drift(torch.tensor(t, dtype=torch.float64), xt).reshape(-1).double().cpu().numpy()
+
+    t_eval = ts.cpu().numpy()
+    sol = solve_ivp(rhs, (t_eval[0], t_eval[-1]), x.reshape(-1).double().cpu().numpy(), method=method,
+                    t_eval=t_eval, rtol=rtol, atol=atol)
+    if sol.status != 0:
+        raise StepBudgetError(f"scipy solve_ivp({method}) failed: {sol.message}")
+    ev.stats["method"] = method
+    for i in range(1, len(ts)):
+        yield torch.from_numpy(np.ascontiguousarray(sol.y[:, i])).reshape(shape).to(device=device, dtype=dtype)
+
+
+register("scipy_rk45", order=5, nfe_per_step=6, adaptive=True, method="RK45")(scipy_ode)
+register("scipy_lsoda", order=5, nfe_per_step=6, adaptive=True, method="LSODA")(scipy_ode)
+
+
+class _GridBrownian:
+    """Brownian motion of shape (batch, d) on a fixed grid r_0 < ... < r_K, drawn row by row.
+
+    Row i's increments W(r_{k+1}) - W(r_k) ~ N(0, h_k) and space-time Levy areas H_k ~ N(0, h_k / 12)
+    (independent of the increments) come from that row's own noise stream, so a row does not depend on the
+    batch size. torchsde's fixed-step methods only query intervals between grid points.
+    """
+
+    def __init__(self, grid, ev: Evaluator, d: int, dtype, device, levy_area: str):
+        self.grid = grid.to(torch.float64).cpu()
+        h = (self.grid[1:] - self.grid[:-1]).to(dtype=dtype, device=device)
+        k = len(h)
+        template = torch.empty(len(ev.noise.generators), 2 * k * d, dtype=dtype, device=device)
+        z = ev.randn_like(template).reshape(-1, 2, k, d).permute(1, 2, 0, 3)  # (2, k, batch, d)
+        self.increments = z[0] * h.sqrt()[:, None, None]
+        self.areas = z[1] * (h / 12).sqrt()[:, None, None]
+        zero = torch.zeros_like(self.increments[:1])
+        self.cum = torch.cat([zero, self.increments.cumsum(0)])
+        self.levy_area_approximation = levy_area
+        self.shape = tuple(self.increments.shape[1:])
+        self.dtype, self.device = dtype, device
+
+    def _index(self, r) -> int:
+        r = float(r)
+        k = int(torch.searchsorted(self.grid, torch.tensor(r, dtype=torch.float64)))
+        if k < len(self.grid) and float(self.grid[k]) == r:  # the grid repeats torchsde's own arithmetic
+            return k
+        for j in (k - 1, k):
+            if 0 <= j < len(self.grid) and abs(float(self.grid[j]) - r) <= 1e-9 * max(1.0, abs(r)):
+                return j
+        raise ValueError(f"torchsde asked for Brownian motion at r = {r}, off the solver grid; use a fixed-step method")
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        a = self._index(ta)
+        b = a if tb is None else self._index(tb)
+        w = self.cum[b] - self.cum[a] if tb is not None else self.cum[a]
+        if not (return_U or return_A):
+            return w
+        if b != a + 1:
+            raise ValueError("Levy areas are only available over one grid step")
+        h = float(self.grid[b] - self.grid[a])
+        out = (w, self.areas[a] * h) if return_U else (w,)
+        if return_A:
+            out = out + (torch.zeros(*self.shape, self.shape[-1], dtype=self.dtype, device=self.device),)
+        return out
+
+
+class _ReverseSDE(torch.nn.Module):
+    """The reverse SDE in r = -t for torchsde: drift -[f y - g^2 score](-r), diffusion g(-r)."""
+
+    noise_type = "diagonal"
+
+    def __init__(self, ev: Evaluator, shape, sde_type: str):
+        super().__init__()
+        self.ev, self.shape, self.sde_type = ev, shape, sde_type
+
+    def f(self, r, y):
+        t = (-r).to(torch.float64).clamp(0.0, self.ev.sde.T)
+        return -self.ev.reverse_drift(y.reshape(self.shape), t).reshape(y.shape)
+
+    def g(self, r, y):
+        t = (-r).to(torch.float64).clamp(0.0, self.ev.sde.T)
+        return self.ev.sde.diffusion(t).to(y.dtype).expand_as(y)
+
+
+def _torchsde_steps(rs, dt: float):
+    """The times torchsde's fixed-step loop visits: r_0, r_0 + dt, ... (in rs's dtype), clipped at r_K."""
+    out, curr, end = [rs[0]], rs[0], rs[-1]
+    while curr < end:
+        curr = torch.minimum(curr + dt, end)
+        out.append(curr)
+    return torch.stack(out).to(torch.float64)
+
+
+@register("torchsde", order=0.5, nfe_per_step=1, stochastic=True, family="sde")
+def torchsde_sde(ev: Evaluator, x, ts, *, method: str = "euler", dt=None):
+    """The reverse SDE through ``torchsde.sdeint(method=...)`` with per-row Brownian motion on the
+    solver's grid. ``dt`` defaults to the smallest gap of ``ts``; each gap is split into equal steps."""
+    import torchsde
+
+    sde_type = "stratonovich" if method in ("reversible_heun", "midpoint", "heun", "log_ode") else "ito"
+    levy = "space-time" if method == "srk" else "none"
+    shape = x.shape
+    y0 = x.reshape(shape[0], -1)
+    rs = -ts
+    step = float((ts[:-1] - ts[1:]).min()) if dt is None else float(dt)
+    rs_x = rs.to(device=x.device, dtype=x.dtype)
+    solver_grid = _torchsde_steps(rs_x, step)
+    bm = _GridBrownian(solver_grid, ev, y0.shape[1], x.dtype, x.device, levy)
+    out = torchsde.sdeint(_ReverseSDE(ev, shape, sde_type), y0, rs_x,
+                          method=method, dt=step, bm=bm)
+    ev.stats["method"] = method
+    for i in range(1, len(ts)):
+        yield out[i].reshape(shape)

@@ -1,0 +1,128 @@
+"""Samplers of the reverse-time SDE  dx = [f x - (1 + eta^2)/2 g^2 score] dt + eta g dw_bar.
+
+Steps run from t_i to s = t_{i+1} < t_i. Per step, a = alpha_t / alpha_s and b^2 = sigma_t^2 - a^2 sigma_s^2
+are the exact forward transition x_t = a x_s + b z of the SDE from s to t. The last step adds no noise
+(it returns the mean of the step, as score_sde does) unless ``noise_last=True``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Evaluator
+from .registry import register
+
+
+def _transition(ev: Evaluator, t, s):
+    """a = alpha_t / alpha_s and b^2 = sigma_t^2 - a^2 sigma_s^2 for the forward step s -> t."""
+    sde = ev.sde
+    a = float(sde.alpha(t) / sde.alpha(s))
+    b2 = float(sde.sigma(t)) ** 2 - a**2 * float(sde.sigma(s)) ** 2
+    return a, max(b2, 0.0)
+
+
+def _add_noise(ev: Evaluator, mean, std: float, last: bool, noise_last: bool):
+    if std == 0.0 or (last and not noise_last):
+        return mean
+    return mean + std * ev.randn_like(mean)
+
+
+@register("euler_maruyama", order=0.5, nfe_per_step=1, stochastic=True, family="sde")
+def euler_maruyama(ev: Evaluator, x, ts, *, eta: float = 1.0, noise_last: bool = False):
+    """Euler-Maruyama on the reverse family (Song et al. 2021, eq. 6 with eta = 1):
+    x_{i+1} = x_i + h [f x_i - (1 + eta^2)/2 g^2 score] + eta g sqrt(|h|) z,  h = t_{i+1} - t_i < 0."""
+    n = len(ts) - 1
+    for i in range(n):
+        h = float(ts[i + 1] - ts[i])
+        mean = x + h * ev.reverse_drift(x, ts[i], eta=eta)
+        std = eta * float(ev.sde.diffusion(ts[i])) * math.sqrt(-h)
+        x = _add_noise(ev, mean, std, i == n - 1, noise_last)
+        yield x
+
+
+def _reverse_diffusion_mean(ev: Evaluator, x, t, s):
+    """Mean of the reverse-diffusion predictor (Song et al. 2021, App. E): with the forward step
+    x_t = a x_s + b z, x_s = (2 - a) x_t + b^2 score(x_t, t) + b z (VE: a = 1; VP: a = sqrt(1 - beta_i))."""
+    a, b2 = _transition(ev, t, s)
+    return (2 - a) * x + b2 * ev.score(x, t), math.sqrt(b2)
+
+
+@register("reverse_diffusion", order=0.5, nfe_per_step=1, stochastic=True, family="sde")
+def reverse_diffusion(ev: Evaluator, x, ts, *, noise_last: bool = False):
+    """Reverse-diffusion predictor: x_s = (2 - a) x_t + b^2 score(x_t, t) + b z."""
+    n = len(ts) - 1
+    for i in range(n):
+        mean, std = _reverse_diffusion_mean(ev, x, ts[i], ts[i + 1])
+        x = _add_noise(ev, mean, std, i == n - 1, noise_last)
+        yield x
+
+
+def _langevin(ev: Evaluator, x, t, s, snr: float, step_rule: str):
+    """One Langevin corrector step at time t (Song et al. 2021, Alg. 5): x <- x + e score + sqrt(2 e) z.
+
+    step_rule "sigma": e = 2 a^2 snr^2 sigma_t^2, the value of score_sde's rule 2 a^2 (snr |z| / |score|)^2
+    when |score|^2 ~ dim / sigma_t^2; the same for every row, so rows stay independent and stable near modes.
+    step_rule "norm": score_sde's rule with per-row norms |z| and |score| (unstable where score ~ 0 in low dimension).
+    """
+    a, _ = _transition(ev, t, s)
+    score = ev.score(x, t)
+    z = ev.randn_like(x)
+    if step_rule == "sigma":
+        step = 2 * a**2 * (snr * float(ev.sde.sigma(t))) ** 2
+        return x + step * score + math.sqrt(2 * step) * z
+    if step_rule != "norm":
+        raise ValueError(f"unknown step_rule {step_rule!r}; accepted: sigma, norm")
+    dims = tuple(range(1, x.ndim))
+    g_norm = torch.linalg.vector_norm(score, dim=dims, keepdim=True)
+    z_norm = torch.linalg.vector_norm(z, dim=dims, keepdim=True)
+    step = 2 * a**2 * (snr * z_norm / g_norm.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
+    return x + step * score + torch.sqrt(2 * step) * z
+
+
+@register("pc", order=0.5, nfe_per_step=2, stochastic=True, family="sde")
+def pc(ev: Evaluator, x, ts, *, snr: float = 0.16, n_corrector: int = 1, step_rule: str = "sigma",
+       noise_last: bool = False):
+    """Predictor-corrector (Song et al. 2021, Alg. 1-3): at each t_i, ``n_corrector`` Langevin steps
+    with signal-to-noise ``snr`` (see ``_langevin`` for ``step_rule``), then the reverse-diffusion
+    predictor to t_{i+1}."""
+    n = len(ts) - 1
+    for i in range(n):
+        for _ in range(n_corrector):
+            x = _langevin(ev, x, ts[i], ts[i + 1], snr, step_rule)
+        mean, std = _reverse_diffusion_mean(ev, x, ts[i], ts[i + 1])
+        x = _add_noise(ev, mean, std, i == n - 1, noise_last)
+        yield x
+
+
+@register("heun_churn", order=1, nfe_per_step=2, stochastic=True, family="sde")
+def heun_churn(ev: Evaluator, x, ts, *, s_churn: float = 10.0, s_tmin: float = 0.0,
+               s_tmax: float = float("inf"), s_noise: float = 1.0):
+    """EDM stochastic sampler (Karras et al. 2022, Alg. 2) in y = x/alpha, s = sigma/alpha (dy/ds = eps):
+    gamma_i = min(s_churn/N, sqrt(2) - 1) for s_i in [s_tmin, s_tmax], s^ = (1 + gamma_i) s_i (capped at
+    s(t_start), since the SDE has no time beyond it), y^ = y_i + sqrt(s^2 - s_i^2) s_noise z, then one Heun
+    step from s^ to s_{i+1} (Euler if s_{i+1} = 0)."""
+    sde = ev.sde
+    alpha, sigma = sde.alpha(ts), sde.sigma(ts)
+    s = sigma / alpha
+    s_top = float(s[0])
+    n = len(ts) - 1
+    for i in range(n):
+        s_i = float(s[i])
+        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s_i <= s_tmax else 0.0
+        s_hat = min(s_i * (1 + gamma), s_top)
+        y = x / float(alpha[i])
+        if s_hat > s_i:
+            y = y + math.sqrt(s_hat**2 - s_i**2) * s_noise * ev.randn_like(y)
+            t_hat = sde.t_from_log_snr(torch.tensor(-2 * math.log(s_hat), dtype=torch.float64))
+        else:
+            t_hat = ts[i]
+        a_hat = float(sde.alpha(t_hat))
+        d = ev.eps(y * a_hat, t_hat)
+        ds = float(s[i + 1]) - s_hat
+        y_next = y + ds * d
+        if float(s[i + 1]) > 0:
+            d2 = ev.eps(y_next * float(alpha[i + 1]), ts[i + 1])
+            y_next = y + ds * 0.5 * (d + d2)
+        x = y_next * float(alpha[i + 1])
+        yield x
