@@ -17,6 +17,10 @@ from .sde import (
     cosine_beta_schedule,
     linear_beta_schedule,
 )
+from .checkpoint import load_model, save_checkpoint
+from .losses import dsm_loss
+from .nets import MLP, UNet
+from .train import Trainer
 
 __version__ = "0.1.0"
 
@@ -25,4 +29,5 @@ __all__ = [
     "linear_beta_schedule", "cosine_beta_schedule",
     "ScoreModel", "ClassifierFreeGuidance", "convert", "PREDICTIONS",
     "GaussianMixture",
+    "UNet", "MLP", "dsm_loss", "Trainer", "load_model", "save_checkpoint",
 ]

@@ -1,0 +1,311 @@
+"""Exponential integrators of the probability-flow ODE, stepping in the half log-SNR.
+
+Notation. ``sde.log_snr`` is lambda = log(alpha^2 / sigma^2); these solvers use its half,
+l = lambda / 2 = log(alpha / sigma) (DPM-Solver's lambda), and the step h = l(t_{i+1}) - l(t_i) > 0.
+With x = alpha x0 + sigma eps the probability-flow ODE has the exact solutions (Lu et al. 2022, 2022b)
+
+    noise form  x_s = (alpha_s/alpha_t) x_t - alpha_s int_{l_t}^{l_s} e^{-l} eps(l) dl
+    data form   x_s = (sigma_s/sigma_t) x_t + sigma_s int_{l_t}^{l_s} e^{l} x0(l) dl,
+
+and a Taylor expansion of eps(l) or x0(l) about l_t turns the integrals into phi-functions,
+phi_k(z) = int_0^1 e^{(1-u) z} u^{k-1}/(k-1)! du (phi_1(z) = (e^z - 1)/z):
+
+    noise form  x_s = (alpha_s/alpha_t) x_t - sigma_s sum_k h^{k+1} phi_{k+1}(h)  eps^{(k)}(l_t)
+    data form   x_s = (sigma_s/sigma_t) x_t + alpha_s sum_k h^{k+1} phi_{k+1}(-h) x0^{(k)}(l_t).
+
+Every solver here is that expansion with the derivatives estimated from extra model calls
+(single-step: DPM-Solver-2/3, DPM-Solver++(2S)) or from past model calls (multistep: DPM-Solver++(2M/3M),
+UniPC). The multistep solvers share one update (``_ms_update``): with previous points at
+l_t + r_m h (r_m < 0; r = 1 for the corrector's new point) and D_m = (x0_m - x0_t)/r_m,
+
+    x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0_t + alpha_s B(h) sum_m a_m D_m,
+    sum_m a_m r_m^{k-1} = k! h phi_{k+1}(-h) / B(h),  k = 1..K        (Zhao et al. 2023, UniPC)
+
+with a = [1/2] when K = 1 (UniPC's choice). B(h) = 1 - e^{-h} ("bh2") makes the K = 1 predictor exactly
+DPM-Solver++(2M); for K >= 2 B cancels and the K = 2 predictor is DPM-Solver++(3M).
+
+A step that ends at sigma_s = 0 (t = 0 for VP/VE) is the limit of every update above: x_s = alpha_s x0(x_t, t).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+
+from .base import Evaluator
+from .registry import register
+
+Tensor = torch.Tensor
+
+__all__ = ["phi", "Schedule"]
+
+_LOWER_ORDER_FINAL_BELOW = 15  # as in DPM-Solver: drop the final steps' order only on short grids
+
+
+# -- shared helpers -------------------------------------------------------------------------------------
+def phi(k: int, z: float) -> float:
+    """phi_k(z) = sum_{i >= 0} z^i / (i + k)! = (e^z - sum_{i<k} z^i/i!) / z^k, k >= 1, float64.
+
+    The series is used for |z| < 1 (no cancellation), the closed form otherwise."""
+    if abs(z) < 1.0:
+        term, total, i = 1.0 / math.factorial(k), 0.0, 0
+        while True:
+            total += term
+            i += 1
+            term *= z / (i + k)
+            if abs(term) < 1e-18 * abs(total) or i > 60:
+                return total + term
+    head = math.expm1(z) - sum(z**i / math.factorial(i) for i in range(1, k))
+    return head / z**k
+
+
+class Schedule:
+    """alpha, sigma and half log-SNR l = log(alpha/sigma) at the grid times, as float64 Python floats.
+
+    ``at_l(l)`` gives (t, alpha, sigma) at an intermediate half log-SNR through sde.t_from_log_snr."""
+
+    def __init__(self, sde, ts: Tensor):
+        self.sde = sde
+        self.ts = ts
+        self.alpha = sde.alpha(ts).tolist()
+        self.sigma = sde.sigma(ts).tolist()
+        self.l = [math.inf if s == 0 else 0.5 * float(v) for s, v in zip(self.sigma, sde.log_snr(ts))]
+
+    def h(self, i: int) -> float:
+        """Step in half log-SNR from ts[i] to ts[i+1] (> 0)."""
+        return self.l[i + 1] - self.l[i]
+
+    def at_l(self, l: float) -> Tuple[Tensor, float, float]:
+        t = self.sde.t_from_log_snr(torch.tensor(2.0 * l, dtype=torch.float64))
+        return t, float(self.sde.alpha(t)), float(self.sde.sigma(t))
+
+
+def _eps_first_order(x: Tensor, eps: Tensor, a_t: float, a_s: float, s_s: float, h: float) -> Tensor:
+    """DPM-Solver-1 / DDIM(eta = 0): x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t."""
+    return (a_s / a_t) * x - (s_s * math.expm1(h)) * eps
+
+
+def _x0_first_order(x: Tensor, x0: Tensor, s_t: float, a_s: float, s_s: float, h: float) -> Tensor:
+    """DPM-Solver++(1): x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0_t."""
+    return (s_s / s_t) * x - (a_s * math.expm1(-h)) * x0
+
+
+def _check_order_options(lower_order_final):
+    if not isinstance(lower_order_final, bool):
+        raise ValueError(f"lower_order_final must be True or False; got {lower_order_final!r}")
+
+
+# -- DDIM ---------------------------------------------------------------------------------------------
+def _ddim_steps(ev: Evaluator, x: Tensor, ts: Tensor, eta: float):
+    """The DDIM update in its general alpha/sigma form (shared by ddim, ddpm and the discrete samplers)."""
+    eta = float(eta)
+    if not (0.0 <= eta <= 1.0) or not math.isfinite(eta):
+        raise ValueError(f"ddim needs 0 <= eta <= 1 (0: deterministic DDIM, 1: DDPM ancestral); got {eta}")
+    sch = Schedule(ev.sde, ts)
+    lam = [2 * v for v in sch.l]
+    for i in range(len(ts) - 1):
+        a_t, s_t, a_s, s_s = sch.alpha[i], sch.sigma[i], sch.alpha[i + 1], sch.sigma[i + 1]
+        x0 = ev.x0(x, ts[i])
+        eps = (x - a_t * x0) / s_t
+        c = eta * s_s * math.sqrt(-math.expm1(lam[i] - lam[i + 1])) if s_s > 0 else 0.0
+        x = a_s * x0 + math.sqrt(max(s_s * s_s - c * c, 0.0)) * eps
+        if c > 0:
+            x = x + c * ev.randn_like(x)
+        yield x
+
+
+@register("ddim", order=1, nfe_per_step=1, stochastic=True, family="exponential")
+def ddim(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 0.0):
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) for any linear SDE, with lambda = log(alpha^2/sigma^2):
+
+        x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z,   c = eta sigma_s sqrt(1 - e^{lambda_t - lambda_s}),
+
+    x0, eps the model's predictions at (x_t, t) and z ~ N(0, I). eta = 0 is the deterministic DDIM
+    (= DPM-Solver-1, first order in h); eta = 1 is DDPM's ancestral step (on a DDPM table's own grid);
+    0 < eta < 1 interpolates. Noise is drawn only when eta > 0."""
+    return _ddim_steps(ev, x, ts, eta)
+
+
+# -- single-step DPM-Solver (noise prediction) -------------------------------------------------------
+@register("dpm_solver_1", order=1, nfe_per_step=1, family="exponential")
+def dpm_solver_1(ev: Evaluator, x: Tensor, ts: Tensor):
+    """DPM-Solver-1 (Lu et al. 2022, eq. 3.7): x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps(x_t, t).
+    Equal to deterministic DDIM."""
+    sch = Schedule(ev.sde, ts)
+    for i in range(len(ts) - 1):
+        eps = ev.eps(x, ts[i])
+        x = _eps_first_order(x, eps, sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i))
+        yield x
+
+
+def _x0_jump(ev: Evaluator, x: Tensor, sch: Schedule, i: int) -> Tensor:
+    """The step to sigma_s = 0: x_s = alpha_s x0(x_t, t), the limit h -> inf of every update here."""
+    return sch.alpha[i + 1] * ev.x0(x, sch.ts[i])
+
+
+def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: List[float]):
+    """DPM-Solver-2 (rs = [r1]) and DPM-Solver-3 (rs = [r1, r2]) in their published forms (Lu et al. 2022,
+    Algorithms 4 and 5), sharing the phi-functions:
+
+      u_1 = (alpha_1/alpha_t) x_t - sigma_1 (e^{r1 h} - 1) eps_t,                     D_1 = eps(u_1, s_1) - eps_t
+      order 2:  x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t - sigma_s (e^h - 1)/(2 r1) D_1
+      order 3:  u_2 = (alpha_2/alpha_t) x_t - sigma_2 (e^{r2 h} - 1) eps_t - sigma_2 (r2/r1) r2 h phi_2(r2 h) D_1,
+                D_2 = eps(u_2, s_2) - eps_t,  x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t - sigma_s (h phi_2(h)/r2) D_2
+    where s_j is the time with half log-SNR l_t + r_j h."""
+    sch = Schedule(ev.sde, ts)
+    for i in range(len(ts) - 1):
+        if sch.sigma[i + 1] == 0:
+            x = _x0_jump(ev, x, sch, i)
+            yield x
+            continue
+        a_t, a_s, s_s, h = sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i)
+        eps = ev.eps(x, ts[i])
+        t1, a1, s1 = sch.at_l(sch.l[i] + rs[0] * h)
+        u1 = _eps_first_order(x, eps, a_t, a1, s1, rs[0] * h)
+        d1 = ev.eps(u1, t1) - eps
+        base = _eps_first_order(x, eps, a_t, a_s, s_s, h)
+        if len(rs) == 1:
+            x = base - (s_s * math.expm1(h) / (2 * rs[0])) * d1
+        else:
+            r1, r2 = rs
+            t2, a2, s2 = sch.at_l(sch.l[i] + r2 * h)
+            u2 = _eps_first_order(x, eps, a_t, a2, s2, r2 * h) - (s2 * (r2 / r1) * r2 * h * phi(2, r2 * h)) * d1
+            d2 = ev.eps(u2, t2) - eps
+            x = base - (s_s * h * phi(2, h) / r2) * d2
+        yield x
+
+
+@register("dpm_solver_2", order=2, nfe_per_step=2, family="exponential")
+def dpm_solver_2(ev: Evaluator, x: Tensor, ts: Tensor):
+    """DPM-Solver-2 (Lu et al. 2022, Algorithm 4 with r1 = 1/2): single-step, noise prediction, 2 NFE/step.
+
+    u = (alpha_m/alpha_t) x_t - sigma_m (e^{h/2} - 1) eps_t at l_m = l_t + h/2;
+    x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps(u, t_m)."""
+    return _singlestep_eps(ev, x, ts, [0.5])
+
+
+@register("dpm_solver_3", order=3, nfe_per_step=3, family="exponential")
+def dpm_solver_3(ev: Evaluator, x: Tensor, ts: Tensor):
+    """DPM-Solver-3 (Lu et al. 2022, Algorithm 5 with r1 = 1/3, r2 = 2/3): single-step, 3 NFE/step;
+    see ``_singlestep_eps`` for the update."""
+    return _singlestep_eps(ev, x, ts, [1.0 / 3.0, 2.0 / 3.0])
+
+
+@register("dpmpp_2s", order=2, nfe_per_step=2, family="exponential")
+def dpmpp_2s(ev: Evaluator, x: Tensor, ts: Tensor):
+    """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1 with r = 1/2): single-step, data prediction.
+
+    u = (sigma_m/sigma_t) x_t + alpha_m (1 - e^{-h/2}) x0_t at l_m = l_t + h/2,
+    x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0(u, t_m)   (D = (1 - 1/(2r)) x0_t + 1/(2r) x0_m, r = 1/2)."""
+    sch = Schedule(ev.sde, ts)
+    for i in range(len(ts) - 1):
+        if sch.sigma[i + 1] == 0:
+            x = _x0_jump(ev, x, sch, i)
+            yield x
+            continue
+        s_t, a_s, s_s, h = sch.sigma[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i)
+        x0 = ev.x0(x, ts[i])
+        tm, am, sm = sch.at_l(sch.l[i] + 0.5 * h)
+        u = _x0_first_order(x, x0, s_t, am, sm, 0.5 * h)
+        x = _x0_first_order(x, ev.x0(u, tm), s_t, a_s, s_s, h)
+        yield x
+
+
+# -- multistep, data prediction: DPM-Solver++(2M/3M) and UniPC -----------------------------------------
+def _ms_weights(rs: List[float], h: float, B: float) -> List[float]:
+    """Weights a_m solving sum_m a_m r_m^{k-1} = k! h phi_{k+1}(-h) / B, k = 1..K (a = [1/2] for K = 1)."""
+    K = len(rs)
+    if K == 1:
+        return [0.5]
+    R = torch.tensor([[r ** (k - 1) for r in rs] for k in range(1, K + 1)], dtype=torch.float64)
+    b = torch.tensor([math.factorial(k) * h * phi(k + 1, -h) / B for k in range(1, K + 1)], dtype=torch.float64)
+    return torch.linalg.solve(R, b).tolist()
+
+
+def _ms_update(x: Tensor, x0_t: Tensor, points: List[Tuple[float, Tensor]], l_t: float,
+               s_t: float, a_s: float, s_s: float, h: float, variant: str) -> Tensor:
+    """One multistep update from (x_t, l_t) to l_t + h using x0_t and extra points (l_m, x0_m):
+    x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0_t + alpha_s B(h) sum_m a_m (x0_m - x0_t)/r_m."""
+    x = _x0_first_order(x, x0_t, s_t, a_s, s_s, h)
+    if not points:
+        return x
+    B = h if variant == "bh1" else -math.expm1(-h)
+    rs = [(l_m - l_t) / h for l_m, _ in points]
+    weights = _ms_weights(rs, h, B)
+    corr = sum((w / r) * (m - x0_t) for w, r, (_, m) in zip(weights, rs, points))
+    return x + (a_s * B) * corr
+
+
+def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, corrector: bool,
+               lower_order_final: bool):
+    """Multistep predictor (order p uses the last p model outputs) with an optional UniC corrector.
+
+    History: the data predictions x0_j at the half log-SNRs l_j already visited. Step i predicts x_{i+1}
+    from x_i, x0_i and the previous p - 1 outputs (fewer during warm-up); with ``corrector`` the next
+    step first evaluates x0_{i+1} at the predicted x_{i+1}, then redoes step i with (l_{i+1}, x0_{i+1})
+    as an extra point (UniC: no extra network call; x0_{i+1} stays in the history). The last step is
+    predictor only. ``lower_order_final``: on grids of fewer than 15 steps the final steps use order at
+    most the number of steps left (DPM-Solver's choice for stability at few steps)."""
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"variant must be 'bh1' or 'bh2'; got {variant!r}")
+    _check_order_options(lower_order_final)
+    sch = Schedule(ev.sde, ts)
+    n = len(ts) - 1
+    hist: List[Tuple[float, Tensor]] = []  # (l_j, x0_j), oldest first
+    last = None  # (i, x_i, points used by the predictor) of the previous step, for the corrector
+    for i in range(n):
+        x0 = ev.x0(x, ts[i])
+        if corrector and last is not None:
+            j, x_j, pts = last
+            x = _ms_update(x_j, hist[-1][1], pts + [(sch.l[i], x0)], sch.l[j], sch.sigma[j],
+                           sch.alpha[i], sch.sigma[i], sch.h(j), variant)
+        hist.append((sch.l[i], x0))
+        if sch.sigma[i + 1] == 0:
+            x = sch.alpha[i + 1] * x0
+            yield x
+            continue
+        p = min(order, len(hist))
+        if lower_order_final and n < _LOWER_ORDER_FINAL_BELOW:
+            p = min(p, n - i)
+        pts = hist[len(hist) - p:-1][::-1]  # the p - 1 most recent previous points, newest first
+        last = (i, x, pts)
+        x = _ms_update(x, x0, pts, sch.l[i], sch.sigma[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i), variant)
+        del hist[: max(0, len(hist) - order)]
+        yield x
+
+
+@register("dpmpp_2m", order=2, nfe_per_step=1, family="exponential")
+def dpmpp_2m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): multistep, data prediction, 1 NFE/step.
+
+    With r = h_{i-1}/h_i: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1},
+    x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} (1 - e^{-h_i}) D; the first step is DPM-Solver++(1)."""
+    return _multistep(ev, x, ts, 2, "bh2", False, lower_order_final)
+
+
+@register("dpmpp_3m", order=3, nfe_per_step=1, family="exponential")
+def dpmpp_3m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True):
+    """DPM-Solver++(3M) (Lu et al. 2022b, Appendix; multistep third order, data prediction, 1 NFE/step):
+    x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} [h phi_1(-h) x0_i + h^2 phi_2(-h) D1 + h^3 phi_3(-h) D2]
+    with D1, D2 the first and second l-derivatives of the quadratic through the last three x0's;
+    warm-up: DPM-Solver++(1), then (2M)."""
+    return _multistep(ev, x, ts, 3, "bh2", False, lower_order_final)
+
+
+def _unipc(order):
+    def unipc(ev: Evaluator, x: Tensor, ts: Tensor, *, variant: str = "bh2", corrector: bool = True,
+              lower_order_final: bool = True):
+        return _multistep(ev, x, ts, order, variant, corrector, lower_order_final)
+
+    unipc.__doc__ = f"""UniPC-{order} (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), data
+    prediction, 1 NFE/step: predictor UniP-{order} from the last {order} outputs, then corrector UniC that reuses the
+    next step's network call (order +1). With r_m = (l_m - l_i)/h and D_m = (x0_m - x0_i)/r_m:
+        x_{{i+1}} = (sigma_{{i+1}}/sigma_i) x_i + alpha_{{i+1}} (1 - e^{{-h}}) x0_i + alpha_{{i+1}} B(h) sum_m a_m D_m,
+        sum_m a_m r_m^{{k-1}} = k! h phi_{{k+1}}(-h)/B(h)  (a = [1/2] for a single point),
+    B(h) = h ("bh1") or 1 - e^{{-h}} ("bh2"). corrector=False gives UniP alone."""
+    return unipc
+
+
+for _p in (2, 3):
+    register(f"unipc_{_p}", order=_p + 1, nfe_per_step=1, family="exponential")(_unipc(_p))
