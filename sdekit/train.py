@@ -1,0 +1,275 @@
+"""Training by denoising score matching: AdamW, gradient clipping, EMA, exact resume.
+
+``Trainer`` owns everything that determines the run: the network, AdamW, the EMA weights, one
+``torch.Generator`` drawing batches, times, noise and label dropout, and torch's global RNG (used by
+dropout). A checkpoint (``sdekit.checkpoint``) stores all of it, so
+    train 2N steps  ==  train N, save, load (Trainer.resume), train N
+bit for bit on the same machine. The step is:
+    idx ~ U{0..len-1}^B;  y -> null class with probability p_uncond (classifier-free guidance);
+    loss = dsm_loss(model, x[idx], weighting, y);  clip ||grad|| to grad_clip;  AdamW with
+    lr * min(1, (step + 1) / warmup);  ema <- d ema + (1 - d) w, d = min(ema_decay, (1 + step)/(10 + step)).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .checkpoint import WEIGHT_FILES, load_state_strict, read_checkpoint, save_checkpoint, sde_from_spec
+from .losses import WEIGHTINGS, dsm_loss
+from .parameterization import ScoreModel, _check_prediction
+from .sde import LinearSDE
+
+Tensor = torch.Tensor
+
+__all__ = ["Trainer", "train", "plot_losses"]
+
+_HPARAMS = ("batch_size", "lr", "weight_decay", "betas", "grad_clip", "ema_decay", "warmup", "weighting",
+            "importance", "gamma", "p_uncond", "seed")
+
+
+class Trainer:
+    """Denoising score-matching trainer for ``net`` under ``sde`` with a given prediction type.
+
+    data: (N, *event_shape) tensor; y: optional (N,) integer labels (used only if the net has
+    class conditioning; then each label is replaced by the null class with probability p_uncond).
+    """
+
+    def __init__(self, net: torch.nn.Module, sde: LinearSDE, data: Tensor, prediction: str = "eps", *,
+                 y: Optional[Tensor] = None, batch_size: int = 128, lr: float = 2e-4, weight_decay: float = 0.0,
+                 betas=(0.9, 0.999), grad_clip: float = 1.0, ema_decay: float = 0.999, warmup: int = 0,
+                 weighting: str = "simple", importance: Optional[bool] = None, gamma: float = 5.0,
+                 p_uncond: float = 0.1, seed: int = 0, meta: Optional[dict] = None):
+        _check_prediction(prediction)
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {weighting!r}; accepted: {', '.join(WEIGHTINGS)}")
+        if data.ndim < 2 or data.shape[0] < 1:
+            raise ValueError(f"data must have shape (N, *event_shape) with N >= 1; got {tuple(data.shape)}")
+        if y is not None and y.shape != (data.shape[0],):
+            raise ValueError(f"labels must have shape (N,) = ({data.shape[0]},); got {tuple(y.shape)}")
+        self.net, self.sde, self.prediction = net, sde, prediction
+        self.data = data
+        self.conditional = getattr(net, "num_classes", None) is not None and y is not None
+        self.y = y
+        self.hparams = {"batch_size": int(batch_size), "lr": float(lr), "weight_decay": float(weight_decay),
+                        "betas": [float(b) for b in betas], "grad_clip": float(grad_clip),
+                        "ema_decay": float(ema_decay), "warmup": int(warmup), "weighting": weighting,
+                        "importance": importance, "gamma": float(gamma), "p_uncond": float(p_uncond),
+                        "seed": int(seed)}
+        self.meta = dict(meta or {})
+        self.model = ScoreModel(net, sde, prediction)
+        self.optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        self.generator = torch.Generator().manual_seed(int(seed))
+        torch.manual_seed(int(seed))  # dropout draws from torch's global RNG
+        self.step_count = 0
+        self.losses: list[float] = []
+        self.seconds = 0.0
+
+    # -- one step ------------------------------------------------------------------------------
+    def step(self) -> float:
+        h = self.hparams
+        self.net.train()
+        n = self.data.shape[0]
+        idx = torch.randint(0, n, (h["batch_size"],), generator=self.generator)
+        x0 = self.data[idx]
+        y = None
+        if self.conditional:
+            y = self.y[idx].clone()
+            drop = torch.rand(y.shape, generator=self.generator) < h["p_uncond"]
+            y[drop] = self.net.null_class
+        lr = h["lr"] * (min(1.0, (self.step_count + 1) / h["warmup"]) if h["warmup"] > 0 else 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = dsm_loss(self.model, x0, h["weighting"], y=y, generator=self.generator,
+                        importance=h["importance"], gamma=h["gamma"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if h["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), h["grad_clip"])
+        self.optimizer.step()
+        d = min(h["ema_decay"], (1 + self.step_count) / (10 + self.step_count))
+        with torch.no_grad():
+            for k, v in self.net.state_dict().items():
+                if v.dtype.is_floating_point:
+                    self.ema[k].mul_(d).add_(v, alpha=1 - d)
+                else:
+                    self.ema[k].copy_(v)
+        self.step_count += 1
+        value = float(loss.detach())
+        self.losses.append(value)
+        return value
+
+    def run(self, steps: int, progress: bool = True, out_dir=None, ckpt_every: Optional[int] = None,
+            desc: str = "train") -> list[float]:
+        """Train ``steps`` more steps, with a tqdm bar showing the running loss; checkpoint every
+        ``ckpt_every`` steps and at the end when ``out_dir`` is given."""
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
+        avg = None
+        for _ in bar:
+            value = self.step()
+            avg = value if avg is None else 0.98 * avg + 0.02 * value
+            bar.set_postfix(loss=f"{avg:.4f}", refresh=False)
+            if out_dir is not None and ckpt_every and self.step_count % ckpt_every == 0:
+                self.seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                self.save(out_dir)
+        bar.close()
+        self.seconds += time.perf_counter() - start
+        if out_dir is not None:
+            self.save(out_dir)
+        return self.losses[-steps:] if steps else []
+
+    # -- models --------------------------------------------------------------------------------
+    def ema_model(self) -> ScoreModel:
+        """A ScoreModel on a copy of the net carrying the EMA weights (eval mode)."""
+        from .nets import build_net
+
+        net = build_net(self.net.config)
+        net.load_state_dict(self.ema)
+        return ScoreModel(net.eval(), self.sde, self.prediction)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _state_tensors(self) -> dict:
+        tensors = {}
+        opt = self.optimizer.state_dict()
+        for i, st in opt["state"].items():
+            for name, value in st.items():
+                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value)
+        tensors["rng.trainer"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["losses"] = torch.tensor(self.losses, dtype=torch.float64)
+        return tensors
+
+    def save(self, out_dir) -> Path:
+        """Write the checkpoint directory (weights, EMA, optimizer, RNG states, loss history) and the
+        loss-curve PNG ``loss.png`` beside it."""
+        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
+                  for g in self.optimizer.state_dict()["param_groups"]]
+        extra = {"train": {**self.hparams, "steps_done": self.step_count, "seconds": self.seconds,
+                           "last_loss": self.losses[-1] if self.losses else None,
+                           "optimizer": {"type": "AdamW", "param_groups": groups}},
+                 "data": self.meta}
+        path = save_checkpoint(out_dir, self.net, self.sde, self.prediction, self.step_count,
+                               ema=self.ema, state=self._state_tensors(), extra=extra)
+        if self.losses:
+            plot_losses(self.losses, path / "loss.png")
+        return path
+
+    @classmethod
+    def resume(cls, path, data: Tensor, y: Optional[Tensor] = None) -> "Trainer":
+        """Rebuild a trainer from a checkpoint directory so training continues exactly."""
+        from .nets import build_net
+
+        path = Path(path)
+        config, model_t, ema_t, state_t = read_checkpoint(path)
+        cfg_file = path / "config.json"
+        if "train" not in config or state_t is None or ema_t is None:
+            raise ValueError(f"checkpoint {path} holds no training state (config 'train', ema and state files); "
+                             "it can be loaded with load_model but not resumed")
+        train_cfg = config["train"]
+        try:
+            net = build_net(config["net"])
+            sde = sde_from_spec(config["sde"])
+            hp = {k: train_cfg[k] for k in _HPARAMS}
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"checkpoint file {cfg_file}: {e}") from None
+        load_state_strict(net, model_t, path / WEIGHT_FILES["model"])
+        self = cls(net, sde, data, config["prediction"], y=y, meta=config.get("data"), **hp)
+        load_state_strict(_Holder(self.ema), ema_t, path / WEIGHT_FILES["ema"])
+        self.ema = {k: v.clone() for k, v in ema_t.items()}
+        # optimizer: hyper-parameters from JSON, moments from safetensors
+        opt = self.optimizer.state_dict()
+        groups = train_cfg["optimizer"]["param_groups"]
+        if len(groups) != len(opt["param_groups"]):
+            raise ValueError(f"checkpoint file {cfg_file}: {len(groups)} optimizer groups, expected {len(opt['param_groups'])}")
+        for g, saved in zip(opt["param_groups"], groups):
+            g.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
+        state = {}
+        for key, value in state_t.items():
+            if key.startswith("optim."):
+                _, i, name = key.split(".", 2)
+                state.setdefault(int(i), {})[name] = value
+        n_params = len(list(net.parameters()))
+        if state and (max(state) >= n_params or any(
+                s.get("exp_avg") is not None and s["exp_avg"].shape != p.shape
+                for i, p in enumerate(net.parameters()) for s in [state.get(i, {})])):
+            raise ValueError(f"checkpoint file {path / WEIGHT_FILES['state']}: optimizer state does not match the network")
+        opt["state"] = state
+        self.optimizer.load_state_dict(opt)
+        try:
+            self.generator.set_state(state_t["rng.trainer"])
+            torch.set_rng_state(state_t["rng.torch"])
+        except (KeyError, RuntimeError) as e:
+            raise ValueError(f"checkpoint file {path / WEIGHT_FILES['state']}: bad RNG state ({e})") from None
+        self.losses = state_t["losses"].tolist() if "losses" in state_t else []
+        self.step_count = int(config["step"])
+        self.seconds = float(train_cfg.get("seconds", 0.0))
+        return self
+
+
+class _Holder(torch.nn.Module):
+    """Lets load_state_strict check a plain dict of tensors (the EMA) key by key."""
+
+    def __init__(self, tensors: dict):
+        super().__init__()
+        self._t = tensors
+
+    def state_dict(self, *a, **k):
+        return self._t
+
+    def load_state_dict(self, tensors, *a, **k):
+        pass
+
+
+def plot_losses(losses, path, smooth: int = 50) -> Path:
+    """Write a PNG of the per-step loss (light) and its running mean over ``smooth`` steps."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    y = torch.tensor(losses, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(y) + 1), y.numpy(), lw=0.5, alpha=0.35, label="loss")
+    k = max(1, min(smooth, len(y)))
+    if len(y) >= 2:
+        run = torch.nn.functional.avg_pool1d(y[None, None], k, stride=1).flatten()
+        ax.plot(range(k, len(y) + 1), run.numpy(), lw=1.5, label=f"mean of {k}")
+    if len(y) and float(y.min()) > 0 and float(y.max()) / float(y.min()) > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("DSM loss")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    import os
+
+    os.replace(tmp, path)
+    return path
+
+
+def train(net: torch.nn.Module, sde: LinearSDE, data: Tensor, prediction: str = "eps", steps: int = 1000,
+          out_dir=None, resume: bool = False, y: Optional[Tensor] = None, progress: bool = True,
+          ckpt_every: Optional[int] = None, **hparams) -> Trainer:
+    """Train until ``steps`` total steps. With ``resume=True`` and a checkpoint in ``out_dir``,
+    continue it (net/sde/prediction/hparams then come from the checkpoint; ``net`` may be None).
+    Writes the checkpoint and loss.png to ``out_dir`` when given. Returns the Trainer."""
+    if resume and out_dir is not None and (Path(out_dir) / "config.json").exists():
+        trainer = Trainer.resume(out_dir, data, y=y)
+    else:
+        if net is None:
+            raise ValueError("net is required unless resuming from an existing checkpoint")
+        trainer = Trainer(net, sde, data, prediction, y=y, **hparams)
+    remaining = max(0, int(steps) - trainer.step_count)
+    trainer.run(remaining, progress=progress, out_dir=out_dir, ckpt_every=ckpt_every)
+    return trainer

@@ -1,0 +1,255 @@
+import builtins
+import hashlib
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+import sdekit
+from sdekit.checkpoint import load_model, read_checkpoint, save_checkpoint, sde_from_spec, sde_to_spec
+from sdekit.data import toy_data
+from sdekit.interop import EDMSDE
+from sdekit.nets import MLP, UNet
+from sdekit.train import Trainer, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny nets on a shared 2-core machine: one thread is far faster and fully deterministic."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_mlp(**kw):
+    return MLP(dim=2, width=32, depth=2, **kw)
+
+
+def small_unet(**kw):
+    return UNet(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), **kw)
+
+
+def test_short_training_lowers_loss():
+    torch.manual_seed(0)
+    x = toy_data("rings", 4000, seed=0)
+    tr = train(small_mlp(), sdekit.VPSDE(), x, "eps", steps=400, batch_size=256, lr=2e-3, progress=False)
+    first, last = sum(tr.losses[:40]) / 40, sum(tr.losses[-40:]) / 40
+    assert last < 0.75 * first, (first, last)
+    # the EMA model is better than an untrained one on held-out data
+    x_test = toy_data("rings", 4000, seed=1)
+    gen = torch.Generator().manual_seed(5)
+    t = torch.rand(4000, generator=gen, dtype=torch.float64) * 0.999 + 0.001
+    noise = torch.randn(4000, 2, generator=gen)
+    trained = sdekit.losses.dsm_loss(tr.ema_model(), x_test, t=t, noise=noise)
+    fresh = sdekit.losses.dsm_loss(sdekit.ScoreModel(small_mlp().eval(), sdekit.VPSDE()), x_test, t=t, noise=noise)
+    assert trained < 0.75 * fresh
+
+
+def _state(trainer):
+    return {k: v.clone() for k, v in trainer.net.state_dict().items()}
+
+
+@pytest.mark.parametrize("make,data,kw", [
+    (lambda: small_mlp(dropout=0.2, num_classes=2), "moons", dict(weighting="likelihood", prediction="v")),
+    (lambda: small_unet(dropout=0.1, num_classes=10), "digits", dict(weighting="min_snr", prediction="x0")),
+])
+def test_exact_resume(tmp_path, make, data, kw):
+    if data == "digits":
+        ds = sdekit.data.load_digits("test")
+        x, y = ds.x, ds.y
+        sde, steps, bs = sdekit.CosineVPSDE(), 4, 16
+    else:
+        x, y = toy_data("moons", 500, labels=True)
+        sde, steps, bs = sdekit.VPSDE(), 15, 32
+    hp = dict(batch_size=bs, lr=1e-3, warmup=5, ema_decay=0.9, seed=7, y=y, progress=False)
+    prediction = kw.pop("prediction")
+    torch.manual_seed(123)
+    straight = train(make(), sde, x, prediction, steps=2 * steps, **kw, **hp)
+    torch.manual_seed(123)
+    half = train(make(), sde, x, prediction, steps=steps, out_dir=tmp_path / "ck", **kw, **hp)
+    torch.manual_seed(999)  # resuming must restore every RNG, whatever happened in between
+    torch.rand(10)
+    resumed = train(None, None, x, steps=2 * steps, out_dir=tmp_path / "ck", resume=True, y=y, progress=False)
+    assert resumed.step_count == 2 * steps
+    assert resumed.losses == straight.losses
+    for k, v in _state(straight).items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
+    for k, v in straight.ema.items():
+        assert torch.equal(v, resumed.ema[k]), k
+    # and the checkpoint on disk is the final state
+    model, cfg = load_model(tmp_path / "ck")
+    assert cfg["step"] == 2 * steps and cfg["prediction"] == prediction
+    for k, v in straight.ema.items():
+        assert torch.equal(v, model.net.state_dict()[k]), k
+    assert (tmp_path / "ck" / "loss.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("sde", [sdekit.VPSDE(0.2, 15.0, T=0.9, eps=1e-4), sdekit.SubVPSDE(), sdekit.VESDE(0.02, 30.0),
+                                 sdekit.CosineVPSDE(s=0.01), sdekit.DiscreteVPSDE.cosine(100), EDMSDE()])
+def test_sde_spec_round_trip(sde):
+    spec = json.loads(json.dumps(sde_to_spec(sde)))
+    other = sde_from_spec(spec)
+    assert type(other) is type(sde) and (other.T, other.eps) == (sde.T, sde.eps)
+    t = torch.linspace(sde.eps, sde.T, 11, dtype=torch.float64)
+    assert torch.equal(other.alpha(t), sde.alpha(t)) and torch.equal(other.sigma(t), sde.sigma(t))
+
+
+def test_custom_sde_refused():
+    from tests.sdes import CustomVP
+
+    with pytest.raises(ValueError, match="cannot serialise CustomVP"):
+        sde_to_spec(CustomVP())
+    with pytest.raises(ValueError, match="bad SDE spec"):
+        sde_from_spec({"name": "os.system", "kwargs": {}})
+
+
+def test_checkpoint_round_trip_without_training(tmp_path):
+    net = small_unet(num_classes=3).eval()
+    save_checkpoint(tmp_path / "c", net, sdekit.VESDE(), "score", step=3)
+    model, cfg = load_model(tmp_path / "c")
+    assert isinstance(model.sde, sdekit.VESDE) and model.prediction == "score" and cfg["step"] == 3
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
+    assert torch.equal(model.net(x, t), net(x, t))
+    with pytest.raises(ValueError, match="no training state"):
+        Trainer.resume(tmp_path / "c", torch.randn(5, 1, 8, 8))
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    x = toy_data("moons", 200)
+    train(small_mlp(), sdekit.VPSDE(), x, "eps", steps=3, out_dir=tmp_path / "ck", batch_size=8, progress=False)
+    return tmp_path / "ck"
+
+
+def _rewrite_config(path, fn):
+    cfg = json.loads((path / "config.json").read_text())
+    fn(cfg)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_loading_never_unpickles(ckpt, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("pickle / torch.load used while loading a checkpoint")
+
+    monkeypatch.setattr(pickle, "load", boom)
+    monkeypatch.setattr(pickle, "loads", boom)
+    monkeypatch.setattr(pickle, "Unpickler", boom)
+    monkeypatch.setattr(torch, "load", boom)
+    model, _ = load_model(ckpt)
+    Trainer.resume(ckpt, toy_data("moons", 200))
+    assert model.score(torch.randn(3, 2), 0.5).shape == (3, 2)
+    import inspect
+
+    import sdekit.checkpoint
+    import sdekit.train
+
+    for mod in (sdekit.checkpoint, sdekit.train):
+        src = inspect.getsource(mod)
+        assert "torch.load" not in src and "import pickle" not in src
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "ema.safetensors", "state.safetensors"])
+def test_tampered_weights_refused(ckpt, name):
+    data = bytearray((ckpt / name).read_bytes())
+    data[-3] ^= 0x01  # one bit in the raw tensor data
+    (ckpt / name).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{name}.*sha256"):
+        load_model(ckpt) if name != "state.safetensors" else Trainer.resume(ckpt, toy_data("moons", 200))
+
+
+def test_truncated_weights_refused(ckpt):
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors.*sha256"):
+        load_model(ckpt, use_ema=False)
+
+
+def test_corrupt_safetensors_with_matching_checksum_refused(ckpt):
+    bad = b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all"
+    (ckpt / "model.safetensors").write_bytes(bad)
+    _rewrite_config(ckpt, lambda c: c["sha256"].update({"model.safetensors": hashlib.sha256(bad).hexdigest()}))
+    with pytest.raises(ValueError, match="model.safetensors is not a valid safetensors"):
+        load_model(ckpt, use_ema=False)
+
+
+def test_truncated_or_missing_config_refused(ckpt):
+    text = (ckpt / "config.json").read_text()
+    (ckpt / "config.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_model(ckpt)
+    (ckpt / "config.json").unlink()
+    with pytest.raises(ValueError, match="config.json is missing"):
+        load_model(ckpt)
+    with pytest.raises(ValueError, match="not a directory"):
+        load_model(ckpt / "nothing")
+
+
+def test_missing_weights_file_refused(ckpt):
+    (ckpt / "ema.safetensors").unlink()
+    with pytest.raises(ValueError, match="ema.safetensors is missing"):
+        load_model(ckpt)
+
+
+def test_version_and_format_checked(ckpt):
+    _rewrite_config(ckpt, lambda c: c.update(format_version=99))
+    with pytest.raises(ValueError, match="format_version 99"):
+        load_model(ckpt)
+    _rewrite_config(ckpt, lambda c: c.update(format="something-else", format_version=1))
+    with pytest.raises(ValueError, match="not an sdekit checkpoint"):
+        load_model(ckpt)
+
+
+def test_mismatched_net_config_refused(ckpt):
+    _rewrite_config(ckpt, lambda c: c["net"].update(width=64))
+    with pytest.raises(ValueError, match="does not match the network.*mismatched"):
+        load_model(ckpt)
+
+
+def test_weights_from_another_checkpoint_refused(ckpt, tmp_path):
+    other = tmp_path / "other"
+    save_checkpoint(other, small_unet(), sdekit.VPSDE(), "eps")
+    shutil.copy(other / "model.safetensors", ckpt / "model.safetensors")
+    with pytest.raises(ValueError, match="model.safetensors fails its sha256"):
+        load_model(ckpt, use_ema=False)
+    # even with the checksum updated, the keys do not fit the MLP the config describes
+    digest = hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
+    _rewrite_config(ckpt, lambda c: c["sha256"].update({"model.safetensors": digest}))
+    with pytest.raises(ValueError, match="does not match the network"):
+        load_model(ckpt, use_ema=False)
+
+
+def test_bad_prediction_and_sde_in_config(ckpt):
+    _rewrite_config(ckpt, lambda c: c.update(prediction="noise"))
+    with pytest.raises(ValueError, match="unknown prediction 'noise'"):
+        load_model(ckpt)
+    _rewrite_config(ckpt, lambda c: c.update(prediction="eps", sde={"name": "Nope", "kwargs": {}}))
+    with pytest.raises(ValueError, match="config.json.*bad SDE spec"):
+        load_model(ckpt)
+
+
+def test_atomic_write_leaves_no_temp_files(ckpt):
+    assert not [p for p in ckpt.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_train_end_to_end(tmp_path, capsys):
+    from sdekit.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--data", "moons", "--steps", "20", "--batch-size", "16", "--out", str(out),
+            "--prediction", "v", "--sde", "subvp", "--weighting", "min_snr", "--seed", "3"]
+    assert main(args) == 0
+    model, cfg = load_model(out)
+    assert isinstance(model.sde, sdekit.SubVPSDE) and cfg["prediction"] == "v" and cfg["step"] == 20
+    assert (out / "loss.png").exists()
+    assert main(args[:4] + ["40"] + args[5:] + ["--resume"]) == 0
+    _, cfg = load_model(out)
+    assert cfg["step"] == 40 and cfg["train"]["weighting"] == "min_snr"
+    assert main(["train", "--data", "digits", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "d"),
+                 "--sde", "ve", "--channels", "8", "--conditional"]) == 0
+    model, cfg = load_model(tmp_path / "d")
+    assert cfg["net"]["type"] == "UNet" and cfg["net"]["num_classes"] == 10 and isinstance(model.sde, sdekit.VESDE)
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "cifar", "--out", str(tmp_path / "x")])
