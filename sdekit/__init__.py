@@ -5,6 +5,7 @@ ground truth (`sdekit.ground_truth`), samplers (`sdekit.solvers`), probability-f
 (`sdekit.likelihood`) and an accuracy-vs-steps harness (`sdekit.compare`).
 """
 from .ground_truth import GaussianMixture
+from .likelihood import LikelihoodResult, log_likelihood
 from .parameterization import PREDICTIONS, ClassifierFreeGuidance, ScoreModel, convert
 from .sde import (
     SDE,
@@ -30,4 +31,5 @@ __all__ = [
     "ScoreModel", "ClassifierFreeGuidance", "convert", "PREDICTIONS",
     "GaussianMixture",
     "UNet", "MLP", "dsm_loss", "Trainer", "load_model", "save_checkpoint",
+    "log_likelihood", "LikelihoodResult",
 ]

@@ -1,0 +1,512 @@
+"""Log-likelihoods through the probability-flow ODE, with exact or Hutchinson divergence, and bits/dim.
+
+The probability-flow ODE dx/dt = F(x, t) = drift(x, t) - g(t)^2 score(x, t) / 2 carries p_t into p_s.
+Along a trajectory the instantaneous change of variables (Chen et al. 2018, "Neural ODEs", thm. 1)
+gives d/dt log p_t(x_t) = -div F(x_t, t), hence
+
+    log p_{t0}(x) = log p_T(x_T) + int_{t0}^{T} div F(x_t, t) dt,     x_{t0} = x.
+
+We solve the augmented ODE d/dt [x, a] = [F(x, t), div F(x, t)] forward from t0 to T with torchdiffeq
+(Song et al. 2021, "Score-Based Generative Modeling through SDEs", appendix D.2) on the data's device
+and dtype. div F is either the exact trace of the Jacobian dF/dx (one vector-Jacobian product per
+coordinate, all of them in one vmap-vectorised backward pass; no Python loop over rows) or Hutchinson's estimator
+E_v[v^T (dF/dx) v] with K probes v (Rademacher or Gaussian) drawn once per solve; the K probes ride in
+one solve as K accumulators, so each probe yields its own integral and the spread across probes gives
+a per-row standard error.
+
+Bits per dimension, in one convention. The model sees x = lo + a v with v = u + delta in [0, 2^bits)^D,
+u in {0, ..., 2^bits - 1}^D the integer levels, delta in [0, 1)^D the dequantisation offset and
+a = (hi - lo) / 2^bits. A change of variables gives log p_V(v) = log p_X(x) + D log a, and by Jensen
+log P(u) = log int p_V(u + delta) d delta >= E_delta[log p_V(u + delta)], so
+
+    bpd = -(E_delta[log p_X(lo + a (u + delta))] + D log a) / (D log 2)
+
+is an upper bound on the discrete code length -log2 P(u) / D, and is >= 0 whenever the expectation is
+taken. ``dequantize=True, repeats=R`` estimates it with R uniform draws of delta. For continuous data
+bpd = -(log p_X(x) + D log data_scale) / (D log 2), where the data y relate to the model's x by
+x = data_scale * y + shift (data_scale = 1 by default).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "log_likelihood",
+    "LikelihoodResult",
+    "bits_per_dim",
+    "StepBudgetExceeded",
+    "NegativeBPDWarning",
+    "DIVERGENCES",
+    "NOISES",
+    "JACOBIAN_BACKENDS",
+]
+
+DIVERGENCES = ("exact", "hutchinson")
+NOISES = ("rademacher", "gaussian")
+JACOBIAN_BACKENDS = ("auto", "func", "autograd", "loop")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+
+# Drift evaluations one step may cost (dopri8 has 13 stages); bounds the count for any method.
+_EVALS_PER_STEP = 16
+# Elements of the (chunk, batch, D) cotangent block built per vectorised pass in exact mode.
+_MAX_BLOCK_ELEMENTS = 2**25
+
+
+class StepBudgetExceeded(RuntimeError):
+    """The ODE solve needed more steps than ``max_steps`` allows."""
+
+
+class NegativeBPDWarning(UserWarning):
+    """A negative bits/dim on discrete data: the density was evaluated without (enough) dequantisation."""
+
+
+@dataclass
+class LikelihoodResult:
+    """What ``log_likelihood`` returns.
+
+    log_prob: (batch,) log p_{t_start}(x) in nats, the model-space density (averaged over the
+        dequantisation draws when ``dequantize=True``); equals prior + delta.
+    bpd:      (batch,) bits per dimension under the data convention given (see ``bits_per_dim``).
+    nfe:      drift evaluations (network calls) made by the solve.
+    prior:    (batch,) log p_T(z), the prior term (averaged over dequantisation draws).
+    delta:    (batch,) int_{t_start}^{t_end} div F dt (Hutchinson: mean over probes; averaged over draws).
+    z:        latent x_{t_end}; shape (batch, ...) or (repeats, batch, ...) when repeats > 1.
+    stderr:   (batch,) Hutchinson standard error of delta across probes (NaN for one probe);
+              None for the exact divergence.
+    """
+
+    log_prob: Tensor
+    bpd: Tensor
+    nfe: int
+    prior: Tensor
+    delta: Tensor
+    z: Tensor
+    stderr: Optional[Tensor] = None
+    divergence: str = "exact"
+    probes: int = 0
+    backend: str = ""
+    info: dict = field(default_factory=dict)
+
+
+# -- bits per dimension ------------------------------------------------------------------------
+def _data_scale(bits: Optional[int], data_range: Sequence[float], data_scale: Optional[float]) -> float:
+    if bits is not None:
+        if data_scale is not None:
+            raise ValueError("give either bits (discrete data, scale = (hi - lo) / 2^bits) or data_scale, not both")
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+            raise ValueError(f"bits must be a positive integer (e.g. 8 for 256 levels); got {bits!r}")
+        lo, hi = _check_range(data_range)
+        return (hi - lo) / 2**bits
+    if data_scale is None:
+        return 1.0
+    data_scale = float(data_scale)
+    if not (data_scale > 0 and math.isfinite(data_scale)):
+        raise ValueError(f"data_scale must be a finite positive number; got {data_scale}")
+    return data_scale
+
+
+def _check_range(data_range) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in data_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"data_range must be a pair (lo, hi); got {data_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"data_range must be a finite pair with lo < hi; got {data_range!r}")
+    return lo, hi
+
+
+def bits_per_dim(log_prob: Tensor, dim: int, *, bits: Optional[int] = None,
+                 data_range: Sequence[float] = (-1.0, 1.0), data_scale: Optional[float] = None,
+                 warn: bool = True) -> Tensor:
+    """Bits per dimension from a model-space log-density (nats), D = ``dim`` coordinates.
+
+    Discrete data (``bits`` given): the model's x = lo + a (u + delta), a = (hi - lo) / 2^bits, so
+    log p(u + delta) = log p(x) + D log a and bpd = -(log p(x) + D log a) / (D log 2). A density
+    uniform on [lo, hi]^D gives exactly ``bits``. Continuous data: x = data_scale * y + shift and
+    bpd = -(log p(x) + D log data_scale) / (D log 2). With ``bits`` given a negative value is
+    impossible for a dequantised likelihood, so it raises a ``NegativeBPDWarning`` (unless warn=False).
+    """
+    if isinstance(dim, bool) or int(dim) != dim or dim < 1:
+        raise ValueError(f"dim must be a positive integer; got {dim!r}")
+    a = _data_scale(bits, data_range, data_scale)
+    bpd = -(log_prob + dim * math.log(a)) / (dim * math.log(2.0))
+    if warn and bits is not None and bpd.numel() and bool((bpd < 0).any()):
+        warnings.warn(
+            f"negative bits/dim (min {float(bpd.min()):.4g}) on {bits}-bit data: a density evaluated at "
+            "the quantised points themselves is not a likelihood of discrete data; pass dequantize=True "
+            "(uniform dequantisation, repeats=R draws) to get the variational bound, which is >= 0",
+            NegativeBPDWarning, stacklevel=2,
+        )
+    return bpd
+
+
+# -- divergence ----------------------------------------------------------------------------------
+class _Drift:
+    """F(x, t) of the probability-flow ODE for ``model`` (anything with .sde and .score(x, t))."""
+
+    def __init__(self, model):
+        self.model = model
+        self.sde = model.sde
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        out = self.sde.probability_flow_drift(x, t, self.model.score(x, t))
+        if out.shape != x.shape:
+            raise ValueError(f"the probability-flow drift has shape {tuple(out.shape)}; expected x's shape {tuple(x.shape)}")
+        return out
+
+
+def _vjp_block(backend: str, drift: _Drift, x: Tensor, t: Tensor, cot: Tensor, chunk: int):
+    """F(x, t) and the vector-Jacobian products cot[k]^T dF/dx for every k (cot: (K, *x.shape))."""
+    K = cot.shape[0]
+    if backend == "func":
+        out, vjp_fn = torch.func.vjp(lambda y: drift(y, t), x)
+        if chunk >= K:
+            grads = torch.func.vmap(vjp_fn)(cot)[0]
+        else:
+            grads = torch.func.vmap(vjp_fn, chunk_size=chunk)(cot)[0]
+        return out, grads
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        out = drift(xr, t)
+        parts = []
+        if backend == "autograd":
+            for s in range(0, K, chunk):
+                c = cot[s:s + chunk]
+                parts.append(torch.autograd.grad(out, xr, c, retain_graph=s + chunk < K,
+                                                 is_grads_batched=True)[0])
+        else:  # loop over cotangents, one backward pass each (any autograd-capable net)
+            for k in range(K):
+                parts.append(torch.autograd.grad(out, xr, cot[k], retain_graph=k + 1 < K)[0])
+            parts = [torch.stack(parts)]
+    return out.detach(), torch.cat(parts).detach()
+
+
+class _Augmented:
+    """Right-hand side of d/dt [x, acc] = [F, div F] for torchdiffeq."""
+
+    def __init__(self, drift: _Drift, x_shape, divergence: str, probes: Optional[Tensor], backend: str,
+                 chunk_size: Optional[int], max_nfe: int, t_bounds: tuple[float, float]):
+        self.drift = drift
+        self.divergence = divergence
+        self.probes = probes  # (K, *x_shape) for Hutchinson
+        self.backend = backend
+        self.B = x_shape[0]
+        self.D = math.prod(x_shape[1:])
+        self.x_shape = tuple(x_shape)
+        self.max_nfe = max_nfe
+        self.t_lo, self.t_hi = t_bounds
+        self.last_t = t_bounds[0]
+        self.basis = None
+        K = self.D if divergence == "exact" else probes.shape[0]
+        if chunk_size is None:
+            chunk_size = max(1, _MAX_BLOCK_ELEMENTS // max(1, self.B * self.D))
+        self.chunk = max(1, min(int(chunk_size), K))
+
+    def _basis(self, x: Tensor) -> Tensor:
+        if self.basis is None:
+            eye = torch.eye(self.D, dtype=x.dtype, device=x.device)
+            # contiguous: a stride-0 (expanded) cotangent makes the vmapped backward pass far slower
+            self.basis = eye.reshape(self.D, 1, *self.x_shape[1:]).expand(self.D, *self.x_shape).contiguous()
+        return self.basis
+
+    def _div(self, backend: str, x: Tensor, t: Tensor):
+        if self.divergence == "exact":
+            out, g = _vjp_block(backend, self.drift, x, t, self._basis(x), self.chunk)
+            # g[i] = e_i^T dF/dx per row; the trace is sum_i g[i, b, i].
+            div = torch.diagonal(g.reshape(self.D, self.B, self.D), dim1=0, dim2=2).sum(-1)
+            return out, div
+        out, g = _vjp_block(backend, self.drift, x, t, self.probes, self.chunk)
+        return out, (g * self.probes).reshape(self.probes.shape[0], self.B, self.D).sum(-1)  # (K, B)
+
+    def __call__(self, t: Tensor, state):
+        x = state[0]
+        if self.drift.nfe >= self.max_nfe:
+            raise StepBudgetExceeded(
+                f"the solve used {self.drift.nfe} drift evaluations (the budget for max_steps), stopping near "
+                f"t = {float(t):.6g} of [{self.t_lo:.6g}, {self.t_hi:.6g}]; raise max_steps, loosen rtol/atol "
+                "or start later (t_start)"
+            )
+        self.last_t = float(t)
+        tt = t.clamp(self.t_lo, self.t_hi)
+        if self.backend == "auto":
+            nfe = self.drift.nfe
+            for candidate in ("autograd", "func", "loop"):
+                try:
+                    out, div = self._div(candidate, x, tt)
+                except (RuntimeError, NotImplementedError):
+                    if candidate == "loop":
+                        raise
+                    self.drift.nfe = nfe  # the failed attempt is retried, not a new evaluation
+                    continue
+                self.backend = candidate
+                break
+        else:
+            out, div = self._div(self.backend, x, tt)
+        if not (bool(torch.isfinite(out).all()) and bool(torch.isfinite(div).all())):
+            raise FloatingPointError(
+                f"the probability-flow drift or its divergence is not finite at t = {float(t):.6g}; check the "
+                "model (a score that blows up near t = 0 needs a larger t_start)"
+            )
+        return out, div
+
+
+# -- validation ----------------------------------------------------------------------------------
+def _check_model(model):
+    if not (hasattr(model, "sde") and callable(getattr(model, "score", None))):
+        raise TypeError(
+            f"model must be a sdekit.ScoreModel (or any object with .sde and .score(x, t)); got {type(model).__name__}"
+        )
+    if not callable(getattr(model.sde, "probability_flow_drift", None)):
+        raise TypeError("model.sde must be a sdekit.SDE (it needs probability_flow_drift(x, t, score))")
+
+
+def _check_x(x) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape (batch, ...); got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor (float32 or float64); got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[0] < 1 or x[0].numel() < 1:
+        raise ValueError(
+            f"x must have shape (batch, *event_shape) with batch >= 1 and a non-empty event; got {tuple(x.shape)}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"x contains NaN or Inf (rows {bad[:10]}{'...' if len(bad) > 10 else ''}); only finite values are accepted")
+    return x
+
+
+def _check_times(sde, t_start, t_end) -> tuple[float, float]:
+    t_start = sde.eps if t_start is None else t_start
+    t_end = sde.T if t_end is None else t_end
+    try:
+        t_start, t_end = float(t_start), float(t_end)
+    except (TypeError, ValueError):
+        raise ValueError(f"t_start and t_end must be numbers; got {t_start!r}, {t_end!r}") from None
+    for name, v in (("t_start", t_start), ("t_end", t_end)):
+        if not (math.isfinite(v) and 0.0 <= v <= sde.T):
+            raise ValueError(f"{name} must lie in [0, T] = [0, {sde.T}] for {type(sde).__name__}; got {v}")
+    if not t_start < t_end:
+        raise ValueError(f"t_start must be smaller than t_end (the ODE runs forward from data to prior); "
+                         f"got t_start={t_start}, t_end={t_end}")
+    return t_start, t_end
+
+
+def _check_options(divergence, probes, noise, method, rtol, atol, max_steps, repeats, backend, options):
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; accepted: {', '.join(DIVERGENCES)}")
+    if noise not in NOISES:
+        raise ValueError(f"unknown noise {noise!r}; accepted: {', '.join(NOISES)}")
+    if backend not in JACOBIAN_BACKENDS:
+        raise ValueError(f"unknown jacobian backend {backend!r}; accepted: {', '.join(JACOBIAN_BACKENDS)}")
+    if isinstance(probes, bool) or int(probes) != probes or probes < 1:
+        raise ValueError(f"probes must be a positive integer; got {probes!r}")
+    if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer; got {repeats!r}")
+    if isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if not (float(v) > 0 and math.isfinite(float(v))):
+            raise ValueError(f"{name} must be a finite positive number; got {v!r}")
+    if method not in ADAPTIVE_METHODS + FIXED_METHODS:
+        raise ValueError(f"unknown method {method!r}; accepted: adaptive {', '.join(ADAPTIVE_METHODS)}; "
+                         f"fixed-step (need options={{'step_size': h}}) {', '.join(FIXED_METHODS)}")
+    if method in FIXED_METHODS and not options.get("step_size"):
+        raise ValueError(f"fixed-step method {method!r} needs options={{'step_size': h}} (h > 0)")
+
+
+# -- main entry ----------------------------------------------------------------------------------
+def log_likelihood(
+    model,
+    x: Tensor,
+    *,
+    divergence: str = "exact",
+    probes: int = 1,
+    noise: str = "rademacher",
+    seed: Optional[int] = 0,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_start: Optional[float] = None,
+    t_end: Optional[float] = None,
+    prior_log_prob: Optional[Callable[[Tensor], Tensor]] = None,
+    max_steps: int = 10_000,
+    bits: Optional[int] = None,
+    data_range: Sequence[float] = (-1.0, 1.0),
+    data_scale: Optional[float] = None,
+    dequantize: bool = False,
+    repeats: int = 1,
+    chunk_size: Optional[int] = None,
+    jacobian: str = "auto",
+    options: Optional[dict] = None,
+) -> LikelihoodResult:
+    """log p_{t_start}(x) by the probability-flow ODE:  log p_T(x_T) + int_{t_start}^{t_end} div F dt.
+
+    model: a ``ScoreModel`` (or any object with ``.sde`` and ``.score(x, t)``); F(x, t) =
+        ``model.sde.probability_flow_drift(x, t, model.score(x, t))``, so a general ``SDE`` works too.
+    x: (batch, ...) float32 or float64 data in model space; the solve stays on x's device and dtype.
+    divergence: "exact" (trace of dF/dx, vectorised over the D coordinates) or "hutchinson" with
+        ``probes`` = K probes of kind ``noise`` ("rademacher" or "gaussian") drawn once from ``seed``.
+    method, rtol, atol, options: torchdiffeq ``odeint`` settings (adaptive methods by default; a
+        fixed-step method needs options={"step_size": h}).
+    t_start, t_end: integration interval, default [sde.eps, sde.T]; must satisfy 0 <= t_start < t_end <= T.
+    prior_log_prob: z -> (batch,) log-density of x_{t_end}; default ``model.sde.prior_log_prob``. (The SDE
+        prior is only approximately p_T; pass the exact p_T when comparing against ground truth.)
+    max_steps: step budget; past it a ``StepBudgetExceeded`` error is raised (never a hang).
+    bits, data_range, data_scale, dequantize, repeats: bits/dim convention (module docstring): with
+        ``bits`` the data are x = lo + (hi - lo)(u + delta)/2^bits; ``dequantize=True`` expects x on the
+        level grid (delta = 0) and averages over ``repeats`` uniform draws of delta.
+    chunk_size: how many basis vectors (or probes) one vectorised vector-Jacobian pass handles.
+    jacobian: how the vector-Jacobian products are batched: "autograd" (one backward pass vectorised
+        over all cotangents, ``torch.autograd.grad(is_grads_batched=True)``, i.e. vmap of the backward),
+        "func" (``torch.func.vjp`` + ``torch.func.vmap``), "loop" (one backward pass per cotangent; any
+        autograd-capable net) or "auto": the first of autograd, func, loop that the net supports.
+
+    No gradient flows back to x or the model. Returns a ``LikelihoodResult``.
+    """
+    from torchdiffeq import odeint
+
+    _check_model(model)
+    x = _check_x(x)
+    options = dict(options or {})
+    _check_options(divergence, probes, noise, method, rtol, atol, max_steps, repeats, jacobian, options)
+    sde = model.sde
+    t0, t1 = _check_times(sde, t_start, t_end)
+    scale = _data_scale(bits, data_range, data_scale)
+    if (dequantize or repeats > 1) and bits is None:
+        raise ValueError("dequantize / repeats need the bit depth of the data: pass bits (e.g. bits=8)")
+    if repeats > 1 and not dequantize:
+        raise ValueError("repeats > 1 only makes sense with dequantize=True")
+    prior_fn = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
+    if not callable(prior_fn):
+        raise TypeError("prior_log_prob must be a callable z -> (batch,) log-density")
+
+    x = x.detach()
+    B, event = x.shape[0], tuple(x.shape[1:])
+    D = math.prod(event)
+    device, dtype = x.device, x.dtype
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+
+    if bits is not None:
+        lo, hi = _check_range(data_range)
+        if dequantize:
+            levels = (x - lo) / scale
+            nearest = levels.round()
+            if bool(((levels - nearest).abs() > 1e-3).any()) or bool((nearest < 0).any()) \
+                    or bool((nearest > 2**bits - 1).any()):
+                raise ValueError(
+                    f"dequantize=True expects x on the {bits}-bit level grid x = lo + (hi - lo) u / 2^bits with "
+                    f"integer u in [0, {2**bits - 1}] and (lo, hi) = ({lo}, {hi}); x is not (a [0, 1] -> u/255 "
+                    "scaling, say, is another convention)"
+                )
+            x_grid = lo + scale * nearest
+            delta_u = torch.rand((repeats, *x.shape), generator=gen, device=device, dtype=dtype)
+            xs = (x_grid.unsqueeze(0) + scale * delta_u).reshape(repeats * B, *event)
+        else:
+            tol = 1e-6 * (hi - lo)
+            if bool((x < lo - tol).any()) or bool((x > hi + tol).any()):
+                raise ValueError(f"with bits={bits} the data must lie in data_range = [{lo}, {hi}]; "
+                                 f"got values in [{float(x.min())}, {float(x.max())}]")
+            xs = x
+    else:
+        xs = x
+    N = xs.shape[0]
+
+    probe_t = None
+    if divergence == "hutchinson":
+        shape = (probes, N, *event)
+        if noise == "rademacher":
+            probe_t = torch.randint(0, 2, shape, generator=gen, device=device).to(dtype) * 2 - 1
+        else:
+            probe_t = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+
+    adaptive = method in ADAPTIVE_METHODS
+    if adaptive:
+        max_nfe = max_steps * _EVALS_PER_STEP + _EVALS_PER_STEP
+        options.setdefault("max_num_steps", int(max_steps))
+    else:
+        n_steps = math.ceil((t1 - t0) / float(options["step_size"]))
+        if n_steps > max_steps:
+            raise StepBudgetExceeded(
+                f"step_size={options['step_size']} over [{t0}, {t1}] needs {n_steps} steps > max_steps={max_steps}"
+            )
+        max_nfe = (n_steps + 1) * _EVALS_PER_STEP
+
+    drift = _Drift(model)
+    rhs = _Augmented(drift, xs.shape, divergence, probe_t, jacobian, chunk_size, max_nfe, (t0, t1))
+    acc0 = xs.new_zeros((N,) if divergence == "exact" else (probes, N))
+    tdtype = torch.float32 if device.type == "mps" else torch.float64
+    ts = torch.tensor([t0, t1], dtype=tdtype, device=device)
+    try:
+        with torch.no_grad():
+            sol = odeint(rhs, (xs, acc0), ts, rtol=rtol, atol=atol, method=method, options=options)
+    except AssertionError as err:  # torchdiffeq reports budget and step underflow with assert
+        msg = str(err)
+        if "max_num_steps" in msg or "underflow" in msg:
+            raise StepBudgetExceeded(
+                f"the adaptive solve ({method}, rtol={rtol}, atol={atol}) did not reach t_end = {t1} within "
+                f"max_steps={max_steps} steps (torchdiffeq: {msg}); it stopped near t = {rhs.last_t:.6g} after "
+                f"{drift.nfe} drift evaluations. Raise max_steps, loosen rtol/atol or start later (t_start)"
+            ) from None
+        raise
+
+    z, acc = sol[0][-1], sol[1][-1]
+    prior = prior_fn(z)
+    if not isinstance(prior, Tensor) or prior.shape != (N,):
+        raise ValueError(f"prior_log_prob must return a (batch,) = ({N},) tensor; "
+                         f"got {getattr(prior, 'shape', type(prior).__name__)}")
+    prior = prior.to(dtype)
+    stderr = None
+    if divergence == "exact":
+        delta_all = acc
+    else:
+        delta_all = acc.mean(0)
+        if probes > 1:
+            stderr = acc.std(0, unbiased=True) / math.sqrt(probes)
+        else:
+            stderr = torch.full_like(delta_all, float("nan"))
+
+    R = N // B
+    prior = prior.reshape(R, B)
+    delta = delta_all.reshape(R, B)
+    log_prob = (prior + delta).mean(0)
+    if stderr is not None:
+        stderr = stderr.reshape(R, B).pow(2).sum(0).sqrt() / R
+    z = z.reshape(R, B, *event)
+    bpd = bits_per_dim(log_prob, D, bits=bits, data_range=data_range, data_scale=data_scale, warn=False)
+    if bits is not None and bool((bpd < 0).any()):
+        warnings.warn(
+            f"negative bits/dim (min {float(bpd.min()):.4g}) on {bits}-bit data"
+            + ("" if dequantize else "; the density was evaluated at the quantised points themselves: pass "
+               "dequantize=True (uniform dequantisation) for the variational bound, which is >= 0")
+            + ("; with dequantisation this means the model's density is not normalised or the solve is inaccurate"
+               if dequantize else ""),
+            NegativeBPDWarning, stacklevel=2,
+        )
+    return LikelihoodResult(
+        log_prob=log_prob,
+        bpd=bpd,
+        nfe=drift.nfe,
+        prior=prior.mean(0),
+        delta=delta.mean(0),
+        z=z[0] if R == 1 else z,
+        stderr=stderr,
+        divergence=divergence,
+        probes=probes if divergence == "hutchinson" else 0,
+        backend=rhs.backend,
+        info={"t_start": t0, "t_end": t1, "method": method, "rtol": rtol, "atol": atol,
+              "repeats": R, "scale": scale},
+    )

@@ -1,0 +1,373 @@
+"""Probability-flow log-likelihoods against the Gaussian mixture's analytic log-density."""
+import math
+import time
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sdekit
+from sdekit.likelihood import NegativeBPDWarning, StepBudgetExceeded, bits_per_dim, log_likelihood
+from tests.sdes import builtin_sdes
+
+SDES = builtin_sdes()
+TIGHT = dict(rtol=1e-8, atol=1e-8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These solves are many small ops: on a busy 2-core machine a second intra-op thread only adds
+    synchronisation stalls (10x slower measured), so run this module single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def exact_prior(gm, sde, t_end=None):
+    """The mixture's exact p_T (the SDE's N(0, I) prior is only approximately p_T)."""
+    t_end = sde.T if t_end is None else t_end
+    return lambda z: gm.log_prob(z, t_end, sde)
+
+
+def points(gm, n=6, seed=1):
+    """Exact samples plus one point off the data (in the mixture's tails)."""
+    x = gm.sample(n - 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    far = gm.mean().reshape(1, -1) + 2.5
+    return torch.cat([x, far.reshape(1, *gm.event_shape)])
+
+
+@pytest.mark.parametrize("dim", [2, 8, 32])
+@pytest.mark.parametrize("name", sorted(SDES))
+def test_exact_divergence_matches_analytic_log_density(name, dim):
+    sde = SDES[name]
+    gm = sdekit.GaussianMixture.default(dim=dim, seed=dim)
+    x = points(gm)
+    res = sdekit.log_likelihood(gm.model(sde), x, divergence="exact", prior_log_prob=exact_prior(gm, sde), **TIGHT)
+    truth = gm.log_prob(x, sde.eps, sde)
+    assert res.log_prob.shape == (x.shape[0],) and res.log_prob.dtype == torch.float64
+    assert (res.log_prob - truth).abs().max().item() < 1e-4
+    torch.testing.assert_close(res.log_prob, res.prior + res.delta)
+    assert res.z.shape == x.shape and res.stderr is None and res.nfe > 0
+
+
+def test_sde_prior_is_not_exactly_p_T_but_the_gap_is_accounted_for():
+    """With the default N(0, I) prior the estimate is off by log N(z) - log p_T(z), exactly that gap."""
+    sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=16)
+    x = points(gm)
+    res = sdekit.log_likelihood(gm.model(sde), x, **TIGHT)
+    gap = sde.prior_log_prob(res.z) - gm.log_prob(res.z, sde.T, sde)
+    torch.testing.assert_close(res.log_prob - gap, gm.log_prob(x, sde.eps, sde), atol=1e-4, rtol=0)
+    assert gap.abs().mean() > 1e-3  # the gap is real: a test that ignores it would be wrong
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**16), name=st.sampled_from(sorted(SDES)), dim=st.integers(1, 4),
+       t_start=st.floats(0.01, 0.5), t_end_frac=st.floats(0.6, 1.0))
+def test_random_mixtures_and_intervals(seed, name, dim, t_start, t_end_frac):
+    g = torch.Generator().manual_seed(seed)
+    gm = sdekit.GaussianMixture(torch.rand(3, generator=g, dtype=torch.float64) + 0.1,
+                                torch.randn(3, dim, generator=g, dtype=torch.float64) * 2,
+                                0.1 + torch.rand(3, dim, generator=g, dtype=torch.float64))
+    sde = SDES[name]
+    t0, t1 = t_start * sde.T, t_end_frac * sde.T
+    x = gm.sample_t(4, t0, sde, generator=g, dtype=torch.float64)
+    res = log_likelihood(gm.model(sde), x, t_start=t0, t_end=t1, prior_log_prob=exact_prior(gm, sde, t1), **TIGHT)
+    torch.testing.assert_close(res.log_prob, gm.log_prob(x, t0, sde), atol=1e-4, rtol=0)
+
+
+def test_event_shapes_and_batch_independence():
+    sde = SDES["subvp"]
+    gm = sdekit.GaussianMixture([0.4, 0.6], torch.randn(2, 2, 3, dtype=torch.float64,
+                                                        generator=torch.Generator().manual_seed(0)), 0.5)
+    x = gm.sample(5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    res = log_likelihood(gm.model(sde), x, prior_log_prob=exact_prior(gm, sde), **TIGHT)
+    torch.testing.assert_close(res.log_prob, gm.log_prob(x, sde.eps, sde), atol=1e-4, rtol=0)
+    one = log_likelihood(gm.model(sde), x[2:3], prior_log_prob=exact_prior(gm, sde), **TIGHT)
+    torch.testing.assert_close(one.log_prob, res.log_prob[2:3], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["func", "autograd", "loop"])
+def test_jacobian_backends_agree(backend):
+    sde, gm = SDES["cosine"], sdekit.GaussianMixture.default(dim=5)
+    x = points(gm, 4)
+    kw = dict(prior_log_prob=exact_prior(gm, sde), rtol=1e-6, atol=1e-6)
+    ref = log_likelihood(gm.model(sde), x, jacobian="func", **kw)
+    res = log_likelihood(gm.model(sde), x, jacobian=backend, chunk_size=2, **kw)
+    torch.testing.assert_close(res.log_prob, ref.log_prob, atol=1e-10, rtol=0)
+    assert res.backend == backend and res.nfe == ref.nfe
+
+
+class _Square(torch.autograd.Function):
+    """An old-style autograd.Function: no setup_context, so torch.func transforms refuse it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+def test_auto_falls_back_for_nets_torch_func_cannot_transform():
+    sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=3)
+    exact = gm.model(sde).net
+
+    def net(x, t):  # the exact score, routed through a non-functorch autograd.Function
+        s = exact(x, t)
+        return _Square.apply(s + 1.0) - s * s - s - 1.0  # = s, with the gradient through _Square
+
+    model = sdekit.ScoreModel(net, sde, prediction="score")
+    x = points(gm, 4)
+    res = log_likelihood(model, x, prior_log_prob=exact_prior(gm, sde), jacobian="auto", **TIGHT)
+    assert res.backend in ("autograd", "loop")
+    assert (res.log_prob - gm.log_prob(x, sde.eps, sde)).abs().max() < 1e-4
+    with pytest.raises(RuntimeError):
+        log_likelihood(model, x, jacobian="func")
+
+
+class _GeneralVP(sdekit.SDE):
+    """A general (non-LinearSDE) SDE: the VP drift written as a plain function of x and t."""
+
+    def __init__(self):
+        super().__init__(T=1.0, eps=1e-3)
+        self.vp = sdekit.VPSDE()
+
+    def drift(self, x, t):
+        return self.vp.drift(x, t)
+
+    def diffusion(self, t):
+        return self.vp.diffusion(t)
+
+    def prior_std(self):
+        return 1.0
+
+
+def test_general_sde_with_score_model():
+    gm = sdekit.GaussianMixture.default(dim=4)
+    vp = SDES["vp"]
+    model = sdekit.ScoreModel(lambda x, t: gm.score(x, t, vp), _GeneralVP(), prediction="score")
+    x = points(gm, 4)
+    res = log_likelihood(model, x, prior_log_prob=exact_prior(gm, vp), **TIGHT)
+    torch.testing.assert_close(res.log_prob, gm.log_prob(x, vp.eps, vp), atol=1e-4, rtol=0)
+
+
+def test_float32_stays_float32_and_is_close():
+    sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=4)
+    x = points(gm).float()
+    res = log_likelihood(gm.model(sde), x, prior_log_prob=lambda z: gm.log_prob(z, sde.T, sde),
+                         rtol=1e-5, atol=1e-5)
+    assert res.log_prob.dtype == torch.float32 and res.z.dtype == torch.float32
+    assert (res.log_prob.double() - gm.log_prob(x.double(), sde.eps, sde)).abs().max() < 2e-2
+
+
+# -- Hutchinson ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_mean_agrees_with_exact_within_three_standard_errors(noise):
+    sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=6)
+    x = points(gm, 8)
+    kw = dict(prior_log_prob=exact_prior(gm, sde), rtol=1e-7, atol=1e-7)
+    exact = log_likelihood(gm.model(sde), x, **kw)
+    hut = log_likelihood(gm.model(sde), x, divergence="hutchinson", probes=200, noise=noise, seed=3, **kw)
+    assert hut.stderr.shape == (8,) and bool((hut.stderr > 0).all())
+    z = (hut.log_prob - exact.log_prob) / hut.stderr
+    assert z.abs().max() < 3.0, z
+    assert hut.probes == 200 and hut.divergence == "hutchinson"
+
+
+def test_hutchinson_stderr_shrinks_like_one_over_sqrt_probes():
+    sde, gm = SDES["ve"], sdekit.GaussianMixture.default(dim=8)
+    x = points(gm, 16)
+    kw = dict(divergence="hutchinson", noise="gaussian", prior_log_prob=exact_prior(gm, sde), rtol=1e-6, atol=1e-6)
+    s16 = log_likelihood(gm.model(sde), x, probes=16, seed=0, **kw).stderr
+    s256 = log_likelihood(gm.model(sde), x, probes=256, seed=1, **kw).stderr
+    ratio = (s16 / s256).mean().item()  # sqrt(256 / 16) = 4
+    assert 3.2 < ratio < 4.8, ratio
+    # and the per-probe spread itself is the same: stderr * sqrt(K) estimates one probe's std
+    spread = (s16 * 4).mean() / (s256 * 16).mean()
+    assert 0.8 < spread.item() < 1.2
+
+
+def test_hutchinson_is_reproducible_from_the_seed_and_one_probe_has_nan_stderr():
+    sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=3)
+    x = points(gm, 4)
+    a = log_likelihood(gm.model(sde), x, divergence="hutchinson", probes=3, seed=7)
+    b = log_likelihood(gm.model(sde), x, divergence="hutchinson", probes=3, seed=7)
+    c = log_likelihood(gm.model(sde), x, divergence="hutchinson", probes=3, seed=8)
+    torch.testing.assert_close(a.log_prob, b.log_prob, atol=0, rtol=0)
+    assert not torch.equal(a.log_prob, c.log_prob)
+    one = log_likelihood(gm.model(sde), x, divergence="hutchinson", probes=1)
+    assert torch.isnan(one.stderr).all()
+
+
+# -- bits per dimension ------------------------------------------------------------------------------
+@pytest.mark.parametrize("lo,hi,bits", [(-1.0, 1.0, 8), (0.0, 1.0, 8), (-3.0, 5.0, 5)])
+def test_uniform_density_gives_exactly_bits(lo, hi, bits):
+    D = 12
+    log_p = torch.full((3,), -D * math.log(hi - lo), dtype=torch.float64)
+    bpd = bits_per_dim(log_p, D, bits=bits, data_range=(lo, hi))
+    torch.testing.assert_close(bpd, torch.full_like(bpd, float(bits)), atol=1e-12, rtol=0)
+
+
+def test_continuous_bpd_and_data_scale():
+    D, lp = 4, torch.tensor([-3.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(bits_per_dim(lp, D), -lp / (D * math.log(2)))
+    # y = x / 2 doubles the density of every coordinate: one bit per dimension fewer... in y units
+    torch.testing.assert_close(bits_per_dim(lp, D, data_scale=2.0), -lp / (D * math.log(2)) - 1.0)
+    with pytest.raises(ValueError, match="not both"):
+        bits_per_dim(lp, D, bits=8, data_scale=2.0)
+
+
+def test_negative_bpd_on_discrete_data_warns():
+    with pytest.warns(NegativeBPDWarning, match="dequantize"):
+        bits_per_dim(torch.tensor([50.0]), 4, bits=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bits_per_dim(torch.tensor([50.0]), 4)  # continuous data: negative bpd is legitimate
+
+
+def _single_gaussian(dim, sd):
+    return sdekit.GaussianMixture([1.0], torch.zeros(1, dim, dtype=torch.float64), sd)
+
+
+def test_dequantized_bpd_matches_the_analytic_expectation():
+    """A single Gaussian: E_delta[log p(x + a delta)] is analytic, so the dequantised bound is known."""
+    sde, dim, bits, (lo, hi) = SDES["vp"], 3, 3, (-1.0, 1.0)
+    gm = _single_gaussian(dim, 0.7)
+    a = (hi - lo) / 2**bits
+    u = torch.randint(0, 2**bits, (5, dim), generator=torch.Generator().manual_seed(0)).double()
+    x = lo + a * u
+    R = 64
+    res = log_likelihood(gm.model(sde), x, bits=bits, data_range=(lo, hi), dequantize=True, repeats=R, seed=0,
+                         prior_log_prob=exact_prior(gm, sde), rtol=1e-7, atol=1e-7)
+    # p_{t0} = N(0, v I), v = alpha^2 0.49 + sigma^2; E[(x + a d)^2] = x^2 + a x + a^2 / 3 for d ~ U[0, 1)
+    al, sg = sde.alpha(sde.eps).item(), sde.sigma(sde.eps).item()
+    v = al**2 * 0.49 + sg**2
+    expect = (-0.5 * math.log(2 * math.pi * v) - (x**2 + a * x + a**2 / 3) / (2 * v)).sum(1)
+    # Monte Carlo spread of the R-draw average, from the analytic density itself
+    d = torch.rand(4000, *x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    mc_sd = gm.log_prob((x + a * d).reshape(-1, dim), sde.eps, sde).reshape(4000, -1).std(0) / math.sqrt(R)
+    assert ((res.log_prob - expect).abs() < 4 * mc_sd + 1e-4).all(), (res.log_prob - expect, mc_sd)
+    torch.testing.assert_close(res.bpd, -(res.log_prob + dim * math.log(a)) / (dim * math.log(2)))
+    assert (res.bpd > 0).all() and res.z.shape == (R, 5, dim)
+
+
+def test_dequantized_bpd_is_reproducible_and_averages_draws():
+    sde, gm = SDES["vp"], _single_gaussian(2, 0.5)
+    x = -1.0 + 2.0 / 256 * torch.tensor([[10.0, 200.0], [128.0, 127.0]], dtype=torch.float64)
+    kw = dict(bits=8, dequantize=True, prior_log_prob=exact_prior(gm, sde), rtol=1e-6, atol=1e-6)
+    a = log_likelihood(gm.model(sde), x, seed=1, **kw)
+    b = log_likelihood(gm.model(sde), x, seed=1, **kw)
+    torch.testing.assert_close(a.bpd, b.bpd, atol=0, rtol=0)
+    assert a.z.shape == x.shape  # one draw: no repeats dimension
+
+
+def test_dequantize_needs_data_on_the_level_grid():
+    sde, gm = SDES["vp"], _single_gaussian(2, 0.5)
+    x = torch.tensor([[0.0, 0.5]], dtype=torch.float64) * 2 / 255 * 3  # a u/255 scaling: off the 2/256 grid
+    with pytest.raises(ValueError, match="level grid"):
+        log_likelihood(gm.model(sde), x, bits=8, dequantize=True)
+    with pytest.raises(ValueError, match="bits"):
+        log_likelihood(gm.model(sde), x, dequantize=True)
+    with pytest.raises(ValueError, match="data_range"):
+        log_likelihood(gm.model(sde), x + 5, bits=8)
+
+
+def test_negative_bpd_without_dequantization_warns_in_the_full_path():
+    sde, gm = SDES["vp"], _single_gaussian(2, 1e-3)
+    x = torch.zeros(2, 2, dtype=torch.float64)  # level 128 of 256 on [-1, 1]: the sharp mode
+    with pytest.warns(NegativeBPDWarning):
+        res = log_likelihood(gm.model(sde), x, bits=8, t_start=1e-5, prior_log_prob=exact_prior(gm, sde))
+    assert (res.bpd < 0).all()
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+@pytest.fixture
+def vp_model():
+    sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=2)
+    return gm.model(sde), gm
+
+
+def test_nan_or_inf_in_x_is_rejected(vp_model):
+    model, gm = vp_model
+    x = points(gm, 3)
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[1, 0] = bad
+        with pytest.raises(ValueError, match="NaN or Inf.*rows \\[1\\]"):
+            log_likelihood(model, y)
+
+
+def test_wrong_shapes_are_rejected(vp_model):
+    model, gm = vp_model
+    with pytest.raises(ValueError, match="batch"):
+        log_likelihood(model, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="shape"):
+        log_likelihood(model, torch.zeros(3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="floating"):
+        log_likelihood(model, torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="prior_log_prob must return"):
+        log_likelihood(model, points(gm, 3), prior_log_prob=lambda z: z.sum())
+    with pytest.raises(TypeError, match="ScoreModel"):
+        log_likelihood(lambda x, t: x, points(gm, 3))
+
+
+def test_bad_times_are_rejected(vp_model):
+    model, gm = vp_model
+    x = points(gm, 3)
+    with pytest.raises(ValueError, match="smaller than t_end"):
+        log_likelihood(model, x, t_start=0.5, t_end=0.5)
+    with pytest.raises(ValueError, match="smaller than t_end"):
+        log_likelihood(model, x, t_start=0.6, t_end=0.2)
+    with pytest.raises(ValueError, match=r"\[0, T\]"):
+        log_likelihood(model, x, t_end=1.5)
+    with pytest.raises(ValueError, match=r"\[0, T\]"):
+        log_likelihood(model, x, t_start=-0.1)
+
+
+def test_bad_options_are_rejected_with_the_accepted_values(vp_model):
+    model, gm = vp_model
+    x = points(gm, 3)
+    with pytest.raises(ValueError, match="exact, hutchinson"):
+        log_likelihood(model, x, divergence="trace")
+    with pytest.raises(ValueError, match="rademacher, gaussian"):
+        log_likelihood(model, x, divergence="hutchinson", noise="uniform")
+    with pytest.raises(ValueError, match="dopri5"):
+        log_likelihood(model, x, method="rk45")
+    with pytest.raises(ValueError, match="step_size"):
+        log_likelihood(model, x, method="rk4")
+    with pytest.raises(ValueError, match="probes"):
+        log_likelihood(model, x, divergence="hutchinson", probes=0)
+
+
+def test_exceeded_step_budget_fails_quickly_with_a_clear_error(vp_model):
+    model, gm = vp_model
+    x = points(gm, 3)
+    start = time.perf_counter()
+    with pytest.raises(StepBudgetExceeded, match="max_steps=5"):
+        log_likelihood(model, x, max_steps=5, rtol=1e-10, atol=1e-10)
+    with pytest.raises(StepBudgetExceeded, match="max_steps=10"):
+        log_likelihood(model, x, method="rk4", options={"step_size": 1e-3}, max_steps=10)
+    assert time.perf_counter() - start < 10
+
+
+def test_fixed_step_method_runs(vp_model):
+    model, gm = vp_model
+    x = points(gm, 3)
+    sde = model.sde
+    res = log_likelihood(model, x, method="rk4", options={"step_size": 2e-3}, prior_log_prob=exact_prior(gm, sde))
+    assert res.nfe == 4 * 500
+    assert (res.log_prob - gm.log_prob(x, sde.eps, sde)).abs().max() < 0.05
+
+
+def test_non_finite_drift_is_reported(vp_model):
+    model, gm = vp_model
+    nan_after = lambda x, t: x * torch.where(t[:, None] > 0.45, float("nan"), 1.0)  # noqa: E731
+    bad = sdekit.ScoreModel(nan_after, model.sde, prediction="score")
+    with pytest.raises(FloatingPointError, match="not finite"):
+        log_likelihood(bad, points(gm, 3), t_start=0.4, t_end=0.6, method="rk4", options={"step_size": 0.05})
