@@ -371,3 +371,18 @@ def test_non_finite_drift_is_reported(vp_model):
     bad = sdekit.ScoreModel(nan_after, model.sde, prediction="score")
     with pytest.raises(FloatingPointError, match="not finite"):
         log_likelihood(bad, points(gm, 3), t_start=0.4, t_end=0.6, method="rk4", options={"step_size": 0.05})
+
+
+# -- command line -----------------------------------------------------------------------------------
+def test_cli_likelihood_prints_estimate_beside_exact(capsys):
+    from sdekit import cli
+
+    assert cli.main(["likelihood", "--n", "3", "--rtol", "1e-7", "--atol", "1e-7"]) == 0
+    out = capsys.readouterr().out
+    assert "exact" in out and "NFE" in out and "time" in out
+    err = float(out.split("mean |error|")[1].split()[0])
+    assert err < 1e-4
+    assert cli.main(["likelihood", "--n", "2", "--prior", "sde", "--divergence", "hutchinson", "--probes", "4"]) == 0
+    assert "prior gap" in capsys.readouterr().out
+    assert cli.main(["likelihood", "--rtol", "-1"]) == 2
+    assert "rtol" in capsys.readouterr().err
