@@ -35,7 +35,9 @@ class _BudgetedDrift:
                 f"the adaptive solve used its budget of {self.max_nfe} network evaluations before reaching "
                 f"the end (now at t = {float(t):.6g}); loosen rtol/atol or raise max_nfe"
             )
-        return self.ev.pf_drift(x, t.to(torch.float64))
+        # integrators probe outside [t_end, t_start] (initial step-size selection, overshooting stages):
+        # hold the time at the edge of [0, T] there; only states inside the interval are returned
+        return self.ev.pf_drift(x, t.to(torch.float64).clamp(0.0, self.ev.sde.T))
 
 
 @register("torchdiffeq", order=5, nfe_per_step=6, adaptive=True)
