@@ -4,6 +4,7 @@ SDEs as objects (`sdekit.sde`), networks as prediction adapters (`sdekit.paramet
 ground truth (`sdekit.ground_truth`), samplers (`sdekit.solvers`), probability-flow likelihoods
 (`sdekit.likelihood`) and an accuracy-vs-steps harness (`sdekit.compare`).
 """
+from .compare import CompareResults, compare
 from .ground_truth import GaussianMixture
 from .likelihood import LikelihoodResult, log_likelihood
 from .parameterization import PREDICTIONS, ClassifierFreeGuidance, ScoreModel, convert
@@ -30,6 +31,7 @@ __all__ = [
     "linear_beta_schedule", "cosine_beta_schedule",
     "ScoreModel", "ClassifierFreeGuidance", "convert", "PREDICTIONS",
     "GaussianMixture",
+    "compare", "CompareResults",
     "UNet", "MLP", "dsm_loss", "Trainer", "load_model", "save_checkpoint",
     "log_likelihood", "LikelihoodResult",
 ]

@@ -205,10 +205,64 @@ def _run_likelihood(args) -> int:
     return 0
 
 
+# -- compare -----------------------------------------------------------------------------------
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 5,10,20; got {text!r}")
+
+
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="solver accuracy against NFE on an exact Gaussian-mixture score "
+                       "(table, results.json, error_vs_nfe.png)")
+    p.add_argument("--solvers", default=None,
+                   help="comma-separated solver names (default: every deterministic fixed-step solver)")
+    p.add_argument("--nfe", type=_int_list, default=None,
+                   help="NFE budgets, turned into per-solver step counts (default 5,10,15,20,30,50,100)")
+    p.add_argument("--steps", type=_int_list, default=None, help="raw step counts for every solver (instead of --nfe)")
+    p.add_argument("--grids", default="logsnr,karras", help="comma-separated time grids (uniform, quadratic, "
+                   "logsnr, karras)")
+    p.add_argument("--dim", type=int, default=2, help="dimension of the built-in Gaussian mixture")
+    p.add_argument("--n", type=int, default=512, help="number of starting points x_T")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sde", default="vp", choices=("vp", "subvp", "ve", "cosine"))
+    p.add_argument("--ref-steps", type=int, default=2000, help="RK4 steps of the float64 reference")
+    p.add_argument("--out", default="sdekit-compare", help="output directory (default ./sdekit-compare)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: small tensors)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_compare(args) -> int:
+    import os
+
+    import torch
+
+    from sdekit.compare import DEFAULT_NFE, compare
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.nfe is not None and args.steps is not None:
+        print("sdekit compare: give --nfe or --steps, not both", file=sys.stderr)
+        return 2
+    grids = [g.strip() for g in args.grids.split(",") if g.strip()]
+    try:
+        res = compare(solvers=args.solvers, nfe=args.nfe or DEFAULT_NFE, steps=args.steps, grids=grids,
+                      seed=args.seed, n=args.n, dim=args.dim, sde=args.sde, out=args.out,
+                      progress=not args.no_progress, ref_steps=args.ref_steps)
+    except ValueError as err:
+        print(f"sdekit compare: {err}", file=sys.stderr)
+        return 2
+    print(res.table())
+    print(f"wrote {os.path.join(args.out, 'results.json')} and {os.path.join(args.out, 'error_vs_nfe.png')}")
+    return 0
+
+
 COMMANDS = {
     "info": (_add_info, _run_info),
     "likelihood": (_add_likelihood, _run_likelihood),
     "train": (_add_train, _run_train),
+    "compare": (_add_compare, _run_compare),
 }
 
 
