@@ -60,6 +60,8 @@ def _add_train(sub):
 
 
 def _run_train(args) -> int:
+    from pathlib import Path
+
     import torch
 
     import sdekit
@@ -68,6 +70,17 @@ def _run_train(args) -> int:
     from sdekit.train import train
 
     digits = args.data == "digits"
+    cfg_path = Path(args.out) / "config.json"
+    if args.resume and cfg_path.exists():
+        import json
+
+        try:
+            stored = json.loads(cfg_path.read_text()).get("data", {}).get("name")
+        except (ValueError, AttributeError):
+            stored = None  # load_model / Trainer.resume report a corrupt file precisely
+        if stored is not None and stored != args.data:
+            raise SystemExit(f"sdekit train: {args.out} was trained on {stored!r}, not {args.data!r}; "
+                             "use another --out or the same --data")
     threads = args.threads if args.threads is not None else (None if digits else 1)
     if threads:
         torch.set_num_threads(threads)

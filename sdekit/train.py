@@ -34,6 +34,9 @@ _HPARAMS = ("batch_size", "lr", "weight_decay", "betas", "grad_clip", "ema_decay
 class Trainer:
     """Denoising score-matching trainer for ``net`` under ``sde`` with a given prediction type.
 
+    Construction seeds torch's global RNG with ``seed`` (dropout draws from it) and ``resume``
+    restores it: training owns the process's RNG, as any exactly-resumable trainer must.
+
     data: (N, *event_shape) tensor; y: optional (N,) integer labels (used only if the net has
     class conditioning; then each label is replaced by the null class with probability p_uncond).
     """

@@ -253,3 +253,5 @@ def test_cli_train_end_to_end(tmp_path, capsys):
     assert cfg["net"]["type"] == "UNet" and cfg["net"]["num_classes"] == 10 and isinstance(model.sde, sdekit.VESDE)
     with pytest.raises(SystemExit):
         main(["train", "--data", "cifar", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="trained on 'moons'"):
+        main(["train", "--data", "rings", "--out", str(out), "--resume", "--steps", "50"])
