@@ -1,0 +1,65 @@
+"""Two CPU processes over gloo on the loopback address give the numbers of one process."""
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import sdekit
+from sdekit import distributed
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def problem():
+    sde = sdekit.VPSDE()
+    gm = sdekit.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [0.3, 0.5])
+    x_T = sde.prior_sample((13, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return gm.model(sde), x_T
+
+
+JOBS = [
+    ("euler_maruyama", dict(steps=8)),         # stochastic: per-row noise
+    ("dopri5", dict(rtol=1e-4, atol=1e-4)),    # adaptive: steps chosen per chunk
+]
+
+
+def worker(rank, world, port, out_path):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model, x_T = problem()
+        results = []
+        for solver, opts in JOBS:
+            sol = distributed.sample_sharded(model, x_T, solver, chunk_size=4, generator=5, **opts)
+            results.append(None if sol is None else (sol.x, sol.nfe))
+        if rank == 0:
+            torch.save(results, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    out = tmp_path / "two.pt"
+    mp.start_processes(worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn", join=True)
+    two = torch.load(out)
+    model, x_T = problem()
+    for (solver, opts), (x2, nfe2) in zip(JOBS, two):
+        one = distributed.sample_sharded(model, x_T, solver, chunk_size=4, generator=5, **opts)
+        assert torch.equal(one.x, x2), solver
+        assert one.nfe == nfe2
+        assert one.stats["world_size"] == 1
+
+
+def test_sharded_equals_plain_sample_for_row_independent_solvers():
+    model, x_T = problem()
+    sharded = distributed.sample_sharded(model, x_T, "euler_maruyama", chunk_size=3, generator=9, steps=5)
+    plain = sdekit.solvers.sample(model, x_T, "euler_maruyama", steps=5, generator=9)
+    torch.testing.assert_close(sharded.x, plain.x, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        distributed.sample_sharded(model, x_T, "euler", chunk_size=0, steps=3)
