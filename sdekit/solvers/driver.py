@@ -80,21 +80,23 @@ def sample(
     n = len(grid_ts) - 1
     with tqdm(total=n, desc=solver, disable=not progress, leave=False) as bar:
         run = info.fn(ev, x, grid_ts, **options)
+        times = grid_ts.tolist()  # python floats once, not a tensor->float conversion per step
         for i in range(n):
             ev.step = i
             try:
                 x = next(run)
             except StopIteration as stop:
                 raise RuntimeError(f"solver {solver!r} stopped after {i} of {n} steps") from stop
-            t = float(grid_ts[i + 1])
+            t = times[i + 1]
             if not bool(torch.isfinite(x).all()):
                 raise NonFiniteError(f"the state became NaN or Inf at step {i} (t = {t:.6g}) with solver {solver!r}")
             if states is not None:
                 states.append(x)
             if callback is not None:
                 callback(i, t, x)
-            bar.update(1)
-            bar.set_postfix(nfe=ev.nfe, t=f"{t:.4g}", refresh=False)
+            if progress:  # a disabled tqdm still formats its postfix: skip the work
+                bar.update(1)
+                bar.set_postfix(nfe=ev.nfe, t=f"{t:.4g}", refresh=False)
         run.close()
     if denoise:
         ev.step = n
