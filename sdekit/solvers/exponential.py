@@ -134,6 +134,10 @@ def dpm_solver_1(ev: Evaluator, x: Tensor, ts: Tensor):
     Equal to deterministic DDIM."""
     sch = Schedule(ev.sde, ts)
     for i in range(len(ts) - 1):
+        if sch.sigma[i + 1] == 0:
+            x = _x0_jump(ev, x, sch, i)
+            yield x
+            continue
         eps = ev.eps(x, ts[i])
         x = _eps_first_order(x, eps, sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i))
         yield x
@@ -286,10 +290,14 @@ def dpmpp_2m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = 
 
 @register("dpmpp_3m", order=3, nfe_per_step=1, family="exponential")
 def dpmpp_3m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True):
-    """DPM-Solver++(3M) (Lu et al. 2022b, Appendix; multistep third order, data prediction, 1 NFE/step):
+    """DPM-Solver++(3M) (Lu et al. 2022b; multistep third order, data prediction, 1 NFE/step):
     x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} [h phi_1(-h) x0_i + h^2 phi_2(-h) D1 + h^3 phi_3(-h) D2]
-    with D1, D2 the first and second l-derivatives of the quadratic through the last three x0's;
-    warm-up: DPM-Solver++(1), then (2M)."""
+    with D1, D2 the first and second l-derivatives at l_i of the quadratic through the last three x0's;
+    warm-up: DPM-Solver++(1), then (2M).
+
+    Note: the 3M update in the DPM-Solver reference code (and diffusers, k-diffusion's 3M SDE) weights
+    the second-derivative term by half of h^3 phi_3(-h) x0'' (its "D2" is h^2 x0''/2 with coefficient
+    h phi_3(-h)), which makes it second order; this one is the exact Taylor form and is third order."""
     return _multistep(ev, x, ts, 3, "bh2", False, lower_order_final)
 
 
