@@ -79,11 +79,13 @@ class SDE:
     # -- validation -------------------------------------------------------------------------
     def check_time(self, t) -> Tensor:
         """Return t as float64, raising ValueError if any entry lies outside [0, T] or is not finite."""
+        # times that went through float32 (e.g. handed to a network) may round just past T
+        tol = max(_TIME_TOL, float(torch.finfo(t.dtype).eps)) if isinstance(t, Tensor) and t.is_floating_point() else _TIME_TOL
         t = _as_time(t)
         if t.numel() and (
             not bool(torch.isfinite(t).all())
-            or float(t.min()) < -_TIME_TOL
-            or float(t.max()) > self.T * (1 + _TIME_TOL) + _TIME_TOL
+            or float(t.min()) < -tol
+            or float(t.max()) > self.T * (1 + tol) + tol
         ):
             raise ValueError(
                 f"time must lie in [0, T] = [0, {self.T}] for {type(self).__name__}; "

@@ -1,0 +1,58 @@
+"""Fuzzing: random SDE parameters, grids, shapes and dtypes through every solver.
+
+Each call must return finite numbers of the right shape and dtype, or raise one of the documented
+errors (ValueError for bad input, SolverError for a solve that cannot finish)."""
+import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+import sdekit
+from sdekit import solvers
+
+DOCUMENTED = (ValueError, solvers.SolverError)
+
+
+@st.composite
+def sdes(draw):
+    kind = draw(st.sampled_from(["vp", "subvp", "ve", "cosine", "discrete"]))
+    a, b = draw(st.floats(0, 1)), draw(st.floats(0, 1))
+    if kind == "vp":
+        return sdekit.VPSDE(beta_min=0.01 + a, beta_max=2 + 30 * b)
+    if kind == "subvp":
+        return sdekit.SubVPSDE(beta_min=0.01 + a, beta_max=2 + 30 * b)
+    if kind == "ve":
+        return sdekit.VESDE(sigma_min=0.001 + 0.05 * a, sigma_max=2 + 100 * b)
+    if kind == "cosine":
+        return sdekit.CosineVPSDE(s=0.001 + 0.02 * a, T=0.9 + 0.09 * b)
+    return sdekit.DiscreteVPSDE.linear(20 + int(200 * a), beta_end=0.01 + 0.1 * b)
+
+
+@settings(max_examples=60)
+@given(sde=sdes(), name=st.sampled_from(solvers.available()), grid=st.sampled_from(["uniform", "quadratic", "logsnr", "karras"]),
+       steps=st.integers(1, 8), batch=st.integers(1, 4), dim=st.integers(1, 3),
+       dtype=st.sampled_from([torch.float32, torch.float64]), t_end=st.sampled_from([1e-5, 1e-3, 0.1]), seed=st.integers(0, 99))
+def test_every_solver_returns_finite_or_a_documented_error(sde, name, grid, steps, batch, dim, dtype, t_end, seed):
+    gen = torch.Generator().manual_seed(seed)
+    gm = sdekit.GaussianMixture([0.5, 0.5], torch.randn(2, dim, generator=gen, dtype=torch.float64), [0.05, 0.5])
+    x = sde.prior_sample((batch, dim), generator=gen, dtype=dtype)
+    info = solvers.get(name)
+    kwargs = {"rtol": 1e-3, "atol": 1e-3, "max_nfe": 2000} if info.adaptive else {"steps": steps, "grid": grid}
+    try:
+        sol = solvers.sample(gm.model(sde), x, name, t_end=max(t_end, sde.eps if info.family == "discrete" else 0),
+                             generator=seed, **kwargs)
+    except DOCUMENTED as e:
+        event(f"documented error: {type(e).__name__}: {str(e)[:60]}")
+        return
+    event("solved")
+    assert sol.x.shape == x.shape and sol.x.dtype == dtype
+    assert bool(torch.isfinite(sol.x).all())
+
+
+def test_float32_down_to_1e_5_on_every_builtin_sde():
+    gm = sdekit.GaussianMixture.default(2)
+    for sde in (sdekit.VPSDE(), sdekit.SubVPSDE(), sdekit.VESDE(), sdekit.CosineVPSDE()):
+        x = sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(0))
+        for name in ("euler", "heun", "dpmpp_2m", "unipc_3", "euler_maruyama", "pc", "dopri5"):
+            kw = {} if solvers.get(name).adaptive else {"steps": 12}
+            sol = solvers.sample(gm.model(sde), x, name, t_end=1e-5, generator=0, **kw)
+            assert sol.x.dtype == torch.float32 and bool(torch.isfinite(sol.x).all()), (sde, name)
