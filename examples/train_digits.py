@@ -91,7 +91,9 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     n = int(args.samples**0.5)
-    grid = x[: n * n, 0].reshape(n, n, 8, 8).permute(0, 2, 1, 3).reshape(n * 8, n * 8)
+    tiles = torch.nn.functional.pad(x[: n * n, 0], (1, 1, 1, 1), value=-1.0)  # 1-pixel blank border
+    grid = tiles.reshape(n, n, 10, 10).permute(0, 2, 1, 3).reshape(n * 10, n * 10)
+    grid = grid.repeat_interleave(6, 0).repeat_interleave(6, 1)  # upscale for viewing
     plt.imsave(Path(args.out) / "samples.png", grid.numpy(), cmap="gray_r", vmin=-1, vmax=1)
     print(f"wrote {Path(args.out) / 'samples.png'}")
     return 0
