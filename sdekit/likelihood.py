@@ -181,7 +181,9 @@ def _vjp_block(backend: str, drift: _Drift, x: Tensor, t: Tensor, cot: Tensor, c
         xr = x.detach().requires_grad_(True)
         out = drift(xr, t)
         parts = []
-        if backend == "autograd":
+        if backend == "autograd" and K == 1:  # one probe: a plain backward pass, no vmap machinery
+            parts.append(torch.autograd.grad(out, xr, cot[0])[0].unsqueeze(0))
+        elif backend == "autograd":
             for s in range(0, K, chunk):
                 c = cot[s:s + chunk]
                 parts.append(torch.autograd.grad(out, xr, c, retain_graph=s + chunk < K,
