@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .sde import LinearSDE, broadcast_to
+from .sde import LinearSDE, _is_scalar, broadcast_to
 
 Tensor = torch.Tensor
 
@@ -28,9 +28,13 @@ def _check_prediction(name: str) -> str:
     return name
 
 
-def _coefficients(sde: LinearSDE, t, x: Tensor) -> tuple[Tensor, Tensor]:
+def _coefficients(sde: LinearSDE, t, x: Tensor):
+    """alpha and sigma at t, as Python floats for a scalar time, else shaped to broadcast against x."""
+    if _is_scalar(t):
+        a, s, _, _ = sde.schedule(t)
+        return a, s
     t = sde.check_time(t)
-    return broadcast_to(sde.alpha(t), x), broadcast_to(sde.sigma(t), x)
+    return broadcast_to(torch.exp(sde._log_alpha(t)), x), broadcast_to(sde._sigma(t), x)
 
 
 def _eps_and_x0(value: Tensor, src: str, x: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,19 +93,21 @@ class ScoreModel:
         self.sde = sde
         self.prediction = _check_prediction(prediction)
 
-    def _time_batch(self, x: Tensor, t) -> Tensor:
+    def _time_batch(self, x: Tensor, t):
+        """(validated time for the conversion, (batch,) times in x's dtype for the network)."""
+        if _is_scalar(t):
+            v = self.sde._check_scalar(t)
+            return v, torch.full((x.shape[0],), v, dtype=x.dtype, device=x.device)
         t = self.sde.check_time(t)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        elif t.shape != (x.shape[0],):
+        if t.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},); got {tuple(t.shape)}")
-        return t
+        return t, t.to(device=x.device, dtype=x.dtype)
 
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
         """The network's output at (x, t) expressed as ``kind``."""
         _check_prediction(kind)
-        t = self._time_batch(x, t)
-        out = self.net(x, t.to(device=x.device, dtype=x.dtype))
+        t, t_net = self._time_batch(x, t)
+        out = self.net(x, t_net)
         if out.shape != x.shape:
             raise ValueError(f"network returned shape {tuple(out.shape)}; expected x's shape {tuple(x.shape)}")
         return convert(out, self.prediction, kind, x, t, self.sde)

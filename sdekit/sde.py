@@ -48,6 +48,17 @@ def _as_time(t) -> Tensor:
     return torch.as_tensor(t, dtype=torch.float64)
 
 
+def _is_scalar(t) -> bool:
+    return isinstance(t, (float, int)) or (isinstance(t, Tensor) and t.ndim == 0)
+
+
+def _tolerance(t) -> float:
+    """Times that went through float32 (e.g. handed to a network) may round just past T."""
+    if isinstance(t, Tensor) and t.is_floating_point():
+        return max(_TIME_TOL, float(torch.finfo(t.dtype).eps))
+    return _TIME_TOL
+
+
 def broadcast_to(coef: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-row coefficient of shape () or (batch,) so it broadcasts against x (batch, ...),
     and cast it to x's dtype and device."""
@@ -79,19 +90,25 @@ class SDE:
     # -- validation -------------------------------------------------------------------------
     def check_time(self, t) -> Tensor:
         """Return t as float64, raising ValueError if any entry lies outside [0, T] or is not finite."""
-        # times that went through float32 (e.g. handed to a network) may round just past T
-        tol = max(_TIME_TOL, float(torch.finfo(t.dtype).eps)) if isinstance(t, Tensor) and t.is_floating_point() else _TIME_TOL
+        if _is_scalar(t):
+            return torch.tensor(self._check_scalar(t), dtype=torch.float64,
+                                device=t.device if isinstance(t, Tensor) else None)
+        tol = _tolerance(t)
         t = _as_time(t)
-        if t.numel() and (
-            not bool(torch.isfinite(t).all())
-            or float(t.min()) < -tol
-            or float(t.max()) > self.T * (1 + tol) + tol
-        ):
-            raise ValueError(
-                f"time must lie in [0, T] = [0, {self.T}] for {type(self).__name__}; "
-                f"got values in [{float(t.min())}, {float(t.max())}]"
-            )
+        if t.numel():
+            lo, hi = (float(v) for v in torch.aminmax(t))
+            if not (lo >= -tol and hi <= self.T * (1 + tol) + tol):  # NaN fails both comparisons
+                raise ValueError(
+                    f"time must lie in [0, T] = [0, {self.T}] for {type(self).__name__}; got values in [{lo}, {hi}]"
+                )
         return t.clamp(0.0, self.T)
+
+    def _check_scalar(self, t) -> float:
+        """A scalar time as a Python float in [0, T] (ValueError outside, NaN included)."""
+        v, tol = float(t), _tolerance(t)
+        if not (-tol <= v <= self.T * (1 + tol) + tol):
+            raise ValueError(f"time must lie in [0, T] = [0, {self.T}] for {type(self).__name__}; got {v}")
+        return min(max(v, 0.0), self.T)
 
     # -- the SDE ----------------------------------------------------------------------------
     def drift(self, x: Tensor, t) -> Tensor:
@@ -147,10 +164,7 @@ class LinearSDE(SDE):
     """
 
     n_grid: int = 512
-
-    def __init__(self, T: float = 1.0, eps: float = 1e-3):
-        super().__init__(T=T, eps=eps)
-        self._grid_cache = None
+    _grid_cache = None  # (nodes, int f, int g^2/alpha^2), built on first use
 
     # -- what a subclass gives ---------------------------------------------------------------
     def f(self, t: Tensor) -> Tensor:
@@ -163,21 +177,50 @@ class LinearSDE(SDE):
         """sigma(0): zero unless the SDE starts from already-noised data."""
         return 0.0
 
+    # -- scalar times: validated once, memoised as Python floats (the solvers' hot path) ------
+    def schedule(self, t) -> tuple[float, float, float, float]:
+        """(alpha, sigma, f, g) at one time, as Python floats. Memoised per time, so a solver that
+        revisits its grid (and a custom SDE's quadrature) pays once per distinct time."""
+        v = self._check_scalar(t)
+        memo = self.__dict__.setdefault("_schedule_memo", {})
+        hit = memo.get(v)
+        if hit is None:
+            tt = torch.tensor(v, dtype=torch.float64)
+            hit = (math.exp(float(self._log_alpha(tt))), float(self._sigma(tt)), float(self.f(tt)), float(self.g(tt)))
+            if len(memo) >= 65536:
+                memo.clear()
+            memo[v] = hit
+        return hit
+
     # -- SDE interface -----------------------------------------------------------------------
     def drift(self, x: Tensor, t) -> Tensor:
+        if _is_scalar(t):
+            return self.schedule(t)[2] * x
         return broadcast_to(self.f(self.check_time(t)), x) * x
 
     def diffusion(self, t) -> Tensor:
+        if _is_scalar(t):
+            return torch.tensor(self.schedule(t)[3], dtype=torch.float64)
         return self.g(self.check_time(t))
+
+    def reverse_drift(self, x: Tensor, t, score: Tensor, eta: float = 1.0) -> Tensor:
+        if _is_scalar(t):
+            _, _, f, g = self.schedule(t)
+            return f * x - 0.5 * (1.0 + eta**2) * g * g * score
+        return super().reverse_drift(x, t, score, eta)
 
     # -- schedule (public, validated) --------------------------------------------------------
     def alpha(self, t) -> Tensor:
+        if _is_scalar(t):
+            return torch.tensor(self.schedule(t)[0], dtype=torch.float64)
         return torch.exp(self._log_alpha(self.check_time(t)))
 
     def log_alpha(self, t) -> Tensor:
         return self._log_alpha(self.check_time(t))
 
     def sigma(self, t) -> Tensor:
+        if _is_scalar(t):
+            return torch.tensor(self.schedule(t)[1], dtype=torch.float64)
         return self._sigma(self.check_time(t))
 
     def log_snr(self, t) -> Tensor:
