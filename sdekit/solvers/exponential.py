@@ -40,9 +40,6 @@ Tensor = torch.Tensor
 
 __all__ = ["phi", "Schedule"]
 
-_LOWER_ORDER_FINAL_BELOW = 15  # as in DPM-Solver: drop the final steps' order only on short grids
-
-
 # -- shared helpers -------------------------------------------------------------------------------------
 def phi(k: int, z: float) -> float:
     """phi_k(z) = sum_{i >= 0} z^i / (i + k)! = (e^z - sum_{i<k} z^i/i!) / z^k, k >= 1, float64.
@@ -249,8 +246,10 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
     from x_i, x0_i and the previous p - 1 outputs (fewer during warm-up); with ``corrector`` the next
     step first evaluates x0_{i+1} at the predicted x_{i+1}, then redoes step i with (l_{i+1}, x0_{i+1})
     as an extra point (UniC: no extra network call; x0_{i+1} stays in the history). The last step is
-    predictor only. ``lower_order_final``: on grids of fewer than 15 steps the final steps use order at
-    most the number of steps left (DPM-Solver's choice for stability at few steps)."""
+    predictor only. ``lower_order_final``: step i uses order at most n - i (the last step is first order,
+    the one before at most second), as UniPC does; it keeps the large final steps of uniform/quadratic
+    grids stable (measured: 20 uniform steps, 3M error 0.79 -> 0.04) at the price of the asymptotic order,
+    which needs lower_order_final=False (global order = registered order)."""
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2'; got {variant!r}")
     _check_order_options(lower_order_final)
@@ -270,7 +269,7 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
             yield x
             continue
         p = min(order, len(hist))
-        if lower_order_final and n < _LOWER_ORDER_FINAL_BELOW:
+        if lower_order_final:
             p = min(p, n - i)
         pts = hist[len(hist) - p:-1][::-1]  # the p - 1 most recent previous points, newest first
         last = (i, x, pts)
