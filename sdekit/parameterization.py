@@ -5,7 +5,7 @@ With x = alpha x0 + sigma eps (VP, VE and custom linear SDEs alike):
     v     = alpha eps - sigma x0                      (Salimans & Ho 2022)
     x0    = (x - sigma eps) / alpha = (alpha x - sigma v) / (alpha^2 + sigma^2)
     eps   = (x - alpha x0) / sigma  = (sigma x + alpha v) / (alpha^2 + sigma^2)
-Every conversion goes through the pair (eps, x0), so any source reaches any target.
+Each conversion computes only what its target needs (eps for score, both eps and x0 for v).
 """
 from __future__ import annotations
 
@@ -37,31 +37,37 @@ def _coefficients(sde: LinearSDE, t, x: Tensor):
     return broadcast_to(torch.exp(sde._log_alpha(t)), x), broadcast_to(sde._sigma(t), x)
 
 
-def _eps_and_x0(value: Tensor, src: str, x: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+def _eps(value: Tensor, src: str, x: Tensor, a, s) -> Tensor:
     if src == "eps":
-        eps = value
-        x0 = (x - s * eps) / a
-    elif src == "score":
-        eps = -s * value
-        x0 = (x - s * eps) / a
-    elif src == "x0":
-        x0 = value
-        eps = (x - a * x0) / s
-    else:  # v
-        n = a**2 + s**2
-        x0 = (a * x - s * value) / n
-        eps = (s * x + a * value) / n
-    return eps, x0
+        return value
+    if src == "score":
+        return -s * value
+    if src == "x0":
+        return (x - a * value) / s
+    return (s * x + a * value) / (a**2 + s**2)  # v
 
 
-def _from_eps_and_x0(eps: Tensor, x0: Tensor, dst: str, a: Tensor, s: Tensor) -> Tensor:
+def _x0(value: Tensor, src: str, x: Tensor, a, s) -> Tensor:
+    if src == "x0":
+        return value
+    if src == "eps":
+        return (x - s * value) / a
+    if src == "score":
+        return (x + s**2 * value) / a
+    return (a * x - s * value) / (a**2 + s**2)  # v
+
+
+def _convert(value: Tensor, src: str, dst: str, x: Tensor, a, s) -> Tensor:
+    """The formulas of the module docstring, computing only what ``dst`` needs."""
+    if src == dst:
+        return value
     if dst == "eps":
-        return eps
-    if dst == "x0":
-        return x0
+        return _eps(value, src, x, a, s)
     if dst == "score":
-        return -eps / s
-    return a * eps - s * x0  # v
+        return -value / s if src == "eps" else -_eps(value, src, x, a, s) / s
+    if dst == "x0":
+        return _x0(value, src, x, a, s)
+    return a * _eps(value, src, x, a, s) - s * _x0(value, src, x, a, s)  # v
 
 
 def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> Tensor:
@@ -76,8 +82,7 @@ def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> 
     if src == dst:
         return value
     a, s = _coefficients(sde, t, x)
-    eps, x0 = _eps_and_x0(value, src, x, a, s)
-    return _from_eps_and_x0(eps, x0, dst, a, s)
+    return _convert(value, src, dst, x, a, s)
 
 
 class ScoreModel:
@@ -88,6 +93,8 @@ class ScoreModel:
     never see the network or its prediction type.
     """
 
+    _t_cache = (None, None)  # ((time, batch, dtype, device), (batch,) time tensor for the network)
+
     def __init__(self, net: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE, prediction: str = "eps"):
         self.net = net
         self.sde = sde
@@ -97,7 +104,10 @@ class ScoreModel:
         """(validated time for the conversion, (batch,) times in x's dtype for the network)."""
         if _is_scalar(t):
             v = self.sde._check_scalar(t)
-            return v, torch.full((x.shape[0],), v, dtype=x.dtype, device=x.device)
+            key = (v, x.shape[0], x.dtype, x.device)
+            if self._t_cache[0] != key:  # solvers ask several predictions at one time: build it once
+                self._t_cache = (key, torch.full((x.shape[0],), v, dtype=x.dtype, device=x.device))
+            return v, self._t_cache[1]
         t = self.sde.check_time(t)
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},); got {tuple(t.shape)}")

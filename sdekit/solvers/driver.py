@@ -38,6 +38,7 @@ def sample(
     callback: Optional[Callable[[int, float, Tensor], None]] = None,
     trajectory: bool = False,
     grid_options: Optional[dict] = None,
+    check_states: bool = False,
     **options,
 ) -> Solution:
     """Solve the reverse-time SDE or probability-flow ODE of ``model.sde`` from x_T at t_start to t_end.
@@ -52,6 +53,8 @@ def sample(
       the seed and its row index (plus ``row_offset``), never on the batch size.
     denoise: finish with the jump x <- x0(x, t_end) to t = 0 (one more network call).
     callback: called as callback(i, t, x) after each step; trajectory=True keeps every state.
+    check_states: also check the state for NaN/Inf after every step (network outputs are always
+      checked, with the step and time named; the final state is always checked).
     """
     info = get(solver)
     if not isinstance(model, ScoreModel):
@@ -88,7 +91,7 @@ def sample(
             except StopIteration as stop:
                 raise RuntimeError(f"solver {solver!r} stopped after {i} of {n} steps") from stop
             t = times[i + 1]
-            if not bool(torch.isfinite(x).all()):
+            if check_states and not bool(torch.isfinite(x).all()):
                 raise NonFiniteError(f"the state became NaN or Inf at step {i} (t = {t:.6g}) with solver {solver!r}")
             if states is not None:
                 states.append(x)
@@ -98,6 +101,9 @@ def sample(
                 bar.update(1)
                 bar.set_postfix(nfe=ev.nfe, t=f"{t:.4g}", refresh=False)
         run.close()
+    if not bool(torch.isfinite(x).all()):  # network outputs are checked per call; the state once more here
+        raise NonFiniteError(f"the state became NaN or Inf during the solve with solver {solver!r}; "
+                             "pass check_states=True to find the step")
     if denoise:
         ev.step = n
         x = ev.x0(x, grid_ts[-1])

@@ -8,15 +8,22 @@ heun   Karras et al. 2022 ("EDM", Algorithm 1): Heun's method in the variables y
 """
 from __future__ import annotations
 
+import torch
+
 from .base import Evaluator
 from .registry import register
 
 
 @register("euler", order=1, nfe_per_step=1)
 def euler(ev: Evaluator, x, ts):
-    """x_{i+1} = x_i + (t_{i+1} - t_i) F(x_i, t_i)."""
-    for i in range(len(ts) - 1):
-        x = x + float(ts[i + 1] - ts[i]) * ev.pf_drift(x, ts[i])
+    """x_{i+1} = x_i + h F(x_i, t_i), h = t_{i+1} - t_i, with F = f x - g^2 score / 2 = f x + g^2 eps / (2 sigma):
+    x_{i+1} = (1 + h f) x_i + h g^2 / (2 sigma) eps(x_i, t_i)."""
+    sde = ev.sde
+    times = ts.tolist()
+    for i in range(len(times) - 1):
+        _, sigma, f, g = sde.schedule(times[i])
+        h = times[i + 1] - times[i]
+        x = torch.add(x * (1 + h * f), ev.eps(x, times[i]), alpha=h * g * g / (2 * sigma))
         yield x
 
 
@@ -37,16 +44,17 @@ def rk4(ev: Evaluator, x, ts):
 @register("heun", order=2, nfe_per_step=2)
 def heun(ev: Evaluator, x, ts):
     """EDM Heun: with y = x/alpha and s = sigma/alpha, d_i = eps(x_i, t_i),
-    y~ = y_i + (s_{i+1} - s_i) d_i,  y_{i+1} = y_i + (s_{i+1} - s_i) (d_i + eps(x~, t_{i+1})) / 2."""
-    alpha, sigma = ev.sde.alpha(ts), ev.sde.sigma(ts)
-    s = sigma / alpha
-    for i in range(len(ts) - 1):
-        y = x / float(alpha[i])
-        ds = float(s[i + 1] - s[i])
-        d = ev.eps(x, ts[i])
-        y_next = y + ds * d
-        if float(s[i + 1]) > 0:
-            d2 = ev.eps(y_next * float(alpha[i + 1]), ts[i + 1])
-            y_next = y + ds * 0.5 * (d + d2)
-        x = y_next * float(alpha[i + 1])
+    y~ = y_i + (s_{i+1} - s_i) d_i,  y_{i+1} = y_i + (s_{i+1} - s_i) (d_i + eps(x~, t_{i+1})) / 2;
+    in x: x_{i+1} = (alpha_{i+1}/alpha_i) x_i + alpha_{i+1} (s_{i+1} - s_i) * (mean of the slopes)."""
+    sde = ev.sde
+    times = ts.tolist()
+    for i in range(len(times) - 1):
+        a0, s0, _, _ = sde.schedule(times[i])
+        a1, s1, _, _ = sde.schedule(times[i + 1])
+        ratio, step = a1 / a0, a1 * (s1 / a1 - s0 / a0)
+        d = ev.eps(x, times[i])
+        x_next = torch.add(x * ratio, d, alpha=step)
+        if s1 > 0:
+            x_next = torch.add(x * ratio, d + ev.eps(x_next, times[i + 1]), alpha=0.5 * step)
+        x = x_next
         yield x
