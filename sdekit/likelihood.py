@@ -235,6 +235,9 @@ class _Augmented:
 
     def __call__(self, s: Tensor, state):
         x = state[0]
+        # Time is a float64 scalar on the CPU (the SDE's schedule arithmetic, whatever x's device: MPS
+        # has no float64, and a custom SDE's cached quadrature grid lives on the CPU).
+        s = s.detach().to(device="cpu", dtype=torch.float64)
         if self.time_map is None:
             t, dtds = s, None
         else:
@@ -294,7 +297,7 @@ def _log_snr_map(sde, t_lo: float, t_hi: float):
 
     def time_map(s: Tensor):
         # torchdiffeq's first-step heuristic may probe beyond the interval: clamp into it
-        t = sde.t_from_log_snr(s.to(torch.float64).clamp(lam_lo, lam_hi)).clamp(t_lo, t_hi)
+        t = sde.t_from_log_snr(s.clamp(lam_lo, lam_hi)).clamp(t_lo, t_hi)
         return t, -(sde.sigma(t) / sde.diffusion(t)) ** 2
 
     return time_map
