@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torchsde
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
@@ -23,7 +23,7 @@ def make_sde(kind, a, b):
     if kind == "cosine":
         return sdekit.CosineVPSDE(s=0.001 + 0.02 * a, T=0.9 + 0.09 * b)
     if kind == "discrete":
-        n = 10 + int(40 * a)
+        n = 8 + int(16 * a)
         return sdekit.DiscreteVPSDE.linear(n, beta_start=1e-4, beta_end=0.02 + 0.3 * b)
     raise AssertionError(kind)
 
@@ -56,6 +56,7 @@ def moments_by_ode(sde, ts):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=12)
 @given(a=unit, b=unit)
 def test_closed_forms_match_moment_equations(kind, a, b):
     sde = make_sde(kind, a, b)
