@@ -23,6 +23,8 @@ from .checkpoint import load_model, save_checkpoint
 from .losses import dsm_loss
 from .nets import MLP, UNet
 from .train import Trainer
+from . import solvers
+from .solvers import Solution, sample
 
 __version__ = "0.1.0"
 
@@ -34,4 +36,5 @@ __all__ = [
     "compare", "CompareResults",
     "UNet", "MLP", "dsm_loss", "Trainer", "load_model", "save_checkpoint",
     "log_likelihood", "LikelihoodResult",
+    "solvers", "sample", "Solution",
 ]
