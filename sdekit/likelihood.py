@@ -163,36 +163,40 @@ class _Drift:
         self.nfe += 1
         out = self.sde.probability_flow_drift(x, t, self.model.score(x, t))
         if out.shape != x.shape:
-            raise ValueError(f"the probability-flow drift has shape {tuple(out.shape)}; expected x's shape {tuple(x.shape)}")
+            raise ValueError(
+                f"the probability-flow drift has shape {tuple(out.shape)}; expected x's shape {tuple(x.shape)}"
+            )
         return out
 
 
-def _vjp_block(backend: str, drift: _Drift, x: Tensor, t: Tensor, cot: Tensor, chunk: int):
-    """F(x, t) and the vector-Jacobian products cot[k]^T dF/dx for every k (cot: (K, *x.shape))."""
-    K = cot.shape[0]
+def _vjp_chunks(backend: str, drift: _Drift, x: Tensor, t: Tensor, K: int, chunk: int, make_cot, reduce):
+    """F(x, t) and [reduce(a, b, cot, g) for each chunk [a, b) of the K cotangents], where cot = make_cot(a, b)
+    has shape (b - a, *x.shape) and g[k] = cot[k]^T dF/dx. One forward pass; each chunk is one
+    vectorised backward pass, so at most ``chunk`` cotangents (and their products) exist at a time."""
+    results = []
     if backend == "func":
         out, vjp_fn = torch.func.vjp(lambda y: drift(y, t), x)
-        if chunk >= K:
-            grads = torch.func.vmap(vjp_fn)(cot)[0]
-        else:
-            grads = torch.func.vmap(vjp_fn, chunk_size=chunk)(cot)[0]
-        return out, grads
+        for a in range(0, K, chunk):
+            b = min(a + chunk, K)
+            cot = make_cot(a, b)
+            results.append(reduce(a, b, cot, torch.func.vmap(vjp_fn)(cot)[0]))
+        return out, results
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
         out = drift(xr, t)
-        parts = []
-        if backend == "autograd" and K == 1:  # one probe: a plain backward pass, no vmap machinery
-            parts.append(torch.autograd.grad(out, xr, cot[0])[0].unsqueeze(0))
-        elif backend == "autograd":
-            for s in range(0, K, chunk):
-                c = cot[s:s + chunk]
-                parts.append(torch.autograd.grad(out, xr, c, retain_graph=s + chunk < K,
-                                                 is_grads_batched=True)[0])
-        else:  # loop over cotangents, one backward pass each (any autograd-capable net)
-            for k in range(K):
-                parts.append(torch.autograd.grad(out, xr, cot[k], retain_graph=k + 1 < K)[0])
-            parts = [torch.stack(parts)]
-    return out.detach(), torch.cat(parts).detach()
+        for a in range(0, K, chunk):
+            b = min(a + chunk, K)
+            cot = make_cot(a, b)
+            last = b == K
+            if backend == "autograd" and b - a == 1:  # a plain backward pass, no vmap machinery
+                g = torch.autograd.grad(out, xr, cot[0], retain_graph=not last)[0].unsqueeze(0)
+            elif backend == "autograd":
+                g = torch.autograd.grad(out, xr, cot, retain_graph=not last, is_grads_batched=True)[0]
+            else:  # loop over cotangents, one backward pass each (any autograd-capable net)
+                g = torch.stack([torch.autograd.grad(out, xr, cot[k], retain_graph=not (last and k == b - a - 1))[0]
+                                 for k in range(b - a)])
+            results.append(reduce(a, b, cot, g.detach()))
+    return out.detach(), results
 
 
 class _Augmented:
@@ -217,21 +221,33 @@ class _Augmented:
             chunk_size = max(1, _MAX_BLOCK_ELEMENTS // max(1, self.B * self.D))
         self.chunk = max(1, min(int(chunk_size), K))
 
-    def _basis(self, x: Tensor) -> Tensor:
-        if self.basis is None:
-            eye = torch.eye(self.D, dtype=x.dtype, device=x.device)
-            # contiguous: a stride-0 (expanded) cotangent makes the vmapped backward pass far slower
-            self.basis = eye.reshape(self.D, 1, *self.x_shape[1:]).expand(self.D, *self.x_shape).contiguous()
-        return self.basis
+    def _basis(self, x: Tensor, a: int, b: int) -> Tensor:
+        """Rows a..b-1 of the identity as cotangents, shape (b - a, *x.shape): e_i in every batch row."""
+        if self.basis is not None and self.basis[0] == (a, b):
+            return self.basis[1]
+        cot = torch.zeros(b - a, self.B, self.D, dtype=x.dtype, device=x.device)
+        idx = torch.arange(b - a, device=x.device)
+        cot[idx, :, a + idx] = 1  # contiguous on purpose: stride-0 cotangents slow the vmapped backward
+        cot = cot.reshape(b - a, *self.x_shape)
+        if b - a == self.D:  # one chunk covers the basis: keep it for the next evaluation
+            self.basis = ((a, b), cot)
+        return cot
 
     def _div(self, backend: str, x: Tensor, t: Tensor):
         if self.divergence == "exact":
-            out, g = _vjp_block(backend, self.drift, x, t, self._basis(x), self.chunk)
-            # g[i] = e_i^T dF/dx per row; the trace is sum_i g[i, b, i].
-            div = torch.diagonal(g.reshape(self.D, self.B, self.D), dim1=0, dim2=2).sum(-1)
-            return out, div
-        out, g = _vjp_block(backend, self.drift, x, t, self.probes, self.chunk)
-        return out, (g * self.probes).reshape(self.probes.shape[0], self.B, self.D).sum(-1)  # (K, B)
+            def trace_part(a, b, cot, g):  # sum_{i in [a, b)} (e_i^T dF/dx)_i, per row
+                return torch.diagonal(g.reshape(b - a, self.B, self.D)[:, :, a:b], dim1=0, dim2=2).sum(-1)
+
+            out, parts = _vjp_chunks(backend, self.drift, x, t, self.D, self.chunk,
+                                     lambda a, b: self._basis(x, a, b), trace_part)
+            return out, torch.stack(parts).sum(0)
+
+        def quad_form(a, b, cot, g):  # v_k^T (dF/dx) v_k, per probe and row
+            return (g * cot).reshape(b - a, self.B, self.D).sum(-1)
+
+        out, parts = _vjp_chunks(backend, self.drift, x, t, self.probes.shape[0], self.chunk,
+                                 lambda a, b: self.probes[a:b], quad_form)
+        return out, torch.cat(parts)  # (K, B)
 
     def __call__(self, s: Tensor, state):
         x = state[0]
@@ -351,7 +367,8 @@ def _check_x(x) -> Tensor:
         )
     if not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"x contains NaN or Inf (rows {bad[:10]}{'...' if len(bad) > 10 else ''}); only finite values are accepted")
+        more = "..." if len(bad) > 10 else ""
+        raise ValueError(f"x contains NaN or Inf (rows {bad[:10]}{more}); only finite values are accepted")
     return x
 
 
