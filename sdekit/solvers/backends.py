@@ -20,7 +20,7 @@ import torch
 from .base import Evaluator, StepBudgetError
 from .registry import register
 
-ADAPTIVE_TORCHDIFFEQ = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
+ADAPTIVE_TORCHDIFFEQ = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "adaptive_heun": 2, "fehlberg2": 2}  # name: order
 
 
 class _BudgetedDrift:
@@ -57,9 +57,8 @@ def torchdiffeq_ode(ev: Evaluator, x, ts, *, method: str = "dopri5", rtol: float
         yield out[i]
 
 
-for _name in ADAPTIVE_TORCHDIFFEQ:
-    register(_name, order=5 if _name.startswith("dopri") else 3, nfe_per_step=6, adaptive=True,
-             method=_name)(torchdiffeq_ode)
+for _name, _order in ADAPTIVE_TORCHDIFFEQ.items():
+    register(_name, order=_order, nfe_per_step=6, adaptive=True, method=_name)(torchdiffeq_ode)
 
 
 @register("scipy", order=5, nfe_per_step=6, adaptive=True)
