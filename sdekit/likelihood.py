@@ -8,11 +8,12 @@ gives d/dt log p_t(x_t) = -div F(x_t, t), hence
 
 We solve the augmented ODE d/dt [x, a] = [F(x, t), div F(x, t)] forward from t0 to T with torchdiffeq
 (Song et al. 2021, "Score-Based Generative Modeling through SDEs", appendix D.2) on the data's device
-and dtype. div F is either the exact trace of the Jacobian dF/dx (one vector-Jacobian product per
-coordinate, all of them in one vmap-vectorised backward pass; no Python loop over rows) or Hutchinson's estimator
-E_v[v^T (dF/dx) v] with K probes v (Rademacher or Gaussian) drawn once per solve; the K probes ride in
-one solve as K accumulators, so each probe yields its own integral and the spread across probes gives
-a per-row standard error.
+and dtype (only the scalar time is a CPU float64). The last adaptive step ends exactly on T (no
+interpolation past it) and the step size is controlled row by row. div F is either the exact trace of
+the Jacobian dF/dx (one vector-Jacobian product per coordinate, all of them in one vmap-vectorised
+backward pass; no Python loop over rows) or Hutchinson's estimator E_v[v^T (dF/dx) v] with K probes v
+(Rademacher or Gaussian) drawn once per solve; the K probes ride in one solve as K accumulators, so
+each probe yields its own integral and the spread across probes gives a per-row standard error.
 
 Bits per dimension, in one convention. The model sees x = lo + a v with v = u + delta in [0, 2^bits)^D,
 u in {0, ..., 2^bits - 1}^D the integer levels, delta in [0, 1)^D the dequantisation offset and
