@@ -172,7 +172,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         x_ref, ref_err = reference(model, x_T, args.ref_steps)
         ref_time = time.perf_counter() - t0
-        rows = run_sdekit(gm, sde, x_T, x_ref, budgets, ("logsnr", "karras", "uniform"))
+        rows = run_sdekit(gm, sde, x_T, x_ref, budgets, ("logsnr", "karras", "uniform", "quadratic"))
         rows += run_kd(kds, gm, sde, x_T, x_ref, budgets, ("karras", "uniform"))
         goals = {}
         for b in (10, 20):

@@ -234,7 +234,7 @@ def _add_compare(sub):
     p.add_argument("--nfe", type=_int_list, default=None,
                    help="NFE budgets, turned into per-solver step counts (default 5,10,15,20,30,50,100)")
     p.add_argument("--steps", type=_int_list, default=None, help="raw step counts for every solver (instead of --nfe)")
-    p.add_argument("--grids", default="logsnr,karras", help="comma-separated time grids (uniform, quadratic, "
+    p.add_argument("--grids", default="logsnr,quadratic,uniform,karras", help="comma-separated time grids (uniform, quadratic, "
                    "logsnr, karras)")
     p.add_argument("--dim", type=int, default=2, help="dimension of the built-in Gaussian mixture")
     p.add_argument("--n", type=int, default=512, help="number of starting points x_T")

@@ -51,7 +51,7 @@ __all__ = ["compare", "CompareResults", "CompareRow", "endpoint_error", "sliced_
            "default_solvers", "make_sde", "SDE_NAMES"]
 
 DEFAULT_NFE = (5, 10, 15, 20, 30, 50, 100)
-DEFAULT_GRIDS = ("logsnr", "karras")
+DEFAULT_GRIDS = ("logsnr", "quadratic", "uniform", "karras")  # quadratic and uniform win at low NFE
 DEFAULT_TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6)
 SDE_NAMES = ("vp", "subvp", "ve", "cosine")
 
@@ -160,46 +160,41 @@ class CompareResults(list):
         return cls([CompareRow(**r) for r in data["rows"]], data.get("meta", {}))
 
     def plot(self, path, title: Optional[str] = None) -> None:
-        """Log-log error against NFE, one line per solver and grid, saved as a PNG (matplotlib, Agg).
-        Distributional rows (sliced_w2) go to a second panel."""
+        """Log-log error against NFE saved as a PNG (matplotlib, Agg): one panel per time grid with one
+        line per solver (same colour in every panel), and a panel for distributional rows (sliced_w2)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        metrics = [m for m in ("endpoint_rmse", "sliced_w2") if any(r.metric == m for r in self)] or ["endpoint_rmse"]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(7.5 * len(metrics), 5.5), squeeze=False)
-        styles = ["-", "--", ":", "-."]
-        grids = sorted({r.grid for r in self})
-        for ax, metric in zip(axes[0], metrics):
-            keys = []
-            for r in self:
-                if r.metric == metric and (r.solver, r.grid) not in keys:
-                    keys.append((r.solver, r.grid))
-            cmap = plt.get_cmap("tab20")
-            solvers = sorted({k[0] for k in keys})
-            for solver, grid in keys:
-                pts = sorted((r.nfe, r.error) for r in self
-                             if r.solver == solver and r.grid == grid and r.metric == metric and r.error > 0)
-                if not pts:
-                    continue
-                ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
-                          linestyle=styles[grids.index(grid) % len(styles)],
-                          color=cmap(solvers.index(solver) % 20), label=f"{solver} ({grid})")
-            ref = self.meta.get("reference", {}).get("error_estimate")
-            if metric == "endpoint_rmse" and ref:
-                ax.axhline(ref, color="grey", linewidth=0.8, linestyle=":", label="reference error estimate")
-            if metric == "sliced_w2" and self.meta.get("sliced_w2_floor"):
-                ax.axhline(self.meta["sliced_w2_floor"], color="grey", linewidth=0.8, linestyle=":",
-                           label="sampling floor")
+        panels = [("endpoint_rmse", g) for g in dict.fromkeys(r.grid for r in self if r.metric == "endpoint_rmse")]
+        if any(r.metric == "sliced_w2" for r in self):
+            panels.append(("sliced_w2", None))
+        ncol = 2 if len(panels) == 4 else (min(len(panels), 3) or 1)
+        nrow = (len(panels) + ncol - 1) // ncol or 1
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol + 1.8, 3.8 * nrow), squeeze=False, sharey="row")
+        solvers = sorted({r.solver for r in self})
+        cmap = plt.get_cmap("tab20")
+        for ax, (metric, grid) in zip(axes.flat, panels):
+            for solver in solvers:
+                pts = sorted((r.nfe, r.error) for r in self if r.solver == solver and r.metric == metric
+                             and (grid is None or r.grid == grid) and 0 < r.error < 1e3)
+                if pts:
+                    ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                              color=cmap(solvers.index(solver) % 20), label=solver)
+            ax.set_title(f"{grid} grid" if grid else "stochastic: sliced W2 to exact samples", fontsize=9)
             ax.set_xlabel("NFE (network evaluations)")
-            ax.set_ylabel("endpoint RMSE vs reference" if metric == "endpoint_rmse"
-                          else "sliced W2 to exact samples (stochastic)")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=6, ncol=2)
-        fig.suptitle(title or self.meta.get("title", "sdekit compare: error against NFE"))
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        for ax in axes.flat[len(panels):]:
+            ax.axis("off")
+        axes[0][0].set_ylabel("endpoint RMSE vs reference")
+        handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
+        fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=7)
+        ref = self.meta.get("reference", {}).get("error_estimate")
+        head = title or self.meta.get("title", "sdekit compare: error against NFE")
+        fig.suptitle(head + (f"  (reference's own error ~{ref:.1e})" if ref else ""), fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.2 * ncol + 1.8), 1))
+        fig.savefig(path, dpi=110)
         plt.close(fig)
 
 
