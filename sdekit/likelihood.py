@@ -36,6 +36,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .noise import RowNoise
 from .sde import DiscreteVPSDE
 
 Tensor = torch.Tensor
@@ -437,6 +438,7 @@ def log_likelihood(
     jacobian: str = "auto",
     time_variable: str = "auto",
     options: Optional[dict] = None,
+    row_offset: int = 0,
 ) -> LikelihoodResult:
     """log p_{t_start}(x) by the probability-flow ODE:  log p_T(x_T) + int_{t_start}^{t_end} div F dt.
 
@@ -444,7 +446,9 @@ def log_likelihood(
         ``model.sde.probability_flow_drift(x, t, model.score(x, t))``, so a general ``SDE`` works too.
     x: (batch, ...) float32 or float64 data in model space; the solve stays on x's device and dtype.
     divergence: "exact" (trace of dF/dx, vectorised over the D coordinates) or "hutchinson" with
-        ``probes`` = K probes of kind ``noise`` ("rademacher" or "gaussian") drawn once from ``seed``.
+        ``probes`` = K probes of kind ``noise`` ("rademacher" or "gaussian") drawn once from ``seed``,
+        per row: row i's probes (and dequantisation draws) come from (seed, row_offset + i) alone, so a
+        shard of rows [a, b) reproduces with ``row_offset=a`` (see ``sdekit.distributed``).
     method, rtol, atol, options: torchdiffeq ``odeint`` settings (adaptive methods by default; a
         fixed-step method needs options={"step_size": h}).
     t_start, t_end: integration interval, default [sde.eps, sde.T]; must satisfy 0 <= t_start < t_end <= T.
@@ -487,11 +491,9 @@ def log_likelihood(
     B, event = x.shape[0], tuple(x.shape[1:])
     D = math.prod(event)
     device, dtype = x.device, x.dtype
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(int(seed))
+    # probe and dequantisation noise per row (seed, row_offset + i): a row's estimate does not depend on
+    # the batch it is solved in beyond the shared step sizes (see sdekit.distributed for fixed chunks)
+    rows = RowNoise(seed, B, row_offset)
 
     if bits is not None:
         lo, hi = _check_range(data_range)
@@ -506,7 +508,8 @@ def log_likelihood(
                     "scaling, say, is another convention)"
                 )
             x_grid = lo + scale * nearest
-            delta_u = torch.rand((repeats, *x.shape), generator=gen, device=device, dtype=dtype)
+            delta_u = rows.draw(lambda g: torch.rand((repeats, *event), generator=g, dtype=torch.float64))
+            delta_u = delta_u.transpose(0, 1).to(device=device, dtype=dtype)  # (repeats, B, *event)
             xs = (x_grid.unsqueeze(0) + scale * delta_u).reshape(repeats * B, *event)
         else:
             tol = 1e-6 * (hi - lo)
@@ -520,11 +523,14 @@ def log_likelihood(
 
     probe_t = None
     if divergence == "hutchinson":
-        shape = (probes, N, *event)
+        per_row = (N // B, probes, *event)  # (repeats, probes, ...) for each data row
         if noise == "rademacher":
-            probe_t = torch.randint(0, 2, shape, generator=gen, device=device).to(dtype) * 2 - 1
+            draw = lambda g: torch.randint(0, 2, per_row, generator=g).to(torch.float64) * 2 - 1  # noqa: E731
         else:
-            probe_t = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+            draw = lambda g: torch.randn(per_row, generator=g, dtype=torch.float64)  # noqa: E731
+        # (B, repeats, probes, ...) -> (probes, repeats * B, ...), matching xs's (repeat, row) order
+        probe_t = rows.draw(draw).permute(2, 1, 0, *range(3, 3 + len(event))).reshape(probes, N, *event)
+        probe_t = probe_t.to(device=device, dtype=dtype)
 
     adaptive = method in ADAPTIVE_METHODS
     if adaptive:

@@ -29,6 +29,9 @@ JOBS = [
 ]
 
 
+LIKELIHOOD = dict(divergence="hutchinson", probes=3, seed=2, rtol=1e-4, atol=1e-4)
+
+
 def worker(rank, world, port, out_path):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -38,6 +41,7 @@ def worker(rank, world, port, out_path):
         for solver, opts in JOBS:
             sol = distributed.sample_sharded(model, x_T, solver, chunk_size=4, generator=5, **opts)
             results.append(None if sol is None else (sol.x, sol.nfe))
+        results.append(distributed.log_likelihood_sharded(model, x_T, chunk_size=4, **LIKELIHOOD))
         if rank == 0:
             torch.save(results, out_path)
     finally:
@@ -49,11 +53,25 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     mp.start_processes(worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn", join=True)
     two = torch.load(out)
     model, x_T = problem()
-    for (solver, opts), (x2, nfe2) in zip(JOBS, two):
+    for (solver, opts), (x2, nfe2) in zip(JOBS, two[:-1]):
         one = distributed.sample_sharded(model, x_T, solver, chunk_size=4, generator=5, **opts)
         assert torch.equal(one.x, x2), solver
         assert one.nfe == nfe2
         assert one.stats["world_size"] == 1
+    lik_one = distributed.log_likelihood_sharded(model, x_T, chunk_size=4, **LIKELIHOOD)
+    for key in ("log_prob", "bpd", "prior", "delta", "stderr"):
+        assert torch.equal(lik_one[key], two[-1][key]), key
+    assert lik_one["nfe"] == two[-1]["nfe"]
+
+
+def test_likelihood_probes_are_per_row():
+    """Row i's Hutchinson probes depend on (seed, row_offset + i) only: a shard reproduces its rows."""
+    model, x_T = problem()
+    full = sdekit.log_likelihood(model, x_T[:4], divergence="hutchinson", probes=2, seed=3, method="rk4",
+                                 options={"step_size": 0.05})
+    part = sdekit.log_likelihood(model, x_T[2:4], divergence="hutchinson", probes=2, seed=3, method="rk4",
+                                 options={"step_size": 0.05}, row_offset=2)
+    torch.testing.assert_close(full.log_prob[2:], part.log_prob, rtol=1e-12, atol=1e-12)
 
 
 def test_sharded_equals_plain_sample_for_row_independent_solvers():
