@@ -31,6 +31,14 @@ _HPARAMS = ("batch_size", "lr", "weight_decay", "betas", "grad_clip", "ema_decay
             "importance", "gamma", "p_uncond", "seed")
 
 
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class Trainer:
     """Denoising score-matching trainer for ``net`` under ``sde`` with a given prediction type.
 
@@ -64,10 +72,21 @@ class Trainer:
                         "seed": int(seed)}
         self.meta = dict(meta or {})
         self.model = ScoreModel(net, sde, prediction)
+        self.rank, self.world = _world()
+        self._train_model = self.model
+        if self.world > 1:
+            # DistributedDataParallel: parameters broadcast from rank 0, gradients averaged over ranks.
+            # Every rank draws the same global batch indices from the shared generator and trains on its
+            # slice idx[rank::world]; noise, times and dropout come from per-rank streams.
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._train_model = ScoreModel(DistributedDataParallel(net), sde, prediction)
         self.optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         self.ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
         self.generator = torch.Generator().manual_seed(int(seed))
-        torch.manual_seed(int(seed))  # dropout draws from torch's global RNG
+        self.noise_generator = self.generator if self.world == 1 else \
+            torch.Generator().manual_seed(int(seed) * 1_000_003 + self.rank)
+        torch.manual_seed(int(seed) + self.rank)  # dropout draws from torch's global RNG
         self.step_count = 0
         self.losses: list[float] = []
         self.seconds = 0.0
@@ -84,10 +103,13 @@ class Trainer:
             y = self.y[idx].clone()
             drop = torch.rand(y.shape, generator=self.generator) < h["p_uncond"]
             y[drop] = self.net.null_class
+        if self.world > 1:
+            x0 = x0[self.rank::self.world]
+            y = None if y is None else y[self.rank::self.world]
         lr = h["lr"] * (min(1.0, (self.step_count + 1) / h["warmup"]) if h["warmup"] > 0 else 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = dsm_loss(self.model, x0, h["weighting"], y=y, generator=self.generator,
+        loss = dsm_loss(self._train_model, x0, h["weighting"], y=y, generator=self.noise_generator,
                         importance=h["importance"], gamma=h["gamma"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -113,7 +135,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
-        bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
+        bar = tqdm(range(steps), desc=desc, disable=not progress or self.rank != 0, dynamic_ncols=True)
         avg = None
         for _ in bar:
             value = self.step()
@@ -152,7 +174,10 @@ class Trainer:
 
     def save(self, out_dir) -> Path:
         """Write the checkpoint directory (weights, EMA, optimizer, RNG states, loss history) and the
-        loss-curve PNG ``loss.png`` beside it."""
+        loss-curve PNG ``loss.png`` beside it. Under torch.distributed only rank 0 writes (the weights are
+        the same on every rank); exact resume holds for one process (rank streams are not stored)."""
+        if self.rank != 0:
+            return Path(out_dir)
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
                   for g in self.optimizer.state_dict()["param_groups"]]
         extra = {"train": {**self.hparams, "steps_done": self.step_count, "seconds": self.seconds,
