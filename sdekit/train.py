@@ -11,7 +11,6 @@ bit for bit on the same machine. The step is:
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Optional

@@ -12,10 +12,11 @@ settings.register_profile(
 settings.register_profile("dev", deadline=None, max_examples=30, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
-# small tensors: one thread avoids OpenMP spin-waiting on a shared 2-core machine
-torch.set_num_threads(1)
 
-
-@pytest.fixture
-def f64():
-    return torch.float64
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors on a shared 2-core machine: a second intra-op thread only adds OpenMP spin-waiting
+    (10x slower measured) and nondeterministic reductions. Reset before every test, since commands under
+    test may change it."""
+    torch.set_num_threads(1)
+    yield

@@ -9,13 +9,6 @@ from sdekit.solvers import RowNoise, sample
 from sdekit.solvers.discrete import table_grid, table_steps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def setup(n_train=1000, dim=3, batch=4, seed=0):
     sde = sdekit.DiscreteVPSDE.linear(n_train)

@@ -9,21 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sdekit
-from sdekit.solvers import RowNoise, SOLVERS, available, sample
+from sdekit.solvers import SOLVERS, available, sample
 from sdekit.solvers.exponential import phi
 from tests.sdes import builtin_sdes
 
 EXP = available("exponential") + available("discrete")
 DETERMINISTIC = [n for n in EXP if not SOLVERS[n].stochastic]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: a second thread only adds contention on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def smooth_mixture(dim=2):

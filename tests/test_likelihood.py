@@ -16,15 +16,6 @@ SDES = builtin_sdes()
 TIGHT = dict(rtol=1e-8, atol=1e-8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These solves are many small ops: on a busy 2-core machine a second intra-op thread only adds
-    synchronisation stalls (10x slower measured), so run this module single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def exact_prior(gm, sde, t_end=None):
     """The mixture's exact p_T (the SDE's N(0, I) prior is only approximately p_T)."""

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 import sdekit
-from tests.sdes import CustomVP, builtin_sdes
+from tests.sdes import builtin_sdes
 
 
 def make_sde(kind, a, b):

@@ -1,4 +1,3 @@
-import builtins
 import hashlib
 import json
 import pickle
@@ -8,20 +7,12 @@ import pytest
 import torch
 
 import sdekit
-from sdekit.checkpoint import load_model, read_checkpoint, save_checkpoint, sde_from_spec, sde_to_spec
+from sdekit.checkpoint import load_model, save_checkpoint, sde_from_spec, sde_to_spec
 from sdekit.data import toy_data
 from sdekit.interop import EDMSDE
 from sdekit.nets import MLP, UNet
 from sdekit.train import Trainer, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets on a shared 2-core machine: one thread is far faster and fully deterministic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_mlp(**kw):
@@ -69,7 +60,7 @@ def test_exact_resume(tmp_path, make, data, kw):
     torch.manual_seed(123)
     straight = train(make(), sde, x, prediction, steps=2 * steps, **kw, **hp)
     torch.manual_seed(123)
-    half = train(make(), sde, x, prediction, steps=steps, out_dir=tmp_path / "ck", **kw, **hp)
+    train(make(), sde, x, prediction, steps=steps, out_dir=tmp_path / "ck", **kw, **hp)
     torch.manual_seed(999)  # resuming must restore every RNG, whatever happened in between
     torch.rand(10)
     resumed = train(None, None, x, steps=2 * steps, out_dir=tmp_path / "ck", resume=True, y=y, progress=False)

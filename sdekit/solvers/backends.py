@@ -12,8 +12,6 @@ Adaptive solves carry a budget ``max_nfe``; exceeding it raises ``StepBudgetErro
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
