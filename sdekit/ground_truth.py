@@ -153,7 +153,7 @@ class _ExactScore(torch.nn.Module):
         self.gm, self.sde = gm, sde
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        t = t.to(torch.float64)
+        # t stays in the caller's dtype: check_time then allows float32 round-off at T
         if t.numel() > 1 and bool((t == t[0]).all()):
             t = t[0]  # one schedule evaluation for the whole batch
         return self.gm.score(x, t, self.sde)

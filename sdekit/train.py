@@ -11,6 +11,9 @@ bit for bit on the same machine. The step is:
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,6 +31,21 @@ __all__ = ["Trainer", "train", "plot_losses"]
 
 _HPARAMS = ("batch_size", "lr", "weight_decay", "betas", "grad_clip", "ema_decay", "warmup", "weighting",
             "importance", "gamma", "p_uncond", "seed")
+
+
+@contextlib.contextmanager
+def _interrupts():
+    """Collect SIGINT/SIGTERM into a list instead of raising mid-step (main thread only)."""
+    caught: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _world() -> tuple[int, int]:
@@ -136,15 +154,24 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(range(steps), desc=desc, disable=not progress or self.rank != 0, dynamic_ncols=True)
         avg = None
-        for _ in bar:
-            value = self.step()
-            avg = value if avg is None else 0.98 * avg + 0.02 * value
-            bar.set_postfix(loss=f"{avg:.4f}", refresh=False)
-            if out_dir is not None and ckpt_every and self.step_count % ckpt_every == 0:
-                self.seconds += time.perf_counter() - start
-                start = time.perf_counter()
-                self.save(out_dir)
+        with _interrupts() as stop:  # SIGINT/SIGTERM end the run between two steps, never inside one
+            for _ in bar:
+                value = self.step()
+                avg = value if avg is None else 0.98 * avg + 0.02 * value
+                bar.set_postfix(loss=f"{avg:.4f}", refresh=False)
+                if out_dir is not None and ckpt_every and self.step_count % ckpt_every == 0:
+                    self.seconds += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self.save(out_dir)
+                if stop:
+                    break
         bar.close()
+        if stop:
+            self.seconds += time.perf_counter() - start
+            if out_dir is not None:
+                self.save(out_dir)
+            raise KeyboardInterrupt(f"training interrupted by signal {stop[0]} after step {self.step_count}"
+                                    + (f"; checkpoint saved in {out_dir}, resume to continue" if out_dir else ""))
         self.seconds += time.perf_counter() - start
         if out_dir is not None:
             self.save(out_dir)

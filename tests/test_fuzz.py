@@ -56,3 +56,24 @@ def test_float32_down_to_1e_5_on_every_builtin_sde():
             kw = {} if solvers.get(name).adaptive else {"steps": 12}
             sol = solvers.sample(gm.model(sde), x, name, t_end=1e-5, generator=0, **kw)
             assert sol.x.dtype == torch.float32 and bool(torch.isfinite(sol.x).all()), (sde, name)
+
+
+@settings(max_examples=25)
+@given(sde=sdes(), batch=st.integers(1, 3), dim=st.integers(1, 4), dtype=st.sampled_from([torch.float32, torch.float64]),
+       divergence=st.sampled_from(["exact", "hutchinson"]), t_start=st.sampled_from([1e-5, 1e-3, 0.2]),
+       seed=st.integers(0, 99))
+def test_likelihood_returns_finite_or_a_documented_error(sde, batch, dim, dtype, divergence, t_start, seed):
+    from sdekit.likelihood import StepBudgetExceeded
+
+    gen = torch.Generator().manual_seed(seed)
+    gm = sdekit.GaussianMixture([0.5, 0.5], torch.randn(2, dim, generator=gen, dtype=torch.float64), [0.05, 0.5])
+    x = gm.sample(batch, generator=gen, dtype=dtype)
+    try:
+        res = sdekit.log_likelihood(gm.model(sde), x, divergence=divergence, probes=2, seed=seed,
+                                    t_start=max(t_start, sde.eps), rtol=1e-3, atol=1e-3, max_steps=2000)
+    except (ValueError, StepBudgetExceeded, FloatingPointError) as e:
+        event(f"documented error: {type(e).__name__}")
+        return
+    event("solved")
+    assert res.log_prob.shape == (batch,) and bool(torch.isfinite(res.log_prob).all())
+    assert bool(torch.isfinite(res.z).all()) and res.nfe > 0

@@ -246,3 +246,38 @@ def test_cli_train_end_to_end(tmp_path, capsys):
         main(["train", "--data", "cifar", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="trained on 'moons'"):
         main(["train", "--data", "rings", "--out", str(out), "--resume", "--steps", "50"])
+
+
+def test_interrupted_training_loses_nothing(tmp_path, monkeypatch):
+    """A SIGINT arriving in the middle of step 7 ends the run after that step with a checkpoint;
+    resuming then gives the same weights as an uninterrupted run."""
+    import os
+    import signal
+
+    x = toy_data("moons", 256, seed=0)
+    sde = sdekit.VPSDE()
+    hp = dict(batch_size=16, lr=1e-3, seed=3)
+
+    torch.manual_seed(0)
+    straight = Trainer(MLP(dim=2, width=16, depth=2), sde, x, "eps", **hp)
+    straight.run(12, progress=False)
+
+    torch.manual_seed(0)
+    trainer = Trainer(MLP(dim=2, width=16, depth=2), sde, x, "eps", **hp)
+    real_step = Trainer.step
+
+    def step_with_signal(self):
+        if self.step_count == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered while the step is under way
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "step", step_with_signal)
+    with pytest.raises(KeyboardInterrupt, match="after step 7; checkpoint saved"):
+        trainer.run(12, progress=False, out_dir=tmp_path)
+    monkeypatch.setattr(Trainer, "step", real_step)
+    resumed = Trainer.resume(tmp_path, x)
+    assert resumed.step_count == 7
+    resumed.run(5, progress=False)
+    for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
+        assert torch.equal(a, b)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
