@@ -387,6 +387,7 @@ def _add_sample(sub):
     p.add_argument("--denoise", action="store_true", help="finish with the jump to t = 0")
     p.add_argument("--out", default="samples.png", help="PNG to write (a grid for images, a scatter for 2-D)")
     p.add_argument("--save", default=None, help="also write the samples to this .safetensors file")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: small tensors)")
 
 
 def _event_shape(config: dict, where) -> tuple:
@@ -411,6 +412,8 @@ def _run_sample(args) -> int:
     from .plotting import save_samples
     from .solvers import sample
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     density = None
     if args.checkpoint is None:
