@@ -141,7 +141,8 @@ def _add_likelihood(sub):
     p.add_argument("--max-steps", type=int, default=10_000)
     p.add_argument("--prior", default="exact", choices=("exact", "sde"),
                    help="exact: the mixture's p_T as the prior; sde: the SDE's N(0, s^2 I), reporting the prior gap")
-    p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    p.add_argument("--dtype", default=None, choices=("float64", "float32"),
+                   help="default: float64 for the built-in mixture, float32 (the weights' own) for --checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (small solves run best on one)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
@@ -167,7 +168,7 @@ def _likelihood_problem(args):
 
     sde = {"vp": sdekit.VPSDE, "subvp": sdekit.SubVPSDE, "ve": sdekit.VESDE, "cosine": sdekit.CosineVPSDE}[args.sde]()
     gm = sdekit.GaussianMixture.default(dim=args.dim, seed=args.seed)
-    dtype = getattr(torch, args.dtype)
+    dtype = getattr(torch, args.dtype or "float64")
     x = gm.sample(args.n, generator=torch.Generator().manual_seed(args.seed + 1), dtype=dtype)
     return gm.model(sde), x, (lambda y: gm.log_prob(y, sde.eps, sde)), (lambda z: gm.log_prob(z, sde.T, sde))
 
@@ -279,6 +280,7 @@ def _run_likelihood_checkpoint(args) -> int:
         print("error: --repeats > 1 needs --dequantize", file=sys.stderr)
         return 2
     model, config = load_model(args.checkpoint)
+    args.dtype = args.dtype or "float32"
     dtype = getattr(torch, args.dtype)
     model.net.to(dtype)
     x, desc, digits = _checkpoint_data(config, args.split, args.n, dtype)
