@@ -4,7 +4,8 @@ likelihood, draw sample grids with several solvers, and compare eps / v / score 
     python benchmarks/digits_results.py                       # everything, sequentially
     python benchmarks/digits_results.py --part main           # the main model only
     python benchmarks/digits_results.py --part compare        # the eps / v / score comparison only
-    python benchmarks/digits_results.py --quick               # smoke run (seconds), writes *_quick files
+    python benchmarks/digits_results.py --part report         # merge both into digits.json
+    python benchmarks/digits_results.py --quick               # smoke run (about a minute), writes *_quick files
 
 Main model: the U-Net and settings of examples/train_digits.py (32 channels, mult (1, 2), attention
 at 4x4, batch 64, lr 1e-3, warmup 100, EMA 0.995, VP SDE, eps prediction), trained until --steps or
@@ -22,7 +23,7 @@ steps (--compare-steps / --compare-minutes each), each scored on the same test i
 from the same x_T with dpmpp_2m; one PNG side by side.
 
 Outputs (in --out, default benchmarks/results): digits.json (or digits_main.json /
-digits_compare.json per part), digits_samples_<solver>.png, digits_predictions.png. Checkpoints go to
+digits_compare.json per part, merged by --part report), digits_samples_<solver>.png, digits_predictions.png. Checkpoints go to
 --ckpt-dir (default runs/digits_results, not committed).
 """
 from __future__ import annotations
@@ -159,11 +160,6 @@ def run_main(args, out: Path, suffix: str) -> dict:
 
 
 def run_compare(args, out: Path, suffix: str) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x, idx = eval_subset(args.n_eval_compare)
     ref = load_digits("train").x.reshape(-1, 64)
     x_T = sdekit.VPSDE().prior_sample((args.samples, 1, 8, 8), generator=torch.Generator().manual_seed(args.seed))
@@ -181,8 +177,36 @@ def run_compare(args, out: Path, suffix: str) -> dict:
         rows[pred] = {"train": info, "bpd": bpd,
                       "samples": {"solver": "dpmpp_2m", "steps": steps, "nfe": nfe, "seconds": round(sec, 2),
                                   "nn_distance_to_train": nn_distance(xs, ref)}}
-    n = int(args.samples**0.5)
-    fig, axes = plt.subplots(1, len(PREDICTIONS), figsize=(4 * len(PREDICTIONS), 4.5))
+    path = out / f"digits_predictions{suffix}.png"
+    draw_comparison(rows, grids, steps, args.samples, path)
+    paired = paired_differences(rows)
+    print(f"{'prediction':>10} {'steps':>6} {'train s':>8} {'bpd':>8} {'+-':>6} {'nn-dist':>8}")
+    for pred, r in rows.items():
+        print(f"{pred:>10} {r['train']['steps']:>6} {r['train']['train_seconds']:>8.0f} {r['bpd']['bpd_mean']:>8.4f} "
+              f"{r['bpd']['bpd_stderr']:>6.4f} {r['samples']['nn_distance_to_train']:>8.3f}")
+    for pred, d in paired.items():
+        print(f"paired over the same images and dequantization noise: {pred} - eps = {d['mean']:+.4f} +- {d['stderr']:.4f} bits/dim")
+    return {"test_indices": idx, "predictions": rows, "paired_vs_eps": paired, "png": path.name}
+
+
+def paired_differences(rows):
+    """bpd(pred) - bpd(eps) image by image (same images, same u): mean and standard error."""
+    base = torch.tensor(rows["eps"]["bpd"]["per_image_bpd"], dtype=torch.float64)
+    outcome = {}
+    for pred in PREDICTIONS[1:]:
+        d = torch.tensor(rows[pred]["bpd"]["per_image_bpd"], dtype=torch.float64) - base
+        outcome[pred] = {"mean": float(d.mean()), "stderr": float(d.std() / math.sqrt(len(d))) if len(d) > 1 else None}
+    return outcome
+
+
+def draw_comparison(rows, grids, steps, samples, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = int(samples**0.5)
+    fig, axes = plt.subplots(1, len(PREDICTIONS), figsize=(4 * len(PREDICTIONS), 4.8))
     for ax, pred in zip(axes, PREDICTIONS):
         r = rows[pred]
         ax.imshow(tile(grids[pred], n), cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
@@ -191,21 +215,53 @@ def run_compare(args, out: Path, suffix: str) -> dict:
                      f"({r['bpd']['n_images']} test images)", fontsize=9)
         ax.axis("off")
     fig.suptitle(f"same U-Net, same x_T, dpmpp_2m {steps} steps (+ denoise)", fontsize=10)
-    fig.tight_layout()
-    path = out / f"digits_predictions{suffix}.png"
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"   -> {path}")
-    print(f"{'prediction':>10} {'steps':>6} {'train s':>8} {'bpd':>8} {'+-':>6} {'nn-dist':>8}")
+
+
+def run_report(args, out: Path) -> int:
+    """Merge digits_main.json and digits_compare.json into digits.json; redraw the comparison PNG
+    from the saved checkpoints (same x_T and solver, so the same samples) and add paired differences."""
+    from sdekit.checkpoint import load_model
+
+    main_r = json.loads((out / "digits_main.json").read_text())
+    comp_r = json.loads((out / "digits_compare.json").read_text())
+    rows = comp_r["compare"]["predictions"]
+    x_T = sdekit.VPSDE().prior_sample((args.samples, 1, 8, 8), generator=torch.Generator().manual_seed(args.seed))
+    grids = {}
+    for pred in PREDICTIONS:
+        model, _ = load_model(rows[pred]["train"]["checkpoint"])
+        grids[pred] = draw_samples(model, x_T, "dpmpp_2m", rows[pred]["samples"]["steps"], args.seed)[0]
+    draw_comparison(rows, grids, rows["eps"]["samples"]["steps"], args.samples, out / "digits_predictions.png")
+    paired = paired_differences(rows)
+    comp_r["compare"]["paired_vs_eps"] = paired
+    # the main model on the comparison's images (a subset of its own: stride 18 within stride 9)
+    m_idx = main_r["main"]["bpd"]["test_indices"]
+    m_bpd = dict(zip(m_idx, main_r["main"]["bpd"]["per_image_bpd"]))
+    sub = [m_bpd[i] for i in comp_r["compare"]["test_indices"] if i in m_bpd]
+    merged = {"main_command": main_r["command"], "compare_command": comp_r["command"],
+              "machine": main_r["machine"], "bpd_convention": main_r["bpd_convention"],
+              "main": main_r["main"], "compare": comp_r["compare"],
+              "main_on_compare_images": {"n": len(sub), "bpd_mean": sum(sub) / max(1, len(sub))}}
+    (out / "digits.json").write_text(json.dumps(merged, indent=1))
+    print(f"{'prediction':>10} {'steps':>6} {'train s':>8} {'bpd':>8} {'+-':>6} {'vs eps (paired)':>18} {'nn-dist':>8}")
     for pred, r in rows.items():
+        d = paired.get(pred)
+        rel = f"{d['mean']:+.4f} +- {d['stderr']:.4f}" if d else "-"
         print(f"{pred:>10} {r['train']['steps']:>6} {r['train']['train_seconds']:>8.0f} {r['bpd']['bpd_mean']:>8.4f} "
-              f"{r['bpd']['bpd_stderr']:>6.4f} {r['samples']['nn_distance_to_train']:>8.3f}")
-    return {"test_indices": idx, "predictions": rows, "png": path.name}
+              f"{r['bpd']['bpd_stderr']:>6.4f} {rel:>18} {r['samples']['nn_distance_to_train']:>8.3f}")
+    print(f"main model ({main_r['main']['train']['steps']} steps) on the same {len(sub)} images: "
+          f"{merged['main_on_compare_images']['bpd_mean']:.4f} bits/dim")
+    print(f"wrote {out / 'digits.json'}")
+    return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", default="all", choices=("all", "main", "compare"))
+    p.add_argument("--part", default="all", choices=("all", "main", "compare", "report"),
+                   help="report: merge the main and compare JSONs into digits.json and redraw the comparison PNG")
     p.add_argument("--steps", type=int, default=2500, help="main model: step budget")
     p.add_argument("--minutes", type=float, default=13.0, help="main model: wall-time budget (minutes)")
     p.add_argument("--compare-steps", type=int, default=800, help="eps/v/score models: step budget each")
@@ -234,6 +290,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
+    if args.part == "report":
+        return run_report(args, out)
     result = {"command": " ".join(["python", "benchmarks/digits_results.py", *(sys.argv[1:] if argv is None else argv)]),
               "machine": {"cpu_threads": args.threads, "processor": platform.processor() or platform.machine(),
                           "torch": torch.__version__},
