@@ -258,7 +258,7 @@ def _checkpoint_data(config: dict, split: str, n: int, dtype):
         raise SystemExit(f"sdekit likelihood: the checkpoint's data set {name!r} is unknown (digits or a 2-D toy set)")
     stride = max(1, x.shape[0] // n)
     idx = torch.arange(0, x.shape[0], stride)[:n]
-    return x[idx].to(dtype), f"{name} {split}: {len(idx)} of {x.shape[0]} rows, stride {stride})", name == "digits"
+    return x[idx].to(dtype), f"{name} {split}: {len(idx)} of {x.shape[0]} rows (stride {stride})", name == "digits"
 
 
 def _run_likelihood_checkpoint(args) -> int:
