@@ -129,20 +129,24 @@ def ddim(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 0.0):
 def dpm_solver_1(ev: Evaluator, x: Tensor, ts: Tensor):
     """DPM-Solver-1 (Lu et al. 2022, eq. 3.7): x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps(x_t, t).
     Equal to deterministic DDIM."""
-    sch = Schedule(ev.sde, ts)
-    for i in range(len(ts) - 1):
-        if sch.sigma[i + 1] == 0:
-            x = _x0_jump(ev, x, sch, i)
-            yield x
-            continue
-        eps = ev.eps(x, ts[i])
-        x = _eps_first_order(x, eps, sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i))
-        yield x
+
+    def step(x, sch, i):
+        return _eps_first_order(x, ev.eps(x, ts[i]), sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i))
+
+    return _single_steps(ev, x, ts, step)
 
 
 def _x0_jump(ev: Evaluator, x: Tensor, sch: Schedule, i: int) -> Tensor:
     """The step to sigma_s = 0: x_s = alpha_s x0(x_t, t), the limit h -> inf of every update here."""
     return sch.alpha[i + 1] * ev.x0(x, sch.ts[i])
+
+
+def _single_steps(ev: Evaluator, x: Tensor, ts: Tensor, step):
+    """Apply ``step(x, sch, i) -> x_{i+1}`` along the grid; a step that ends at sigma = 0 is the x0 jump."""
+    sch = Schedule(ev.sde, ts)
+    for i in range(len(ts) - 1):
+        x = _x0_jump(ev, x, sch, i) if sch.sigma[i + 1] == 0 else step(x, sch, i)
+        yield x
 
 
 def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: List[float]):
@@ -154,12 +158,8 @@ def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: List[float]):
       order 3:  u_2 = (alpha_2/alpha_t) x_t - sigma_2 (e^{r2 h} - 1) eps_t - sigma_2 (r2/r1) r2 h phi_2(r2 h) D_1,
                 D_2 = eps(u_2, s_2) - eps_t,  x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t - sigma_s (h phi_2(h)/r2) D_2
     where s_j is the time with half log-SNR l_t + r_j h."""
-    sch = Schedule(ev.sde, ts)
-    for i in range(len(ts) - 1):
-        if sch.sigma[i + 1] == 0:
-            x = _x0_jump(ev, x, sch, i)
-            yield x
-            continue
+
+    def step(x, sch, i):
         a_t, a_s, s_s, h = sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i)
         eps = ev.eps(x, ts[i])
         t1, a1, s1 = sch.at_l(sch.l[i] + rs[0] * h)
@@ -167,14 +167,14 @@ def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: List[float]):
         d1 = ev.eps(u1, t1) - eps
         base = _eps_first_order(x, eps, a_t, a_s, s_s, h)
         if len(rs) == 1:
-            x = base - (s_s * math.expm1(h) / (2 * rs[0])) * d1
-        else:
-            r1, r2 = rs
-            t2, a2, s2 = sch.at_l(sch.l[i] + r2 * h)
-            u2 = _eps_first_order(x, eps, a_t, a2, s2, r2 * h) - (s2 * (r2 / r1) * r2 * h * phi(2, r2 * h)) * d1
-            d2 = ev.eps(u2, t2) - eps
-            x = base - (s_s * h * phi(2, h) / r2) * d2
-        yield x
+            return base - (s_s * math.expm1(h) / (2 * rs[0])) * d1
+        r1, r2 = rs
+        t2, a2, s2 = sch.at_l(sch.l[i] + r2 * h)
+        u2 = _eps_first_order(x, eps, a_t, a2, s2, r2 * h) - (s2 * (r2 / r1) * r2 * h * phi(2, r2 * h)) * d1
+        d2 = ev.eps(u2, t2) - eps
+        return base - (s_s * h * phi(2, h) / r2) * d2
+
+    return _single_steps(ev, x, ts, step)
 
 
 @register("dpm_solver_2", order=2, nfe_per_step=2, family="exponential")
@@ -199,18 +199,15 @@ def dpmpp_2s(ev: Evaluator, x: Tensor, ts: Tensor):
 
     u = (sigma_m/sigma_t) x_t + alpha_m (1 - e^{-h/2}) x0_t at l_m = l_t + h/2,
     x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0(u, t_m)   (D = (1 - 1/(2r)) x0_t + 1/(2r) x0_m, r = 1/2)."""
-    sch = Schedule(ev.sde, ts)
-    for i in range(len(ts) - 1):
-        if sch.sigma[i + 1] == 0:
-            x = _x0_jump(ev, x, sch, i)
-            yield x
-            continue
+
+    def step(x, sch, i):
         s_t, a_s, s_s, h = sch.sigma[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i)
         x0 = ev.x0(x, ts[i])
         tm, am, sm = sch.at_l(sch.l[i] + 0.5 * h)
         u = _x0_first_order(x, x0, s_t, am, sm, 0.5 * h)
-        x = _x0_first_order(x, ev.x0(u, tm), s_t, a_s, s_s, h)
-        yield x
+        return _x0_first_order(x, ev.x0(u, tm), s_t, a_s, s_s, h)
+
+    return _single_steps(ev, x, ts, step)
 
 
 # -- multistep, data prediction: DPM-Solver++(2M/3M) and UniPC -----------------------------------------
