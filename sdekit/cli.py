@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .sde import SDE_NAMES, sde_from_name
+
 
 # -- info --------------------------------------------------------------------------------------
 def _add_info(sub):
@@ -32,14 +34,13 @@ def _run_info(args) -> int:
 
 
 # -- train -------------------------------------------------------------------------------------
-_TRAIN_SDES = ("vp", "subvp", "ve", "cosine")
 
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train a score model by denoising score matching (checkpoint + loss plot)")
     p.add_argument("--data", required=True, choices=("moons", "checkerboard", "swissroll", "rings", "digits"))
     p.add_argument("--prediction", default="eps", choices=("eps", "score", "v", "x0"))
-    p.add_argument("--sde", default="vp", choices=_TRAIN_SDES)
+    p.add_argument("--sde", default="vp", choices=tuple(SDE_NAMES))
     p.add_argument("--weighting", default="simple", choices=("simple", "likelihood", "min_snr", "native"))
     p.add_argument("--steps", type=int, default=2000, help="total optimisation steps (including resumed ones)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -64,7 +65,6 @@ def _run_train(args) -> int:
 
     import torch
 
-    import sdekit
     from sdekit.data import load_dataset
     from sdekit.nets import MLP, UNet
     from sdekit.train import train
@@ -88,14 +88,8 @@ def _run_train(args) -> int:
 
     rank, world = init_process_group()  # under torchrun: DistributedDataParallel over the ranks
     ds = load_dataset(args.data, n=args.n_points, seed=args.seed)
-    if args.sde == "vp":
-        sde = sdekit.VPSDE()
-    elif args.sde == "subvp":
-        sde = sdekit.SubVPSDE()
-    elif args.sde == "cosine":
-        sde = sdekit.CosineVPSDE()
-    else:
-        sde = sdekit.VESDE(sigma_min=0.01, sigma_max=args.sigma_max or (20.0 if digits else 10.0))
+    ve_kwargs = {"sigma_min": 0.01, "sigma_max": args.sigma_max or (20.0 if digits else 10.0)}
+    sde = sde_from_name(args.sde, **(ve_kwargs if args.sde == "ve" else {}))
     num_classes = ds.num_classes if args.conditional else None
     torch.manual_seed(args.seed)
     if digits:
@@ -121,7 +115,6 @@ def _run_train(args) -> int:
 
 
 # -- likelihood --------------------------------------------------------------------------------
-_LIKELIHOOD_SDES = ("vp", "subvp", "ve", "cosine")
 
 
 def _add_likelihood(sub):
@@ -129,7 +122,7 @@ def _add_likelihood(sub):
         "likelihood",
         help="log-likelihood through the probability-flow ODE (default: a built-in Gaussian mixture, vs the exact value)",
     )
-    p.add_argument("--sde", default="vp", choices=_LIKELIHOOD_SDES)
+    p.add_argument("--sde", default="vp", choices=tuple(SDE_NAMES))
     p.add_argument("--dim", type=int, default=2, help="mixture dimension (GaussianMixture.default(dim))")
     p.add_argument("--n", type=int, default=8, help="number of exact samples to score")
     p.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"))
@@ -166,7 +159,7 @@ def _likelihood_problem(args):
 
     import sdekit
 
-    sde = {"vp": sdekit.VPSDE, "subvp": sdekit.SubVPSDE, "ve": sdekit.VESDE, "cosine": sdekit.CosineVPSDE}[args.sde]()
+    sde = sde_from_name(args.sde)
     gm = sdekit.GaussianMixture.default(dim=args.dim, seed=args.seed)
     dtype = getattr(torch, args.dtype or "float64")
     x = gm.sample(args.n, generator=torch.Generator().manual_seed(args.seed + 1), dtype=dtype)
@@ -342,7 +335,7 @@ def _add_compare(sub):
     p.add_argument("--dim", type=int, default=2, help="dimension of the built-in Gaussian mixture")
     p.add_argument("--n", type=int, default=512, help="number of starting points x_T")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sde", default="vp", choices=("vp", "subvp", "ve", "cosine"))
+    p.add_argument("--sde", default="vp", choices=tuple(SDE_NAMES))
     p.add_argument("--ref-steps", type=int, default=2000, help="RK4 steps of the float64 reference")
     p.add_argument("--out", default="sdekit-compare", help="output directory (default ./sdekit-compare)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: small tensors)")

@@ -43,7 +43,7 @@ import torch
 
 from .ground_truth import GaussianMixture
 from .parameterization import ScoreModel
-from .sde import VESDE, VPSDE, CosineVPSDE, LinearSDE, SubVPSDE
+from .sde import SDE_NAMES, LinearSDE, sde_from_name
 
 Tensor = torch.Tensor
 
@@ -53,17 +53,13 @@ __all__ = ["compare", "CompareResults", "CompareRow", "endpoint_error", "sliced_
 DEFAULT_NFE = (5, 10, 15, 20, 30, 50, 100)
 DEFAULT_GRIDS = ("logsnr", "quadratic", "uniform", "karras")  # quadratic and uniform win at low NFE
 DEFAULT_TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6)
-SDE_NAMES = ("vp", "subvp", "ve", "cosine")
 
 
 def make_sde(name: Union[str, LinearSDE]) -> LinearSDE:
     """An SDE by short name: vp (VPSDE), subvp, ve (VESDE sigma 0.01..50), cosine; an SDE passes through."""
     if isinstance(name, LinearSDE):
         return name
-    makers = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE}
-    if name not in makers:
-        raise ValueError(f"unknown sde {name!r}; accepted: {', '.join(SDE_NAMES)} (or a LinearSDE instance)")
-    return makers[name]()
+    return sde_from_name(name)
 
 
 def _is_deterministic(info) -> bool:

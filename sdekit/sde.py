@@ -36,6 +36,8 @@ __all__ = [
     "linear_beta_schedule",
     "cosine_beta_schedule",
     "broadcast_to",
+    "SDE_NAMES",
+    "sde_from_name",
 ]
 
 _TIME_TOL = 1e-9
@@ -552,3 +554,13 @@ class DiscreteVPSDE(LinearSDE):
 
     def __repr__(self):
         return f"DiscreteVPSDE(N={self.N}, eps={self.eps})"
+
+
+SDE_NAMES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE}
+
+
+def sde_from_name(name: str, **kwargs) -> LinearSDE:
+    """A built-in SDE by short name (vp, subvp, ve, cosine), with its keyword arguments."""
+    if name not in SDE_NAMES:
+        raise ValueError(f"unknown sde {name!r}; accepted: {', '.join(SDE_NAMES)}")
+    return SDE_NAMES[name](**kwargs)
