@@ -15,6 +15,7 @@ import contextlib
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -187,7 +188,7 @@ class Trainer:
         return ScoreModel(net.eval(), self.sde, self.prediction)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _state_tensors(self) -> dict:
+    def _state_tensors(self, rank_states: Optional[list] = None) -> dict:
         tensors = {}
         opt = self.optimizer.state_dict()
         for i, st in opt["state"].items():
@@ -195,15 +196,28 @@ class Trainer:
                 tensors[f"optim.{i}.{name}"] = torch.as_tensor(value)
         tensors["rng.trainer"] = self.generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
+        for r, (noise_state, torch_state) in enumerate(rank_states or []):
+            tensors[f"rng.rank{r}.noise"] = noise_state
+            tensors[f"rng.rank{r}.torch"] = torch_state
         tensors["losses"] = torch.tensor(self.losses, dtype=torch.float64)
         return tensors
 
     def save(self, out_dir) -> Path:
         """Write the checkpoint directory (weights, EMA, optimizer, RNG states, loss history) and the
         loss-curve PNG ``loss.png`` beside it. Under torch.distributed only rank 0 writes (the weights are
-        the same on every rank); exact resume holds for one process (rank streams are not stored)."""
-        if self.rank != 0:
-            return Path(out_dir)
+        the same on every rank) after gathering every rank's noise and dropout RNG states, so a resume on
+        the same number of ranks continues exactly. Under torch.distributed every rank must call save."""
+        if self.world == 1:
+            return self._write(out_dir)
+        import torch.distributed as dist
+
+        rank_states = [None] * self.world
+        dist.all_gather_object(rank_states, (self.noise_generator.get_state(), torch.get_rng_state()))
+        path = self._write(out_dir, rank_states) if self.rank == 0 else Path(out_dir)
+        dist.barrier()  # no rank goes on (and, say, resumes) before the files exist
+        return path
+
+    def _write(self, out_dir, rank_states: Optional[list] = None) -> Path:
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
                   for g in self.optimizer.state_dict()["param_groups"]]
         extra = {"train": {**self.hparams, "steps_done": self.step_count, "seconds": self.seconds,
@@ -211,7 +225,7 @@ class Trainer:
                            "optimizer": {"type": "AdamW", "param_groups": groups}},
                  "data": self.meta}
         path = save_checkpoint(out_dir, self.net, self.sde, self.prediction, self.step_count,
-                               ema=self.ema, state=self._state_tensors(), extra=extra)
+                               ema=self.ema, state=self._state_tensors(rank_states), extra=extra)
         if self.losses:
             plot_losses(self.losses, path / "loss.png")
         return path
@@ -260,6 +274,16 @@ class Trainer:
         try:
             self.generator.set_state(state_t["rng.trainer"])
             torch.set_rng_state(state_t["rng.torch"])
+            saved_world = max(1, sum(1 for k in state_t if k.startswith("rng.rank") and k.endswith(".noise")))
+            if saved_world != self.world and self.world > 1:
+                raise ValueError(f"checkpoint file {path / WEIGHT_FILES['state']} was written by {saved_world} "
+                                 f"rank(s) and is resumed on {self.world}; resume on the same number of ranks")
+            if saved_world != self.world:
+                warnings.warn(f"{path} was written by {saved_world} ranks and resumes in one process: training "
+                              "goes on from its weights and optimizer, but not bit for bit as on those ranks")
+            if self.world > 1:
+                self.noise_generator.set_state(state_t[f"rng.rank{self.rank}.noise"])
+                torch.set_rng_state(state_t[f"rng.rank{self.rank}.torch"])
         except (KeyError, RuntimeError) as e:
             raise ValueError(f"checkpoint file {path / WEIGHT_FILES['state']}: bad RNG state ({e})") from None
         self.losses = state_t["losses"].tolist() if "losses" in state_t else []

@@ -8,6 +8,9 @@ import torch.multiprocessing as mp
 
 import sdekit
 from sdekit import distributed
+from sdekit.data import toy_data
+from sdekit.nets import MLP
+from sdekit.train import Trainer
 
 
 def free_port():
@@ -87,32 +90,40 @@ def train_worker(rank, world, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        from sdekit.data import toy_data
-        from sdekit.nets import MLP
-        from sdekit.train import Trainer
-
         torch.manual_seed(0)
         net = MLP(dim=2, width=32, depth=2)
         data = toy_data("moons", 512, seed=0)
         trainer = Trainer(net, sdekit.VPSDE(), data, "eps", batch_size=32, lr=1e-3, seed=0)
-        trainer.run(40, progress=False, out_dir=out_dir if rank == 0 else None)
+        trainer.run(40, progress=False, out_dir=out_dir)  # every rank calls save; rank 0 writes
         flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
         torch.save(flat, f"{out_dir}/params_rank{rank}.pt")
+        # exact resume on two ranks: 20 + (save, resume) + 20 equals the 40 straight steps above
+        torch.manual_seed(0)
+        half = Trainer(MLP(dim=2, width=32, depth=2), sdekit.VPSDE(), data, "eps", batch_size=32, lr=1e-3, seed=0)
+        half.run(20, progress=False, out_dir=f"{out_dir}/half")
+        resumed = Trainer.resume(f"{out_dir}/half", data)
+        resumed.run(20, progress=False)
+        flat = torch.cat([p.detach().reshape(-1) for p in resumed.net.parameters()])
+        torch.save(flat, f"{out_dir}/resumed_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_ddp_training_keeps_ranks_in_step(tmp_path):
     """Two gloo ranks train with DistributedDataParallel: the weights stay identical on both ranks,
-    differ from the initial ones, and rank 0's checkpoint loads."""
+    differ from the initial ones, rank 0's checkpoint loads, and resuming on two ranks is exact."""
     mp.start_processes(train_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=True)
     p0, p1 = torch.load(tmp_path / "params_rank0.pt"), torch.load(tmp_path / "params_rank1.pt")
     assert torch.equal(p0, p1)
+    assert torch.equal(torch.load(tmp_path / "resumed_rank0.pt"), p0)
+    assert torch.equal(torch.load(tmp_path / "resumed_rank1.pt"), p0)
+    with pytest.warns(UserWarning, match="written by 2 ranks and resumes in one process"):
+        resumed = Trainer.resume(tmp_path / "half", toy_data("moons", 512, seed=0))
+    assert resumed.step_count == 20
     model, config = sdekit.load_model(tmp_path, use_ema=False)
     loaded = torch.cat([p.detach().reshape(-1) for p in model.net.parameters()])
     assert torch.equal(loaded, p0) and config["step"] == 40
     torch.manual_seed(0)
-    from sdekit.nets import MLP
-
     init = torch.cat([p.detach().reshape(-1) for p in MLP(dim=2, width=32, depth=2).parameters()])
     assert not torch.allclose(init, p0)
+
