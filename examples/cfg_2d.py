@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import sdekit
+from sdekit.plotting import save_figure
 from sdekit.data import rings_mixture, toy_data
 from sdekit.solvers import sample
 
@@ -90,10 +91,7 @@ def main(argv=None):
         ax.set_aspect("equal")
         ax.set_title(f"guidance w = {w:g}\non requested mode {acc:.2f}, median distance {rms:.3f}", fontsize=9)
     fig.suptitle("class-conditional MLP on rings: colour = requested class (x = its mode)", fontsize=10)
-    fig.tight_layout()
-    path = out / "cfg_2d.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    path = save_figure(fig, out / "cfg_2d.png", dpi=90)
     print(f"wrote {path}")
     return 0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import sdekit
+from sdekit.plotting import save_figure
 from sdekit.solvers import sample
 
 
@@ -136,10 +137,7 @@ def main(argv=None):
         ax.set_xlim(float(lo[0]), float(hi[0]))
         ax.set_ylim(float(lo[1]), float(hi[1]))
         ax.set_title(f"{name}, {steps} steps")
-    fig.tight_layout()
-    path = out / "custom_sde.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    path = save_figure(fig, out / "custom_sde.png", dpi=90)
     print(f"wrote {path}")
     return 0
 

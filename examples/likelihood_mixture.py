@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import sdekit
+from sdekit.plotting import save_figure
 
 
 def main(argv=None):
@@ -86,10 +87,7 @@ def main(argv=None):
     ax.set_ylabel("probability-flow ODE estimate (nats)")
     ax.set_title(f"{args.dim}-D Gaussian mixture, exact score", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "likelihood_mixture.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = save_figure(fig, out / "likelihood_mixture.png", dpi=100)
     print(f"wrote {path}")
     return 0
 

@@ -43,6 +43,7 @@ import torch
 
 from .ground_truth import GaussianMixture
 from .parameterization import ScoreModel
+from .plotting import save_figure
 from .sde import SDE_NAMES, LinearSDE, sde_from_name
 
 Tensor = torch.Tensor
@@ -189,9 +190,7 @@ class CompareResults(list):
         ref = self.meta.get("reference", {}).get("error_estimate")
         head = title or self.meta.get("title", "sdekit compare: error against NFE")
         fig.suptitle(head + (f"  (reference's own error ~{ref:.1e})" if ref else ""), fontsize=10)
-        fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.2 * ncol + 1.8), 1))
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path, dpi=110, rect=(0, 0, 1 - 1.6 / (4.2 * ncol + 1.8), 1))
 
 
 def _jsonable(obj):

@@ -8,7 +8,7 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["save_samples"]
+__all__ = ["save_samples", "image_grid", "scatter", "save_figure"]
 
 
 def _figure():
@@ -18,6 +18,16 @@ def _figure():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path, dpi: int = 100, rect=None) -> Path:
+    """Lay out, write and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(**({} if rect is None else {"rect": rect}))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
 
 
 def image_grid(x: Tensor, path, value_range=(-1.0, 1.0), title: str = "", ncol: Optional[int] = None) -> Path:
@@ -36,10 +46,7 @@ def image_grid(x: Tensor, path, value_range=(-1.0, 1.0), title: str = "", ncol: 
             ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def scatter(x: Tensor, path, density=None, title: str = "") -> Path:
@@ -60,10 +67,7 @@ def scatter(x: Tensor, path, density=None, title: str = "") -> Path:
     ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=3, c="tab:red", alpha=0.6)
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def save_samples(x: Tensor, path, density=None, title: str = "") -> Path:
