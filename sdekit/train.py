@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from .checkpoint import WEIGHT_FILES, load_state_strict, read_checkpoint, save_checkpoint, sde_from_spec
+from .distributed import world
 from .losses import WEIGHTINGS, dsm_loss
 from .parameterization import ScoreModel, _check_prediction
 from .sde import LinearSDE
@@ -47,14 +48,6 @@ def _interrupts():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class Trainer:
@@ -90,7 +83,7 @@ class Trainer:
                         "seed": int(seed)}
         self.meta = dict(meta or {})
         self.model = ScoreModel(net, sde, prediction)
-        self.rank, self.world = _world()
+        self.rank, self.world = world()
         self._train_model = self.model
         if self.world > 1:
             # DistributedDataParallel: parameters broadcast from rank 0, gradients averaged over ranks.

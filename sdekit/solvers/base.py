@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import torch
 
 from ..noise import RowNoise
 from ..parameterization import ScoreModel
-from ..sde import LinearSDE, broadcast_to
+from ..sde import LinearSDE
 
 Tensor = torch.Tensor
 
@@ -100,15 +100,8 @@ class Evaluator:
     def pf_drift(self, x: Tensor, t) -> Tensor:
         return self.reverse_drift(x, t, eta=0.0)
 
-    # -- noise and schedule --------------------------------------------------------------------
+    # -- noise --------------------------------------------------------------------------
     def randn_like(self, x: Tensor) -> Tensor:
         if self.noise is None:
             raise SolverError("this solver is stochastic and needs noise; pass generator= (a seed or torch.Generator)")
         return self.noise.randn_like(x)
-
-    def coef(self, values: Tensor, x: Tensor) -> Tensor:
-        """A scalar or per-row schedule value, shaped and typed to multiply x."""
-        return broadcast_to(values, x)
-
-
-SolverFn = Callable[..., Any]

@@ -16,9 +16,10 @@ from .registry import register
 
 def _transition(ev: Evaluator, t, s):
     """a = alpha_t / alpha_s and b^2 = sigma_t^2 - a^2 sigma_s^2 for the forward step s -> t."""
-    sde = ev.sde
-    a = float(sde.alpha(t) / sde.alpha(s))
-    b2 = float(sde.sigma(t)) ** 2 - a**2 * float(sde.sigma(s)) ** 2
+    alpha_t, sigma_t, _, _ = ev.sde.schedule(t)
+    alpha_s, sigma_s, _, _ = ev.sde.schedule(s)
+    a = alpha_t / alpha_s
+    b2 = sigma_t**2 - a**2 * sigma_s**2
     return a, max(b2, 0.0)
 
 
