@@ -9,6 +9,9 @@ analytic value is ``gm.log_prob(x, sigma_min, sde)``.
 Methods.
   sdekit exact          sdekit.log_likelihood, exact divergence: dopri5 at its default rtol = atol = 1e-5,
                         dopri5 at 1e-4, dopri8 at 1e-3 (torchdiffeq)
+  sdekit exact, quad    the same with integrate="quadrature": the trajectory alone by dopri5 at
+                        rtol = atol = 1e-5, then each row's exact divergence by adaptive Boole quadrature
+                        in log-SNR to quad_tol (0.1, the default)
   sdekit hutch-1        sdekit.log_likelihood, one Rademacher probe, rtol = atol = 1e-4
   k-diffusion           k_diffusion.sampling.log_likelihood: dopri5, rtol = atol = 1e-4, one Rademacher
                         probe, prior N(0, sigma_max^2) -- its default call. The denoiser is
@@ -108,7 +111,7 @@ def scoresde_style_log_likelihood(model, x, t0, t1, prior_log_prob, rtol=1e-5, a
 
 
 # -- the benchmark ------------------------------------------------------------------------------------
-def run(dims, n, repeats, seed, exact_configs):
+def run(dims, n, repeats, seed, exact_configs, quad_configs=()):
     torch.set_num_threads(1)
     kds, kd_note = load_kdiffusion()
     if kd_note:
@@ -137,6 +140,10 @@ def run(dims, n, repeats, seed, exact_configs):
             methods[f"sdekit exact ({method}, rtol=atol={tol:g})"] = (
                 lambda method=method, tol=tol: _ours(model, x, exact_prior, divergence="exact", method=method,
                                                      rtol=tol, atol=tol))
+        for qtol, tol in quad_configs:
+            methods[f"sdekit exact, quadrature (quad_tol={qtol:g}, rtol=atol={tol:g})"] = (
+                lambda qtol=qtol, tol=tol: _ours(model, x, exact_prior, divergence="exact", integrate="quadrature",
+                                                 quad_tol=qtol, rtol=tol, atol=tol))
         methods["sdekit hutchinson, 1 probe (dopri5, 1e-4)"] = (
             lambda: _ours(model, x, exact_prior, divergence="hutchinson", probes=1, rtol=1e-4, atol=1e-4))
         if kds is not None:
@@ -179,12 +186,12 @@ def _kdiff(kds, denoiser, x, smin, smax, gap):
 
 
 def _fmt(row):
-    return (f"{row['dim']:>4}  {row['method']:<46} {row['mae_nats']:>10.2e} {row['max_err_nats']:>10.2e} "
+    return (f"{row['dim']:>4}  {row['method']:<56} {row['mae_nats']:>10.2e} {row['max_err_nats']:>10.2e} "
             f"{row['nfe']:>6} {row['time_s']:>9.3f}")
 
 
 def table(rows):
-    head = f"{'D':>4}  {'method':<46} {'MAE nats':>10} {'max err':>10} {'NFE':>6} {'time s':>9}"
+    head = f"{'D':>4}  {'method':<56} {'MAE nats':>10} {'max err':>10} {'NFE':>6} {'time s':>9}"
     return "\n".join([head, "-" * len(head)] + [_fmt(r) for r in rows])
 
 
@@ -196,7 +203,7 @@ def plot(rows, path):
 
     dims = sorted({r["dim"] for r in rows})
     fig, axes = plt.subplots(1, len(dims), figsize=(6 * len(dims), 4.5), squeeze=False)
-    markers = "os^Dv<>"
+    markers = "os^Dv<>PX"
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for ax, dim in zip(axes[0], dims):
         for i, m in enumerate(methods):
@@ -224,11 +231,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--exact", default="dopri5:1e-5,dopri5:1e-4,dopri8:1e-3",
                    help="sdekit exact-divergence configurations, method:tol (1e-5 is the default call)")
+    p.add_argument("--quadrature", default="0.1:1e-5",
+                   help="sdekit integrate='quadrature' configurations, quad_tol:tol ('' for none)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
     dims = [int(d) for d in args.dims.split(",")]
     configs = [(c.split(":")[0], float(c.split(":")[1])) for c in args.exact.split(",")]
-    rows, note = run(dims, args.n, args.repeats, args.seed, configs)
+    quads = [(float(c.split(":")[0]), float(c.split(":")[1])) for c in args.quadrature.split(",") if c]
+    rows, note = run(dims, args.n, args.repeats, args.seed, configs, quads)
     print()
     print(table(rows))
     os.makedirs(args.out, exist_ok=True)

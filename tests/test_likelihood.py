@@ -431,6 +431,11 @@ def test_cli_likelihood_prints_estimate_beside_exact(capsys):
     assert "prior gap" in capsys.readouterr().out
     assert cli.main(["likelihood", "--rtol", "-1"]) == 2
     assert "rtol" in capsys.readouterr().err
+    assert cli.main(["likelihood", "--n", "3", "--dim", "4", "--integrate", "quadrature", "--quad-tol", "1e-3",
+                     "--rtol", "1e-7", "--atol", "1e-7"]) == 0
+    out = capsys.readouterr().out
+    assert "quadrature" in out and "divergence evaluations per row" in out
+    assert float(out.split("mean |error|")[1].split()[0]) < 1e-3
 
 
 # -- trajectory + quadrature ------------------------------------------------------------------------
