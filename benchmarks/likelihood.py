@@ -10,8 +10,8 @@ Methods.
   sdekit exact          sdekit.log_likelihood, exact divergence: dopri5 at its default rtol = atol = 1e-5,
                         dopri5 at 1e-4, dopri8 at 1e-3 (torchdiffeq)
   sdekit exact, quad    the same with integrate="quadrature": the trajectory alone by dopri5 at
-                        rtol = atol = 1e-5, then each row's exact divergence by adaptive Boole quadrature
-                        in log-SNR to quad_tol (0.1, the default)
+                        rtol = atol = 1e-5 (the default) and 1e-4, then each row's exact divergence by
+                        adaptive Boole quadrature in log-SNR to quad_tol = 0.1 (the default)
   sdekit hutch-1        sdekit.log_likelihood, one Rademacher probe, rtol = atol = 1e-4
   k-diffusion           k_diffusion.sampling.log_likelihood: dopri5, rtol = atol = 1e-4, one Rademacher
                         probe, prior N(0, sigma_max^2) -- its default call. The denoiser is
@@ -231,7 +231,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--exact", default="dopri5:1e-5,dopri5:1e-4,dopri8:1e-3",
                    help="sdekit exact-divergence configurations, method:tol (1e-5 is the default call)")
-    p.add_argument("--quadrature", default="0.1:1e-5",
+    p.add_argument("--quadrature", default="0.1:1e-5,0.1:1e-4",
                    help="sdekit integrate='quadrature' configurations, quad_tol:tol ('' for none)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)

@@ -328,28 +328,33 @@ def _row_norm(state) -> Tensor:
     return torch.maximum(rx, ra).max().sqrt()
 
 
-def _log_snr_map(sde, t_lo: float, t_hi: float):
+class _LogSNRMap:
     """s = lambda(t) as the integration variable: t(lambda) and dt/dlambda = -sigma^2 / g^2.
 
     For a linear SDE sigma' = f sigma + g^2 / (2 sigma), so dlambda/dt = 2 (f - sigma'/sigma) = -g^2 / sigma^2.
     """
 
-    lam = sde.log_snr(torch.tensor([t_lo, t_hi], dtype=torch.float64))
-    lam_lo, lam_hi = float(lam[1]), float(lam[0])
+    def __init__(self, sde, t_lo: float, t_hi: float):
+        self.sde, self.t_lo, self.t_hi = sde, t_lo, t_hi
+        lam = sde.log_snr(torch.tensor([t_lo, t_hi], dtype=torch.float64))
+        self.log_snr_bounds = (float(lam[0]), float(lam[1]))  # lambda(t_lo) > lambda(t_hi)
 
-    def time_map(s: Tensor):
+    def __call__(self, s: Tensor):
         # torchdiffeq's first-step heuristic may probe beyond the interval: clamp into it
-        t = sde.t_from_log_snr(s.clamp(lam_lo, lam_hi)).clamp(t_lo, t_hi)
-        return t, -(sde.sigma(t) / sde.diffusion(t)) ** 2
+        lam_hi, lam_lo = self.log_snr_bounds
+        t = self.sde.t_from_log_snr(s.clamp(lam_lo, lam_hi)).clamp(self.t_lo, self.t_hi)
+        return t, -(self.sde.sigma(t) / self.sde.diffusion(t)) ** 2
 
-    return time_map
+    def to_s(self, t: Tensor) -> Tensor:
+        return self.sde.log_snr(t)
 
 
 # -- trajectory + quadrature ---------------------------------------------------------------------
-def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, time_map, odeint_kwargs: dict, quad_tol: float,
+def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odeint_kwargs: dict, quad_tol: float,
                          quad_panels: int, quad_depth: int):
-    """Solve dx/ds = F dt/ds alone (no divergence) with output on a uniform grid of M + 1 points in s,
-    then integrate div F dt/ds along it row by row with ``adaptive_boole``. Returns (z, delta, info).
+    """Solve dx/ds = F dt/ds alone (no divergence; s is ``rhs``'s time variable, t or lambda) with output
+    at the M + 1 points of a uniform grid in the quadrature variable (lambda when ``quad_map`` is given,
+    else t), then integrate div F along it row by row with ``adaptive_boole``. Returns (z, delta, info).
 
     The exact divergence costs D vector-Jacobian products per evaluation and the drift one forward pass,
     so the trajectory takes as many cheap steps as its tolerance needs, while each row's divergence is
@@ -360,17 +365,26 @@ def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, time_map, odei
     from torchdiffeq import odeint
 
     M = grid_size(quad_panels, quad_depth)
-    grid = torch.linspace(float(ts[0]), float(ts[1]), M + 1, dtype=torch.float64)
-    traj_rhs = _Augmented(rhs.drift, xs.shape, None, None, rhs.backend, None, rhs.max_nfe,
-                          (rhs.t_lo, rhs.t_hi), time_map=time_map)
-    with torch.no_grad():
-        traj = odeint(traj_rhs, xs, grid.to(dtype=ts.dtype, device=ts.device), **odeint_kwargs)  # (M+1, N, ...)
-    rhs.last_t = traj_rhs.last_t
-    if time_map is None:
-        t_grid, dtds = grid, torch.ones_like(grid)
-    else:
-        t_grid, dtds = time_map(grid)
-    t_grid = t_grid.clamp(rhs.t_lo, rhs.t_hi)
+    t_lo, t_hi = rhs.t_lo, rhs.t_hi
+    if quad_map is None:  # quadrature in t
+        grid = torch.linspace(t_lo, t_hi, M + 1, dtype=torch.float64)
+        t_grid, dtds = grid.clone(), torch.ones_like(grid)
+    else:  # in lambda = log-SNR: the divergence is a sum of sigmoids there (one per data scale)
+        grid = torch.linspace(*quad_map.log_snr_bounds, M + 1, dtype=torch.float64)
+        t_grid, dtds = quad_map(grid)
+    t_grid = t_grid.clamp(t_lo, t_hi)
+    t_grid[0], t_grid[-1] = t_lo, t_hi
+    # output times in the solve's own variable
+    out_s = t_grid if rhs.time_map is None else (grid if quad_map is not None else rhs.time_map.to_s(t_grid))
+    out_s = out_s.to(dtype=ts.dtype, device=ts.device)
+    out_s[0], out_s[-1] = ts[0], ts[1]
+    traj_rhs = _Augmented(rhs.drift, xs.shape, None, None, rhs.backend, None, rhs.max_nfe, (t_lo, t_hi),
+                          time_map=rhs.time_map)
+    try:
+        with torch.no_grad():
+            traj = odeint(traj_rhs, xs, out_s, **odeint_kwargs)  # (M + 1, N, ...)
+    finally:
+        rhs.last_t = traj_rhs.last_t
     N = xs.shape[0]
 
     def evaluate(node: Tensor, row: Tensor) -> Tensor:
@@ -394,6 +408,7 @@ def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, time_map, odei
             f"meeting quad_tol={quad_tol}; raise quad_depth or quad_panels for them", RuntimeWarning, stacklevel=3,
         )
     info = {"integrate": "quadrature", "grid_points": M + 1, "quad_tol": quad_tol,
+            "quadrature_variable": "t" if quad_map is None else "log_snr",
             "divergence_evals_per_row": float(q.evals.double().mean()),
             "quadrature_error_estimate": q.error, "unresolved_rows": unresolved}
     return traj[-1], q.integral, info
@@ -535,7 +550,7 @@ def log_likelihood(
     integrate: str = "augmented",
     quad_tol: float = 0.1,
     quad_panels: int = 8,
-    quad_depth: int = 5,
+    quad_depth: int = 4,
 ) -> LikelihoodResult:
     """log p_{t_start}(x) by the probability-flow ODE:  log p_T(x_T) + int_{t_start}^{t_end} div F dt.
 
@@ -653,10 +668,11 @@ def log_likelihood(
         max_nfe = (n_steps + 1) * _EVALS_PER_STEP
 
     quadrature = integrate == "quadrature"
+    use_lambda = _resolve_time_variable(time_variable, sde, t0, t1)
+    time_map = _LogSNRMap(sde, t0, t1) if use_lambda else None
     # the divergence along a trajectory is a sum of sigmoids in lambda (one per data scale): quadrature
-    # takes lambda whenever the SDE has it
-    use_lambda = _resolve_time_variable(time_variable, sde, t0, t1, prefer_lambda=quadrature)
-    time_map = _log_snr_map(sde, t0, t1) if use_lambda else None
+    # is done in lambda whenever the SDE has it, whatever variable the trajectory is solved in
+    quad_lambda = quadrature and _resolve_time_variable("auto", sde, t0, t1, prefer_lambda=True)
     drift = _Drift(model)
     rhs = _Augmented(drift, xs.shape, divergence, probe_t, jacobian, chunk_size, max_nfe, (t0, t1),
                      time_map=time_map)
@@ -675,8 +691,8 @@ def log_likelihood(
     extra_info = {"integrate": "augmented"}
     try:
         if quadrature:
-            z, acc, extra_info = _solve_by_quadrature(rhs, xs, ts, time_map, solver_kwargs, quad_tol,
-                                                      quad_panels, quad_depth)
+            z, acc, extra_info = _solve_by_quadrature(rhs, xs, ts, _LogSNRMap(sde, t0, t1) if quad_lambda else None,
+                                                      solver_kwargs, quad_tol, quad_panels, quad_depth)
         else:
             with torch.no_grad():
                 sol = odeint(rhs, (xs, acc0), ts, **solver_kwargs)

@@ -451,7 +451,7 @@ def test_quadrature_matches_analytic_log_density(name):
     err = (res.log_prob - gm.log_prob(x, sde.eps, sde)).abs()
     assert err.max() < 5e-4
     info = res.info
-    assert info["integrate"] == "quadrature" and info["time_variable"] == "log_snr"
+    assert info["integrate"] == "quadrature" and info["quadrature_variable"] == "log_snr"
     assert (info["quadrature_error_estimate"] <= 1e-3).all() and info["unresolved_rows"] == 0
     # the divergence is evaluated where each row needs it, not at every grid point
     assert 4 * 16 + 1 <= info["divergence_evals_per_row"] < info["grid_points"] / 2
@@ -468,7 +468,7 @@ def test_quadrature_converges_as_its_tolerance_tightens():
     truth = gm.log_prob(x, sde.eps, sde)
     errs = []
     for tol in (1.0, 0.1, 1e-3):
-        res = log_likelihood(gm.model(sde), x, integrate="quadrature", quad_tol=tol, rtol=1e-7, atol=1e-7,
+        res = log_likelihood(gm.model(sde), x, integrate="quadrature", quad_tol=tol, quad_depth=6, rtol=1e-7, atol=1e-7,
                              prior_log_prob=exact_prior(gm, sde))
         errs.append(float((res.log_prob - truth).abs().mean()))
     assert errs[0] > errs[1] > errs[2]
