@@ -119,7 +119,7 @@ def run(dims, n, repeats, seed, exact_configs, quad_configs=()):
     sde = EDMSDE(sigma_min=0.002, sigma_max=80.0)
     smin, smax = sde.eps, sde.T
     wide = EDMSDE(sigma_min=0.002, sigma_max=1e6)
-    rows = []
+    rows, costs = [], {}
     for dim in dims:
         gm = sdekit.GaussianMixture.default(dim=dim)
         model = gm.model(sde)
@@ -152,6 +152,8 @@ def run(dims, n, repeats, seed, exact_configs, quad_configs=()):
         methods["score_sde-style (scipy RK45, 1 probe, 1e-5)"] = (
             lambda: scoresde_style_log_likelihood(model, x, smin, smax, exact_prior, seed=seed))
 
+        costs[dim] = evaluation_costs(model, x, repeats=max(20, 10 * repeats))
+        print(f"{dim:>4}  per-evaluation cost (ms, batch {n}): " + ", ".join(f"{k} {v:.3f}" for k, v in costs[dim].items()))
         times = {name: [] for name in methods}
         results = {}
         for name, fn in methods.items():  # warm-up (vmap / autograd initialisation, imports)
@@ -162,21 +164,49 @@ def run(dims, n, repeats, seed, exact_configs, quad_configs=()):
                 results[name] = fn()
                 times[name].append(time.perf_counter() - start)
         for name in methods:
-            est, nfe = results[name]
+            est, nfe, *extra = results[name]
             err = (est - truth).abs()
             row = {"dim": dim, "method": name, "n": n, "mae_nats": err.mean().item(), "max_err_nats": err.max().item(),
                    "nfe": int(nfe), "time_s": statistics.median(times[name]), "times_s": times[name]}
+            row.update(*extra)
             if name.startswith("k-diffusion"):
                 raw = (est + gap - truth).abs()
                 row["mae_nats_raw_prior"] = raw.mean().item()
                 row["prior_gap_mean_nats"] = gap.mean().item()
             rows.append(row)
             print(_fmt(row), flush=True)
-    return rows, kd_note
+    return rows, costs, kd_note
+
+
+def evaluation_costs(model, x, repeats):
+    """Median wall time (ms) of one probability-flow drift evaluation on the whole batch at t = 1: alone,
+    with one vector-Jacobian product (a one-probe Hutchinson evaluation) and with the exact trace (D
+    products, one vectorised backward pass) -- what each method pays per NFE, before solver overhead."""
+    from sdekit.likelihood import _Augmented, _Drift
+
+    t = torch.tensor(1.0, dtype=torch.float64)
+    probe = torch.ones(1, *x.shape, dtype=x.dtype)
+    drift = _Drift(model)
+    exact = _Augmented(drift, x.shape, "exact", None, "autograd", None, 10**9, (0.0, float(model.sde.T)))
+    hutch = _Augmented(drift, x.shape, "hutchinson", probe, "autograd", None, 10**9, (0.0, float(model.sde.T)))
+    calls = {"forward": lambda: drift(x, t), "one_probe": lambda: hutch.divergence_at(x, t),
+             "exact_trace": lambda: exact.divergence_at(x, t)}
+    out = {}
+    for name, fn in calls.items():
+        fn()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e3)
+        out[name] = statistics.median(samples)
+    return out
 
 
 def _ours(model, x, prior, **kw):
     res = sdekit.log_likelihood(model, x, prior_log_prob=prior, seed=0, **kw)
+    if "divergence_evals_per_row" in res.info:
+        return res.log_prob, res.nfe, {"divergence_evals_per_row": res.info["divergence_evals_per_row"]}
     return res.log_prob, res.nfe
 
 
@@ -238,7 +268,7 @@ def main(argv=None):
     dims = [int(d) for d in args.dims.split(",")]
     configs = [(c.split(":")[0], float(c.split(":")[1])) for c in args.exact.split(",")]
     quads = [(float(c.split(":")[0]), float(c.split(":")[1])) for c in args.quadrature.split(",") if c]
-    rows, note = run(dims, args.n, args.repeats, args.seed, configs, quads)
+    rows, costs, note = run(dims, args.n, args.repeats, args.seed, configs, quads)
     print()
     print(table(rows))
     os.makedirs(args.out, exist_ok=True)
@@ -252,7 +282,7 @@ def main(argv=None):
     except ImportError:
         pass
     with open(os.path.join(args.out, "likelihood.json"), "w") as fh:
-        json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+        json.dump({"meta": meta, "rows": rows, "evaluation_costs_ms": costs}, fh, indent=2)
     plot(rows, os.path.join(args.out, "likelihood.png"))
     print(f"\nwrote {os.path.join(args.out, 'likelihood.json')} and {os.path.join(args.out, 'likelihood.png')}")
 
