@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -39,6 +38,7 @@ import torch
 import sdekit
 import sdekit.solvers
 from sdekit.compare import compare, default_solvers, endpoint_error
+from report import write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -186,11 +186,7 @@ def main(argv=None):
                                                   "below_smallest_error": ref_err < smallest},
                                     "rows": rows, "goals": goals}
         print_dim(dim, report["dims"][str(dim)], budgets)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "accuracy_vs_nfe.json"), "w") as fh:
-        json.dump(report, fh, indent=1)
-    plot(report, os.path.join(args.out, "accuracy_vs_nfe.png"))
-    print(f"wrote {os.path.join(args.out, 'accuracy_vs_nfe.json')} and .png")
+    write_report(args.out, "accuracy_vs_nfe", report, lambda path: plot(report, path))
     return report
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -50,6 +49,7 @@ import torch
 
 import sdekit
 from sdekit.interop import EDMSDE
+from report import write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -281,10 +281,8 @@ def main(argv=None):
         meta["torchdiffeq"] = torchdiffeq.__version__
     except ImportError:
         pass
-    with open(os.path.join(args.out, "likelihood.json"), "w") as fh:
-        json.dump({"meta": meta, "rows": rows, "evaluation_costs_ms": costs}, fh, indent=2)
-    plot(rows, os.path.join(args.out, "likelihood.png"))
-    print(f"\nwrote {os.path.join(args.out, 'likelihood.json')} and {os.path.join(args.out, 'likelihood.png')}")
+    write_report(args.out, "likelihood", {"meta": meta, "rows": rows, "evaluation_costs_ms": costs},
+                 lambda path: plot(rows, path))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ samples of p_{sigma_min}). log p(x) = log p_T(z) + int div(F dt/dlambda) dlambda
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import statistics
 import time
@@ -32,6 +30,7 @@ import sdekit
 from sdekit.interop import EDMSDE
 from sdekit.likelihood import _Augmented, _Drift, _LogSNRMap
 from sdekit.quadrature import adaptive_boole, grid_size
+from report import write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -157,7 +156,6 @@ def main(argv=None):
             print(f"{k}: fewest tested evaluations per row for 1e-3 nats: {fewest[k]:.1f} -> trace evaluations "
                   f"alone {floor[k]:.3f} s for {args.n} rows")
 
-    os.makedirs(args.out, exist_ok=True)
     out = {"dim": args.dim, "n": args.n, "points": args.points,
            "fine_grid_mae_vs_analytic": float(np.abs(fine - truth).mean()),
            "max_slope_quantiles": {"median": float(np.median(slope)), "q90": float(np.quantile(slope, 0.9)),
@@ -165,10 +163,7 @@ def main(argv=None):
            "rules": rules, "augmented_one_row": per_row, "cost_per_batch_evaluation_s": costs,
            "fewest_evals_per_row_for_1e-3": fewest, "trace_time_floor_s": floor,
            "torch": torch.__version__, "threads": torch.get_num_threads()}
-    with open(os.path.join(args.out, "likelihood_floor.json"), "w") as fh:
-        json.dump(out, fh, indent=2, default=float)
-    plot(lam, h, slope, rules, os.path.join(args.out, "likelihood_floor.png"))
-    print(f"wrote {os.path.join(args.out, 'likelihood_floor.json')} and likelihood_floor.png")
+    write_report(args.out, "likelihood_floor", out, lambda path: plot(lam, h, slope, rules, path))
 
 
 def plot(lam, h, slope, rules, path):

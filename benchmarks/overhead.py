@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
 import platform
 import pstats
@@ -29,6 +28,7 @@ import torch
 
 import sdekit
 import sdekit.solvers
+from report import write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -132,11 +132,7 @@ def main(argv=None):
                            "dtype": "float32", "net": "x0 = 0.1 x", "net_us_per_call": 1e6 * net_per_call,
                            "torch": torch.__version__, "python": platform.python_version(), "threads": 1},
               "rows": rows, "verdict": verdict, "profile": profile_text}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "overhead.json"), "w") as fh:
-        json.dump(report, fh, indent=1)
-    plot(rows, os.path.join(args.out, "overhead.png"))
-    print(f"wrote {os.path.join(args.out, 'overhead.json')} and .png")
+    write_report(args.out, "overhead", report, lambda path: plot(rows, path))
     return report
 
 

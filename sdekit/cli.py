@@ -210,25 +210,17 @@ def _run_likelihood(args) -> int:
     gap = None
     if exact_prior is not None and prior is None:
         gap = (sde.prior_log_prob(res.z) - exact_prior(res.z)).double()
-    head = f"{'row':>4} {'estimate':>13}"
+    cols = [("estimate", 13, ".6f", res.log_prob)]  # (header, width, format, per-row values)
     if res.stderr is not None:
-        head += f" {'stderr':>10}"
+        cols.append(("stderr", 10, ".4g", res.stderr))
     if exact is not None:
-        head += f" {'exact':>13} {'error':>10}"
+        cols += [("exact", 13, ".6f", exact), ("error", 10, ".2e", res.log_prob.double() - exact)]
     if gap is not None:
-        head += f" {'prior gap':>10}"
-    head += f" {'bpd':>9}"
-    print(head)
+        cols.append(("prior gap", 10, ".4g", gap))
+    cols.append(("bpd", 9, ".4f", res.bpd))
+    print(f"{'row':>4} " + " ".join(f"{name:>{width}}" for name, width, _, _ in cols))
     for i in range(x.shape[0]):
-        line = f"{i:>4} {res.log_prob[i].item():>13.6f}"
-        if res.stderr is not None:
-            line += f" {res.stderr[i].item():>10.4g}"
-        if exact is not None:
-            line += f" {exact[i].item():>13.6f} {(res.log_prob[i].double() - exact[i]).item():>10.2e}"
-        if gap is not None:
-            line += f" {gap[i].item():>10.4g}"
-        line += f" {res.bpd[i].item():>9.4f}"
-        print(line)
+        print(f"{i:>4} " + " ".join(f"{float(v[i]):>{width}{fmt}}" for _, width, fmt, v in cols))
     if exact is not None:
         err = (res.log_prob.double() - exact).abs()
         print(f"mean |error| {err.mean().item():.3e} nats  max {err.max().item():.3e} nats", end="")

@@ -8,23 +8,14 @@ from hypothesis import strategies as st
 
 import sdekit
 from sdekit import solvers
+from tests.sdes import KINDS, make_sde
 
 DOCUMENTED = (ValueError, solvers.SolverError)
 
 
 @st.composite
 def sdes(draw):
-    kind = draw(st.sampled_from(["vp", "subvp", "ve", "cosine", "discrete"]))
-    a, b = draw(st.floats(0, 1)), draw(st.floats(0, 1))
-    if kind == "vp":
-        return sdekit.VPSDE(beta_min=0.01 + a, beta_max=2 + 30 * b)
-    if kind == "subvp":
-        return sdekit.SubVPSDE(beta_min=0.01 + a, beta_max=2 + 30 * b)
-    if kind == "ve":
-        return sdekit.VESDE(sigma_min=0.001 + 0.05 * a, sigma_max=2 + 100 * b)
-    if kind == "cosine":
-        return sdekit.CosineVPSDE(s=0.001 + 0.02 * a, T=0.9 + 0.09 * b)
-    return sdekit.DiscreteVPSDE.linear(20 + int(200 * a), beta_end=0.01 + 0.1 * b)
+    return make_sde(draw(st.sampled_from(KINDS)), draw(st.floats(0, 1)), draw(st.floats(0, 1)))
 
 
 @settings(max_examples=60)

@@ -9,26 +9,9 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 import sdekit
-from tests.sdes import builtin_sdes
+from tests.sdes import KINDS, builtin_sdes, make_sde
 
 
-def make_sde(kind, a, b):
-    """A built-in SDE with parameters drawn from [0, 1]^2."""
-    if kind == "vp":
-        return sdekit.VPSDE(beta_min=0.05 + a, beta_max=5 + 25 * b)
-    if kind == "subvp":
-        return sdekit.SubVPSDE(beta_min=0.05 + a, beta_max=5 + 25 * b)
-    if kind == "ve":
-        return sdekit.VESDE(sigma_min=0.005 + 0.1 * a, sigma_max=1 + 80 * b)
-    if kind == "cosine":
-        return sdekit.CosineVPSDE(s=0.001 + 0.02 * a, T=0.9 + 0.09 * b)
-    if kind == "discrete":
-        n = 8 + int(16 * a)
-        return sdekit.DiscreteVPSDE.linear(n, beta_start=1e-4, beta_end=0.02 + 0.3 * b)
-    raise AssertionError(kind)
-
-
-KINDS = ["vp", "subvp", "ve", "cosine", "discrete"]
 unit = st.floats(0.0, 1.0)
 
 

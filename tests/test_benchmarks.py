@@ -1,0 +1,30 @@
+"""The likelihood benchmarks run end to end on a tiny problem (peers are optional: without k-diffusion its
+rows are skipped) and write their JSON and plot."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("script, args, name", [
+    ("likelihood.py", ["--dims", "2", "--n", "8", "--repeats", "1", "--exact", "dopri5:1e-4"], "likelihood"),
+    ("likelihood_floor.py", ["--dim", "4", "--n", "8", "--points", "201", "--row-solves", "2"], "likelihood_floor"),
+])
+def test_likelihood_benchmarks_run_and_write_their_reports(tmp_path, script, args, name):
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", script), *args, "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / f"{name}.json").read_text())
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+    if name == "likelihood":
+        quad = [r for r in report["rows"] if "quadrature" in r["method"]]
+        assert quad and all(r["divergence_evals_per_row"] >= 33 for r in quad)
+        exact = [r for r in report["rows"] if r["method"].startswith("sdekit exact (")]
+        assert exact and all(r["mae_nats"] < 1e-2 for r in exact)
+    else:
+        assert report["fine_grid_mae_vs_analytic"] < 1e-6
+        assert report["rules"]["adaptive_boole"][-1]["mae"] < report["rules"]["adaptive_boole"][0]["mae"]
