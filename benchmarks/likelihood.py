@@ -111,8 +111,8 @@ def scoresde_style_log_likelihood(model, x, t0, t1, prior_log_prob, rtol=1e-5, a
 
 
 # -- the benchmark ------------------------------------------------------------------------------------
-def run(dims, n, repeats, seed, exact_configs, quad_configs=()):
-    torch.set_num_threads(1)
+def run(dims, n, repeats, seed, exact_configs, quad_configs=(), threads=1):
+    torch.set_num_threads(threads)
     kds, kd_note = load_kdiffusion()
     if kd_note:
         print(kd_note)
@@ -263,12 +263,13 @@ def main(argv=None):
                    help="sdekit exact-divergence configurations, method:tol (1e-5 is the default call)")
     p.add_argument("--quadrature", default="0.1:1e-5,0.1:1e-4",
                    help="sdekit integrate='quadrature' configurations, quad_tol:tol ('' for none)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for every method (default 1)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
     dims = [int(d) for d in args.dims.split(",")]
-    configs = [(c.split(":")[0], float(c.split(":")[1])) for c in args.exact.split(",")]
+    configs = [(c.split(":")[0], float(c.split(":")[1])) for c in args.exact.split(",") if c]
     quads = [(float(c.split(":")[0]), float(c.split(":")[1])) for c in args.quadrature.split(",") if c]
-    rows, costs, note = run(dims, args.n, args.repeats, args.seed, configs, quads)
+    rows, costs, note = run(dims, args.n, args.repeats, args.seed, configs, quads, args.threads)
     print()
     print(table(rows))
     os.makedirs(args.out, exist_ok=True)
