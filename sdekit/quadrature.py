@@ -15,8 +15,9 @@ an upper bound (by a factor that grows as w shrinks) on Boole's. A panel is acce
 |B - S| <= tol * w / (s_M - s_0); otherwise it is halved, and the halves reuse three of its five points.
 Panels of four grid steps are accepted as they are (the grid's resolution). Like any adaptive rule it
 sees the integrand only at its nodes: a feature narrower than the first level's node spacing,
-(s_M - s_0) / (4 panels), can fall between them unseen, so choose ``panels`` for the narrowest feature
-expected. This is the classical adaptive Newton-Cotes scheme (e.g. Gander and Gautschi 2000,
+(s_M - s_0) / (4 panels), can fall between them unseen. Other information about where the integrand
+varies fast can force panels to be halved before they are evaluated (``must_split``): sdekit's
+likelihood uses the probability-flow trajectory itself, which is known on the whole grid for free. This is the classical adaptive Newton-Cotes scheme (e.g. Gander and Gautschi 2000,
 "Adaptive quadrature -- revisited", BIT 40), with the nodes confined to a precomputed grid so that the integrand's arguments (here a
 probability-flow trajectory) can be produced once, by one dense ODE solve, before any panel is refined.
 
@@ -26,7 +27,7 @@ All rows' panels of one refinement level are evaluated in one call of ``evaluate
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -55,13 +56,16 @@ def grid_size(panels: int, depth: int) -> int:
 
 
 def adaptive_boole(evaluate: Callable[[Tensor, Tensor], Tensor], rows: int, step: float, panels: int,
-                   depth: int, tol: float, dtype=torch.float64, device=None) -> QuadratureResult:
+                   depth: int, tol: float, dtype=torch.float64, device=None,
+                   must_split: Optional[Callable[[Tensor, Tensor, int], Tensor]] = None) -> QuadratureResult:
     """Adaptive Boole quadrature of ``rows`` integrands on the grid s_j = s_0 + j * step, j = 0..M,
     M = grid_size(panels, depth) (``step`` may be negative: the integral then runs downwards).
 
     evaluate(node, row): (n,) long grid indices and (n,) long row indices -> (n,) values h_row(s_node).
     Each (node, row) pair is asked for at most once. tol: absolute tolerance on the sum over a row's
-    panels of |Boole - Simpson| (see the module docstring).
+    panels of |Boole - Simpson| (see the module docstring). must_split(row, start, width): optional
+    (P,) bool, True for panels (row, first grid index, width in grid steps) known from other
+    information to be too wide; they are halved before the integrand is evaluated on them.
     """
     if not tol > 0:
         raise ValueError(f"tol must be positive; got {tol}")
@@ -76,9 +80,11 @@ def adaptive_boole(evaluate: Callable[[Tensor, Tensor], Tensor], rows: int, step
     row = torch.arange(R, device=device).repeat_interleave(int(panels))
     start = torch.arange(int(panels), device=device).repeat(R) * width
     while row.numel():
-        offsets = torch.arange(5, device=device) * (width // 4)
-        node = start[:, None] + offsets  # (P, 5)
-        rr = row[:, None].expand_as(node)
+        split = torch.zeros_like(row, dtype=torch.bool)
+        if must_split is not None and width > 4:
+            split = must_split(row, start, width).to(device=row.device, dtype=torch.bool)
+        node = start[~split, None] + torch.arange(5, device=device) * (width // 4)  # (P, 5)
+        rr = row[~split, None].expand_as(node)
         missing = ~known[node, rr]
         if bool(missing.any()):
             key = torch.unique(node[missing] * R + rr[missing])  # each pair once
@@ -93,13 +99,15 @@ def adaptive_boole(evaluate: Callable[[Tensor, Tensor], Tensor], rows: int, step
         finest = width == 4
         ok = est <= tol * width / M
         take = ok | finest
-        total.index_add_(0, row[take], boole[take])
-        error.index_add_(0, row[take], est[take])
+        total.index_add_(0, rr[take, 0], boole[take])
+        error.index_add_(0, rr[take, 0], est[take])
         if finest:
-            unresolved[row[~ok]] = True
+            unresolved[rr[~ok, 0]] = True
             break
-        # halve the rejected panels: [a, a + w/2] and [a + w/2, a + w]
+        # halve the rejected panels and those split beforehand: [a, a + w/2] and [a + w/2, a + w]
+        halve_row = torch.cat([row[split], rr[~take, 0]])
+        halve_start = torch.cat([start[split], node[~take, 0]])
         width //= 2
-        row = row[~take].repeat_interleave(2)
-        start = start[~take].repeat_interleave(2) + torch.tensor([0, width], device=device).repeat(int((~take).sum()))
+        row = halve_row.repeat_interleave(2)
+        start = halve_start.repeat_interleave(2) + torch.tensor([0, width], device=device).repeat(halve_row.numel())
     return QuadratureResult(integral=total, error=error, evals=known.sum(0), unresolved=unresolved & (error > tol))

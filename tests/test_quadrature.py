@@ -77,3 +77,19 @@ def test_bad_arguments_are_rejected():
         grid_size(0, 2)
     with pytest.raises(ValueError, match="depth"):
         grid_size(2, -1)
+
+
+def test_panels_split_beforehand_are_never_evaluated_whole():
+    """must_split forces the finest panels everywhere for row 0 only: row 0 is evaluated on the whole grid
+    (composite Boole on 4-step panels), row 1 only on its first level's 4 * panels + 1 points."""
+    lo, hi, panels, depth = 0.0, 2.0, 2, 3
+    M = grid_size(panels, depth)
+    step = (hi - lo) / M
+    quad = lambda s: s**3 - s  # noqa: E731  (Boole and Simpson are exact: |B - S| = 0, no refinement)
+    evaluate, calls = grid_integrand([quad, quad], torch.tensor(lo, dtype=torch.float64), step)
+    q = adaptive_boole(evaluate, 2, step, panels, depth, tol=1e-9, must_split=lambda row, start, width: row == 0)
+    assert q.evals.tolist() == [M + 1, 4 * panels + 1]
+    exact = hi**4 / 4 - hi**2 / 2
+    torch.testing.assert_close(q.integral, torch.full((2,), exact, dtype=torch.float64))
+    pairs = torch.cat(calls)
+    assert torch.unique(pairs[:, 0] * 2 + pairs[:, 1]).numel() == pairs.shape[0]
