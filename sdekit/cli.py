@@ -305,7 +305,8 @@ def _run_likelihood_checkpoint(args) -> int:
     print(f"{args.checkpoint} ({config.get('prediction')} prediction, step {config.get('step')})  {desc}")
     print(f"divergence={args.divergence}" + (f" (probes={args.probes})" if args.divergence == "hutchinson" else "")
           + f"  {args.method} rtol={args.rtol} atol={args.atol}  {args.dtype}"
-          + (f"  dequantized, {args.repeats} draw(s) per image" if args.dequantize else ""))
+          + (f"  dequantized, {args.repeats} draw(s) per image" if args.dequantize else "")
+          + (f"  quadrature (quad_tol={args.quad_tol})" if args.integrate == "quadrature" else ""))
     if digits:
         note = "" if args.dequantize else "  (on the level grid, no dequantization: not a bound on the code length)"
         print(f"bits/dim {per_row.mean().item():.4f} +- {se:.4f} (standard error over {n} images){note}")
