@@ -603,16 +603,20 @@ def log_likelihood(
         "func" (``torch.func.vjp`` + ``torch.func.vmap``), "loop" (one backward pass per cotangent; any
         autograd-capable net) or "auto": the first of autograd, func, loop that the net supports.
     integrate: "augmented" solves [x, log-density] as one ODE (the divergence at every stage of every
-        step); "quadrature" (exact divergence only) solves x alone with output on a uniform grid of
-        M + 1 = 4 quad_panels 2^quad_depth + 1 points in the time variable (lambda by default), then
+        step); "quadrature" (exact divergence only) solves x alone (in ``time_variable``) with output on a
+        uniform grid of M + 1 = 4 quad_panels 2^quad_depth + 1 points in lambda (in t for an SDE
+        without a log-SNR), then
         integrates each row's divergence along it by adaptive Boole quadrature (``sdekit.quadrature``),
         refined only where that row's integrand needs it, to ``quad_tol`` on the sum of |Boole - Simpson|
         (usually conservative: measured mean errors are 1-2 orders smaller). Panels on which the
         trajectory's own velocity is not resolved are halved before any divergence evaluation, so a
-        sharp feature that falls between the first nodes is not missed. Pays off when the divergence costs many
-        drift evaluations (the exact trace: D vector-Jacobian products); holds the (M + 1, batch, ...)
-        grid trajectory in memory. ``info`` then reports divergence_evals_per_row and a per-row
-        quadrature_error_estimate.
+        sharp feature that falls between the first nodes is caught when the trajectory shows it. Pays off when the divergence
+        costs many drift evaluations (the exact trace: D vector-Jacobian products) and is smooth along
+        the trajectory (analytic or exact-score models); on a trained net whose divergence oscillates in
+        t it refines to the grid's resolution and is slower than "augmented". The divergence is read off
+        interpolated trajectory points, so rtol/atol need to be tighter than for "augmented" at the same
+        accuracy. Holds the (M + 1, batch, ...) grid trajectory in memory. ``info`` then reports
+        divergence_evals_per_row and a per-row quadrature_error_estimate.
 
     No gradient flows back to x or the model. Returns a ``LikelihoodResult``.
     """
