@@ -463,6 +463,22 @@ def test_quadrature_matches_analytic_log_density(name):
     torch.testing.assert_close(res.log_prob, res.prior + res.delta)
 
 
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**16), name=st.sampled_from(["vp", "subvp", "ve", "cosine"]), dim=st.integers(1, 6),
+       t_start=st.floats(0.01, 0.3), t_end_frac=st.floats(0.6, 1.0))
+def test_quadrature_on_random_mixtures_and_intervals(seed, name, dim, t_start, t_end_frac):
+    g = torch.Generator().manual_seed(seed)
+    gm = sdekit.GaussianMixture(torch.rand(3, generator=g, dtype=torch.float64) + 0.1,
+                                torch.randn(3, dim, generator=g, dtype=torch.float64) * 2,
+                                0.1 + torch.rand(3, dim, generator=g, dtype=torch.float64))
+    sde = SDES[name]
+    t0, t1 = t_start * sde.T, t_end_frac * sde.T
+    x = gm.sample_t(4, t0, sde, generator=g, dtype=torch.float64)
+    res = log_likelihood(gm.model(sde), x, t_start=t0, t_end=t1, prior_log_prob=exact_prior(gm, sde, t1),
+                         integrate="quadrature", quad_tol=1e-3, **TIGHT)
+    torch.testing.assert_close(res.log_prob, gm.log_prob(x, t0, sde), atol=1e-3, rtol=0)
+
+
 def test_quadrature_converges_as_its_tolerance_tightens():
     """16-D, the likelihood benchmark's problem (EDM process, 40 samples of p_sigma_min): the mean error falls
     with quad_tol, and the default settings are within 1e-3 nats on average."""
