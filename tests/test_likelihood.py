@@ -54,10 +54,8 @@ def test_sde_prior_is_not_exactly_p_T_but_the_gap_is_accounted_for():
     assert gap.abs().mean() > 1e-3  # the gap is real: a test that ignores it would be wrong
 
 
-@settings(max_examples=8)
-@given(seed=st.integers(0, 2**16), name=st.sampled_from(sorted(SDES)), dim=st.integers(1, 4),
-       t_start=st.floats(0.01, 0.5), t_end_frac=st.floats(0.6, 1.0))
-def test_random_mixtures_and_intervals(seed, name, dim, t_start, t_end_frac):
+def random_case(seed, name, dim, t_start, t_end_frac):
+    """A random 3-component mixture, an interval [t0, t1] of SDES[name] and 4 exact samples of p_t0."""
     g = torch.Generator().manual_seed(seed)
     gm = sdekit.GaussianMixture(torch.rand(3, generator=g, dtype=torch.float64) + 0.1,
                                 torch.randn(3, dim, generator=g, dtype=torch.float64) * 2,
@@ -65,8 +63,16 @@ def test_random_mixtures_and_intervals(seed, name, dim, t_start, t_end_frac):
     sde = SDES[name]
     t0, t1 = t_start * sde.T, t_end_frac * sde.T
     x = gm.sample_t(4, t0, sde, generator=g, dtype=torch.float64)
-    res = log_likelihood(gm.model(sde), x, t_start=t0, t_end=t1, prior_log_prob=exact_prior(gm, sde, t1), **TIGHT)
-    torch.testing.assert_close(res.log_prob, gm.log_prob(x, t0, sde), atol=1e-4, rtol=0)
+    return gm, sde, x, dict(t_start=t0, t_end=t1, prior_log_prob=exact_prior(gm, sde, t1), **TIGHT)
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**16), name=st.sampled_from(sorted(SDES)), dim=st.integers(1, 4),
+       t_start=st.floats(0.01, 0.5), t_end_frac=st.floats(0.6, 1.0))
+def test_random_mixtures_and_intervals(seed, name, dim, t_start, t_end_frac):
+    gm, sde, x, kw = random_case(seed, name, dim, t_start, t_end_frac)
+    res = log_likelihood(gm.model(sde), x, **kw)
+    torch.testing.assert_close(res.log_prob, gm.log_prob(x, kw["t_start"], sde), atol=1e-4, rtol=0)
 
 
 def test_event_shapes_and_batch_independence():
@@ -467,16 +473,9 @@ def test_quadrature_matches_analytic_log_density(name):
 @given(seed=st.integers(0, 2**16), name=st.sampled_from(["vp", "subvp", "ve", "cosine"]), dim=st.integers(1, 6),
        t_start=st.floats(0.01, 0.3), t_end_frac=st.floats(0.6, 1.0))
 def test_quadrature_on_random_mixtures_and_intervals(seed, name, dim, t_start, t_end_frac):
-    g = torch.Generator().manual_seed(seed)
-    gm = sdekit.GaussianMixture(torch.rand(3, generator=g, dtype=torch.float64) + 0.1,
-                                torch.randn(3, dim, generator=g, dtype=torch.float64) * 2,
-                                0.1 + torch.rand(3, dim, generator=g, dtype=torch.float64))
-    sde = SDES[name]
-    t0, t1 = t_start * sde.T, t_end_frac * sde.T
-    x = gm.sample_t(4, t0, sde, generator=g, dtype=torch.float64)
-    res = log_likelihood(gm.model(sde), x, t_start=t0, t_end=t1, prior_log_prob=exact_prior(gm, sde, t1),
-                         integrate="quadrature", quad_tol=1e-3, **TIGHT)
-    torch.testing.assert_close(res.log_prob, gm.log_prob(x, t0, sde), atol=1e-3, rtol=0)
+    gm, sde, x, kw = random_case(seed, name, dim, t_start, t_end_frac)
+    res = log_likelihood(gm.model(sde), x, integrate="quadrature", quad_tol=1e-3, **kw)
+    torch.testing.assert_close(res.log_prob, gm.log_prob(x, kw["t_start"], sde), atol=1e-3, rtol=0)
 
 
 def test_quadrature_converges_as_its_tolerance_tightens():
