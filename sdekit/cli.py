@@ -136,6 +136,7 @@ def _add_likelihood(sub):
                    help="quadrature (exact divergence): solve the trajectory alone, then integrate each row's "
                         "divergence by adaptive quadrature (fewer trace evaluations)")
     p.add_argument("--quad-tol", type=float, default=0.1, help="with --integrate quadrature: tolerance (nats)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--prior", default="exact", choices=("exact", "sde"),
                    help="exact: the mixture's p_T as the prior; sde: the SDE's N(0, s^2 I), reporting the prior gap")
     p.add_argument("--dtype", default=None, choices=("float64", "float32"),
@@ -195,7 +196,7 @@ def _run_likelihood(args) -> int:
         res = sdekit.log_likelihood(
             model, x, divergence=args.divergence, probes=args.probes, noise=args.noise, seed=args.seed,
             method=args.method, rtol=args.rtol, atol=args.atol, max_steps=args.max_steps, prior_log_prob=prior,
-            integrate=args.integrate, quad_tol=args.quad_tol,
+            integrate=args.integrate, quad_tol=args.quad_tol, progress=not args.no_progress,
         )
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -285,17 +286,22 @@ def _run_likelihood_checkpoint(args) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     per_row = torch.zeros(x.shape[0], dtype=torch.float64)
     nfe, start = 0, time.perf_counter()
+    from tqdm.auto import tqdm
+
     try:
-        for r in range(args.repeats):
-            xr = dequantize(x, DIGITS_SCALE, generator=gen) if args.dequantize else x
-            for a in range(0, x.shape[0], args.batch):
-                res = sdekit.log_likelihood(
-                    model, xr[a:a + args.batch], divergence=args.divergence, probes=args.probes, noise=args.noise,
-                    seed=args.seed + r, method=args.method, rtol=args.rtol, atol=args.atol, max_steps=args.max_steps,
-                    data_scale=DIGITS_SCALE if digits else None, integrate=args.integrate, quad_tol=args.quad_tol)
-                value = res.bpd if digits else res.log_prob
-                per_row[a:a + args.batch] += value.double() / args.repeats
-                nfe += res.nfe
+        with tqdm(total=args.repeats * x.shape[0], desc="rows", disable=args.no_progress) as bar:
+            for r in range(args.repeats):
+                xr = dequantize(x, DIGITS_SCALE, generator=gen) if args.dequantize else x
+                for a in range(0, x.shape[0], args.batch):
+                    res = sdekit.log_likelihood(
+                        model, xr[a:a + args.batch], divergence=args.divergence, probes=args.probes,
+                        noise=args.noise, seed=args.seed + r, method=args.method, rtol=args.rtol, atol=args.atol,
+                        max_steps=args.max_steps, data_scale=DIGITS_SCALE if digits else None,
+                        integrate=args.integrate, quad_tol=args.quad_tol, progress=not args.no_progress)
+                    value = res.bpd if digits else res.log_prob
+                    per_row[a:a + args.batch] += value.double() / args.repeats
+                    nfe += res.nfe
+                    bar.update(value.shape[0])
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

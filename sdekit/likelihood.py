@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .noise import RowNoise
 from .quadrature import adaptive_boole, grid_size
@@ -223,6 +224,7 @@ class _Augmented:
         self.max_nfe = max_nfe
         self.t_lo, self.t_hi = t_bounds
         self.last_t = t_bounds[0]
+        self.on_time = None  # progress hook: called with each evaluation's time t
         self.basis = None
         self.chunk_size = chunk_size
         self.K = self.D if divergence == "exact" else (0 if probes is None else probes.shape[0])
@@ -295,6 +297,8 @@ class _Augmented:
                 "or start later (t_start)"
             )
         self.last_t = float(t)
+        if self.on_time is not None:
+            self.on_time(self.last_t)
         tt = t.clamp(self.t_lo, self.t_hi)
         if self.divergence is None:
             out = self.drift(state, tt)
@@ -354,7 +358,7 @@ class _LogSNRMap:
 
 # -- trajectory + quadrature ---------------------------------------------------------------------
 def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odeint_kwargs: dict, quad_tol: float,
-                         quad_panels: int, quad_depth: int):
+                         quad_panels: int, quad_depth: int, progress: bool = False):
     """Solve dx/ds = F dt/ds alone (no divergence; s is ``rhs``'s time variable, t or lambda) with output
     at the M + 1 points of a uniform grid in the quadrature variable (lambda when ``quad_map`` is given,
     else t), then integrate div F along it row by row with ``adaptive_boole``. Returns (z, delta, info).
@@ -385,6 +389,7 @@ def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odei
     out_s[0], out_s[-1] = ts[0], ts[1]
     traj_rhs = _Augmented(rhs.drift, xs.shape, None, None, rhs.backend, None, rhs.max_nfe, (t_lo, t_hi),
                           time_map=rhs.time_map)
+    traj_rhs.on_time = rhs.on_time
     try:
         with torch.no_grad():
             traj = odeint(traj_rhs, xs, out_s, **odeint_kwargs)  # (M + 1, N, ...)
@@ -392,8 +397,12 @@ def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odei
         rhs.last_t = traj_rhs.last_t
     N = xs.shape[0]
 
+    bar = tqdm(desc="divergence evaluations per row", unit="eval", disable=not progress, leave=False,
+               bar_format="{desc}: {n:.1f} [{elapsed}]")
+
     def evaluate(node: Tensor, row: Tensor) -> Tensor:
         node_c, row_c = node.cpu(), row.to(xs.device)
+        bar.update(node.numel() / N)
         out = []
         for a in range(0, node.numel(), N):  # the caller's batch size bounds the memory of one pass
             n_sl, r_sl = node_c[a:a + N], row_c[a:a + N]
@@ -421,9 +430,10 @@ def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odei
         scale = abs(w) * v.norm(dim=-1).amax(1)
         return ((boole_v - dx).norm(dim=-1) > _TRAJECTORY_SPLIT_TOL * scale).cpu()
 
-    with torch.no_grad():
+    with torch.no_grad(), bar:
         q = adaptive_boole(evaluate, N, step, quad_panels, quad_depth, quad_tol, dtype=xs.dtype, device=xs.device,
                            must_split=must_split if _TRAJECTORY_SPLIT_TOL is not None else None)
+        bar.refresh()
     unresolved = int(q.unresolved.sum())
     if unresolved:
         warnings.warn(
@@ -574,6 +584,7 @@ def log_likelihood(
     quad_tol: float = 0.1,
     quad_panels: int = 8,
     quad_depth: int = 4,
+    progress: bool = False,
 ) -> LikelihoodResult:
     """log p_{t_start}(x) by the probability-flow ODE:  log p_T(x_T) + int_{t_start}^{t_end} div F dt.
 
@@ -617,6 +628,8 @@ def log_likelihood(
         interpolated trajectory points, so rtol/atol need to be tighter than for "augmented" at the same
         accuracy. Holds the (M + 1, batch, ...) grid trajectory in memory. ``info`` then reports
         divergence_evals_per_row and a per-row quadrature_error_estimate.
+    progress: show a progress bar (tqdm) of the solve's position in [t_start, t_end] with its NFE, and
+        for integrate="quadrature" a counter of the divergence evaluations per row.
 
     No gradient flows back to x or the model. Returns a ``LikelihoodResult``.
     """
@@ -718,14 +731,29 @@ def log_likelihood(
         options["step_t"] = ts[1:].clone()
     solver_kwargs = dict(rtol=rtol, atol=atol, method=method, options=options)
     extra_info = {"integrate": "augmented"}
+    bar = tqdm(total=1000, desc=f"log-likelihood ({'trajectory' if quadrature else divergence})", disable=not progress,
+               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+    if progress:  # position in [t0, t1] in thousandths, never moving back (stages and rejected steps revisit)
+        def on_time(t: float):
+            done = int(1000 * min(max((t - t0) / (t1 - t0), 0.0), 1.0))
+            if done > bar.n:
+                bar.set_postfix_str(f"t={t:.4g} NFE {drift.nfe}", refresh=False)
+                bar.update(done - bar.n)
+
+        rhs.on_time = on_time
     try:
-        if quadrature:
-            z, acc, extra_info = _solve_by_quadrature(rhs, xs, ts, _LogSNRMap(sde, t0, t1) if quad_lambda else None,
-                                                      solver_kwargs, quad_tol, quad_panels, quad_depth)
-        else:
-            with torch.no_grad():
-                sol = odeint(rhs, (xs, acc0), ts, **solver_kwargs)
-            z, acc = sol[0][-1], sol[1][-1]
+        with bar:
+            if quadrature:
+                z, acc, extra_info = _solve_by_quadrature(rhs, xs, ts, _LogSNRMap(sde, t0, t1) if quad_lambda else None,
+                                                          solver_kwargs, quad_tol, quad_panels, quad_depth, progress)
+            else:
+                with torch.no_grad():
+                    sol = odeint(rhs, (xs, acc0), ts, **solver_kwargs)
+                z, acc = sol[0][-1], sol[1][-1]
+            if progress:  # the final state, whatever tqdm's display interval let through
+                bar.set_postfix_str(f"t={t1:.4g} NFE {drift.nfe}", refresh=False)
+                bar.update(bar.total - bar.n)
+                bar.refresh()
     except AssertionError as err:  # torchdiffeq reports budget and step underflow with assert
         msg = str(err)
         if "max_num_steps" in msg or "underflow" in msg:

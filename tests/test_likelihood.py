@@ -429,6 +429,20 @@ def test_non_finite_drift_is_reported(vp_model):
         log_likelihood(bad, points(gm, 3), t_start=0.4, t_end=0.6, method="rk4", options={"step_size": 0.05})
 
 
+@pytest.mark.parametrize("integrate", ["augmented", "quadrature"])
+def test_progress_bar_shows_the_solve_and_changes_nothing(vp_model, capsys, integrate):
+    model, gm = vp_model
+    x = points(gm, 3)
+    quiet = log_likelihood(model, x, integrate=integrate)
+    capsys.readouterr()
+    shown = log_likelihood(model, x, integrate=integrate, progress=True)
+    err = capsys.readouterr().err
+    assert "log-likelihood" in err and "NFE" in err and "100%" in err
+    if integrate == "quadrature":
+        assert "divergence evaluations per row" in err
+    torch.testing.assert_close(shown.log_prob, quiet.log_prob, rtol=0, atol=0)
+
+
 # -- command line -----------------------------------------------------------------------------------
 def test_cli_likelihood_prints_estimate_beside_exact(capsys):
     from sdekit import cli
