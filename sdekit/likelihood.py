@@ -15,6 +15,10 @@ backward pass; no Python loop over rows) or Hutchinson's estimator E_v[v^T (dF/d
 (Rademacher or Gaussian) drawn once per solve; the K probes ride in one solve as K accumulators, so
 each probe yields its own integral and the spread across probes gives a per-row standard error.
 
+``integrate="quadrature"`` splits the two: the trajectory alone (one forward pass per stage) on a
+uniform log-SNR grid, then each row's exact divergence integrated along it by adaptive quadrature
+(``sdekit.quadrature``), evaluated only where that row's integrand needs it.
+
 Bits per dimension, in one convention. The model sees x = lo + a v with v = u + delta in [0, 2^bits)^D,
 u in {0, ..., 2^bits - 1}^D the integer levels, delta in [0, 1)^D the dequantisation offset and
 a = (hi - lo) / 2^bits. A change of variables gives log p_V(v) = log p_X(x) + D log a, and by Jensen
