@@ -264,6 +264,8 @@ def _run_likelihood_checkpoint(args) -> int:
 
     import torch
 
+    from tqdm.auto import tqdm
+
     import sdekit
     from .checkpoint import load_model
     from .data import DIGITS_SCALE, dequantize
@@ -286,8 +288,6 @@ def _run_likelihood_checkpoint(args) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     per_row = torch.zeros(x.shape[0], dtype=torch.float64)
     nfe, start = 0, time.perf_counter()
-    from tqdm.auto import tqdm
-
     try:
         with tqdm(total=args.repeats * x.shape[0], desc="rows", disable=args.no_progress) as bar:
             for r in range(args.repeats):

@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .noise import RowNoise
-from .quadrature import adaptive_boole, grid_size
+from .quadrature import adaptive_boole, boole, grid_size
 from .sde import DiscreteVPSDE
 
 Tensor = torch.Tensor
@@ -356,9 +356,6 @@ class _LogSNRMap:
         t = self.sde.t_from_log_snr(s.clamp(lam_lo, lam_hi)).clamp(self.t_lo, self.t_hi)
         return t, -(self.sde.sigma(t) / self.sde.diffusion(t)) ** 2
 
-    def to_s(self, t: Tensor) -> Tensor:
-        return self.sde.log_snr(t)
-
 
 # -- trajectory + quadrature ---------------------------------------------------------------------
 def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odeint_kwargs: dict, quad_tol: float,
@@ -387,8 +384,8 @@ def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odei
         t_grid, dtds = quad_map(grid)
     t_grid = t_grid.clamp(t_lo, t_hi)
     t_grid[0], t_grid[-1] = t_lo, t_hi
-    # output times in the solve's own variable
-    out_s = t_grid if rhs.time_map is None else (grid if quad_map is not None else rhs.time_map.to_s(t_grid))
+    # output times in the solve's own variable (a solve in lambda implies quadrature in lambda)
+    out_s = t_grid if rhs.time_map is None else grid
     out_s = out_s.to(dtype=ts.dtype, device=ts.device)
     out_s[0], out_s[-1] = ts[0], ts[1]
     traj_rhs = _Augmented(rhs.drift, xs.shape, None, None, rhs.backend, None, rhs.max_nfe, (t_lo, t_hi),
@@ -429,7 +426,7 @@ def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odei
         lo, hi = (node - 1).clamp(0, M), (node + 1).clamp(0, M)
         v = (flat[hi, r] - flat[lo, r]) / ((hi - lo) * step).unsqueeze(-1).to(flat.dtype)  # (P, 5, D)
         w = width * step
-        boole_v = w / 90 * (7 * v[:, 0] + 32 * v[:, 1] + 12 * v[:, 2] + 32 * v[:, 3] + 7 * v[:, 4])
+        boole_v = boole(v, w)
         dx = flat[node[:, 4], row.to(xs.device)] - flat[node[:, 0], row.to(xs.device)]
         scale = abs(w) * v.norm(dim=-1).amax(1)
         return ((boole_v - dx).norm(dim=-1) > _TRAJECTORY_SPLIT_TOL * scale).cpu()
@@ -611,26 +608,26 @@ def log_likelihood(
     chunk_size: how many basis vectors (or probes) one vectorised vector-Jacobian pass handles.
     time_variable: integrate in "t" or in "log_snr" lambda (d/dlambda = dt/dlambda d/dt with
         dt/dlambda = -sigma^2/g^2; LinearSDE only); "auto" picks lambda for a DiscreteVPSDE (piecewise
-        schedule, smooth in lambda) and for integrate="quadrature", and t otherwise. Adaptive steps are controlled row by row (each
+        schedule, smooth in lambda) and t otherwise. Adaptive steps are controlled row by row (each
         row's x and accumulators held to rtol/atol), so a row's accuracy does not depend on its batch.
     jacobian: how the vector-Jacobian products are batched: "autograd" (one backward pass vectorised
         over all cotangents, ``torch.autograd.grad(is_grads_batched=True)``, i.e. vmap of the backward),
         "func" (``torch.func.vjp`` + ``torch.func.vmap``), "loop" (one backward pass per cotangent; any
         autograd-capable net) or "auto": the first of autograd, func, loop that the net supports.
     integrate: "augmented" solves [x, log-density] as one ODE (the divergence at every stage of every
-        step); "quadrature" (exact divergence only) solves x alone (in ``time_variable``) with output on a
-        uniform grid of M + 1 = 4 quad_panels 2^quad_depth + 1 points in lambda (in t for an SDE
-        without a log-SNR), then
-        integrates each row's divergence along it by adaptive Boole quadrature (``sdekit.quadrature``),
-        refined only where that row's integrand needs it, to ``quad_tol`` on the sum of |Boole - Simpson|
-        (usually conservative: measured mean errors are 1-2 orders smaller). Panels on which the
-        trajectory's own velocity is not resolved are halved before any divergence evaluation, so a
-        sharp feature that falls between the first nodes is caught when the trajectory shows it. Pays off when the divergence
-        costs many drift evaluations (the exact trace: D vector-Jacobian products) and is smooth along
-        the trajectory (analytic or exact-score models); on a trained net whose divergence oscillates in
-        t it refines to the grid's resolution and is slower than "augmented". The divergence is read off
-        interpolated trajectory points, so rtol/atol need to be tighter than for "augmented" at the same
-        accuracy. Holds the (M + 1, batch, ...) grid trajectory in memory. ``info`` then reports
+        step); "quadrature" (exact divergence only) solves x alone (in ``time_variable``) with output
+        on a uniform grid of M + 1 = 4 quad_panels 2^quad_depth + 1 points in lambda (in t for an SDE
+        without a log-SNR), then integrates each row's divergence along it by adaptive Boole
+        quadrature (``sdekit.quadrature``), refined only where that row's integrand needs it, to
+        ``quad_tol`` on the sum of |Boole - Simpson| (usually conservative: measured mean errors are
+        1-2 orders smaller). Panels on which the trajectory's own velocity is not resolved are halved
+        before any divergence evaluation, so a sharp feature that falls between the first nodes is
+        caught when the trajectory shows it. Pays off when the divergence costs many drift evaluations
+        (the exact trace: D vector-Jacobian products) and is smooth along the trajectory (analytic or
+        exact-score models); on a trained net whose divergence oscillates in t it refines to the
+        grid's resolution and is slower than "augmented". The divergence is read off interpolated
+        trajectory points, so rtol/atol need to be tighter than for "augmented" at the same accuracy.
+        Holds the (M + 1, batch, ...) grid trajectory in memory. ``info`` then reports
         divergence_evals_per_row and a per-row quadrature_error_estimate.
     progress: show a progress bar (tqdm) of the solve's position in [t_start, t_end] with its NFE, and
         for integrate="quadrature" a counter of the divergence evaluations per row.
@@ -718,7 +715,9 @@ def log_likelihood(
     time_map = _LogSNRMap(sde, t0, t1) if use_lambda else None
     # the divergence along a trajectory is a sum of sigmoids in lambda (one per data scale): quadrature
     # is done in lambda whenever the SDE has it, whatever variable the trajectory is solved in
-    quad_lambda = quadrature and _resolve_time_variable("auto", sde, t0, t1, prefer_lambda=True)
+    quad_map = None
+    if quadrature and _resolve_time_variable("auto", sde, t0, t1, prefer_lambda=True):
+        quad_map = time_map or _LogSNRMap(sde, t0, t1)
     drift = _Drift(model)
     rhs = _Augmented(drift, xs.shape, divergence, probe_t, jacobian, chunk_size, max_nfe, (t0, t1),
                      time_map=time_map)
@@ -748,8 +747,8 @@ def log_likelihood(
     try:
         with bar:
             if quadrature:
-                z, acc, extra_info = _solve_by_quadrature(rhs, xs, ts, _LogSNRMap(sde, t0, t1) if quad_lambda else None,
-                                                          solver_kwargs, quad_tol, quad_panels, quad_depth, progress)
+                z, acc, extra_info = _solve_by_quadrature(rhs, xs, ts, quad_map, solver_kwargs, quad_tol,
+                                                          quad_panels, quad_depth, progress)
             else:
                 with torch.no_grad():
                     sol = odeint(rhs, (xs, acc0), ts, **solver_kwargs)

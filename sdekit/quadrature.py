@@ -17,9 +17,11 @@ Panels of four grid steps are accepted as they are (the grid's resolution). Like
 sees the integrand only at its nodes: a feature narrower than the first level's node spacing,
 (s_M - s_0) / (4 panels), can fall between them unseen. Other information about where the integrand
 varies fast can force panels to be halved before they are evaluated (``must_split``): sdekit's
-likelihood uses the probability-flow trajectory itself, which is known on the whole grid for free. This is the classical adaptive Newton-Cotes scheme (e.g. Gander and Gautschi 2000,
-"Adaptive quadrature -- revisited", BIT 40), with the nodes confined to a precomputed grid so that the integrand's arguments (here a
-probability-flow trajectory) can be produced once, by one dense ODE solve, before any panel is refined.
+likelihood uses the probability-flow trajectory itself, which is known on the whole grid for free.
+This is the classical adaptive Newton-Cotes scheme (e.g. Gander and Gautschi 2000, "Adaptive
+quadrature -- revisited", BIT 40), with the nodes confined to a precomputed grid so that the
+integrand's arguments (here a probability-flow trajectory) can be produced once, by one dense ODE
+solve, before any panel is refined.
 
 All rows' panels of one refinement level are evaluated in one call of ``evaluate`` (a batch of
 (node, row) pairs), so the expensive integrand is batched and no row waits on another's refinement.
@@ -33,7 +35,7 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["adaptive_boole", "QuadratureResult", "grid_size"]
+__all__ = ["adaptive_boole", "boole", "QuadratureResult", "grid_size"]
 
 
 @dataclass
@@ -46,6 +48,12 @@ class QuadratureResult:
     error: Tensor
     evals: Tensor
     unresolved: Tensor
+
+
+def boole(f: Tensor, w) -> Tensor:
+    """Boole's rule over a panel of width w from values f[:, 0..4] at its 5 equally spaced nodes
+    (f: (P, 5, ...) -> (P, ...))."""
+    return w / 90 * (7 * f[:, 0] + 32 * f[:, 1] + 12 * f[:, 2] + 32 * f[:, 3] + 7 * f[:, 4])
 
 
 def grid_size(panels: int, depth: int) -> int:
@@ -94,12 +102,12 @@ def adaptive_boole(evaluate: Callable[[Tensor, Tensor], Tensor], rows: int, step
         f = values[node, rr]
         w = width * step
         simpson = w / 6 * (f[:, 0] + 4 * f[:, 2] + f[:, 4])
-        boole = w / 90 * (7 * f[:, 0] + 32 * f[:, 1] + 12 * f[:, 2] + 32 * f[:, 3] + 7 * f[:, 4])
-        est = (boole - simpson).abs()
+        panel = boole(f, w)
+        est = (panel - simpson).abs()
         finest = width == 4
         ok = est <= tol * width / M
         take = ok | finest
-        total.index_add_(0, rr[take, 0], boole[take])
+        total.index_add_(0, rr[take, 0], panel[take])
         error.index_add_(0, rr[take, 0], est[take])
         if finest:
             unresolved[rr[~ok, 0]] = True
