@@ -25,6 +25,7 @@ from .nets import MLP, UNet
 from .train import Trainer
 from . import solvers
 from .solvers import Solution, sample
+from .solvers.tune import TunedGrid, tune, tune_grid
 
 __version__ = "0.1.0"
 
@@ -36,5 +37,5 @@ __all__ = [
     "compare", "CompareResults",
     "UNet", "MLP", "dsm_loss", "Trainer", "load_model", "save_checkpoint",
     "log_likelihood", "LikelihoodResult",
-    "solvers", "sample", "Solution",
+    "solvers", "sample", "Solution", "tune", "tune_grid", "TunedGrid",
 ]

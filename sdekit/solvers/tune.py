@@ -1,0 +1,249 @@
+"""Time grids tuned to one model and one solver, from prior draws alone.
+
+At 4-20 network calls most of a solver's error is decided by where its few steps go, and the best
+place depends on the model (its score's roughness along t) and on the solver (its local error
+constant). ``tune`` places the steps for that pair by minimising the solver's *global* endpoint error
+(as LD3, Tong et al. 2024, does; unlike Align Your Steps' KL bound or GITS' local-error dynamic
+programme, this sees the multistep warm-up and the error cancellations of the actual solver):
+
+    x_T^(1..n) ~ prior          (no data; ``sde.prior_sample``)
+    x_ref = a converged solve of the same probability-flow ODE (rk4, ``ref_steps`` log-SNR steps)
+    e_i(ts) = |solve(x_T^(i), ts) - x_ref^(i)| / sqrt(dim)                     (per-row error)
+    J(ts) = (log q50(e) + log q90(e)) / 2                                      (``objective="balanced"``)
+
+The objective is robust on purpose: a few rows start near a boundary between basins of the flow and
+end elsewhere under any perturbation; they dominate an RMS, and a grid tuned on the RMS of one batch
+fits those rows and not the model (measured: 0.016 RMS on the calibration rows, 0.146 on fresh ones,
+untuned 0.151). Quantiles ignore them.
+
+Parameterisation. The grid lives in the normalised log-SNR z = (lambda(t) - lambda(t_start)) /
+(lambda(t_end) - lambda(t_start)) in [0, 1]: z_i = sum_{j<i} w_j / sum_j w_j with w_j = exp(theta_j), so
+every theta is a valid, strictly monotone grid with both ends fixed (N steps, N - 1 free shapes).
+theta starts at the best of the named grids (uniform, quadratic, logsnr, karras) on the calibration
+draw and is refined by Powell's derivative-free method (scipy) within ``max_evals`` solves.
+
+Generalisation. A second, independent prior draw of ``n`` rows (with its own reference) scores the
+tuned grid against the starting grid; the tuned grid is kept only if it wins there, so a tuned grid
+is never worse than the best named grid on fresh draws of the problem it was tuned for (up to that
+draw's noise). The cost is counted in network calls (each a batch of ``n`` rows) and returned.
+Results are cached per model object and settings.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..parameterization import ScoreModel
+from .driver import sample
+from .registry import get
+
+Tensor = torch.Tensor
+
+__all__ = ["TunedGrid", "tune", "tune_grid", "row_errors", "OBJECTIVES"]
+
+OBJECTIVES = ("balanced", "median", "p90")
+START_GRIDS = ("uniform", "quadratic", "logsnr", "karras")
+_CACHE: "weakref.WeakKeyDictionary[ScoreModel, dict]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class TunedGrid:
+    """A tuned time grid and what it cost.
+
+    ts: float64 times t_start > ... > t_end (pass as ``sample(..., ts=ts)``); start_grid: the named grid
+    tuning started from (and ``ts`` equals it when tuning did not win on the validation draw);
+    nfe: network calls spent tuning (each a batch of ``n`` rows, references included);
+    calibration / validation: {"tuned": {...}, "start": {...}} per-row error quantiles on each draw."""
+
+    ts: Tensor
+    solver: str
+    steps: int
+    start_grid: str
+    improved: bool
+    nfe: int
+    evals: int
+    objective: str
+    calibration: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+
+
+def row_errors(x: Tensor, x_ref: Tensor) -> Tensor:
+    """Per-row endpoint error |x_i - x_ref,i| / sqrt(dim), float64."""
+    d = (x.to(torch.float64) - x_ref.to(torch.float64)).reshape(x.shape[0], -1)
+    return d.norm(dim=1) / math.sqrt(d.shape[1])
+
+
+def _summary(e: Tensor) -> dict:
+    q = torch.quantile(e, torch.tensor([0.5, 0.9], dtype=e.dtype)).tolist()
+    return {"median": q[0], "p90": q[1], "rms": float(e.pow(2).mean().sqrt())}
+
+
+def _score(e: Tensor, objective: str) -> float:
+    s = _summary(e)
+    tiny = 1e-300  # an exact solve (error 0) must not give log(0)
+    if objective == "median":
+        return math.log(s["median"] + tiny)
+    if objective == "p90":
+        return math.log(s["p90"] + tiny)
+    return 0.5 * (math.log(s["median"] + tiny) + math.log(s["p90"] + tiny))
+
+
+class _Problem:
+    """One draw of prior rows with its reference endpoints; scores grids by the objective."""
+
+    def __init__(self, model: ScoreModel, solver: str, x_T: Tensor, ref_steps: int, options: dict,
+                 t_start: float, t_end: float):
+        self.model, self.solver, self.x_T, self.options = model, solver, x_T, options
+        ref = sample(model, x_T, "rk4", ref_steps, grid="logsnr", t_start=t_start, t_end=t_end)
+        self.x_ref, self.nfe = ref.x, ref.nfe
+
+    def errors(self, ts: Tensor) -> Tensor:
+        from .base import SolverError
+
+        try:
+            sol = sample(self.model, self.x_T, self.solver, ts=ts, **self.options)
+        except SolverError:  # a grid that makes the solver blow up scores as infinitely bad
+            return torch.full((self.x_T.shape[0],), math.inf, dtype=torch.float64)
+        self.nfe += sol.nfe
+        return row_errors(sol.x, self.x_ref)
+
+
+def _z_of(sde, ts: Tensor, lam0: float, lam1: float) -> np.ndarray:
+    return ((sde.log_snr(ts) - lam0) / (lam1 - lam0)).numpy()
+
+
+def _grid_of(theta: np.ndarray, sde, lam0: float, lam1: float, t_start: float, t_end: float) -> Tensor:
+    w = np.exp(theta - theta.max())
+    z = np.concatenate([[0.0], np.cumsum(w) / w.sum()])
+    lam = torch.as_tensor(lam0 + z * (lam1 - lam0), dtype=torch.float64)
+    ts = sde.t_from_log_snr(lam)
+    ts[0], ts[-1] = t_start, t_end
+    return ts
+
+
+def _theta_of(z: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(np.diff(z), 1e-12))
+
+
+def _prior_draw(model: ScoreModel, shape, n: int, seed: int, dtype, device) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return model.sde.prior_sample((n, *shape), generator=g).to(dtype=dtype, device=device)
+
+
+def _net_dtype_device(model: ScoreModel):
+    params = list(model.net.parameters()) if isinstance(model.net, torch.nn.Module) else []
+    if params:
+        return params[0].dtype, params[0].device
+    return torch.float64, torch.device("cpu")
+
+
+def _check(model, solver, steps, n, objective, max_evals, shape):
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"model must be a sdekit.ScoreModel; got {type(model).__name__}")
+    info = get(solver)
+    if info.adaptive or (info.stochastic and info.options.get("eta", None) != 0):
+        raise ValueError(f"tune needs a deterministic fixed-step solver; {solver!r} is "
+                         f"{'adaptive' if info.adaptive else 'stochastic'}")
+    if int(steps) != steps or steps < 2:
+        raise ValueError(f"steps must be an integer >= 2 (one step has no grid to tune); got {steps!r}")
+    if int(n) != n or n < 10:
+        raise ValueError(f"n must be an integer >= 10 (quantiles of fewer rows are noise); got {n!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; accepted: {', '.join(OBJECTIVES)}")
+    if int(max_evals) != max_evals or max_evals < 0:
+        raise ValueError(f"max_evals must be an integer >= 0; got {max_evals!r}")
+    if shape is None or any(int(s) != s or s < 1 for s in shape):
+        raise ValueError(f"shape must give one row's shape, e.g. shape=(2,) or (1, 8, 8); got {shape!r}")
+
+
+def tune(
+    model: ScoreModel,
+    solver: str,
+    steps: int,
+    *,
+    shape: Optional[Sequence[int]] = None,
+    n: int = 256,
+    generator: int = 0,
+    t_start: Optional[float] = None,
+    t_end: Optional[float] = None,
+    objective: str = "balanced",
+    max_evals: int = 300,
+    ref_steps: int = 500,
+    start_grids: Sequence[str] = START_GRIDS,
+    dtype: Optional[torch.dtype] = None,
+    cache: bool = True,
+    **solver_options,
+) -> TunedGrid:
+    """Tune a ``steps``-step time grid for ``model`` and ``solver`` (see the module docstring).
+
+    shape: one row's shape (the prior draws are (n, *shape)); generator: an int seed; the calibration
+    draw uses it and the validation draw an independent stream derived from it. t_start / t_end: as in
+    ``sample`` (defaults sde.T and sde.eps). objective: "balanced" (median and 90th percentile),
+    "median" or "p90". max_evals: solves spent by the optimiser. ref_steps: rk4 log-SNR steps of the
+    reference. dtype: of the solves (default: the network's parameters' dtype, float64 for a function).
+    solver_options go to the solver."""
+    shape = tuple(shape) if shape is not None else None
+    _check(model, solver, steps, n, objective, max_evals, shape)
+    sde = model.sde
+    t_start = float(sde.T if t_start is None else t_start)
+    t_end = float(sde.eps if t_end is None else t_end)
+    seed = int(generator) if not isinstance(generator, torch.Generator) else int(generator.initial_seed())
+    key = (solver, int(steps), shape, int(n), seed, t_start, t_end, objective, int(max_evals), int(ref_steps),
+           tuple(start_grids), str(dtype), tuple(sorted(solver_options.items())))
+    cached = _CACHE.setdefault(model, {}) if cache else {}
+    if key in cached:
+        return cached[key]
+    net_dtype, device = _net_dtype_device(model)
+    dtype = dtype or net_dtype
+    cal = _Problem(model, solver, _prior_draw(model, shape, n, seed, dtype, device), ref_steps, solver_options,
+                   t_start, t_end)
+    val = _Problem(model, solver, _prior_draw(model, shape, n, seed + 7919, dtype, device), ref_steps,
+                   solver_options, t_start, t_end)
+    result = _optimise(model, solver, int(steps), cal, val, objective, int(max_evals), start_grids, t_start, t_end)
+    cached[key] = result
+    return result
+
+
+def _optimise(model, solver, steps, cal, val, objective, max_evals, start_grids, t_start, t_end) -> TunedGrid:
+    from scipy.optimize import minimize
+
+    from .grids import make_grid
+
+    sde = model.sde
+    lam0, lam1 = float(sde.log_snr(t_start)), float(sde.log_snr(t_end))
+    starts = {g: make_grid(sde, steps, g, t_start, t_end) for g in start_grids}
+    start_scores = {g: _score(cal.errors(ts), objective) for g, ts in starts.items()}
+    start = min(start_scores, key=start_scores.get)
+    theta0 = _theta_of(_z_of(sde, starts[start], lam0, lam1))
+    evals = [0]
+
+    def loss(theta):
+        evals[0] += 1
+        value = _score(cal.errors(_grid_of(theta, sde, lam0, lam1, t_start, t_end)), objective)
+        return value if math.isfinite(value) else 1e6
+
+    tuned_ts = starts[start]
+    if max_evals > 0:
+        res = minimize(loss, theta0, method="Powell", options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-4})
+        if res.fun < start_scores[start]:
+            tuned_ts = _grid_of(res.x, sde, lam0, lam1, t_start, t_end)
+    e_cal = {"tuned": cal.errors(tuned_ts), "start": cal.errors(starts[start])}
+    e_val = {"tuned": val.errors(tuned_ts), "start": val.errors(starts[start])}
+    improved = _score(e_val["tuned"], objective) < _score(e_val["start"], objective)
+    return TunedGrid(
+        ts=tuned_ts if improved else starts[start], solver=solver, steps=steps, start_grid=start,
+        improved=improved, nfe=cal.nfe + val.nfe, evals=evals[0] + len(starts), objective=objective,
+        calibration={k: _summary(e) for k, e in e_cal.items()},
+        validation={k: _summary(e) for k, e in e_val.items()},
+    )
+
+
+def tune_grid(model: ScoreModel, solver: str, steps: int, *, n: int = 256,
+              generator: Union[int, torch.Generator] = 0, **kwargs) -> Tensor:
+    """The tuned grid alone: ``tune(model, solver, steps, n=n, generator=generator, **kwargs).ts``."""
+    return tune(model, solver, steps, n=n, generator=generator, **kwargs).ts
