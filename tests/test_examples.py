@@ -12,6 +12,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ("custom_sde", "custom_sde.png"),
     ("likelihood_mixture", "likelihood_mixture.png"),
     ("cfg_2d", "cfg_2d.png"),
+    ("tune_grid", "tune_grid.png"),
 ])
 def test_example_quick(name, png, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [f"{name}.py", "--quick", "--out", str(tmp_path)])
