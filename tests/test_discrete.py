@@ -166,3 +166,68 @@ def test_ddpm_matches_diffusers():
             assert torch.allclose(sol.trajectory[i + 1] - std * z_ours, out - std * z_d, rtol=1e-6, atol=1e-9), i
         else:
             assert torch.allclose(sol.trajectory[i + 1], out, rtol=1e-6, atol=1e-9)
+
+
+# -- the ``diffusers`` grid: sdekit solvers against diffusers' schedulers, step for step ------------------
+def _scheduler(cls_name, sde, **kw):
+    diffusers = pytest.importorskip("diffusers")
+    sched = getattr(diffusers, cls_name)(num_train_timesteps=sde.N, beta_schedule="linear", beta_start=1e-4,
+                                         beta_end=0.02, **kw)
+    sched.alphas_cumprod = sde.alphas_cumprod.clone()  # the same float64 table on both sides
+    if hasattr(sched, "lambda_t"):
+        sched.alpha_t, sched.sigma_t = sde.alphas_cumprod.sqrt(), (1 - sde.alphas_cumprod).sqrt()
+        sched.lambda_t = sched.alpha_t.log() - sched.sigma_t.log()
+    return sched
+
+
+def _run_diffusers(sched, model, x, ts, steps, ve):
+    """diffusers' own loop with the exact eps, each call at the sdekit time of the scheduler's sigma."""
+    from sdekit.solvers.discrete import grid_options_from  # noqa: F401  (the options come from the scheduler)
+
+    sched.set_timesteps(steps)
+    sde = model.sde
+    ab = sde.alpha(ts) ** 2
+    ours = ((1 - ab) / ab).sqrt()
+    sample_ = x / float(sde.alpha(ts[0])) if ve else x
+    for j, tau in enumerate(sched.timesteps):
+        inp = sched.scale_model_input(sample_, tau) if ve else sample_
+        k = int((ours - float(sched.sigmas[j])).abs().argmin()) if ve else j
+        eps = model.eps(inp.double(), ts[k])
+        sample_ = sched.step(eps, tau, sample_).prev_sample.double()
+    return sample_ * float(sde.alpha(ts[-1])) if ve else sample_
+
+
+CASES = [  # (diffusers class, its config, sdekit solver); order options from DIFFUSERS_ORDERS
+    ("DPMSolverMultistepScheduler", {}, "dpmpp_2m"),
+    ("DPMSolverMultistepScheduler", {"timestep_spacing": "trailing", "use_karras_sigmas": True}, "dpmpp_2m"),
+    ("DPMSolverMultistepScheduler", {"final_sigmas_type": "sigma_min", "timestep_spacing": "leading"}, "dpmpp_2m"),
+    ("UniPCMultistepScheduler", {}, "unipc_2"),
+    ("UniPCMultistepScheduler", {"timestep_spacing": "leading", "use_karras_sigmas": True}, "unipc_2"),
+    ("UniPCMultistepScheduler", {"solver_order": 3, "final_sigmas_type": "sigma_min"}, "unipc_3"),
+    ("EulerDiscreteScheduler", {}, "ddim"),
+    ("EulerDiscreteScheduler", {"timestep_spacing": "trailing", "use_karras_sigmas": True}, "ddim"),
+    ("HeunDiscreteScheduler", {}, "heun"),
+    ("HeunDiscreteScheduler", {"timestep_spacing": "leading"}, "heun"),
+    ("DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False}, "ddim"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("cls_name,config,solver", CASES)
+@pytest.mark.parametrize("steps", [8, 20])
+def test_solvers_on_the_diffusers_grid_match_diffusers(cls_name, config, solver, steps):
+    """Same grid, same eps, same update: agreement to float32 rounding (diffusers steps in float32)."""
+    from sdekit.solvers.discrete import DIFFUSERS_ORDERS, grid_options_from
+
+    sde = sdekit.DiscreteVPSDE.linear(1000)
+    model = sdekit.GaussianMixture.default(dim=3).model(sde)
+    x = sde.prior_sample((4, 3), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    sched = _scheduler(cls_name, sde, **config)
+    opts = grid_options_from(sched)
+    orders = DIFFUSERS_ORDERS.get((opts["scheduler"], opts["final_sigmas_type"]))
+    options = orders(steps) if orders else {}
+    sol = sample(model, x, solver, steps=steps, grid="diffusers", grid_options=opts, **options)
+    ref = _run_diffusers(sched, model, x, sol.ts, steps, ve=cls_name in ("EulerDiscreteScheduler",
+                                                                          "HeunDiscreteScheduler"))
+    assert sol.nfe == (2 * steps - 1 if solver == "heun" else steps) - (len(sol.ts) == steps)
+    assert torch.allclose(sol.x, ref, rtol=2e-6, atol=2e-6), float((sol.x - ref).abs().max())

@@ -2,6 +2,22 @@
 
 It builds the time grid, the evaluator and the per-row noise, runs the solver's generator with a
 progress bar and callbacks, checks every state for NaN/Inf, and returns a ``Solution``.
+
+The end at zero noise. A grid whose last time has sigma = 0 (t = 0 on VP/VE, what ``grid="table"``,
+``t_end=0`` and ``denoise=True`` give) is never handed to a solver whole: the solver runs on the grid
+without its last point, and the driver takes the last step as the data-prediction jump
+
+    x_s = alpha_s x0(x_t, t),   s = ts[-1] (sigma_s = 0), t = ts[-2],
+
+the limit of every exponential integrator's step as sigma_s -> 0 (h -> inf), Euler's step in
+s = sigma/alpha to s = 0, DDIM/DDPM's published last step (abar_prev = 1) and diffusers'
+``final_sigmas_type="zero"`` step. So no solver evaluates the network at sigma = 0 and none has a
+special case for it; the jump's network call is counted in NFE and it is the last step of the
+trajectory, the callback and the progress bar.
+
+Inversion. An increasing grid (t_start < t_end) integrates the probability-flow ODE from data towards
+noise with any deterministic solver; it cannot start at sigma = 0 (the network is undefined there: start
+at sde.eps and take x_eps ~ x_0). A solver that draws noise raises ``SolverError`` there.
 """
 from __future__ import annotations
 
@@ -12,9 +28,9 @@ from tqdm.auto import tqdm
 
 from ..parameterization import ScoreModel
 from ..sde import LinearSDE
-from .base import Evaluator, NonFiniteError, RowNoise, Solution
+from .base import Evaluator, NonFiniteError, RowNoise, Solution, SolverError
 from .grids import make_grid
-from .registry import get
+from .registry import SolverInfo, get
 
 Tensor = torch.Tensor
 
@@ -46,17 +62,49 @@ def sample(
     model: a ``ScoreModel`` (any network and prediction type) on a ``LinearSDE``.
     x_T: the starting state, batch first, any shape, float32 or float64.
     solver: a name from ``sdekit.solvers.available()``; options go to the solver as keywords.
-    steps / ts: number of intervals of the named ``grid`` (uniform, quadratic, logsnr, karras) between
-      t_start (default sde.T) and t_end (default sde.eps), or an explicit decreasing tensor of times.
-      Adaptive solvers need neither (they default to one output interval).
+    steps / ts: number of intervals of the named ``grid`` (``solvers.grids.GRIDS``) between t_start
+      (default sde.T) and t_end (default sde.eps), or an explicit strictly monotone tensor of times.
+      t_end may be 0 (see the zero-noise end in the module docstring); t_start < t_end (or an increasing
+      ts) inverts: data -> noise, deterministic solvers only. Adaptive solvers need neither (they default
+      to one output interval, or two when the grid ends at sigma = 0: down to sde.eps, then the jump).
     generator: an int seed or a torch.Generator; noise is drawn per row, so a row's sample depends on
       the seed and its row index (plus ``row_offset``), never on the batch size.
-    denoise: finish with the jump x <- x0(x, t_end) to t = 0 (one more network call).
+    denoise: end at t = 0 with the jump x <- x0(x, t_end) (one more network call and step); nothing to
+      add when the grid already ends at t = 0.
     callback: called as callback(i, t, x) after each step; trajectory=True keeps every state.
     check_states: also check the state for NaN/Inf after every step (network outputs are always
       checked, with the step and time named; the final state is always checked).
     """
     info = get(solver)
+    sde = _check_inputs(info, model, x_T, options)
+    if info.adaptive and steps is None and ts is None:
+        low = sde.eps if t_end is None else min(float(t_end), sde.T if t_start is None else float(t_start))
+        steps = 2 if float(sde.sigma(low)) == 0.0 and low < sde.eps else 1
+    grid_ts = make_grid(sde, steps, grid, t_start, t_end, ts, **(grid_options or {}))
+    inverting = bool(grid_ts[-1] > grid_ts[0])
+    if inverting and denoise:
+        raise ValueError("denoise=True ends a sampling solve at t = 0; it does not apply to an increasing "
+                         "(inversion) grid")
+    if inverting and float(sde.sigma(grid_ts[0])) == 0.0:
+        raise ValueError(f"an inversion cannot start at sigma = 0 (t = {float(grid_ts[0])}), where the network is "
+                         f"undefined; start at t_start = sde.eps = {sde.eps} with x_eps ~ x_0")
+    if denoise and float(grid_ts[-1]) != 0.0:
+        grid_ts = torch.cat([grid_ts, grid_ts.new_zeros(1)])
+    jump = not inverting and (denoise or float(sde.sigma(grid_ts[-1])) == 0.0)
+
+    if inverting:
+        noise = _NoNoise(solver)
+    else:
+        noise = RowNoise(generator, x_T.shape[0], row_offset) if (info.stochastic or generator is not None) else None
+    ev = Evaluator(model, noise)
+    x, states = _run(info, ev, x_T, grid_ts, jump, options, progress, callback, trajectory, check_states)
+    if not bool(torch.isfinite(x).all()):  # network outputs are checked per call; the state once more here
+        raise NonFiniteError(f"the state became NaN or Inf during the solve with solver {solver!r}; "
+                             "pass check_states=True to find the step")
+    return Solution(x=x, nfe=ev.nfe, ts=grid_ts, trajectory=states, stats=dict(ev.stats))
+
+
+def _check_inputs(info: SolverInfo, model, x_T, options) -> LinearSDE:
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be a sdekit.ScoreModel; got {type(model).__name__}")
     sde = model.sde
@@ -71,28 +119,40 @@ def sample(
     unknown = set(options) - set(info.options)
     if unknown:
         accepted = ", ".join(f"{k}={v!r}" for k, v in info.options.items()) or "none"
-        raise ValueError(f"solver {solver!r} got unknown option(s) {sorted(unknown)}; accepted: {accepted}")
-    if info.adaptive and steps is None and ts is None:
-        steps = 1
-    grid_ts = make_grid(sde, steps, grid, t_start, t_end, ts, **(grid_options or {}))
+        raise ValueError(f"solver {info.name!r} got unknown option(s) {sorted(unknown)}; accepted: {accepted}")
+    return sde
 
-    noise = RowNoise(generator, x_T.shape[0], row_offset) if (info.stochastic or generator is not None) else None
-    ev = Evaluator(model, noise)
-    x = x_T
+
+def _steps(info: SolverInfo, ev: Evaluator, x: Tensor, grid_ts: Tensor, jump: bool, options):
+    """The states at grid_ts[1:]: the solver's on the grid without its zero-noise end, then the jump."""
+    run_ts = grid_ts[:-1] if jump else grid_ts
+    if len(run_ts) > 1:
+        run = info.fn(ev, x, run_ts, **options)
+        try:
+            for i in range(len(run_ts) - 1):
+                try:
+                    x = next(run)
+                except StopIteration as stop:
+                    raise RuntimeError(f"solver {info.name!r} stopped after {i} of {len(run_ts) - 1} steps") from stop
+                yield x
+        finally:
+            run.close()
+    if jump:
+        x = float(ev.sde.alpha(grid_ts[-1])) * ev.x0(x, run_ts[-1])
+        yield x
+
+
+def _run(info, ev, x, grid_ts, jump, options, progress, callback, trajectory, check_states):
+    """Drive the steps: step index and time for the evaluator, checks, trajectory, callback, progress."""
     states = [x] if trajectory else None
-    n = len(grid_ts) - 1
-    with tqdm(total=n, desc=solver, disable=not progress, leave=False) as bar:
-        run = info.fn(ev, x, grid_ts, **options)
-        times = grid_ts.tolist()  # python floats once, not a tensor->float conversion per step
-        for i in range(n):
-            ev.step = i
-            try:
-                x = next(run)
-            except StopIteration as stop:
-                raise RuntimeError(f"solver {solver!r} stopped after {i} of {n} steps") from stop
+    times = grid_ts.tolist()  # python floats once, not a tensor->float conversion per step
+    n = len(times) - 1
+    with tqdm(total=n, desc=info.name, disable=not progress, leave=False) as bar:
+        ev.step = 0
+        for i, x in enumerate(_steps(info, ev, x, grid_ts, jump, options)):
             t = times[i + 1]
             if check_states and not bool(torch.isfinite(x).all()):
-                raise NonFiniteError(f"the state became NaN or Inf at step {i} (t = {t:.6g}) with solver {solver!r}")
+                raise NonFiniteError(f"the state became NaN or Inf at step {i} (t = {t:.6g}) with solver {info.name!r}")
             if states is not None:
                 states.append(x)
             if callback is not None:
@@ -100,15 +160,16 @@ def sample(
             if progress:  # a disabled tqdm still formats its postfix: skip the work
                 bar.update(1)
                 bar.set_postfix(nfe=ev.nfe, t=f"{t:.4g}", refresh=False)
-        run.close()
-    if not bool(torch.isfinite(x).all()):  # network outputs are checked per call; the state once more here
-        raise NonFiniteError(f"the state became NaN or Inf during the solve with solver {solver!r}; "
-                             "pass check_states=True to find the step")
-    if denoise:
-        ev.step = n
-        x = ev.x0(x, grid_ts[-1])
-        grid_ts = torch.cat([grid_ts, grid_ts.new_zeros(1)])
-        if states is not None:
-            states.append(x)
-    return Solution(x=x, nfe=ev.nfe, ts=grid_ts, trajectory=states, stats=dict(ev.stats))
+            ev.step = i + 1
+    return x, states
 
+
+class _NoNoise:
+    """Noise source of an inversion: the probability-flow ODE has none, so a solver asking for it is refused."""
+
+    def __init__(self, solver: str):
+        self.solver = solver
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        raise SolverError(f"solver {self.solver!r} draws noise, but an inversion (increasing ts) integrates the "
+                          "probability-flow ODE: use a deterministic solver (e.g. ddim with eta=0, heun, dpmpp_2m)")

@@ -1,14 +1,29 @@
-"""Time grids: decreasing float64 times t_start = ts[0] > ... > ts[-1] = t_end.
+"""Time grids: strictly monotone float64 times ts[0] = t_start, ..., ts[-1] = t_end.
+
+Sampling runs down (t_start > t_end); inversion (data -> noise) runs up (t_start < t_end). A named grid is
+built from the high time down to the low one and reversed for inversion, so an inversion visits exactly
+the times of the sampling solve with the same options, in the opposite order.
 
 uniform    t_i evenly spaced.
-quadratic  t_i = t_end + (t_start - t_end) (1 - i/N)^2: dense near t_end (Song et al. 2021, DDIM).
-logsnr     lambda(t_i) evenly spaced between lambda(t_start) and lambda(t_end) (DPM-Solver's "logSNR").
+quadratic  t_i = t_lo + (t_hi - t_lo) (1 - i/N)^2: dense near t_lo (Song et al. 2021, DDIM).
+logsnr     lambda(t_i) evenly spaced between lambda(t_hi) and lambda(t_lo) (DPM-Solver's "logSNR").
 karras     rho-spaced noise levels in the VE-equivalent s = sigma/alpha = exp(-lambda/2)
            (Karras et al. 2022, eq. 5): s_i = (s_max^(1/rho) + i/N (s_min^(1/rho) - s_max^(1/rho)))^rho.
-explicit   any user tensor, checked to be strictly decreasing and inside [0, T].
+explicit   any user tensor, checked to be strictly monotone and inside [0, T].
+
+Grids that end at zero noise. When the low end has sigma = 0 (t_end = 0 on VP and VE SDEs), log-SNR
+is infinite there and the network is not defined. Such a grid is, as diffusers' ``final_sigmas_type="zero"``
+(and Euler's ``linspace`` spacing) lays it out: ``steps - 1`` intervals of the named grid between t_hi and
+the smallest positive time t_min = sde.eps, then the last point t = 0. The last interval is not integrated:
+``sample`` ends every solver there with the data-prediction jump x_0 = alpha(0) x0(x, t_min)
+(one network call, counted). With steps = 1 the grid is [t_start, 0]: the jump alone.
+
+New grids plug in with ``register``; ``own_ends=True`` marks grids that fix their own end times from
+``steps`` and their options alone (the DDPM ``table`` and the ``diffusers`` spacings of ``discrete.py``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -17,23 +32,52 @@ from ..sde import LinearSDE
 
 Tensor = torch.Tensor
 
-__all__ = ["GRIDS", "make_grid", "check_grid", "uniform", "quadratic", "logsnr", "karras"]
+__all__ = ["GRIDS", "GridInfo", "register", "make_grid", "check_grid", "uniform", "quadratic", "logsnr", "karras"]
 
 
+@dataclass(frozen=True)
+class GridInfo:
+    """name; fn(sde, steps, t_start, t_end, **options) -> decreasing float64 times from t_start to t_end
+    (``own_ends``: fn(sde, steps, **options), the grid choosing its own end times)."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    own_ends: bool = False
+
+
+GRIDS: dict[str, GridInfo] = {}
+
+
+def register(name: str, *, own_ends: bool = False):
+    """Decorator registering a grid function under ``name`` (see ``GridInfo`` for its signature)."""
+
+    def deco(fn):
+        if name in GRIDS:
+            raise ValueError(f"grid {name!r} is already registered")
+        GRIDS[name] = GridInfo(name, fn, own_ends)
+        return fn
+
+    return deco
+
+
+@register("uniform")
 def uniform(sde: LinearSDE, steps: int, t_start: float, t_end: float, **_) -> Tensor:
     return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
 
 
+@register("quadratic")
 def quadratic(sde: LinearSDE, steps: int, t_start: float, t_end: float, **_) -> Tensor:
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     return t_end + (t_start - t_end) * u**2
 
 
+@register("logsnr")
 def logsnr(sde: LinearSDE, steps: int, t_start: float, t_end: float, **_) -> Tensor:
     lam = torch.linspace(float(sde.log_snr(t_start)), float(sde.log_snr(t_end)), steps + 1, dtype=torch.float64)
     return _pin_ends(sde.t_from_log_snr(lam), t_start, t_end)
 
 
+@register("karras")
 def karras(sde: LinearSDE, steps: int, t_start: float, t_end: float, rho: float = 7.0, **_) -> Tensor:
     s_max = torch.exp(-0.5 * sde.log_snr(t_start))
     s_min = torch.exp(-0.5 * sde.log_snr(t_end))
@@ -48,28 +92,30 @@ def _pin_ends(ts: Tensor, t_start: float, t_end: float) -> Tensor:
     return ts
 
 
-GRIDS: dict[str, Callable[..., Tensor]] = {
-    "uniform": uniform,
-    "quadratic": quadratic,
-    "logsnr": logsnr,
-    "karras": karras,
-}
-
-
 def check_grid(sde: LinearSDE, ts) -> Tensor:
-    """Validate an explicit grid: 1-D, at least two times, strictly decreasing, inside [0, T]."""
-    ts = torch.as_tensor(ts).to(torch.float64).flatten().cpu()
+    """Validate an explicit grid: 1-D, at least two times, strictly monotone, inside [0, T]."""
+    # a list of Python floats stays float64 (torch.as_tensor alone would round it through float32)
+    ts = (ts if isinstance(ts, Tensor) else torch.as_tensor(ts, dtype=torch.float64)).to(torch.float64).flatten().cpu()
     if ts.numel() < 2:
         raise ValueError(f"a time grid needs at least 2 times (1 step); got {ts.numel()}")
     sde.check_time(ts)
-    if not bool((ts[1:] < ts[:-1]).all()):
-        raise ValueError("a time grid must be strictly decreasing (sampling runs from t_start down to t_end)")
+    d = ts[1:] - ts[:-1]
+    if not (bool((d < 0).all()) or bool((d > 0).all())):
+        raise ValueError("a time grid must be strictly monotone: strictly decreasing (sampling, t_start > t_end) "
+                         "or strictly increasing (inversion, data -> noise)")
     return ts
+
+
+def _zero_noise(sde: LinearSDE, t: float) -> bool:
+    return float(sde.sigma(t)) == 0.0
 
 
 def make_grid(sde: LinearSDE, steps: Optional[int] = None, grid: str = "logsnr",
               t_start: Optional[float] = None, t_end: Optional[float] = None, ts=None, **grid_options) -> Tensor:
-    """The time grid for a solve: either ``ts`` (explicit) or ``steps`` intervals of a named ``grid``."""
+    """The time grid for a solve: either ``ts`` (explicit) or ``steps`` intervals of a named ``grid``.
+
+    t_start defaults to sde.T and t_end to sde.eps; t_start < t_end gives the reversed (inversion) grid.
+    A low end with sigma = 0 follows the zero-noise convention of the module docstring."""
     if ts is not None:
         if steps is not None:
             raise ValueError("give either steps= or ts=, not both")
@@ -78,9 +124,29 @@ def make_grid(sde: LinearSDE, steps: Optional[int] = None, grid: str = "logsnr",
         raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; accepted: {', '.join(GRIDS)} (or pass ts=)")
+    info, steps = GRIDS[grid], int(steps)
+    if info.own_ends:
+        if t_start is not None or t_end is not None:
+            raise ValueError(f"grid {grid!r} sets its own end times; drop t_start/t_end (or flip the grid "
+                             "it returns and pass it as ts= to invert)")
+        return check_grid(sde, info.fn(sde, steps, **grid_options))
     t_start = sde.T if t_start is None else float(t_start)
     t_end = sde.eps if t_end is None else float(t_end)
     sde.check_time(torch.tensor([t_start, t_end], dtype=torch.float64))
-    if not t_start > t_end:
-        raise ValueError(f"t_start must be greater than t_end; got t_start={t_start}, t_end={t_end}")
-    return check_grid(sde, GRIDS[grid](sde, int(steps), t_start, t_end, **grid_options))
+    if t_start == t_end:
+        raise ValueError(f"t_start must differ from t_end (t_start > t_end samples, t_start < t_end inverts); "
+                         f"got both {t_start}")
+    hi, lo = max(t_start, t_end), min(t_start, t_end)
+    if _zero_noise(sde, lo) and steps > 1:
+        t_min = sde.eps
+        if not lo < t_min < hi:
+            raise ValueError(f"a grid ending at sigma = 0 (t = {lo}) places its first steps - 1 intervals down to "
+                             f"sde.eps, which must lie strictly between {lo} and {hi}; got sde.eps = {t_min}")
+        body = info.fn(sde, steps - 1, hi, t_min, **grid_options)
+        out = torch.cat([body, torch.tensor([lo], dtype=torch.float64)])
+    elif _zero_noise(sde, lo):
+        out = torch.tensor([hi, lo], dtype=torch.float64)
+    else:
+        out = info.fn(sde, steps, hi, lo, **grid_options)
+    out = check_grid(sde, out)
+    return out.flip(0) if t_start < t_end else out

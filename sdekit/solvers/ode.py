@@ -3,8 +3,11 @@
 euler  explicit Euler in t (first order).
 rk4    classical fourth-order Runge-Kutta in t.
 heun   Karras et al. 2022 ("EDM", Algorithm 1): Heun's method in the variables y = x / alpha,
-       s = sigma / alpha, where the ODE reads dy/ds = eps(x, t); the last step falls back to Euler
-       when it ends at s = 0. Second order.
+       s = sigma / alpha, where the ODE reads dy/ds = eps(x, t). Second order.
+
+None of them meets sigma = 0: ``sample`` ends a grid at zero noise with the data-prediction jump, which
+is EDM's Euler step to s = 0 (y_s = y - s eps = x0). Every rule here also integrates upwards
+(h > 0, increasing ts: inversion).
 """
 from __future__ import annotations
 
@@ -53,8 +56,6 @@ def heun(ev: Evaluator, x, ts):
         a1, s1, _, _ = sde.schedule(times[i + 1])
         ratio, step = a1 / a0, a1 * (s1 / a1 - s0 / a0)
         d = ev.eps(x, times[i])
-        x_next = torch.add(x * ratio, d, alpha=step)
-        if s1 > 0:
-            x_next = torch.add(x * ratio, d + ev.eps(x_next, times[i + 1]), alpha=0.5 * step)
-        x = x_next
+        x_euler = torch.add(x * ratio, d, alpha=step)
+        x = torch.add(x * ratio, d + ev.eps(x_euler, times[i + 1]), alpha=0.5 * step)
         yield x

@@ -37,7 +37,7 @@ def euler_maruyama(ev: Evaluator, x, ts, *, eta: float = 1.0, noise_last: bool =
     for i in range(n):
         h = float(ts[i + 1] - ts[i])
         mean = x + h * ev.reverse_drift(x, ts[i], eta=eta)
-        std = eta * float(ev.sde.diffusion(ts[i])) * math.sqrt(-h)
+        std = eta * float(ev.sde.diffusion(ts[i])) * math.sqrt(abs(h))
         x = _add_noise(ev, mean, std, i == n - 1, noise_last)
         yield x
 
@@ -121,9 +121,6 @@ def heun_churn(ev: Evaluator, x, ts, *, s_churn: float = 10.0, s_tmin: float = 0
         a_hat = float(sde.alpha(t_hat))
         d = ev.eps(y * a_hat, t_hat)
         ds = float(s[i + 1]) - s_hat
-        y_next = y + ds * d
-        if float(s[i + 1]) > 0:
-            d2 = ev.eps(y_next * float(alpha[i + 1]), ts[i + 1])
-            y_next = y + ds * 0.5 * (d + d2)
-        x = y_next * float(alpha[i + 1])
+        d2 = ev.eps((y + ds * d) * float(alpha[i + 1]), ts[i + 1])
+        x = (y + ds * 0.5 * (d + d2)) * float(alpha[i + 1])
         yield x
