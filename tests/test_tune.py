@@ -105,10 +105,19 @@ def test_named_grids_round_trip_through_the_parameters(steps, grid):
     (dict(solver="euler", steps=4), "shape"),
     (dict(solver="euler", steps=4, shape=(2,), n=3), "n must"),
     (dict(solver="euler", steps=4, shape=(2,), objective="rms"), "objective"),
-    (dict(solver="euler", steps=4, shape=(2,), t_end=0.0), "t_end"),
+    (dict(solver="euler", steps=2, shape=(2,), t_end=0.0), "steps >= 3"),
     (dict(solver="euler", steps=4, shape=(2,), max_evals=-1), "max_evals"),
 ])
 def test_bad_input_is_refused_clearly(kwargs, match):
     model = sdekit.GaussianMixture.default(dim=2).model(SDE)
     with pytest.raises(ValueError, match=match):
         tune(model, **kwargs)
+
+
+def test_a_grid_to_zero_noise_is_tuned_before_the_final_jump():
+    """t_end = 0: the named grids' convention (steps - 1 intervals down to eps, then the jump to 0) is kept."""
+    model = sdekit.GaussianMixture.default(dim=2, seed=4).model(SDE)
+    tg = tune(model, "dpmpp_2m", 5, shape=(2,), n=32, t_end=0.0, max_evals=30, ref_steps=100)
+    assert tg.ts.shape == (6,) and float(tg.ts[-1]) == 0.0 and float(tg.ts[-2]) == SDE.eps
+    assert bool((tg.ts[1:] < tg.ts[:-1]).all())
+    assert sdekit.sample(model, torch.zeros(3, 2, dtype=torch.float64), "dpmpp_2m", ts=tg.ts).nfe == 5

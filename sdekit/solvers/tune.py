@@ -157,9 +157,9 @@ def _check(model, solver, steps, n, objective, max_evals, shape, sde, t_end):
         raise ValueError(f"unknown objective {objective!r}; accepted: {', '.join(OBJECTIVES)}")
     if int(max_evals) != max_evals or max_evals < 0:
         raise ValueError(f"max_evals must be an integer >= 0; got {max_evals!r}")
-    if t_end is not None and float(sde.sigma(float(t_end))) == 0:
-        raise ValueError("tune needs t_end with sigma(t_end) > 0; tune to sde.eps and finish with sample(..., "
-                         "denoise=True) for the jump to t = 0")
+    if t_end is not None and float(sde.sigma(float(t_end))) == 0 and steps < 3:
+        raise ValueError("a grid that ends at sigma = 0 spends its last step on the jump to t = 0: tuning it "
+                         f"needs steps >= 3; got {steps}")
     if shape is None or any(int(s) != s or s < 1 for s in shape):
         raise ValueError(f"shape must give one row's shape, e.g. shape=(2,) or (1, 8, 8); got {shape!r}")
 
@@ -221,23 +221,29 @@ def _optimise(model, solver, steps, cal, val, objective, max_evals, start_grids,
     from .grids import make_grid
 
     sde = model.sde
-    lam0, lam1 = float(sde.log_snr(t_start)), float(sde.log_snr(t_end))
+    zero_end = float(sde.sigma(t_end)) == 0  # the grids' convention: steps - 1 intervals down to eps, then 0
+    t_low = sde.eps if zero_end else t_end
+    lam0, lam1 = float(sde.log_snr(t_start)), float(sde.log_snr(t_low))
     starts = {g: make_grid(sde, steps, g, t_start, t_end) for g in start_grids}
     start_scores = {g: _score(cal.errors(ts), objective) for g, ts in starts.items()}
     start = min(start_scores, key=start_scores.get)
-    theta0 = _theta_of(_z_of(sde, starts[start], lam0, lam1))
+    theta0 = _theta_of(_z_of(sde, starts[start][:-1] if zero_end else starts[start], lam0, lam1))
     evals = [0]
+
+    def grid(theta):
+        ts = _grid_of(theta, sde, lam0, lam1, t_start, t_low)
+        return torch.cat([ts, ts.new_zeros(1)]) if zero_end else ts
 
     def loss(theta):
         evals[0] += 1
-        value = _score(cal.errors(_grid_of(theta, sde, lam0, lam1, t_start, t_end)), objective)
+        value = _score(cal.errors(grid(theta)), objective)
         return value if math.isfinite(value) else 1e6
 
     tuned_ts = starts[start]
     if max_evals > 0:
         res = minimize(loss, theta0, method="Powell", options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-4})
         if res.fun < start_scores[start]:
-            tuned_ts = _grid_of(res.x, sde, lam0, lam1, t_start, t_end)
+            tuned_ts = grid(res.x)
     e_cal = {"tuned": cal.errors(tuned_ts), "start": cal.errors(starts[start])}
     e_val = {"tuned": val.errors(tuned_ts), "start": val.errors(starts[start])}
     improved = _score(e_val["tuned"], objective) < _score(e_val["start"], objective)
