@@ -1,7 +1,8 @@
 """Samplers for the reverse-time SDE and the probability-flow ODE, behind one registry.
 
 ``sample(model, x_T, solver=..., steps=...)`` runs any of them; ``available()`` lists the names.
-Solver modules register themselves on import: ode, stochastic, exponential, discrete, backends.
+Solver modules register themselves on import: ode, stochastic, exponential, discrete, backends,
+linear_multistep, adaptive_dpm.
 """
 from . import grids
 from .base import NonFiniteError, RowNoise, Solution, SolverError, StepBudgetError
@@ -9,7 +10,7 @@ from .driver import sample
 from .registry import SOLVERS, available, get, register
 
 from . import ode, stochastic, backends  # noqa: E402,F401  (registers solvers)
-from . import exponential, discrete  # noqa: E402,F401
+from . import exponential, discrete, linear_multistep, adaptive_dpm  # noqa: E402,F401
 
 __all__ = [
     "sample", "available", "get", "register", "SOLVERS", "grids",

@@ -24,7 +24,24 @@ l_t + r_m h (r_m < 0; r = 1 for the corrector's new point) and D_m = (x0_m - x0_
 with a = [1/2] when K = 1 (UniPC's choice). B(h) = 1 - e^{-h} ("bh2") makes the K = 1 predictor exactly
 DPM-Solver++(2M); for K >= 2 B cancels and the K = 2 predictor is DPM-Solver++(3M).
 
-A step that ends at sigma_s = 0 (t = 0 for VP/VE) is the limit of every update above: x_s = alpha_s x0(x_t, t).
+The noise form is the data form under the symmetry alpha <-> sigma, x0 <-> eps, l -> -l (so h -> -h, while the
+ratios r_m are unchanged): with D_m = (eps_m - eps_t)/r_m and C(h) = -B(-h) (e^h - 1 for "bh2", h for "bh1"),
+
+    x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t - sigma_s C(h) sum_m a_m D_m,
+    sum_m a_m r_m^{k-1} = k! h phi_{k+1}(h) / C(h).
+
+``_multistep`` runs both forms by mirroring the schedule; the noise form with K = 1, 2 is the noise-prediction
+multistep DPM-Solver(2M/3M) of Lu et al. 2022b (diffusers' ``algorithm_type="dpmsolver"``).
+
+Analytic first step (AFS; Dockhorn et al. 2022, "GENIE"; Zhou et al. 2024, "AMED"): the multistep solvers can
+replace the first network call at t_0 by the prediction for data distributed as N(0, I), for which
+E[x0 | x] = alpha x/(alpha^2 + sigma^2) and E[eps | x] = sigma x/(alpha^2 + sigma^2) (``gaussian_prediction``).
+It saves one NFE and is an approximation: the first step then carries an error of order
+(s_1 - s_0)|eps - eps_gauss| (s = sigma/alpha), small only when x_T has forgotten the data
+(alpha_T^2 Var(x0) << sigma_T^2, as at T for VP/VE), and it does not shrink faster than the first step.
+
+Both forms stay valid for increasing grids (inversion, h < 0). A step that ends at sigma_s = 0 (t = 0 for VP/VE)
+is the limit of every update above: x_s = alpha_s x0(x_t, t) (``x0_jump``).
 """
 from __future__ import annotations
 
@@ -38,7 +55,7 @@ from .registry import register
 
 Tensor = torch.Tensor
 
-__all__ = ["phi", "Schedule"]
+__all__ = ["phi", "Schedule", "x0_jump", "dpm_solver_step", "gaussian_prediction", "check_flag"]
 
 # -- shared helpers -------------------------------------------------------------------------------------
 def phi(k: int, z: float) -> float:
@@ -60,7 +77,8 @@ def phi(k: int, z: float) -> float:
 class Schedule:
     """alpha, sigma and half log-SNR l = log(alpha/sigma) at the grid times, as float64 Python floats.
 
-    ``at_l(l)`` gives (t, alpha, sigma) at an intermediate half log-SNR through sde.t_from_log_snr."""
+    ``at_ls(ls)`` gives [(t, alpha, sigma)] at intermediate half log-SNRs through one sde.t_from_log_snr call
+    (for a custom SDE that is a bisection, so points wanted together are asked for together)."""
 
     def __init__(self, sde, ts: Tensor):
         self.sde = sde
@@ -70,12 +88,15 @@ class Schedule:
         self.l = [math.inf if s == 0 else 0.5 * float(v) for s, v in zip(self.sigma, sde.log_snr(ts))]
 
     def h(self, i: int) -> float:
-        """Step in half log-SNR from ts[i] to ts[i+1] (> 0)."""
+        """Step in half log-SNR from ts[i] to ts[i+1] (> 0; < 0 on an increasing grid)."""
         return self.l[i + 1] - self.l[i]
 
-    def at_l(self, l: float) -> Tuple[Tensor, float, float]:
-        t = self.sde.t_from_log_snr(torch.tensor(2.0 * l, dtype=torch.float64))
-        return t, float(self.sde.alpha(t)), float(self.sde.sigma(t))
+    def at_ls(self, ls: List[float]) -> List[Tuple[float, float, float]]:
+        t = self.sde.t_from_log_snr(torch.tensor([2.0 * v for v in ls], dtype=torch.float64))
+        return list(zip(t.tolist(), self.sde.alpha(t).tolist(), self.sde.sigma(t).tolist()))
+
+    def at_l(self, l: float) -> Tuple[float, float, float]:
+        return self.at_ls([l])[0]
 
 
 def _eps_first_order(x: Tensor, eps: Tensor, a_t: float, a_s: float, s_s: float, h: float) -> Tensor:
@@ -88,9 +109,16 @@ def _x0_first_order(x: Tensor, x0: Tensor, s_t: float, a_s: float, s_s: float, h
     return (s_s / s_t) * x - (a_s * math.expm1(-h)) * x0
 
 
-def _check_order_options(lower_order_final):
-    if not isinstance(lower_order_final, bool):
-        raise ValueError(f"lower_order_final must be True or False; got {lower_order_final!r}")
+def gaussian_prediction(x: Tensor, alpha: float, sigma: float, kind: str) -> Tensor:
+    """The model output if the data were N(0, I): E[x0 | x] = alpha x/(alpha^2 + sigma^2) ("x0") or
+    E[eps | x] = sigma x/(alpha^2 + sigma^2) ("eps"). Used by the analytic first step (AFS, an approximation)."""
+    return ((alpha if kind == "x0" else sigma) / (alpha * alpha + sigma * sigma)) * x
+
+
+def check_flag(name: str, value):
+    """ValueError unless ``value`` is a bool (solver options such as afs and lower_order_final)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
 
 
 # -- DDIM ---------------------------------------------------------------------------------------------
@@ -99,13 +127,15 @@ def _ddim_steps(ev: Evaluator, x: Tensor, ts: Tensor, eta: float):
     eta = float(eta)
     if not (0.0 <= eta <= 1.0) or not math.isfinite(eta):
         raise ValueError(f"ddim needs 0 <= eta <= 1 (0: deterministic DDIM, 1: DDPM ancestral); got {eta}")
+    if eta > 0 and float(ts[-1]) > float(ts[0]):
+        raise ValueError(f"ddim with eta = {eta} draws noise; an inversion (increasing ts) needs eta = 0")
     sch = Schedule(ev.sde, ts)
     lam = [2 * v for v in sch.l]
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = sch.alpha[i], sch.sigma[i], sch.alpha[i + 1], sch.sigma[i + 1]
         x0 = ev.x0(x, ts[i])
         eps = (x - a_t * x0) / s_t
-        c = eta * s_s * math.sqrt(-math.expm1(lam[i] - lam[i + 1])) if s_s > 0 else 0.0
+        c = eta * s_s * math.sqrt(-math.expm1(lam[i] - lam[i + 1])) if eta > 0 and s_s > 0 else 0.0
         x = a_s * x0 + math.sqrt(max(s_s * s_s - c * c, 0.0)) * eps
         if c > 0:
             x = x + c * ev.randn_like(x)
@@ -136,7 +166,7 @@ def dpm_solver_1(ev: Evaluator, x: Tensor, ts: Tensor):
     return _single_steps(ev, x, ts, step)
 
 
-def _x0_jump(ev: Evaluator, x: Tensor, sch: Schedule, i: int) -> Tensor:
+def x0_jump(ev: Evaluator, x: Tensor, sch: Schedule, i: int) -> Tensor:
     """The step to sigma_s = 0: x_s = alpha_s x0(x_t, t), the limit h -> inf of every update here."""
     return sch.alpha[i + 1] * ev.x0(x, sch.ts[i])
 
@@ -145,34 +175,45 @@ def _single_steps(ev: Evaluator, x: Tensor, ts: Tensor, step):
     """Apply ``step(x, sch, i) -> x_{i+1}`` along the grid; a step that ends at sigma = 0 is the x0 jump."""
     sch = Schedule(ev.sde, ts)
     for i in range(len(ts) - 1):
-        x = _x0_jump(ev, x, sch, i) if sch.sigma[i + 1] == 0 else step(x, sch, i)
+        x = x0_jump(ev, x, sch, i) if sch.sigma[i + 1] == 0 else step(x, sch, i)
         yield x
 
 
-def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: List[float]):
-    """DPM-Solver-2 (rs = [r1]) and DPM-Solver-3 (rs = [r1, r2]) in their published forms (Lu et al. 2022,
-    Algorithms 4 and 5), sharing the phi-functions:
+def dpm_solver_step(ev: Evaluator, x: Tensor, t, a_t: float, a_s: float, s_s: float, h: float, rs: List[float],
+                    mids: List[Tuple[float, float, float]]) -> Tuple[Tensor, Tensor]:
+    """One single-step DPM-Solver step from (x_t, t) to half log-SNR l_t + h (Lu et al. 2022, Algorithms 4 and 5),
+    returning the solutions of order len(rs) and len(rs) + 1, which share every network call:
 
       u_1 = (alpha_1/alpha_t) x_t - sigma_1 (e^{r1 h} - 1) eps_t,                     D_1 = eps(u_1, s_1) - eps_t
-      order 2:  x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t - sigma_s (e^h - 1)/(2 r1) D_1
+      order 1:  x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t  (DPM-Solver-1)
+      order 2:  x_s = (order 1) - sigma_s (e^h - 1)/(2 r1) D_1
       order 3:  u_2 = (alpha_2/alpha_t) x_t - sigma_2 (e^{r2 h} - 1) eps_t - sigma_2 (r2/r1) r2 h phi_2(r2 h) D_1,
-                D_2 = eps(u_2, s_2) - eps_t,  x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t - sigma_s (h phi_2(h)/r2) D_2
-    where s_j is the time with half log-SNR l_t + r_j h."""
+                D_2 = eps(u_2, s_2) - eps_t,  x_s = (order 1) - sigma_s (h phi_2(h)/r2) D_2
+    where s_j is the time with half log-SNR l_t + r_j h and mids[j] = (s_j, alpha_j, sigma_j) (``Schedule.at_ls``).
+    rs = [r1]: (1, 2); rs = [r1, r2]: (2 with r1, 3) -- the pairs of adaptive DPM-Solver-12 and -23."""
+    eps = ev.eps(x, t)
+    t1, a1, s1 = mids[0]
+    u1 = _eps_first_order(x, eps, a_t, a1, s1, rs[0] * h)
+    d1 = ev.eps(u1, t1) - eps
+    base = _eps_first_order(x, eps, a_t, a_s, s_s, h)
+    second = base - (s_s * math.expm1(h) / (2 * rs[0])) * d1
+    if len(rs) == 1:
+        return base, second
+    r1, r2 = rs
+    t2, a2, s2 = mids[1]
+    u2 = _eps_first_order(x, eps, a_t, a2, s2, r2 * h) - (s2 * (r2 / r1) * r2 * h * phi(2, r2 * h)) * d1
+    d2 = ev.eps(u2, t2) - eps
+    return second, base - (s_s * h * phi(2, h) / r2) * d2
+
+
+def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: List[float]):
+    """DPM-Solver-2 (rs = [r1]) and DPM-Solver-3 (rs = [r1, r2]) along the grid: the higher-order solution of
+    ``dpm_solver_step``."""
 
     def step(x, sch, i):
-        a_t, a_s, s_s, h = sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i)
-        eps = ev.eps(x, ts[i])
-        t1, a1, s1 = sch.at_l(sch.l[i] + rs[0] * h)
-        u1 = _eps_first_order(x, eps, a_t, a1, s1, rs[0] * h)
-        d1 = ev.eps(u1, t1) - eps
-        base = _eps_first_order(x, eps, a_t, a_s, s_s, h)
-        if len(rs) == 1:
-            return base - (s_s * math.expm1(h) / (2 * rs[0])) * d1
-        r1, r2 = rs
-        t2, a2, s2 = sch.at_l(sch.l[i] + r2 * h)
-        u2 = _eps_first_order(x, eps, a_t, a2, s2, r2 * h) - (s2 * (r2 / r1) * r2 * h * phi(2, r2 * h)) * d1
-        d2 = ev.eps(u2, t2) - eps
-        return base - (s_s * h * phi(2, h) / r2) * d2
+        h = sch.h(i)
+        mids = sch.at_ls([sch.l[i] + r * h for r in rs])
+        return dpm_solver_step(ev, x, ts[i], sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], h, rs, mids)[1]
 
     return _single_steps(ev, x, ts, step)
 
@@ -223,7 +264,8 @@ def _ms_weights(rs: List[float], h: float, B: float) -> List[float]:
 
 def _ms_update(x: Tensor, x0_t: Tensor, points: List[Tuple[float, Tensor]], l_t: float,
                s_t: float, a_s: float, s_s: float, h: float, variant: str) -> Tensor:
-    """One multistep update from (x_t, l_t) to l_t + h using x0_t and extra points (l_m, x0_m):
+    """One multistep update from (x_t, l_t) to l_t + h using x0_t and extra points (l_m, x0_m) (the noise
+    form: the same call on the mirrored schedule, with eps for x0):
     x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0_t + alpha_s B(h) sum_m a_m (x0_m - x0_t)/r_m."""
     x = _x0_first_order(x, x0_t, s_t, a_s, s_s, h)
     if not points:
@@ -236,32 +278,44 @@ def _ms_update(x: Tensor, x0_t: Tensor, points: List[Tuple[float, Tensor]], l_t:
 
 
 def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, corrector: bool,
-               lower_order_final: bool):
+               lower_order_final: bool, noise: bool = False, afs: bool = False):
     """Multistep predictor (order p uses the last p model outputs) with an optional UniC corrector.
 
-    History: the data predictions x0_j at the half log-SNRs l_j already visited. Step i predicts x_{i+1}
-    from x_i, x0_i and the previous p - 1 outputs (fewer during warm-up); with ``corrector`` the next
-    step first evaluates x0_{i+1} at the predicted x_{i+1}, then redoes step i with (l_{i+1}, x0_{i+1})
-    as an extra point (UniC: no extra network call; x0_{i+1} stays in the history). The last step is
-    predictor only. ``lower_order_final``: step i uses order at most n - i (the last step is first order,
-    the one before at most second), as UniPC does; it keeps the large final steps of uniform/quadratic
-    grids stable (measured: 20 uniform steps, 3M error 0.79 -> 0.04) at the price of the asymptotic order,
-    which needs lower_order_final=False (global order = registered order)."""
+    History: the model outputs m_j (x0, or eps when ``noise``) at the half log-SNRs l_j already visited. Step i
+    predicts x_{i+1} from x_i, m_i and the previous p - 1 outputs (fewer during warm-up); with ``corrector`` the
+    next step first evaluates m_{i+1} at the predicted x_{i+1}, then redoes step i with (l_{i+1}, m_{i+1}) as an
+    extra point (UniC: no extra network call; m_{i+1} stays in the history). The last step is predictor only.
+    ``lower_order_final``: step i uses order at most n - i (the last step is first order, the one before at most
+    second), as UniPC does; it keeps the large final steps of uniform/quadratic grids stable (measured: 20
+    uniform steps, 3M error 0.79 -> 0.04) at the price of the asymptotic order, which needs
+    lower_order_final=False (global order = registered order). ``noise``: the noise form, run as the data form
+    on the mirrored schedule (alpha <-> sigma, l -> -l; module docstring). ``afs``: m_0 = gaussian_prediction
+    (no network call at t_0; an approximation)."""
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2'; got {variant!r}")
-    _check_order_options(lower_order_final)
+    check_flag("lower_order_final", lower_order_final)
+    check_flag("afs", afs)
     sch = Schedule(ev.sde, ts)
+    if noise:  # mirrored schedule: the data-form update below is then the noise form
+        kind, alpha, sigma, l = "eps", sch.sigma, sch.alpha, [-v for v in sch.l]
+    else:
+        kind, alpha, sigma, l = "x0", sch.alpha, sch.sigma, sch.l
     n = len(ts) - 1
-    hist: List[Tuple[float, Tensor]] = []  # (l_j, x0_j), oldest first
-    last = None  # (i, x_i, points used by the predictor) of the previous step, for the corrector
+    hist: List[Tuple[float, Tensor]] = []  # (l_j, m_j), oldest first
+    last = None  # (j, x_j, points used by the predictor) of the previous step, for the corrector
     for i in range(n):
-        x0 = ev.x0(x, ts[i])
+        if afs and i == 0:
+            m = gaussian_prediction(x, sch.alpha[0], sch.sigma[0], kind)
+        else:
+            m = ev.x0(x, ts[i]) if kind == "x0" else ev.eps(x, ts[i])
+        x_eval = x
         if corrector and last is not None:
             j, x_j, pts = last
-            x = _ms_update(x_j, hist[-1][1], pts + [(sch.l[i], x0)], sch.l[j], sch.sigma[j],
-                           sch.alpha[i], sch.sigma[i], sch.h(j), variant)
-        hist.append((sch.l[i], x0))
-        if sch.sigma[i + 1] == 0:
+            x = _ms_update(x_j, hist[-1][1], pts + [(l[i], m)], l[j], sigma[j], alpha[i], sigma[i], l[i] - l[j],
+                           variant)
+        hist.append((l[i], m))
+        if sch.sigma[i + 1] == 0:  # x0_jump, from the output at hand
+            x0 = m if kind == "x0" else (x_eval - sch.sigma[i] * m) / sch.alpha[i]
             x = sch.alpha[i + 1] * x0
             yield x
             continue
@@ -270,22 +324,23 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
             p = min(p, n - i)
         pts = hist[len(hist) - p:-1][::-1]  # the p - 1 most recent previous points, newest first
         last = (i, x, pts)
-        x = _ms_update(x, x0, pts, sch.l[i], sch.sigma[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i), variant)
+        x = _ms_update(x, m, pts, l[i], sigma[i], alpha[i + 1], sigma[i + 1], l[i + 1] - l[i], variant)
         del hist[: max(0, len(hist) - order)]
         yield x
 
 
 @register("dpmpp_2m", order=2, nfe_per_step=1, family="exponential")
-def dpmpp_2m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True):
+def dpmpp_2m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, afs: bool = False):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): multistep, data prediction, 1 NFE/step.
 
     With r = h_{i-1}/h_i: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1},
-    x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} (1 - e^{-h_i}) D; the first step is DPM-Solver++(1)."""
-    return _multistep(ev, x, ts, 2, "bh2", False, lower_order_final)
+    x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} (1 - e^{-h_i}) D; the first step is DPM-Solver++(1).
+    afs=True: analytic first step (one NFE fewer; an approximation, see the module docstring)."""
+    return _multistep(ev, x, ts, 2, "bh2", False, lower_order_final, afs=afs)
 
 
 @register("dpmpp_3m", order=3, nfe_per_step=1, family="exponential")
-def dpmpp_3m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True):
+def dpmpp_3m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, afs: bool = False):
     """DPM-Solver++(3M) (Lu et al. 2022b; multistep third order, data prediction, 1 NFE/step):
     x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} [h phi_1(-h) x0_i + h^2 phi_2(-h) D1 + h^3 phi_3(-h) D2]
     with D1, D2 the first and second l-derivatives at l_i of the quadratic through the last three x0's;
@@ -293,21 +348,44 @@ def dpmpp_3m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = 
 
     Note: the 3M update in the DPM-Solver reference code (and diffusers, k-diffusion's 3M SDE) weights
     the second-derivative term by half of h^3 phi_3(-h) x0'' (its "D2" is h^2 x0''/2 with coefficient
-    h phi_3(-h)), which makes it second order; this one is the exact Taylor form and is third order."""
-    return _multistep(ev, x, ts, 3, "bh2", False, lower_order_final)
+    h phi_3(-h)), which makes it second order; this one is the exact Taylor form and is third order.
+    afs=True: analytic first step (one NFE fewer; an approximation, see the module docstring)."""
+    return _multistep(ev, x, ts, 3, "bh2", False, lower_order_final, afs=afs)
+
+
+@register("dpm_solver_2m", order=2, nfe_per_step=1, family="exponential")
+def dpm_solver_2m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, afs: bool = False):
+    """Multistep DPM-Solver-2M in noise form (Lu et al. 2022b, Appendix; diffusers' DPMSolverMultistep with
+    algorithm_type="dpmsolver", solver_type="midpoint"), 1 NFE/step. With r = h_{i-1}/h_i and
+    D = (eps_i - eps_{i-1})/r:
+        x_{i+1} = (alpha_{i+1}/alpha_i) x_i - sigma_{i+1} (e^{h_i} - 1) eps_i - sigma_{i+1} (e^{h_i} - 1)/2 D;
+    the first step is DPM-Solver-1 (= DDIM). afs=True: analytic first step (an approximation)."""
+    return _multistep(ev, x, ts, 2, "bh2", False, lower_order_final, noise=True, afs=afs)
+
+
+@register("dpm_solver_3m", order=3, nfe_per_step=1, family="exponential")
+def dpm_solver_3m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, afs: bool = False):
+    """Multistep DPM-Solver-3M in noise form (Lu et al. 2022b, Appendix; diffusers' algorithm_type="dpmsolver",
+    solver_order=3), 1 NFE/step:
+        x_{i+1} = (alpha_{i+1}/alpha_i) x_i - sigma_{i+1} [h phi_1(h) eps_i + h^2 phi_2(h) D1 + h^3 phi_3(h) D2],
+    D1, D2 the first and second l-derivatives at l_i of the quadratic through the last three eps's; warm-up:
+    DPM-Solver-1, then 2M. As for dpmpp_3m, the published update weights the D2 term by half its Taylor
+    coefficient (second order); this is the Taylor form, third order. afs=True: analytic first step."""
+    return _multistep(ev, x, ts, 3, "bh2", False, lower_order_final, noise=True, afs=afs)
 
 
 def _unipc(order):
     def unipc(ev: Evaluator, x: Tensor, ts: Tensor, *, variant: str = "bh2", corrector: bool = True,
-              lower_order_final: bool = True):
-        return _multistep(ev, x, ts, order, variant, corrector, lower_order_final)
+              lower_order_final: bool = True, afs: bool = False):
+        return _multistep(ev, x, ts, order, variant, corrector, lower_order_final, afs=afs)
 
     unipc.__doc__ = f"""UniPC-{order} (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), data
     prediction, 1 NFE/step: predictor UniP-{order} from the last {order} outputs, then corrector UniC that reuses the
     next step's network call (order +1). With r_m = (l_m - l_i)/h and D_m = (x0_m - x0_i)/r_m:
         x_{{i+1}} = (sigma_{{i+1}}/sigma_i) x_i + alpha_{{i+1}} (1 - e^{{-h}}) x0_i + alpha_{{i+1}} B(h) sum_m a_m D_m,
         sum_m a_m r_m^{{k-1}} = k! h phi_{{k+1}}(-h)/B(h)  (a = [1/2] for a single point),
-    B(h) = h ("bh1") or 1 - e^{{-h}} ("bh2"). corrector=False gives UniP alone."""
+    B(h) = h ("bh1") or 1 - e^{{-h}} ("bh2"). corrector=False gives UniP alone. afs=True: analytic first step
+    (one NFE fewer; an approximation, see the module docstring)."""
     return unipc
 
 
