@@ -323,35 +323,84 @@ def _run_likelihood_checkpoint(args) -> int:
 
 
 # -- compare -----------------------------------------------------------------------------------
-def _int_list(text: str) -> list[int]:
+def _positive_int(text: str) -> int:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 5,10,20; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    """Comma-separated positive integers (NFE budgets, step counts)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, e.g. 5,10,20; got {text!r}")
+    return values
+
+
+def _name_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names; got {text!r}")
+    return names
 
 
 def _add_compare(sub):
-    p = sub.add_parser("compare", help="solver accuracy against NFE on an exact Gaussian-mixture score "
-                       "(table, results.json, error_vs_nfe.png)")
-    p.add_argument("--solvers", default=None,
+    p = sub.add_parser("compare", help="solver accuracy against NFE on an exact Gaussian-mixture score or a checkpoint "
+                       "(leaderboard; results.json, results.csv, error_vs_nfe.png)")
+    p.add_argument("--solvers", type=_name_list, default=None,
                    help="comma-separated solver names (default: every deterministic fixed-step solver)")
     p.add_argument("--nfe", type=_int_list, default=None,
                    help="NFE budgets, turned into per-solver step counts (default 5,10,15,20,30,50,100)")
     p.add_argument("--steps", type=_int_list, default=None, help="raw step counts for every solver (instead of --nfe)")
-    p.add_argument("--grids", default="logsnr,quadratic,uniform,karras", help="comma-separated time grids (uniform, quadratic, "
-                   "logsnr, karras)")
-    p.add_argument("--dim", type=int, default=2, help="dimension of the built-in Gaussian mixture")
-    p.add_argument("--n", type=int, default=512, help="number of starting points x_T")
+    p.add_argument("--grids", type=_name_list, default="logsnr,quadratic,uniform,karras",
+                   help="comma-separated time grids (uniform, quadratic, logsnr, karras; tuned: a grid tuned to the "
+                   "model for each solver and step count, on prior draws independent of x_T)")
+    p.add_argument("--dim", type=_positive_int, default=None, help="dimension of the built-in Gaussian mixture (2)")
+    p.add_argument("--n", type=_positive_int, default=512, help="number of starting points x_T")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sde", default="vp", choices=tuple(SDE_NAMES))
-    p.add_argument("--ref-steps", type=int, default=2000, help="RK4 steps of the float64 reference")
+    p.add_argument("--sde", default=None, choices=tuple(SDE_NAMES), help="SDE of the built-in mixture (vp)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="compare on a trained checkpoint (x_T from its prior) against a dopri5 reference of it")
+    p.add_argument("--ref-steps", type=_positive_int, default=2000, help="RK4 steps of the float64 mixture reference")
+    p.add_argument("--ref-tol", type=float, default=1e-10, help="dopri5 rtol = atol of the --checkpoint reference")
+    p.add_argument("--tune-n", type=_positive_int, default=256,
+                   help="with --grids ...,tuned: prior rows per tuning draw")
+    p.add_argument("--tune-evals", type=int, default=None, help="with --grids ...,tuned: optimiser solves per grid")
     p.add_argument("--out", default="sdekit-compare", help="output directory (default ./sdekit-compare)")
+    p.add_argument("--full", "--verbose", dest="full", action="store_true", help="also print every row")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: small tensors)")
     p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(usage_error=p.error)  # bad input: "sdekit compare: error: ...", exit 2
+
+
+def _compare_problem(args):
+    """(model, x_T, description): a checkpoint in float64 with seeded x_T from its prior, or (None, None,
+    ...) for the built-in mixture, which ``compare`` builds itself."""
+    import torch
+
+    if args.checkpoint is None:
+        return None, None, f"GaussianMixture.default(dim={args.dim or 2}) exact score, {args.sde or 'vp'} SDE"
+    if args.dim is not None or args.sde is not None:
+        args.usage_error("--dim and --sde come from the checkpoint; drop them with --checkpoint")
+    from .checkpoint import load_model
+
+    model, config = load_model(args.checkpoint)
+    model.net.to(torch.float64)  # the reference and the compared solves run in float64
+    shape = _event_shape(config, args.checkpoint)
+    x_T = model.sde.prior_sample((args.n, *shape), generator=torch.Generator().manual_seed(args.seed),
+                                 dtype=torch.float64)
+    return model, x_T, f"{args.checkpoint} ({config.get('prediction')} prediction, step {config.get('step')})"
 
 
 def _run_compare(args) -> int:
-    import os
+    import math
 
     import torch
 
@@ -360,18 +409,34 @@ def _run_compare(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.nfe is not None and args.steps is not None:
-        print("sdekit compare: give --nfe or --steps, not both", file=sys.stderr)
-        return 2
-    grids = [g.strip() for g in args.grids.split(",") if g.strip()]
+        args.usage_error("give --nfe or --steps, not both")
+    tune_options = {} if args.tune_evals is None else {"max_evals": args.tune_evals}
     try:
-        res = compare(solvers=args.solvers, nfe=args.nfe or DEFAULT_NFE, steps=args.steps, grids=grids,
-                      seed=args.seed, n=args.n, dim=args.dim, sde=args.sde, out=args.out,
-                      progress=not args.no_progress, ref_steps=args.ref_steps)
+        model, x_T, source = _compare_problem(args)
+        res = compare(model, x_T, solvers=args.solvers, nfe=args.nfe or DEFAULT_NFE, steps=args.steps,
+                      grids=args.grids, seed=args.seed, n=args.n, dim=args.dim or 2, sde=args.sde or "vp",
+                      progress=not args.no_progress, ref_steps=args.ref_steps, ref_tol=args.ref_tol,
+                      tune_n=args.tune_n, tune_options=tune_options)
     except ValueError as err:
-        print(f"sdekit compare: {err}", file=sys.stderr)
-        return 2
-    print(res.table())
-    print(f"wrote {os.path.join(args.out, 'results.json')} and {os.path.join(args.out, 'error_vs_nfe.png')}")
+        args.usage_error(str(err))
+    paths = res.save(args.out)
+    meta = res.meta
+    print(f"{source}; {meta['n']} rows x_T (seed {meta['seed']}), {meta['dtype']}")
+    if args.full:
+        print(res.table())  # ends with the reference line
+    else:
+        print(f"reference: {meta['reference']['method']}; its own error estimate "
+              f"{meta['reference'].get('error_estimate', float('nan')):.2e}")
+    for statistic in ("median", "p90", "rms"):
+        print()
+        print(res.leaderboard(statistic=statistic).table())
+    if meta.get("flipped"):
+        print("\nflipped: fraction of rows that end in another mixture component than the reference")
+    print(f"\nwrote {', '.join(paths)}" + ("" if args.full else " (every row: --full)"))
+    if not any(math.isfinite(r.error) for r in res):
+        print("sdekit compare: error: no run gave a finite error (see the warnings above); nothing to rank",
+              file=sys.stderr)
+        return 1
     return 0
 
 

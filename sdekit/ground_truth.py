@@ -113,6 +113,13 @@ class GaussianMixture:
         out = (resp * (means - xf.unsqueeze(1)) / var).sum(1)
         return out.reshape(x.shape).to(x.dtype)
 
+    def component(self, x: Tensor, t=0.0, sde: Optional[LinearSDE] = None) -> Tensor:
+        """The component each row most likely came from at time t: argmax_k r_k(x), with
+        r_k(x) proportional to w_k N(x; alpha mu_k, v_k) the posterior responsibility. Shape (batch,), int64."""
+        xf = self._flat(x)
+        means, var = self._component_params(x, t, sde)
+        return self._component_log_probs(xf, means, var).argmax(dim=1)
+
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype=torch.float32) -> Tensor:
         """n exact draws from p_0, shape (n, *event_shape)."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
