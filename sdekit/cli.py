@@ -39,18 +39,22 @@ def _run_info(args) -> int:
 def _add_train(sub):
     p = sub.add_parser("train", help="train a score model by denoising score matching (checkpoint + loss plot)")
     p.add_argument("--data", required=True, choices=("moons", "checkerboard", "swissroll", "rings", "digits"))
-    p.add_argument("--prediction", default="eps", choices=("eps", "score", "v", "x0"))
-    p.add_argument("--sde", default="vp", choices=tuple(SDE_NAMES))
-    p.add_argument("--weighting", default="simple", choices=("simple", "likelihood", "min_snr", "native"))
+    # settings default to None: a resumed run takes them from its checkpoint, and any given one that
+    # differs is refused; a new run fills in the defaults named in the help
+    p.add_argument("--prediction", default=None, choices=("eps", "score", "v", "x0"), help="default eps")
+    p.add_argument("--sde", default=None, choices=tuple(SDE_NAMES), help="default vp")
+    p.add_argument("--weighting", default=None, choices=("simple", "likelihood", "min_snr", "native"),
+                   help="default simple")
     p.add_argument("--steps", type=int, default=2000, help="total optimisation steps (including resumed ones)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="default 128")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 2e-3 toys, 1e-3 digits)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema-decay", type=float, default=None, help="default 0.999")
+    p.add_argument("--grad-clip", type=float, default=None, help="default 1.0")
+    p.add_argument("--warmup", type=int, default=None, help="default 100")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--out", required=True, help="checkpoint directory (config.json, *.safetensors, loss.png)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out if there is one")
+    p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out (a new run)")
     p.add_argument("--channels", type=int, default=None, help="U-Net base width (32) / MLP width (128)")
     p.add_argument("--conditional", action="store_true", help="class-conditional net (null class for guidance)")
     p.add_argument("--sigma-max", type=float, default=None, help="VE only (default 10 toys, 20 digits)")
@@ -58,6 +62,10 @@ def _add_train(sub):
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 for toys)")
     p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(usage_error=p.error)
+
+
+_TRAIN_DEFAULTS = {"batch_size": 128, "weighting": "simple", "ema_decay": 0.999, "grad_clip": 1.0, "warmup": 100}
 
 
 def _run_train(args) -> int:
@@ -69,40 +77,50 @@ def _run_train(args) -> int:
     from sdekit.nets import MLP, UNet
     from sdekit.train import train
 
+    from sdekit.checkpoint import checkpoint_id
+
     digits = args.data == "digits"
-    cfg_path = Path(args.out) / "config.json"
-    if args.resume and cfg_path.exists():
+    resuming = args.resume and checkpoint_id(args.out) is not None
+    if resuming:
         import json
 
         try:
-            stored = json.loads(cfg_path.read_text()).get("data", {}).get("name")
-        except (ValueError, AttributeError):
+            stored = json.loads((Path(args.out) / "config.json").read_text()).get("data", {}).get("name")
+        except (OSError, ValueError, AttributeError):
             stored = None  # load_model / Trainer.resume report a corrupt file precisely
         if stored is not None and stored != args.data:
-            raise SystemExit(f"sdekit train: {args.out} was trained on {stored!r}, not {args.data!r}; "
-                             "use another --out or the same --data")
+            args.usage_error(f"{args.out} was trained on {stored!r}, not {args.data!r}; use another --out or the "
+                             "same --data")
     threads = args.threads if args.threads is not None else (None if digits else 1)
     if threads:
         torch.set_num_threads(threads)
     from sdekit.distributed import init_process_group
 
     rank, world = init_process_group()  # under torchrun: DistributedDataParallel over the ranks
-    ds = load_dataset(args.data, n=args.n_points, seed=args.seed)
-    ve_kwargs = {"sigma_min": 0.01, "sigma_max": args.sigma_max or (20.0 if digits else 10.0)}
-    sde = sde_from_name(args.sde, **(ve_kwargs if args.sde == "ve" else {}))
-    num_classes = ds.num_classes if args.conditional else None
-    torch.manual_seed(args.seed)
-    if digits:
-        net = UNet(in_channels=1, base_channels=args.channels or 32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                   attn_levels=(1,), num_classes=num_classes)
-    else:
-        net = MLP(dim=2, width=args.channels or 128, depth=3, num_classes=num_classes)
-    lr = args.lr if args.lr is not None else (1e-3 if digits else 2e-3)
-    trainer = train(net, sde, ds.x, args.prediction, steps=args.steps, out_dir=args.out, resume=args.resume,
-                    y=ds.y, progress=not args.no_progress, ckpt_every=args.ckpt_every,
-                    batch_size=args.batch_size, lr=lr, weighting=args.weighting, ema_decay=args.ema_decay,
-                    grad_clip=args.grad_clip, warmup=args.warmup, seed=args.seed,
-                    meta={"name": ds.name, **ds.meta})
+    seed = 0 if args.seed is None else args.seed
+    ds = load_dataset(args.data, n=args.n_points, seed=seed)
+    hparams = {k: getattr(args, k) for k in (*_TRAIN_DEFAULTS, "lr", "seed") if getattr(args, k) is not None}
+    net = sde = None
+    if not resuming or args.sde is not None or args.sigma_max is not None:
+        name = args.sde or "vp"
+        ve_kwargs = {"sigma_min": 0.01, "sigma_max": args.sigma_max or (20.0 if digits else 10.0)}
+        sde = sde_from_name(name, **(ve_kwargs if name == "ve" else {}))
+    if not resuming or args.channels is not None or args.conditional:
+        num_classes = ds.num_classes if args.conditional else None
+        torch.manual_seed(seed)
+        if digits:
+            net = UNet(in_channels=1, base_channels=args.channels or 32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                       attn_levels=(1,), num_classes=num_classes)
+        else:
+            net = MLP(dim=2, width=args.channels or 128, depth=3, num_classes=num_classes)
+    if not resuming:
+        hparams = {**_TRAIN_DEFAULTS, "lr": 1e-3 if digits else 2e-3, "seed": 0, **hparams}
+    try:
+        trainer = train(net, sde, ds.x, args.prediction, steps=args.steps, out_dir=args.out, resume=args.resume,
+                        y=ds.y, progress=not args.no_progress, ckpt_every=args.ckpt_every, overwrite=args.force,
+                        meta={"name": ds.name, **ds.meta}, **hparams)
+    except ValueError as err:  # bad settings, a checkpoint in the way, a resume that conflicts
+        args.usage_error(str(err))
     recent = trainer.losses[-100:]
     mean = sum(recent) / len(recent) if recent else float("nan")
     if rank == 0:

@@ -491,6 +491,13 @@ def _check_x(x) -> Tensor:
         raise TypeError(f"x must be a torch.Tensor of shape (batch, ...); got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor (float32 or float64); got dtype {x.dtype}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"x has dtype {x.dtype}; log_likelihood accepts float32 or float64 only: in half precision the ODE "
+            "state, its error control and the divergence accumulate rounding errors (bfloat16 likelihoods come out "
+            "~0.7 nats wrong). Pass x.float() and a float32 model (model.net.float()); autocast inside the network "
+            "is fine as long as it returns float32"
+        )
     if x.ndim < 2 or x.shape[0] < 1 or x[0].numel() < 1:
         raise ValueError(
             f"x must have shape (batch, *event_shape) with batch >= 1 and a non-empty event; got {tuple(x.shape)}"
@@ -500,6 +507,33 @@ def _check_x(x) -> Tensor:
         more = "..." if len(bad) > 10 else ""
         raise ValueError(f"x contains NaN or Inf (rows {bad[:10]}{more}); only finite values are accepted")
     return x
+
+
+def _check_network(model, x: Tensor, t: float) -> None:
+    """One forward and backward pass on x's first row at time t, before the solve: the score must be a
+    float32/float64 tensor that depends on x through autograd. A network that detaches its output,
+    runs under torch.no_grad or goes through numpy has a zero Jacobian as far as autograd can tell, so
+    every divergence estimate (exact, Hutchinson, quadrature) would silently keep only the SDE's own
+    linear drift and give a wrong likelihood."""
+    x1 = x[:1].detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model.score(x1, torch.tensor(t, dtype=torch.float64))
+        if not isinstance(out, Tensor):
+            raise TypeError(f"model.score returned a {type(out).__name__}; it must return a tensor shaped like x")
+        if out.dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(f"the model returns {out.dtype} for {x.dtype} input; log_likelihood needs float32 or "
+                             "float64 scores (half precision gives wrong likelihoods): run the network in float32")
+        grad = None
+        if out.requires_grad:
+            grad = torch.autograd.grad(out, x1, torch.ones_like(out), allow_unused=True)[0]
+    if grad is None:
+        cause = "its output does not require grad" if not out.requires_grad else "its autograd graph does not reach x"
+        raise ValueError(
+            f"the model's output does not depend on x through autograd ({cause}), so the divergence of the "
+            "probability-flow drift, and with it the likelihood, would be silently wrong. The network must compute "
+            "its output from x with differentiable torch operations: no .detach(), no torch.no_grad() or "
+            "inference_mode inside it, no round trip through numpy or .item()"
+        )
 
 
 def _check_times(sde, t_start, t_end) -> tuple[float, float]:
@@ -710,6 +744,7 @@ def log_likelihood(
             )
         max_nfe = (n_steps + 1) * _EVALS_PER_STEP
 
+    _check_network(model, xs, t0)
     quadrature = integrate == "quadrature"
     use_lambda = _resolve_time_variable(time_variable, sde, t0, t1)
     time_map = _LogSNRMap(sde, t0, t1) if use_lambda else None

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _TIME_TOL = 1e-9
+_MAX_LOG = math.log(torch.finfo(torch.float64).max)  # 709.78: exp() above it overflows
 
 
 def _as_time(t) -> Tensor:
@@ -228,7 +229,7 @@ class LinearSDE(SDE):
     def log_snr(self, t) -> Tensor:
         """lambda(t) = log(alpha^2 / sigma^2)."""
         t = self.check_time(t)
-        return 2 * (self._log_alpha(t) - torch.log(self._sigma(t)))
+        return 2 * (self._log_alpha(t) - self._log_sigma(t))
 
     def t_from_log_snr(self, lam) -> Tensor:
         """The inverse of lambda(t). lambda outside [lambda(T), lambda(0)] raises ValueError."""
@@ -266,18 +267,41 @@ class LinearSDE(SDE):
         return float(torch.sqrt(torch.exp(2 * self._log_alpha(T)) + self._sigma(T) ** 2))
 
     # -- numerical schedule for custom SDEs ---------------------------------------------------
+    # Everything is kept in log space: log alpha = int f directly, and
+    #     log sigma(t) = log alpha(t) + 1/2 log(sigma0^2 + int_0^t g^2 exp(-2 log alpha)),
+    # whose integral is accumulated by log-sum-exp over the quadrature nodes. A schedule whose alpha
+    # spans hundreds of orders of magnitude (f = -2000 on [0, 1]: alpha(1) = e^-2000) then still gives
+    # finite sigma and lambda; an alpha above float64's range (int f > 709.78) is refused by name.
     def _grid(self):
-        """Cached nodes t_k, cumulative int_0^{t_k} f and int_0^{t_k} g^2/alpha^2."""
+        """Cached nodes t_k, cumulative int_0^{t_k} f and log(sigma0^2 + int_0^{t_k} g^2/alpha^2)."""
         if self._grid_cache is None:
             nodes = torch.linspace(0.0, self.T, self.n_grid + 1, dtype=torch.float64)
             a, b = nodes[:-1], nodes[1:]
             F_inc = self._gl(self.f, a, b)
             F = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(F_inc, 0)])
+            self._check_log_alpha(F, nodes)
             self._grid_cache = (nodes, F, None)
-            S_inc = self._gl(self._s_integrand, a, b)
-            S = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(S_inc, 0)])
-            self._grid_cache = (nodes, F, S)
+            logS_inc = self._log_gl(self._log_s_integrand, a, b)
+            log_s0 = torch.tensor([2 * math.log(abs(self.sigma0())) if self.sigma0() else -math.inf],
+                                  dtype=torch.float64)
+            logS = torch.logcumsumexp(torch.cat([log_s0, logS_inc]), 0)
+            if bool(torch.isnan(logS).any()) or bool((logS == math.inf).any()):
+                raise ValueError(f"{type(self).__name__}: int_0^t g(s)^2 / alpha(s)^2 ds is not finite on [0, T] = "
+                                 f"[0, {self.T}]; check g(t) (it must be finite; g^2 / alpha^2 must not overflow)")
+            self._grid_cache = (nodes, F, logS)
         return self._grid_cache
+
+    def _check_log_alpha(self, F: Tensor, nodes: Tensor) -> None:
+        if not bool(torch.isfinite(F).all()):
+            bad = nodes[1:][~torch.isfinite(F[1:])][0]
+            raise ValueError(f"{type(self).__name__}: int_0^t f is not finite at t = {float(bad):.6g}; f(t) must be "
+                             "finite on [0, T]")
+        if float(F.max()) > _MAX_LOG:
+            k = int(torch.argmax((F > _MAX_LOG).to(torch.int8)))
+            raise ValueError(
+                f"{type(self).__name__}: alpha(t) = exp(int_0^t f) overflows float64 (int f = {float(F[k]):.6g} > "
+                f"{_MAX_LOG:.2f} at t = {float(nodes[k]):.6g}); such a schedule has no representable marginal "
+                "mean: scale f down or shorten T")
 
     @staticmethod
     def _gl(fn, a: Tensor, b: Tensor) -> Tensor:
@@ -286,8 +310,18 @@ class LinearSDE(SDE):
         s = a.unsqueeze(-1) + h * _GL_X
         return (fn(s.reshape(-1)).reshape(s.shape) * _GL_W).sum(-1) * h.squeeze(-1)
 
-    def _s_integrand(self, s: Tensor) -> Tensor:
-        return self.g(s) ** 2 * torch.exp(-2 * self._log_alpha(s))
+    @staticmethod
+    def _log_gl(log_fn, a: Tensor, b: Tensor) -> Tensor:
+        """log int_a^b exp(log_fn) elementwise by 8-point Gauss-Legendre, summed by log-sum-exp
+        (-inf for an empty interval)."""
+        h = (b - a).unsqueeze(-1)
+        s = a.unsqueeze(-1) + h * _GL_X
+        terms = log_fn(s.reshape(-1)).reshape(s.shape) + torch.log(_GL_W)
+        return torch.logsumexp(terms, -1) + torch.log(h.squeeze(-1))
+
+    def _log_s_integrand(self, s: Tensor) -> Tensor:
+        """log(g^2 / alpha^2) = 2 log|g| - 2 log alpha."""
+        return 2 * torch.log(self.g(s).abs()) - 2 * self._log_alpha(s)
 
     def _locate(self, t: Tensor):
         nodes = self._grid()[0]
@@ -301,18 +335,24 @@ class LinearSDE(SDE):
         out = F[flat_k] + self._gl(self.f, nodes[flat_k], flat_t)
         return out.reshape(t.shape)
 
-    def _sigma(self, t: Tensor) -> Tensor:
-        _, _, S = self._grid()
+    def _log_sigma(self, t: Tensor) -> Tensor:
+        """log sigma(t); -inf where sigma = 0. A subclass with a closed-form ``_sigma`` gets its log;
+        otherwise log alpha(t) + 1/2 log(sigma0^2 + int_0^t g^2 / alpha^2) from the cached grid."""
+        if type(self)._sigma is not LinearSDE._sigma:
+            return torch.log(self._sigma(t))
+        _, _, logS = self._grid()
         k, nodes = self._locate(t)
         flat_t, flat_k = t.reshape(-1), k.reshape(-1)
-        s_over_a2 = self.sigma0() ** 2 + S[flat_k] + self._gl(self._s_integrand, nodes[flat_k], flat_t)
-        out = torch.exp(self._log_alpha(flat_t)) * torch.sqrt(s_over_a2)
-        return out.reshape(t.shape)
+        log_s = torch.logaddexp(logS[flat_k], self._log_gl(self._log_s_integrand, nodes[flat_k], flat_t))
+        return (self._log_alpha(flat_t) + 0.5 * log_s).reshape(t.shape)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return torch.exp(self._log_sigma(t))
 
     def _t_from_log_snr(self, lam: Tensor) -> Tensor:
         """Bisection on the strictly decreasing lambda(t), bracketed on the cached grid."""
         nodes = self._grid()[0]
-        lam_nodes = 2 * (self._log_alpha(nodes) - torch.log(self._sigma(nodes).clamp_min(1e-300)))
+        lam_nodes = 2 * (self._log_alpha(nodes) - self._log_sigma(nodes))
         flat = lam.reshape(-1)
         # lambda decreasing: count the nodes with lambda >= target
         k = (lam_nodes.unsqueeze(0) >= flat.unsqueeze(1)).sum(1) - 1
@@ -320,7 +360,7 @@ class LinearSDE(SDE):
         lo, hi = nodes[k].clone(), nodes[k + 1].clone()
         for _ in range(60):
             mid = 0.5 * (lo + hi)
-            lm = 2 * (self._log_alpha(mid) - torch.log(self._sigma(mid)))
+            lm = 2 * (self._log_alpha(mid) - self._log_sigma(mid))
             above = lm > flat
             lo = torch.where(above, mid, lo)
             hi = torch.where(above, hi, mid)
@@ -449,6 +489,7 @@ class CosineVPSDE(LinearSDE):
         super().__init__(T=T, eps=eps)
         self.s = float(s)
         self._log_cos0 = math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+        self._tan0 = math.tan(self.s / (1 + self.s) * math.pi / 2)
 
     def _phi(self, t):
         return (t + self.s) / (1 + self.s) * math.pi / 2
@@ -463,7 +504,11 @@ class CosineVPSDE(LinearSDE):
         return torch.sqrt(self.beta(t))
 
     def _log_alpha(self, t):
-        return torch.log(torch.cos(self._phi(t))) - self._log_cos0
+        # cos(phi0 + d) / cos(phi0) = 1 - 2 sin^2(d/2) - tan(phi0) sin(d) with d = phi(t) - phi(0) = t pi/(2(1 + s)):
+        # exactly 1 at t = 0 on every device and torch release, never above 1, and no cancellation for small t
+        # (log cos(phi(t)) - log cos(phi(0)) rounds to +1e-20 at t = 0 on some releases: sigma(0) = NaN).
+        d = t * (math.pi / (2 * (1 + self.s)))
+        return torch.log1p(-(2 * torch.sin(0.5 * d) ** 2 + self._tan0 * torch.sin(d))).clamp(max=0.0)
 
     def _sigma(self, t):
         return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
@@ -539,7 +584,8 @@ class DiscreteVPSDE(LinearSDE):
     def _log_alpha(self, t):
         k = self._segment(t)
         w = t * self.N - k
-        return self._knots_la[k] + w * (self._knots_la[k + 1] - self._knots_la[k])
+        # knots are <= 0 and log alpha(0) = 0 exactly; the clamp keeps rounding from lifting alpha above 1
+        return (self._knots_la[k] + w * (self._knots_la[k + 1] - self._knots_la[k])).clamp(max=0.0)
 
     def _sigma(self, t):
         return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))

@@ -4,7 +4,10 @@
 ``torch.Generator`` drawing batches, times, noise and label dropout, and torch's global RNG (used by
 dropout). A checkpoint (``sdekit.checkpoint``) stores all of it, so
     train 2N steps  ==  train N, save, load (Trainer.resume), train N
-bit for bit on the same machine. The step is:
+bit for bit on the same machine. Checkpoints are committed as a whole (``sdekit.checkpoint``): a
+failure or signal during a save leaves the previous one loadable. A trainer refuses to replace a
+checkpoint it did not resume from or write itself unless ``overwrite=True``, and everything a save
+stores is validated before the first step. The step is:
     idx ~ U{0..len-1}^B;  y -> null class with probability p_uncond (classifier-free guidance);
     loss = dsm_loss(model, x[idx], weighting, y);  clip ||grad|| to grad_clip;  AdamW with
     lr * min(1, (step + 1) / warmup);  ema <- d ema + (1 - d) w, d = min(ema_decay, (1 + step)/(10 + step)).
@@ -12,6 +15,9 @@ bit for bit on the same machine. The step is:
 from __future__ import annotations
 
 import contextlib
+import io
+import math
+import os
 import signal
 import threading
 import time
@@ -21,7 +27,9 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import WEIGHT_FILES, load_state_strict, read_checkpoint, save_checkpoint, sde_from_spec
+from .checkpoint import (ANY, LOSS_PLOT_NAME, WEIGHT_FILES, CheckpointConflict, build_checkpoint,
+                         check_config_serialisable, checkpoint_id, commit_checkpoint, load_state_strict,
+                         read_checkpoint, sde_from_spec, sde_to_spec)
 from .distributed import world
 from .losses import WEIGHTINGS, dsm_loss
 from .parameterization import ScoreModel, _check_prediction
@@ -33,6 +41,14 @@ __all__ = ["Trainer", "train", "plot_losses"]
 
 _HPARAMS = ("batch_size", "lr", "weight_decay", "betas", "grad_clip", "ema_decay", "warmup", "weighting",
             "importance", "gamma", "p_uncond", "seed")
+_CASTS = {"batch_size": int, "lr": float, "weight_decay": float, "betas": lambda b: [float(v) for v in b],
+          "grad_clip": float, "ema_decay": float, "warmup": int, "weighting": str, "importance": lambda v: v,
+          "gamma": float, "p_uncond": float, "seed": int}
+
+
+def _hparams(**given) -> dict:
+    """The hyper-parameters as stored in ``Trainer.hparams`` (and a checkpoint's config)."""
+    return {k: _CASTS[k](v) for k, v in given.items()}
 
 
 @contextlib.contextmanager
@@ -64,7 +80,7 @@ class Trainer:
                  y: Optional[Tensor] = None, batch_size: int = 128, lr: float = 2e-4, weight_decay: float = 0.0,
                  betas=(0.9, 0.999), grad_clip: float = 1.0, ema_decay: float = 0.999, warmup: int = 0,
                  weighting: str = "simple", importance: Optional[bool] = None, gamma: float = 5.0,
-                 p_uncond: float = 0.1, seed: int = 0, meta: Optional[dict] = None):
+                 p_uncond: float = 0.1, seed: int = 0, meta: Optional[dict] = None, overwrite: bool = False):
         _check_prediction(prediction)
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; accepted: {', '.join(WEIGHTINGS)}")
@@ -76,12 +92,12 @@ class Trainer:
         self.data = data
         self.conditional = getattr(net, "num_classes", None) is not None and y is not None
         self.y = y
-        self.hparams = {"batch_size": int(batch_size), "lr": float(lr), "weight_decay": float(weight_decay),
-                        "betas": [float(b) for b in betas], "grad_clip": float(grad_clip),
-                        "ema_decay": float(ema_decay), "warmup": int(warmup), "weighting": weighting,
-                        "importance": importance, "gamma": float(gamma), "p_uncond": float(p_uncond),
-                        "seed": int(seed)}
+        self.hparams = _hparams(batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas,
+                                grad_clip=grad_clip, ema_decay=ema_decay, warmup=warmup, weighting=weighting,
+                                importance=importance, gamma=gamma, p_uncond=p_uncond, seed=seed)
         self.meta = dict(meta or {})
+        self.overwrite = bool(overwrite)
+        self._ckpt_ids: dict = {}  # real path -> id of the checkpoint this trainer resumed from or last wrote
         self.model = ScoreModel(net, sde, prediction)
         self.rank, self.world = world()
         self._train_model = self.model
@@ -145,10 +161,13 @@ class Trainer:
         ``ckpt_every`` steps and at the end when ``out_dir`` is given."""
         from tqdm.auto import tqdm
 
+        if out_dir is not None:
+            self.check_can_save(out_dir)  # before the first step, not after the last
         start = time.perf_counter()
         bar = tqdm(range(steps), desc=desc, disable=not progress or self.rank != 0, dynamic_ncols=True)
         avg = None
-        with _interrupts() as stop:  # SIGINT/SIGTERM end the run between two steps, never inside one
+        # SIGINT/SIGTERM end the run between two steps, never inside one, and wait for the final save
+        with _interrupts() as stop:
             for _ in bar:
                 value = self.step()
                 avg = value if avg is None else 0.98 * avg + 0.02 * value
@@ -159,16 +178,13 @@ class Trainer:
                     self.save(out_dir)
                 if stop:
                     break
-        bar.close()
-        if stop:
+            bar.close()
             self.seconds += time.perf_counter() - start
             if out_dir is not None:
                 self.save(out_dir)
+        if stop:
             raise KeyboardInterrupt(f"training interrupted by signal {stop[0]} after step {self.step_count}"
                                     + (f"; checkpoint saved in {out_dir}, resume to continue" if out_dir else ""))
-        self.seconds += time.perf_counter() - start
-        if out_dir is not None:
-            self.save(out_dir)
         return self.losses[-steps:] if steps else []
 
     # -- models --------------------------------------------------------------------------------
@@ -210,18 +226,46 @@ class Trainer:
         dist.barrier()  # no rank goes on (and, say, resumes) before the files exist
         return path
 
-    def _write(self, out_dir, rank_states: Optional[list] = None) -> Path:
+    def _extra(self) -> dict:
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
                   for g in self.optimizer.state_dict()["param_groups"]]
-        extra = {"train": {**self.hparams, "steps_done": self.step_count, "seconds": self.seconds,
-                           "last_loss": self.losses[-1] if self.losses else None,
-                           "optimizer": {"type": "AdamW", "param_groups": groups}},
-                 "data": self.meta}
-        path = save_checkpoint(out_dir, self.net, self.sde, self.prediction, self.step_count,
-                               ema=self.ema, state=self._state_tensors(rank_states), extra=extra)
-        if self.losses:
-            plot_losses(self.losses, path / "loss.png")
-        return path
+        last = self.losses[-1] if self.losses else None
+        return {"train": {**self.hparams, "steps_done": self.step_count,
+                          "seconds": self.seconds if math.isfinite(self.seconds) else None,
+                          "last_loss": last if last is not None and math.isfinite(last) else None,
+                          "optimizer": {"type": "AdamW", "param_groups": groups}},
+                "data": self.meta}
+
+    def _replaces(self, out_dir):
+        """What a save to out_dir may replace: the checkpoint this trainer resumed from or last wrote
+        there; with overwrite=True, any; else only nothing."""
+        key = os.path.realpath(out_dir)
+        if key in self._ckpt_ids:
+            return self._ckpt_ids[key]
+        return ANY if self.overwrite else None
+
+    def check_can_save(self, out_dir) -> None:
+        """Raise ValueError now if saving to out_dir would fail: a setting JSON cannot store (NaN, inf),
+        or a checkpoint there that this trainer may not replace (``CheckpointConflict``)."""
+        check_config_serialisable(self.net, self.sde, self.prediction, self._extra())
+        replaces = self._replaces(out_dir)
+        if replaces == ANY or self.rank != 0:
+            return
+        current = checkpoint_id(out_dir)
+        if current is not None and replaces is None:
+            raise CheckpointConflict(
+                f"{out_dir} already holds a checkpoint; refusing to overwrite it: resume it (resume=True, --resume) "
+                "or replace it explicitly (overwrite=True, --force)")
+        if current is not None and current != replaces:
+            raise CheckpointConflict(f"the checkpoint in {out_dir} was replaced by another writer since this trainer "
+                                     "read or wrote it (two trainers on one directory?); refusing to overwrite it")
+
+    def _write(self, out_dir, rank_states: Optional[list] = None) -> Path:
+        files = {LOSS_PLOT_NAME: loss_plot_png(self.losses)} if self.losses else None
+        payload = build_checkpoint(self.net, self.sde, self.prediction, self.step_count, ema=self.ema,
+                                   state=self._state_tensors(rank_states), extra=self._extra(), files=files)
+        self._ckpt_ids[os.path.realpath(out_dir)] = commit_checkpoint(out_dir, payload, self._replaces(out_dir))
+        return Path(out_dir)
 
     @classmethod
     def resume(cls, path, data: Tensor, y: Optional[Tensor] = None) -> "Trainer":
@@ -229,7 +273,10 @@ class Trainer:
         from .nets import build_net
 
         path = Path(path)
+        ckpt_id = checkpoint_id(path)
         config, model_t, ema_t, state_t = read_checkpoint(path)
+        if checkpoint_id(path) != ckpt_id:
+            raise ValueError(f"the checkpoint in {path} was replaced while it was being read; try again")
         cfg_file = path / "config.json"
         if "train" not in config or state_t is None or ema_t is None:
             raise ValueError(f"checkpoint {path} holds no training state (config 'train', ema and state files); "
@@ -281,8 +328,34 @@ class Trainer:
             raise ValueError(f"checkpoint file {path / WEIGHT_FILES['state']}: bad RNG state ({e})") from None
         self.losses = state_t["losses"].tolist() if "losses" in state_t else []
         self.step_count = int(config["step"])
-        self.seconds = float(train_cfg.get("seconds", 0.0))
+        self.seconds = float(train_cfg.get("seconds") or 0.0)
+        self._ckpt_ids[os.path.realpath(path)] = ckpt_id
         return self
+
+    def resume_conflicts(self, net=None, sde=None, prediction=None, **hparams) -> list:
+        """The settings given for a resumed run that differ from this (resumed) trainer's, as
+        "name: checkpoint X, given Y" lines; None means "not given"."""
+        diffs = []
+        if prediction is not None and prediction != self.prediction:
+            diffs.append(f"prediction: checkpoint {self.prediction!r}, given {prediction!r}")
+        if sde is not None:
+            stored = sde_to_spec(self.sde)
+            try:
+                given = sde_to_spec(sde)
+            except ValueError:
+                given = {"name": type(sde).__name__}
+            if given != stored:
+                diffs.append(f"sde: checkpoint {stored['name']}({stored['kwargs']}), given {given['name']}"
+                             + (f"({given['kwargs']})" if "kwargs" in given else ""))
+        if net is not None and getattr(net, "config", None) != self.net.config:
+            diffs.append(f"net: checkpoint {self.net.config}, given {getattr(net, 'config', type(net).__name__)}")
+        unknown = sorted(set(hparams) - set(_HPARAMS))
+        if unknown:
+            raise ValueError(f"unknown hyper-parameters {unknown}; accepted: {', '.join(_HPARAMS)}")
+        for k, v in _hparams(**hparams).items():
+            if v != self.hparams[k]:
+                diffs.append(f"{k}: checkpoint {self.hparams[k]!r}, given {v!r}")
+        return diffs
 
 
 class _Holder(torch.nn.Module):
@@ -299,14 +372,12 @@ class _Holder(torch.nn.Module):
         pass
 
 
-def plot_losses(losses, path, smooth: int = 50) -> Path:
-    """Write a PNG of the per-step loss (light) and its running mean over ``smooth`` steps."""
+def _loss_figure(losses, smooth: int):
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     y = torch.tensor(losses, dtype=torch.float64)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(1, len(y) + 1), y.numpy(), lw=0.5, alpha=0.35, label="loss")
@@ -320,27 +391,67 @@ def plot_losses(losses, path, smooth: int = 50) -> Path:
     ax.set_ylabel("DSM loss")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    import os
+    return fig, plt
 
-    os.replace(tmp, path)
+
+def loss_plot_png(losses, smooth: int = 50) -> bytes:
+    """The PNG bytes of ``plot_losses``'s figure (a checkpoint stores it as loss.png)."""
+    fig, plt = _loss_figure(losses, smooth)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_losses(losses, path, smooth: int = 50) -> Path:
+    """Write a PNG of the per-step loss (light) and its running mean over ``smooth`` steps
+    (atomically: a uniquely named temporary file beside it, then a rename)."""
+    import tempfile
+
+    path = Path(path)
+    data = loss_plot_png(losses, smooth)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
 
 
-def train(net: torch.nn.Module, sde: LinearSDE, data: Tensor, prediction: str = "eps", steps: int = 1000,
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def train(net: torch.nn.Module, sde: LinearSDE, data: Tensor, prediction: Optional[str] = None, steps: int = 1000,
           out_dir=None, resume: bool = False, y: Optional[Tensor] = None, progress: bool = True,
-          ckpt_every: Optional[int] = None, **hparams) -> Trainer:
+          ckpt_every: Optional[int] = None, overwrite: bool = False, **hparams) -> Trainer:
     """Train until ``steps`` total steps. With ``resume=True`` and a checkpoint in ``out_dir``,
-    continue it (net/sde/prediction/hparams then come from the checkpoint; ``net`` may be None).
-    Writes the checkpoint and loss.png to ``out_dir`` when given. Returns the Trainer."""
-    if resume and out_dir is not None and (Path(out_dir) / "config.json").exists():
+    continue it: net/sde/prediction/hparams then come from the checkpoint (``net``, ``sde`` may be
+    None), and any of them given with a different value is refused (ValueError naming each).
+    Otherwise a new run (prediction defaults to "eps"), which refuses to replace a checkpoint in
+    ``out_dir`` unless ``overwrite=True``. Writes the checkpoint and loss.png to ``out_dir`` when
+    given. Returns the Trainer."""
+    if resume and out_dir is not None and checkpoint_id(out_dir) is not None:
         trainer = Trainer.resume(out_dir, data, y=y)
+        diffs = trainer.resume_conflicts(net, sde, prediction, **{k: v for k, v in hparams.items() if k != "meta"})
+        if diffs:
+            raise ValueError(f"resuming {out_dir} with settings that differ from its checkpoint: "
+                             + "; ".join(diffs) + ". Resume with the stored settings, or start a new run "
+                             "(another directory, or overwrite=True / --force)")
     else:
         if net is None:
             raise ValueError("net is required unless resuming from an existing checkpoint")
-        trainer = Trainer(net, sde, data, prediction, y=y, **hparams)
+        trainer = Trainer(net, sde, data, "eps" if prediction is None else prediction, y=y, overwrite=overwrite,
+                          **hparams)
     remaining = max(0, int(steps) - trainer.step_count)
     trainer.run(remaining, progress=progress, out_dir=out_dir, ckpt_every=ckpt_every)
     return trainer

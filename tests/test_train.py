@@ -116,9 +116,17 @@ def ckpt(tmp_path):
 
 
 def _rewrite_config(path, fn):
+    """Edit config.json as an attacker who also re-seals the manifest would (so the edit itself, not the
+    checksum of config.json, is what loading must catch)."""
     cfg = json.loads((path / "config.json").read_text())
+    manifest = json.loads((path / "manifest.json").read_text())
+    cfg["sha256"] = manifest["sha256"]
     fn(cfg)
-    (path / "config.json").write_text(json.dumps(cfg))
+    manifest["sha256"] = cfg.pop("sha256")
+    data = json.dumps(cfg).encode()
+    (path / "config.json").write_bytes(data)
+    manifest["sha256"]["config.json"] = hashlib.sha256(data).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_loading_never_unpickles(ckpt, monkeypatch):
