@@ -28,3 +28,25 @@ def test_likelihood_benchmarks_run_and_write_their_reports(tmp_path, script, arg
     else:
         assert report["fine_grid_mae_vs_analytic"] < 1e-6
         assert report["rules"]["adaptive_boole"][-1]["mae"] < report["rules"]["adaptive_boole"][0]["mae"]
+
+
+def test_accuracy_vs_nfe_runs_and_checks_its_goal(tmp_path):
+    """A tiny end-to-end run of the side-by-side accuracy benchmark. Peers are optional: without
+    k-diffusion or diffusers their part is skipped; with them, they run on the same tiny problem."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "accuracy_vs_nfe.py"), "--n", "24", "--dims", "2",
+           "--seeds", "8101", "--nfe", "4,6", "--ref-steps", "200", "--tune", "top", "--tune-max-pairs", "1",
+           "--tune-evals", "2", "--n-tune", "16", "--fresh", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "accuracy_vs_nfe.json").read_text())
+    assert (tmp_path / "accuracy_vs_nfe.png").stat().st_size > 0
+    assert {(u["problem"], u["dim"]) for u in report["units"]} == {("vp", 2), ("ddpm", 2)}
+    for u in report["units"]:
+        assert u["reference"]["error_estimate"]["median"] < 1e-4
+        sdekit_rows = [r for r in u["rows"] if r["library"] == "sdekit" and r["grid"] != "tuned"]
+        assert sdekit_rows and all(r["nfe"] <= 6 and r["median"] <= r["p90"] for r in sdekit_rows)
+        for b in ("4", "6"):
+            assert set(u["ratios"][b]) == {"median", "p90", "rms"}
+    summary = report["summary"]["vp"]["2"]["6"]["median"]["untuned"]
+    assert "goal_met_median_over_seeds" in summary  # NFE <= 6 is a goal budget: checked, never assumed
+    assert "ratios sdekit_best / peer_best" in done.stdout
