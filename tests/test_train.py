@@ -252,8 +252,36 @@ def test_cli_train_end_to_end(tmp_path, capsys):
     assert cfg["net"]["type"] == "UNet" and cfg["net"]["num_classes"] == 10 and isinstance(model.sde, sdekit.VESDE)
     with pytest.raises(SystemExit):
         main(["train", "--data", "cifar", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="trained on 'moons'"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", "--data", "rings", "--out", str(out), "--resume", "--steps", "50"])
+    assert exit_info.value.code == 2 and "trained on 'moons'" in capsys.readouterr().err
+
+
+def test_cli_train_refuses_overwrite_and_changed_resume_cleanly(tmp_path, capsys):
+    """No checkpoint is replaced without --resume or --force; a resume with a changed setting is refused
+    naming it; a NaN setting fails before anything is written; all as 'error:' lines with exit code 2."""
+    from sdekit.checkpoint import checkpoint_id
+    from sdekit.cli import main
+
+    out = str(tmp_path / "run")
+    base = ["train", "--data", "moons", "--batch-size", "8", "--out", out, "--no-progress"]
+    assert main(base + ["--steps", "3"]) == 0
+    first = checkpoint_id(out)
+    for extra, says in [(["--steps", "2"], "refusing to overwrite"),
+                        (["--steps", "2", "--force", "--grad-clip", "nan"], "grad_clip = nan"),
+                        (["--steps", "5", "--resume", "--lr", "0.5"], "lr: checkpoint")]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + extra)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and says in err and "Traceback" not in err, (extra, err)
+        assert checkpoint_id(out) == first  # the previous checkpoint is untouched and loads
+        load_model(out)
+    assert main(base + ["--steps", "5", "--resume"]) == 0  # stored settings: resumes
+    assert load_model(out)[1]["step"] == 5
+    assert main(base + ["--steps", "2", "--force"]) == 0  # an explicit new run replaces it
+    assert load_model(out)[1]["step"] == 2
 
 
 def test_interrupted_training_loses_nothing(tmp_path, monkeypatch):
