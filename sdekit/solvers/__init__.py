@@ -2,7 +2,7 @@
 
 ``sample(model, x_T, solver=..., steps=...)`` runs any of them; ``available()`` lists the names.
 Solver modules register themselves on import: ode, stochastic, exponential, discrete, backends,
-linear_multistep, adaptive_dpm.
+linear_multistep, adaptive_dpm, sde_samplers.
 """
 from . import grids
 from .base import NonFiniteError, RowNoise, Solution, SolverError, StepBudgetError
@@ -11,6 +11,7 @@ from .registry import SOLVERS, available, get, register
 
 from . import ode, stochastic, backends  # noqa: E402,F401  (registers solvers)
 from . import exponential, discrete, linear_multistep, adaptive_dpm  # noqa: E402,F401
+from . import sde_samplers  # noqa: E402,F401
 
 __all__ = [
     "sample", "available", "get", "register", "SOLVERS", "grids",

@@ -24,7 +24,7 @@ from ..sde import LinearSDE
 
 Tensor = torch.Tensor
 
-__all__ = ["Solution", "Evaluator", "RowNoise", "SolverError", "NonFiniteError", "StepBudgetError"]
+__all__ = ["Solution", "Evaluator", "RowNoise", "SolverError", "NonFiniteError", "StepBudgetError", "StepSizeError"]
 
 
 class SolverError(RuntimeError):
@@ -37,6 +37,10 @@ class NonFiniteError(SolverError, FloatingPointError):
 
 class StepBudgetError(SolverError):
     """An adaptive solve needed more steps than its budget allows."""
+
+
+class StepSizeError(SolverError):
+    """An adaptive solve's step size underflowed (the tolerances cannot be met there)."""
 
 
 @dataclass
@@ -101,7 +105,20 @@ class Evaluator:
         return self.reverse_drift(x, t, eta=0.0)
 
     # -- noise --------------------------------------------------------------------------
-    def randn_like(self, x: Tensor) -> Tensor:
+    def _noise(self):
         if self.noise is None:
             raise SolverError("this solver is stochastic and needs noise; pass generator= (a seed or torch.Generator)")
-        return self.noise.randn_like(x)
+        return self.noise
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        """A fresh N(0, I) draw per call (the k-th call of a solve gives each row its k-th draw)."""
+        return self._noise().randn_like(x)
+
+    def path_noise(self, x: Tensor, t, s) -> Tensor:
+        """(W(t) - W(s)) / sqrt(|t - s|) for the rows' Brownian paths on [0, sde.T] (``sdekit.noise.BrownianPath``):
+        an N(0, I) draw that is a function of the path, so a finer grid refines the same path."""
+        return self._noise().path(self.sde.T).standard(x, float(t), float(s))
+
+    def brownian(self, x: Tensor, ts) -> Tensor:
+        """W at time(s) ts of the rows' Brownian paths (shape x.shape, or (len(ts), *x.shape) for a list)."""
+        return self._noise().path(self.sde.T)(x, ts)

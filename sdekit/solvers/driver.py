@@ -173,3 +173,7 @@ class _NoNoise:
     def randn_like(self, x: Tensor) -> Tensor:
         raise SolverError(f"solver {self.solver!r} draws noise, but an inversion (increasing ts) integrates the "
                           "probability-flow ODE: use a deterministic solver (e.g. ddim with eta=0, heun, dpmpp_2m)")
+
+    def path(self, T: float, rel_tol: float = 0.0):
+        raise SolverError(f"solver {self.solver!r} follows a Brownian path, but an inversion (increasing ts) "
+                          "integrates the probability-flow ODE: use a deterministic solver")

@@ -3,6 +3,11 @@
 Steps run from t_i to s = t_{i+1} < t_i. Per step, a = alpha_t / alpha_s and b^2 = sigma_t^2 - a^2 sigma_s^2
 are the exact forward transition x_t = a x_s + b z of the SDE from s to t. The last step adds no noise
 (it returns the mean of the step, as score_sde does) unless ``noise_last=True``.
+
+The predictors' noise is the step's standardised increment of the row's Brownian path (``Evaluator.path_noise``),
+so a solve with more steps is a finer solve of the same path; Langevin corrector and EDM churn noise are fresh
+per-call draws (``Evaluator.randn_like``). On a linear SDE the noise is additive, so Euler-Maruyama converges with
+strong order 1 (Kloeden & Platen 1992, sec. 10.4), not the 0.5 of multiplicative noise.
 """
 from __future__ import annotations
 
@@ -23,13 +28,14 @@ def _transition(ev: Evaluator, t, s):
     return a, max(b2, 0.0)
 
 
-def _add_noise(ev: Evaluator, mean, std: float, last: bool, noise_last: bool):
+def _add_noise(ev: Evaluator, mean, std: float, last: bool, noise_last: bool, t, s):
+    """mean + std z, z the step's standardised Brownian increment (W(t) - W(s))/sqrt(t - s) of the row's path."""
     if std == 0.0 or (last and not noise_last):
         return mean
-    return mean + std * ev.randn_like(mean)
+    return mean + std * ev.path_noise(mean, t, s)
 
 
-@register("euler_maruyama", order=0.5, nfe_per_step=1, stochastic=True, family="sde")
+@register("euler_maruyama", order=1, nfe_per_step=1, stochastic=True, family="sde")
 def euler_maruyama(ev: Evaluator, x, ts, *, eta: float = 1.0, noise_last: bool = False):
     """Euler-Maruyama on the reverse family (Song et al. 2021, eq. 6 with eta = 1):
     x_{i+1} = x_i + h [f x_i - (1 + eta^2)/2 g^2 score] + eta g sqrt(|h|) z,  h = t_{i+1} - t_i < 0."""
@@ -38,7 +44,7 @@ def euler_maruyama(ev: Evaluator, x, ts, *, eta: float = 1.0, noise_last: bool =
         h = float(ts[i + 1] - ts[i])
         mean = x + h * ev.reverse_drift(x, ts[i], eta=eta)
         std = eta * float(ev.sde.diffusion(ts[i])) * math.sqrt(abs(h))
-        x = _add_noise(ev, mean, std, i == n - 1, noise_last)
+        x = _add_noise(ev, mean, std, i == n - 1, noise_last, ts[i], ts[i + 1])
         yield x
 
 
@@ -55,7 +61,7 @@ def reverse_diffusion(ev: Evaluator, x, ts, *, noise_last: bool = False):
     n = len(ts) - 1
     for i in range(n):
         mean, std = _reverse_diffusion_mean(ev, x, ts[i], ts[i + 1])
-        x = _add_noise(ev, mean, std, i == n - 1, noise_last)
+        x = _add_noise(ev, mean, std, i == n - 1, noise_last, ts[i], ts[i + 1])
         yield x
 
 
@@ -92,7 +98,7 @@ def pc(ev: Evaluator, x, ts, *, snr: float = 0.16, n_corrector: int = 1, step_ru
         for _ in range(n_corrector):
             x = _langevin(ev, x, ts[i], ts[i + 1], snr, step_rule)
         mean, std = _reverse_diffusion_mean(ev, x, ts[i], ts[i + 1])
-        x = _add_noise(ev, mean, std, i == n - 1, noise_last)
+        x = _add_noise(ev, mean, std, i == n - 1, noise_last, ts[i], ts[i + 1])
         yield x
 
 

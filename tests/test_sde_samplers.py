@@ -1,0 +1,121 @@
+"""The reverse-SDE samplers on exact ground truth: pathwise (strong) order against a fine solve on the same Brownian
+path, the limit property, the law of the samples (mode weights and sliced W2 within bounds from the sample size),
+row invariance and input checks."""
+import math
+
+import pytest
+import torch
+
+import sdekit
+from sdekit.compare import sliced_w2
+from sdekit.solvers import SolverError, get, sample
+
+NEW = ["euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "sa_solver", "restart"]
+SDE_PATH = ["euler_maruyama", "euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde",
+            "sa_solver"]
+
+
+def _gauss():
+    """One Gaussian: the exact score is linear, so no row can switch modes and the strong error is pure
+    discretisation error."""
+    return sdekit.GaussianMixture(torch.tensor([1.0]), torch.tensor([[1.0, -1.0]], dtype=torch.float64), 0.5)
+
+
+def _mixture():
+    g = torch.Generator().manual_seed(4)
+    return sdekit.GaussianMixture(torch.tensor([0.25, 0.75]), 2.0 * torch.randn(2, 2, generator=g, dtype=torch.float64),
+                                  torch.tensor([0.2, 0.4]))
+
+
+def _start(gm, sde, n, seed=1):
+    return gm.sample_t(n, sde.T, sde, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _rms(a, b):
+    return float((a - b).pow(2).sum(1).mean().sqrt())
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_rows_are_independent_of_the_batch_and_float32_runs(name):
+    sde = sdekit.VPSDE()
+    gm = _mixture()
+    x = _start(gm, sde, 6)
+    full = sample(gm.model(sde), x, name, steps=6, generator=3).x
+    part = sample(gm.model(sde), x[2:5], name, steps=6, generator=3, row_offset=2).x
+    assert torch.equal(full[2:5], part)
+    other = sample(gm.model(sde), x, name, steps=6, generator=4).x
+    assert not torch.equal(full, other)
+    x32 = sample(gm.model(sde), x.float(), name, steps=6, generator=3).x
+    assert x32.dtype == torch.float32 and bool(torch.isfinite(x32).all())
+    assert get(name).stochastic
+
+
+def test_strong_order_one_on_the_same_path():
+    """Additive noise: Euler-Maruyama and the exponential SDE integrators converge pathwise with order 1.
+    Errors against a 1024-step solve of the same path, at 16..128 steps (batch 64)."""
+    sde = sdekit.VPSDE()
+    gm = _gauss()
+    model = gm.model(sde)
+    x = _start(gm, sde, 64)
+    ref = sample(model, x, "dpmpp_2m_sde", steps=1024, generator=3).x
+    for name in ("euler_maruyama", "dpmpp_2m_sde", "euler_ancestral"):
+        errs = [_rms(sample(model, x, name, steps=n, generator=3).x, ref) for n in (32, 64, 128)]
+        slope = math.log(errs[0] / errs[-1]) / math.log(4)
+        assert 0.85 < slope < 1.25, (name, errs, slope)
+
+
+def test_a_rows_sample_at_many_steps_is_the_limit_of_its_coarse_samples():
+    sde = sdekit.VPSDE()
+    gm = _gauss()
+    model = gm.model(sde)
+    x = _start(gm, sde, 32)
+    for name in ("dpmpp_2m_sde", "sa_solver"):
+        fine = sample(model, x, name, steps=1000, generator=7).x
+        errs = [_rms(sample(model, x, name, steps=n, generator=7).x, fine) for n in (10, 20, 50)]
+        assert errs[0] > errs[1] > errs[2], (name, errs)
+        assert errs[2] < 0.1 * float(fine.std()), (name, errs)
+        # a different seed is a different path: far from this limit
+        assert _rms(sample(model, x, name, steps=50, generator=8).x, fine) > 5 * errs[2]
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde", "sa_solver", "dpmpp_sde", "restart",
+                                  "euler_maruyama"])
+def test_law_matches_p0(name):
+    """Mode weights within 5 binomial standard errors; sliced W2 to exact draws within 3x the floor between two
+    exact sets (n = 1500, 40 steps on the log-SNR grid)."""
+    sde = sdekit.VPSDE()
+    gm = _mixture()
+    n = 1500
+    x = sample(gm.model(sde), _start(gm, sde, n), name, steps=40, generator=11).x
+    exact = gm.sample_t(n, sde.eps, sde, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exact2 = gm.sample_t(n, sde.eps, sde, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    w = gm.weights
+    frac = float((gm.component(x, sde.eps, sde) == 0).double().mean())
+    assert abs(frac - float(w[0])) < 5 * math.sqrt(float(w[0] * w[1]) / n), frac
+    floor = sliced_w2(exact, exact2)
+    assert sliced_w2(x, exact) < 3 * floor + 0.02, (sliced_w2(x, exact), floor)
+
+
+def test_options_are_checked():
+    sde = sdekit.VPSDE()
+    gm = _mixture()
+    x = _start(gm, sde, 3)
+    with pytest.raises(ValueError, match="eta"):
+        sample(gm.model(sde), x, "dpmpp_2m_sde", steps=3, generator=0, eta=1.5)
+    with pytest.raises(ValueError, match="solver_type"):
+        sample(gm.model(sde), x, "dpmpp_2m_sde", steps=3, generator=0, solver_type="rk")
+    with pytest.raises(ValueError, match="restart interval"):
+        sample(gm.model(sde), x, "restart", steps=3, generator=0, restarts=[(2, 1, 0.5, 0.2)])
+    with pytest.raises(SolverError):
+        sample(gm.model(sde), x, "dpmpp_2m_sde", ts=torch.tensor([0.01, 0.5], dtype=torch.float64), generator=0)
+
+
+def test_eta_zero_is_the_deterministic_solver():
+    sde = sdekit.VPSDE()
+    gm = _mixture()
+    x = _start(gm, sde, 8)
+    a = sample(gm.model(sde), x, "dpmpp_2m_sde", steps=12, generator=0, eta=0.0, solver_type="midpoint").x
+    b = sample(gm.model(sde), x, "dpmpp_2m_sde", steps=12, generator=1, eta=0.0, solver_type="midpoint").x
+    assert torch.equal(a, b)
+    c = sample(gm.model(sde), x, "dpmpp_2m", steps=12, lower_order_final=False).x
+    assert torch.allclose(a, c, atol=1e-10)
