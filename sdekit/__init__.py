@@ -18,9 +18,16 @@ from .sde import (
     VPSDE,
     cosine_beta_schedule,
     linear_beta_schedule,
+    AffinePath,
+    RectifiedFlow,
+    CondOT,
+    PolynomialPath,
+    CosinePath,
+    TimeShift,
+    time_shift,
 )
 from .checkpoint import load_model, save_checkpoint
-from .losses import dsm_loss
+from .losses import dsm_loss, flow_matching_loss
 from .nets import MLP, UNet
 from .train import Trainer
 from . import solvers
@@ -32,10 +39,11 @@ __version__ = "0.1.0"
 __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE",
     "linear_beta_schedule", "cosine_beta_schedule",
+    "AffinePath", "RectifiedFlow", "CondOT", "PolynomialPath", "CosinePath", "TimeShift", "time_shift",
     "ScoreModel", "ClassifierFreeGuidance", "convert", "PREDICTIONS",
     "GaussianMixture",
     "compare", "CompareResults",
-    "UNet", "MLP", "dsm_loss", "Trainer", "load_model", "save_checkpoint",
+    "UNet", "MLP", "dsm_loss", "flow_matching_loss", "Trainer", "load_model", "save_checkpoint",
     "log_likelihood", "LikelihoodResult",
     "solvers", "sample", "Solution", "tune", "tune_grid", "TunedGrid",
 ]

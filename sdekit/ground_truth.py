@@ -4,7 +4,10 @@ p_0 = sum_k w_k N(mu_k, diag(s_k^2)). A linear SDE maps each component to
     N(alpha(t) mu_k, diag(alpha(t)^2 s_k^2 + sigma(t)^2)),
 so p_t, its score and its log-density are exact at every t, for built-in and custom SDEs alike:
     log p_t(x) = logsumexp_k [log w_k + log N(x; alpha mu_k, v_k)],  v_k = alpha^2 s_k^2 + sigma^2,
-    score(x)   = sum_k r_k(x) (alpha mu_k - x) / v_k,  r_k the posterior responsibilities.
+    score(x)   = sum_k r_k(x) (alpha mu_k - x) / v_k,  r_k the posterior responsibilities,
+    E[x0 | x]  = sum_k r_k(x) (mu_k + alpha s_k^2 (x - alpha mu_k) / v_k)   (``denoise``).
+All of it holds at alpha = 0 (flow paths at t = T: p_T = N(0, sigma^2 I), E[x0 | x] = the data mean) and at
+sigma = 0 (t = 0: E[x0 | x] = x).
 """
 from __future__ import annotations
 
@@ -120,6 +123,24 @@ class GaussianMixture:
         means, var = self._component_params(x, t, sde)
         return self._component_log_probs(xf, means, var).argmax(dim=1)
 
+    def denoise(self, x: Tensor, t, sde: LinearSDE) -> Tensor:
+        """E[x0 | x_t = x] under ``sde``, same shape and dtype as x (finite at alpha = 0 and at sigma = 0)."""
+        xf = self._flat(x)
+        means, var = self._component_params(x, t, sde)
+        resp = torch.softmax(self._component_log_probs(xf, means, var), dim=1).unsqueeze(-1)
+        a = sde.alpha(sde.check_time(t)).to(xf.device).reshape(-1, 1, 1)
+        post = self.means.to(xf.device) + a * self.stds.to(xf.device) ** 2 * (xf.unsqueeze(1) - means) / var
+        return (resp * post).sum(1).reshape(x.shape).to(x.dtype)
+
+    def velocity(self, x: Tensor, t, sde: LinearSDE) -> Tensor:
+        """The exact probability-flow velocity alpha' E[x0 | x] + sigma' E[eps | x], E[eps | x] = -sigma score:
+        finite on the whole of [0, T], alpha(T) = 0 included."""
+        t = sde.check_time(t).to(x.device)
+        da = sde.d_alpha(t).reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        ds = sde.d_sigma(t).reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        s = sde.sigma(t).reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return da * self.denoise(x, t, sde) - ds * s * self.score(x, t, sde)
+
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype=torch.float32) -> Tensor:
         """n exact draws from p_0, shape (n, *event_shape)."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -144,23 +165,31 @@ class GaussianMixture:
                   + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         return second - m[:, None] * m[None, :]
 
-    def model(self, sde: LinearSDE) -> ScoreModel:
-        """A ``ScoreModel`` whose network is this mixture's exact score under ``sde``."""
-        return ScoreModel(_ExactScore(self, sde), sde, prediction="score")
+    def model(self, sde: LinearSDE, prediction: Optional[str] = None) -> ScoreModel:
+        """A ``ScoreModel`` whose network is this mixture's exact prediction under ``sde``: the score, or for a
+        path with alpha(T) = 0 (where the score cannot give x0) the velocity; ``prediction`` in
+        ("score", "velocity") chooses."""
+        if prediction is None:
+            prediction = "velocity" if float(sde.alpha(sde.T)) == 0.0 else "score"
+        if prediction not in ("score", "velocity"):
+            raise ValueError(f"GaussianMixture.model gives prediction 'score' or 'velocity'; got {prediction!r}")
+        return ScoreModel(_ExactScore(self, sde, prediction), sde, prediction=prediction)
 
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.weights.numel()}, event_shape={self.event_shape})"
 
 
 class _ExactScore(torch.nn.Module):
-    """net(x, t) = exact score of the mixture at time t (t of shape (batch,))."""
+    """net(x, t) = exact score (or velocity) of the mixture at time t (t of shape (batch,))."""
 
-    def __init__(self, gm: GaussianMixture, sde: LinearSDE):
+    def __init__(self, gm: GaussianMixture, sde: LinearSDE, prediction: str = "score"):
         super().__init__()
-        self.gm, self.sde = gm, sde
+        self.gm, self.sde, self.prediction = gm, sde, prediction
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         # t stays in the caller's dtype: check_time then allows float32 round-off at T
         if t.numel() > 1 and bool((t == t[0]).all()):
             t = t[0]  # one schedule evaluation for the whole batch
+        if self.prediction == "velocity":
+            return self.gm.velocity(x, t, self.sde)
         return self.gm.score(x, t, self.sde)

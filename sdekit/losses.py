@@ -29,7 +29,16 @@ network's job but not the objective:
               t ~ U[eps, T]; gamma = 5 by default. (The same as min(SNR, gamma) in x0 space.)
 "native"      w chosen so the loss is the plain MSE in the network's own output space,
               ||out - target||^2: w = 1 (eps), 1/sigma^2 (score), (alpha^2 + sigma^2)^2/alpha^2 (v),
-              sigma^2/alpha^2 (x0), t ~ U[eps, T].
+              sigma^2/alpha^2 (x0), (det/alpha)^2 (velocity), t ~ U[eps, T].
+"flow_matching"  conditional flow matching (Lipman et al. 2023; Liu et al. 2023): the MSE in velocity
+              space ||u_hat - u||^2 with u = alpha' x0 + sigma' eps (eps - x0 on the rectified flow),
+              whatever the network predicts. In eps space w = (det/alpha)^2 with det = alpha sigma' -
+              sigma alpha' (u_hat - u = (det/alpha)(eps_hat - eps)), infinite at alpha = 0; so the error is
+              taken in velocity space directly, finite up to t = T. For a velocity network it is "native".
+
+Time sampling (``time_sampling``): "uniform" (above), or "logit_normal" (Esser et al. 2024, "Scaling
+rectified flow transformers", Sec. 3.1): t = eps + (T - eps) sigmoid(m + s n), n ~ N(0, 1), with
+(m, s) = ``logit_normal`` (default (0, 1)); it changes which times are trained on, not w(t).
 """
 from __future__ import annotations
 
@@ -42,9 +51,11 @@ from .sde import LinearSDE, broadcast_to
 
 Tensor = torch.Tensor
 
-WEIGHTINGS = ("simple", "likelihood", "min_snr", "native")
+WEIGHTINGS = ("simple", "likelihood", "min_snr", "native", "flow_matching")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 
-__all__ = ["WEIGHTINGS", "dsm_loss", "sample_time", "loss_weight", "dsm_target"]
+__all__ = ["WEIGHTINGS", "TIME_SAMPLINGS", "dsm_loss", "flow_matching_loss", "sample_time", "loss_weight",
+           "dsm_target"]
 
 
 def _check_weighting(weighting: str) -> str:
@@ -53,11 +64,28 @@ def _check_weighting(weighting: str) -> str:
     return weighting
 
 
+def _check_time_sampling(time_sampling: str) -> str:
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time_sampling {time_sampling!r}; accepted: {', '.join(TIME_SAMPLINGS)}")
+    return time_sampling
+
+
 def sample_time(sde: LinearSDE, n: int, weighting: str = "simple", importance: Optional[bool] = None,
-                generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+                generator: Optional[torch.Generator] = None, device=None, time_sampling: str = "uniform",
+                logit_normal=(0.0, 1.0)) -> Tensor:
     """n training times (float64). Uniform on [sde.eps, T], except for weighting "likelihood" with
-    importance sampling (the default there), where lambda = log-SNR is uniform on [lambda(T), lambda(eps)]."""
+    importance sampling (the default there), where lambda = log-SNR is uniform on [lambda(T), lambda(eps)],
+    and for time_sampling="logit_normal": t = eps + (T - eps) sigmoid(m + s n), (m, s) = logit_normal."""
     _check_weighting(weighting)
+    _check_time_sampling(time_sampling)
+    if time_sampling == "logit_normal":
+        if weighting == "likelihood" and (importance is None or importance):
+            raise ValueError("time_sampling='logit_normal' draws its own times; it cannot be combined with the "
+                             "importance sampling of weighting='likelihood' (pass importance=False)")
+        m, scale = (float(v) for v in logit_normal)
+        z = torch.randn(n, generator=generator, dtype=torch.float64)
+        t = sde.eps + (sde.T - sde.eps) * torch.sigmoid(m + scale * z)
+        return t if device is None else t.to(device)
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     if weighting == "likelihood" and (importance is None or importance):
         lo, hi = sde.log_snr(sde.T), sde.log_snr(sde.eps)
@@ -75,6 +103,10 @@ def loss_weight(sde: LinearSDE, t: Tensor, weighting: str = "simple", prediction
     t = sde.check_time(t)
     if weighting == "simple":
         return torch.ones_like(t)
+    if weighting == "flow_matching" or (weighting == "native" and prediction == "velocity"):
+        a = sde.alpha(t)
+        det = a * sde.d_sigma(t) - sde.sigma(t) * sde.d_alpha(t)
+        return (det / a) ** 2
     lam = sde.log_snr(t)
     if weighting == "likelihood":
         if importance is None or importance:
@@ -101,6 +133,8 @@ def loss_weight(sde: LinearSDE, t: Tensor, weighting: str = "simple", prediction
 def dsm_target(kind: str, x0: Tensor, noise: Tensor, t, sde: LinearSDE) -> Tensor:
     """The regression target of a prediction kind at x_t = alpha x0 + sigma noise."""
     a, s = broadcast_to(sde.alpha(t), x0), broadcast_to(sde.sigma(t), x0)
+    if kind == "velocity":
+        return broadcast_to(sde.d_alpha(t), x0) * x0 + broadcast_to(sde.d_sigma(t), x0) * noise
     return {"eps": lambda: noise, "x0": lambda: x0, "score": lambda: -noise / s,
             "v": lambda: a * noise - s * x0}[kind]()
 
@@ -108,18 +142,22 @@ def dsm_target(kind: str, x0: Tensor, noise: Tensor, t, sde: LinearSDE) -> Tenso
 def dsm_loss(model: ScoreModel, x0: Tensor, weighting: str = "simple", y: Optional[Tensor] = None,
              t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
              generator: Optional[torch.Generator] = None, importance: Optional[bool] = None,
-             gamma: float = 5.0, reduction: str = "mean") -> Tensor:
+             gamma: float = 5.0, reduction: str = "mean", time_sampling: str = "uniform",
+             logit_normal=(0.0, 1.0)) -> Tensor:
     """Denoising score-matching loss of ``model`` on a batch x0 (see the module docstring).
 
     t (batch,) and noise (x0's shape) are drawn with ``generator`` unless given. y: class labels
     passed to the network as net(x, t, y) (None: the network is called as net(x, t)).
     reduction: "mean" (a scalar), or "none" (per-row losses, shape (batch,)).
+    time_sampling, logit_normal: how t is drawn when not given (``sample_time``).
+    weighting="flow_matching" is the flow-matching loss, taken in velocity space (module docstring).
     """
     _check_weighting(weighting)
     sde = model.sde
     n = x0.shape[0]
     if t is None:
-        t = sample_time(sde, n, weighting, importance, generator)
+        t = sample_time(sde, n, weighting, importance, generator, time_sampling=time_sampling,
+                        logit_normal=logit_normal)
     t = sde.check_time(t)  # a scalar t stays scalar for the schedule (one evaluation per batch)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
@@ -128,12 +166,23 @@ def dsm_loss(model: ScoreModel, x0: Tensor, weighting: str = "simple", y: Option
     out = model.net(xt, tt) if y is None else model.net(xt, tt, y)
     if out.shape != x0.shape:
         raise ValueError(f"network returned shape {tuple(out.shape)}; expected {tuple(x0.shape)}")
-    eps_hat = convert(out, model.prediction, "eps", xt, t, sde)
-    err = (eps_hat - noise).pow(2).reshape(n, -1).mean(1)
-    w = loss_weight(sde, t, weighting, model.prediction, importance, gamma).to(device=err.device, dtype=err.dtype)
-    per_row = w * err
+    if weighting == "flow_matching":  # in velocity space: finite at alpha = 0, where (det/alpha)^2 is not
+        u_hat = convert(out, model.prediction, "velocity", xt, t, sde)
+        per_row = (u_hat - dsm_target("velocity", x0, noise, t, sde)).pow(2).reshape(n, -1).mean(1)
+    else:
+        eps_hat = convert(out, model.prediction, "eps", xt, t, sde)
+        err = (eps_hat - noise).pow(2).reshape(n, -1).mean(1)
+        w = loss_weight(sde, t, weighting, model.prediction, importance, gamma).to(device=err.device,
+                                                                                  dtype=err.dtype)
+        per_row = w * err
     if reduction == "none":
         return per_row
     if reduction == "mean":
         return per_row.mean()
     raise ValueError(f"unknown reduction {reduction!r}; accepted: mean, none")
+
+
+def flow_matching_loss(model: ScoreModel, x0: Tensor, time_sampling: str = "uniform", **kwargs) -> Tensor:
+    """The conditional flow-matching loss E ||u_hat(x_t, t) - (alpha' x0 + sigma' eps)||^2 (per feature):
+    ``dsm_loss(model, x0, "flow_matching", time_sampling=..., **kwargs)``."""
+    return dsm_loss(model, x0, "flow_matching", time_sampling=time_sampling, **kwargs)

@@ -6,10 +6,14 @@ With x = alpha x0 + sigma eps (VP, VE and custom linear SDEs alike):
     x0    = (x - sigma eps) / alpha = (alpha x - sigma v) / (alpha^2 + sigma^2)
     eps   = (x - alpha x0) / sigma  = (sigma x + alpha v) / (alpha^2 + sigma^2)
 Each conversion computes only what its target needs (eps for score, both eps and x0 for v).
+
+Two wrappers change what a network predicts without touching the solvers: ``ClassifierFreeGuidance``
+(a guided network) and ``ThresholdedModel`` (x0 clipped or dynamically thresholded, every other
+prediction derived from that x0).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -17,9 +21,10 @@ from .sde import LinearSDE, _is_scalar, broadcast_to
 
 Tensor = torch.Tensor
 
-PREDICTIONS = ("score", "eps", "v", "x0")
+PREDICTIONS = ("score", "eps", "v", "x0", "velocity")
 
-__all__ = ["PREDICTIONS", "convert", "ScoreModel", "ClassifierFreeGuidance"]
+__all__ = ["PREDICTIONS", "convert", "ScoreModel", "ClassifierFreeGuidance", "ThresholdedModel", "threshold_x0",
+           "expand_batch", "map_tensors"]
 
 
 def _check_prediction(name: str) -> str:
@@ -70,10 +75,46 @@ def _convert(value: Tensor, src: str, dst: str, x: Tensor, a, s) -> Tensor:
     return a * _eps(value, src, x, a, s) - s * _x0(value, src, x, a, s)  # v
 
 
+def _rates(sde: LinearSDE, t, x: Tensor):
+    """alpha'(t) and sigma'(t), as Python floats for a scalar time, else shaped to broadcast against x."""
+    if _is_scalar(t):
+        return sde.rates(t)
+    return broadcast_to(sde.d_alpha(t), x), broadcast_to(sde.d_sigma(t), x)
+
+
+def _from_velocity(u: Tensor, dst: str, x: Tensor, a, s, da, ds) -> Tensor:
+    """Solve [x; u] = [[alpha, sigma], [alpha', sigma']] [x0; eps] (det = alpha sigma' - sigma alpha' > 0, since
+    alpha/sigma decreases): x0 = (sigma' x - sigma u)/det, eps = (alpha u - alpha' x)/det. Finite at alpha = 0
+    (flow paths at t = T: x0 = x - u, eps = x on the rectified flow) and at sigma = 0."""
+    det = a * ds - s * da
+    if dst in ("eps", "score"):
+        eps = (a * u - da * x) / det
+        return eps if dst == "eps" else -eps / s
+    x0 = (ds * x - s * u) / det
+    if dst == "x0":
+        return x0
+    return a * ((a * u - da * x) / det) - s * x0  # v
+
+
+def _to_velocity(value: Tensor, src: str, x: Tensor, a, s, da, ds) -> Tensor:
+    """u = alpha' x0 + sigma' eps, the probability-flow drift, from (x, value): from eps or score
+    u = f x + (sigma' - f sigma) eps with f = alpha'/alpha (undefined at alpha = 0, where eps = x/sigma carries
+    nothing of the model); from x0 u = (sigma'/sigma) x + (alpha' - alpha sigma'/sigma) x0 (undefined at sigma = 0);
+    from v both x0 and eps, valid everywhere."""
+    if src in ("eps", "score"):
+        f = da / a
+        return f * x + (ds - f * s) * _eps(value, src, x, a, s)
+    if src == "x0":
+        return (ds / s) * x + (da - a * ds / s) * value
+    return da * _x0(value, src, x, a, s) + ds * _eps(value, src, x, a, s)  # v
+
+
 def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> Tensor:
     """Convert a prediction ``value`` of kind ``src`` at (x, t) into kind ``dst``.
 
     ``t`` is a scalar or a (batch,) tensor; ``value`` and ``x`` must have the same shape.
+    "velocity" is u = alpha' x0 + sigma' eps = dx_t/dt along the path, i.e. the probability-flow drift
+    f x - g^2 score / 2 (flow matching's target; eps - x0 on the rectified flow).
     """
     _check_prediction(src)
     _check_prediction(dst)
@@ -82,13 +123,18 @@ def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> 
     if src == dst:
         return value
     a, s = _coefficients(sde, t, x)
+    if src == "velocity":
+        return _from_velocity(value, dst, x, a, s, *_rates(sde, t, x))
+    if dst == "velocity":
+        return _to_velocity(value, src, x, a, s, *_rates(sde, t, x))
     return _convert(value, src, dst, x, a, s)
 
 
 class ScoreModel:
     """Adapter from a network ``net(x, t) -> tensor`` to every prediction kind.
 
-    ``prediction`` names what the network outputs ("score", "eps", "v" or "x0"). ``t`` reaches the
+    ``prediction`` names what the network outputs ("score", "eps", "v", "x0" or the flow-matching
+    "velocity" u = alpha' x0 + sigma' eps). ``t`` reaches the
     network as a (batch,) tensor in x's dtype. Solvers ask for what they need (score, eps or x0) and
     never see the network or its prediction type.
     """
@@ -138,25 +184,129 @@ class ScoreModel:
         return f"ScoreModel(net={type(self.net).__name__}, sde={self.sde!r}, prediction={self.prediction!r})"
 
 
+def map_tensors(fn, tree):
+    """Apply ``fn`` to every tensor in a tensor, or a dict / list / tuple of them (other leaves kept)."""
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: map_tensors(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(map_tensors(fn, v) for v in tree)
+    return tree
+
+
+def _zip_tensors(fn, a, b, where: str = "cond"):
+    """``fn(a_leaf, b_leaf)`` over two trees of the same structure (non-tensor leaves taken from ``a``)."""
+    if isinstance(a, Tensor):
+        return fn(a, b)
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or set(a) != set(b):
+            raise ValueError(f"{where}: the unconditional counterpart must have the same keys {sorted(a)}; "
+                             f"got {sorted(b) if isinstance(b, dict) else type(b).__name__}")
+        return {k: _zip_tensors(fn, a[k], b[k], f"{where}[{k!r}]") for k in a}
+    if isinstance(a, (list, tuple)):
+        if not isinstance(b, (list, tuple)) or len(a) != len(b):
+            raise ValueError(f"{where}: the unconditional counterpart must have {len(a)} entries")
+        return type(a)(_zip_tensors(fn, u, v, f"{where}[{i}]") for i, (u, v) in enumerate(zip(a, b)))
+    return a
+
+
+def expand_batch(tree, batch: int, where: str = "cond"):
+    """Every tensor of ``tree`` with a leading dimension 1 repeated to ``batch`` rows (views, no copy);
+    a tensor whose leading dimension is neither 1 nor ``batch`` raises ValueError. 0-d tensors are kept."""
+
+    def one(v: Tensor) -> Tensor:
+        if v.ndim == 0 or v.shape[0] == batch:
+            return v
+        if v.shape[0] == 1:
+            return v.expand(batch, *v.shape[1:])
+        raise ValueError(f"{where} has batch {v.shape[0]} but x has batch {batch} (1 is broadcast)")
+
+    return map_tensors(one, tree)
+
+
 class ClassifierFreeGuidance(torch.nn.Module):
     """Classifier-free guidance (Ho & Salimans 2022) as a network ``net(x, t)``.
 
     out = (1 + w) net(x, t, cond) - w net(x, t, null_cond), with both halves in one batched call.
     Every conversion is affine in the network output with the same coefficients, so guiding in eps,
     score, v or x0 space gives the same result: wrap the raw network and hand it to ``ScoreModel``.
-    ``cond`` is a (batch, ...) tensor; ``null_cond`` a tensor broadcastable to it (e.g. the null class).
+    In diffusers' convention out = uncond + s (cond - uncond): w = s - 1 (``from_scale``).
+
+    ``cond`` is a (batch, ...) tensor, or a dict / list / tuple of them (e.g. a U-Net's
+    ``encoder_hidden_states`` and ``added_cond_kwargs``: the net then receives the batched structure);
+    tensors with batch 1 are broadcast to x's batch. ``null_cond`` has the same structure, each tensor
+    broadcastable to its conditional counterpart (e.g. the null class, or a negative prompt's embedding).
     """
 
-    def __init__(self, net: Callable, cond: Tensor, null_cond, weight: float):
+    def __init__(self, net: Callable, cond, null_cond, weight: float):
         super().__init__()
         self.net = net
         self.cond = cond
-        self.null_cond = torch.as_tensor(null_cond, dtype=cond.dtype, device=cond.device).expand_as(cond)
+        self.null_cond = _zip_tensors(
+            lambda c, n: torch.as_tensor(n, dtype=c.dtype, device=c.device).expand_as(c), cond, null_cond)
         self.weight = float(weight)
 
+    @classmethod
+    def from_scale(cls, net: Callable, cond, null_cond, guidance_scale: float) -> "ClassifierFreeGuidance":
+        """diffusers' ``guidance_scale`` s: out = uncond + s (cond - uncond), i.e. weight w = s - 1."""
+        return cls(net, cond, null_cond, float(guidance_scale) - 1.0)
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        if self.cond.shape[0] != x.shape[0]:
-            raise ValueError(f"cond has batch {self.cond.shape[0]} but x has batch {x.shape[0]}")
-        out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.cond, self.null_cond]))
+        n = x.shape[0]
+        both = _zip_tensors(lambda c, u: torch.cat([c, u]), expand_batch(self.cond, n),
+                            expand_batch(self.null_cond, n))
+        out = self.net(torch.cat([x, x]), torch.cat([t, t]), both)
         cond_out, uncond_out = out.chunk(2)
         return (1 + self.weight) * cond_out - self.weight * uncond_out
+
+
+def threshold_x0(x0: Tensor, ratio: Optional[float] = 0.995, max_value: float = 1.0) -> Tensor:
+    """Dynamic thresholding of an x0 prediction (Saharia et al. 2022, "Imagen", Sec. 2.3), per row:
+
+        s = clamp(quantile_ratio(|x0|), 1, max_value),   x0 <- clamp(x0, -s, s) / s,
+
+    the quantile taken over all of a row's entries (s = 1 is static clipping to [-1, 1]).
+    ``ratio=None`` is static clipping to [-max_value, max_value] (diffusers' ``clip_sample``).
+    Half-precision inputs are thresholded in float32 and returned in their dtype."""
+    if ratio is None:
+        return x0.clamp(-max_value, max_value)
+    work = x0 if x0.dtype in (torch.float32, torch.float64) else x0.float()
+    flat = work.reshape(work.shape[0], -1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value)
+    s = broadcast_to(s, work)
+    return (torch.maximum(torch.minimum(work, s), -s) / s).to(x0.dtype)
+
+
+class ThresholdedModel(ScoreModel):
+    """A ScoreModel whose x0 prediction is thresholded (``threshold_x0``) and whose eps, score and v are
+    derived from that thresholded x0 at (x, t): eps = (x - alpha x0)/sigma, and so on. So every solver,
+    whatever it asks for, steps with the same thresholded data prediction (for DDIM that is diffusers'
+    ``use_clipped_model_output=True``).
+
+    ``ratio`` and ``max_value`` as in ``threshold_x0`` (diffusers' ``dynamic_thresholding_ratio`` and
+    ``sample_max_value``); ``ratio=None`` clips statically to [-max_value, max_value] (``clip_sample`` with
+    ``clip_sample_range``). Thresholding makes x0 a non-smooth function of x: it is a sampling heuristic for
+    pixel-space models whose data lie in [-1, 1], not a model of the density (keep it off for likelihoods).
+    """
+
+    def __init__(self, model: ScoreModel, ratio: Optional[float] = 0.995, max_value: float = 1.0):
+        if not isinstance(model, ScoreModel):
+            raise TypeError(f"ThresholdedModel wraps a ScoreModel; got {type(model).__name__}")
+        if ratio is not None and not 0.0 < float(ratio) <= 1.0:
+            raise ValueError(f"ratio must lie in (0, 1] (or be None for static clipping); got {ratio!r}")
+        if not float(max_value) > 0.0:
+            raise ValueError(f"max_value must be positive; got {max_value!r}")
+        super().__init__(model.net, model.sde, model.prediction)
+        self.model = model
+        self.ratio = None if ratio is None else float(ratio)
+        self.max_value = float(max_value)
+
+    def predict(self, x: Tensor, t, kind: str) -> Tensor:
+        _check_prediction(kind)
+        x0 = threshold_x0(self.model.predict(x, t, "x0"), self.ratio, self.max_value)
+        return convert(x0, "x0", kind, x, t, self.sde)
+
+    def __repr__(self) -> str:
+        how = f"clip to +-{self.max_value}" if self.ratio is None else f"ratio={self.ratio}, max_value={self.max_value}"
+        return f"ThresholdedModel({self.model!r}, {how})"

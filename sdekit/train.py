@@ -31,7 +31,7 @@ from .checkpoint import (ANY, LOSS_PLOT_NAME, WEIGHT_FILES, CheckpointConflict, 
                          check_config_serialisable, checkpoint_id, commit_checkpoint, load_state_strict,
                          read_checkpoint, sde_from_spec, sde_to_spec)
 from .distributed import world
-from .losses import WEIGHTINGS, dsm_loss
+from .losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from .parameterization import ScoreModel, _check_prediction
 from .sde import LinearSDE
 
@@ -40,10 +40,11 @@ Tensor = torch.Tensor
 __all__ = ["Trainer", "train", "plot_losses"]
 
 _HPARAMS = ("batch_size", "lr", "weight_decay", "betas", "grad_clip", "ema_decay", "warmup", "weighting",
-            "importance", "gamma", "p_uncond", "seed")
+            "importance", "gamma", "p_uncond", "seed", "time_sampling")
+_HPARAM_DEFAULTS = {"time_sampling": "uniform"}  # added after the first checkpoints: absent means this
 _CASTS = {"batch_size": int, "lr": float, "weight_decay": float, "betas": lambda b: [float(v) for v in b],
           "grad_clip": float, "ema_decay": float, "warmup": int, "weighting": str, "importance": lambda v: v,
-          "gamma": float, "p_uncond": float, "seed": int}
+          "gamma": float, "p_uncond": float, "seed": int, "time_sampling": str}
 
 
 def _hparams(**given) -> dict:
@@ -80,8 +81,11 @@ class Trainer:
                  y: Optional[Tensor] = None, batch_size: int = 128, lr: float = 2e-4, weight_decay: float = 0.0,
                  betas=(0.9, 0.999), grad_clip: float = 1.0, ema_decay: float = 0.999, warmup: int = 0,
                  weighting: str = "simple", importance: Optional[bool] = None, gamma: float = 5.0,
-                 p_uncond: float = 0.1, seed: int = 0, meta: Optional[dict] = None, overwrite: bool = False):
+                 p_uncond: float = 0.1, seed: int = 0, time_sampling: str = "uniform", meta: Optional[dict] = None,
+                 overwrite: bool = False):
         _check_prediction(prediction)
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"unknown time_sampling {time_sampling!r}; accepted: {', '.join(TIME_SAMPLINGS)}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; accepted: {', '.join(WEIGHTINGS)}")
         if data.ndim < 2 or data.shape[0] < 1:
@@ -94,7 +98,8 @@ class Trainer:
         self.y = y
         self.hparams = _hparams(batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas,
                                 grad_clip=grad_clip, ema_decay=ema_decay, warmup=warmup, weighting=weighting,
-                                importance=importance, gamma=gamma, p_uncond=p_uncond, seed=seed)
+                                importance=importance, gamma=gamma, p_uncond=p_uncond, seed=seed,
+                                time_sampling=time_sampling)
         self.meta = dict(meta or {})
         self.overwrite = bool(overwrite)
         self._ckpt_ids: dict = {}  # real path -> id of the checkpoint this trainer resumed from or last wrote
@@ -137,7 +142,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss = dsm_loss(self._train_model, x0, h["weighting"], y=y, generator=self.noise_generator,
-                        importance=h["importance"], gamma=h["gamma"])
+                        importance=h["importance"], gamma=h["gamma"], time_sampling=h["time_sampling"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if h["grad_clip"] > 0:
@@ -285,7 +290,8 @@ class Trainer:
         try:
             net = build_net(config["net"])
             sde = sde_from_spec(config["sde"])
-            hp = {k: train_cfg[k] for k in _HPARAMS}
+            hp = {k: train_cfg[k] if k in train_cfg or k not in _HPARAM_DEFAULTS else _HPARAM_DEFAULTS[k]
+                  for k in _HPARAMS}
         except (ValueError, KeyError) as e:
             raise ValueError(f"checkpoint file {cfg_file}: {e}") from None
         load_state_strict(net, model_t, path / WEIGHT_FILES["model"])

@@ -102,7 +102,11 @@ def test_every_fixed_step_solver_ends_at_zero_without_calling_the_network_there(
         steps = 20
         sol = sample(model, x, name, steps=steps, grid=grid, t_end=0.0, generator=1, trajectory=True)
         assert float(sol.ts[-1]) == 0.0 and len(sol.trajectory) == steps + 1
-        assert sol.nfe == round(info.nfe_per_step * (steps - 1)) + 1, (grid, sol.nfe)
+        base = round(info.nfe_per_step * (steps - 1)) + 1
+        if name == "restart":  # its restart intervals add steps beyond the grid's own
+            assert sol.nfe > base, (grid, sol.nfe)
+        else:
+            assert sol.nfe == base, (grid, sol.nfe)
         assert torch.isfinite(sol.x).all()
         if not info.stochastic and not (name == "euler" and kind == "ve"):  # Euler in t is poor on VE at 20 steps
             assert rms(sol.x, ref) < 0.15, (grid, rms(sol.x, ref))

@@ -35,7 +35,8 @@ def test_conversions_agree_with_definitions(name, u, seed):
     t = 0.01 + (sde.T - 0.01) * u
     a, s = float(sde.alpha(t)), float(sde.sigma(t))
     x = a * x0 + s * eps
-    truth = {"eps": eps, "x0": x0, "score": -eps / s, "v": a * eps - s * x0}
+    da, ds = (float(r) for r in sde.rates(t))
+    truth = {"eps": eps, "x0": x0, "score": -eps / s, "v": a * eps - s * x0, "velocity": da * x0 + ds * eps}
     for src, dst in itertools.product(PREDICTIONS, PREDICTIONS):
         got = convert(truth[src], src, dst, x, t, sde)
         scale = float(truth[dst].abs().max())

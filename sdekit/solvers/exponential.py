@@ -42,6 +42,19 @@ It saves one NFE and is an approximation: the first step then carries an error o
 
 Both forms stay valid for increasing grids (inversion, h < 0). A step that ends at sigma_s = 0 (t = 0 for VP/VE)
 is the limit of every update above: x_s = alpha_s x0(x_t, t) (``x0_jump``).
+
+A step that starts at alpha_t = 0 (flow-matching paths at t = T: l_t = -inf, h = inf, e^{-h} = 0) is the
+other limit, and the data form takes it with the same formulas: the exact solution reads
+x_s = (sigma_s/sigma_t) x_t + sigma_s int_{-inf}^{l_s} e^l x0(l) dl, and with x0 held at x0_t it is
+x_s = (sigma_s/sigma_t) x_t + alpha_s x0(x_t, T) (1 - e^{-h} = 1): DDIM from pure noise, which is what
+diffusers' FlowMatch Euler step does on the rectified flow. ``Schedule`` keeps l = -inf there and every
+coefficient is written so that its float value is that limit: ratios r_m are measured from the step's end
+(r = 1 - (l_s - l_m)/h, so the corrector's point is r = 1 even when h = inf), a history point at l = -inf has
+r = -inf and weight 0 (the limit of the weight equations as r -> -inf: the remaining points solve the first
+K' equations; ``_ms_weights``; UniPC's variant "bh1", B(h) = h, has no finite limit and cannot start there),
+midpoints are placed from the step's end (l_s - (1 - r) h, = -inf: t = T), and
+phi_k(-inf) = 0. The noise form cannot start there: x_t = sigma_t eps at alpha_t = 0, so eps(x_t, T) = x_t/sigma_t
+for every model and (alpha_s/alpha_t) is infinite; start those solvers below T (t_start < sde.T).
 """
 from __future__ import annotations
 
@@ -61,7 +74,9 @@ __all__ = ["phi", "Schedule", "x0_jump", "dpm_solver_step", "gaussian_prediction
 def phi(k: int, z: float) -> float:
     """phi_k(z) = sum_{i >= 0} z^i / (i + k)! = (e^z - sum_{i<k} z^i/i!) / z^k, k >= 1, float64.
 
-    The series is used for |z| < 1 (no cancellation), the closed form otherwise."""
+    The series is used for |z| < 1 (no cancellation), the closed form otherwise; phi_k(-inf) = 0."""
+    if z == -math.inf:
+        return 0.0
     if abs(z) < 1.0:
         term, total, i = 1.0 / math.factorial(k), 0.0, 0
         while True:
@@ -97,6 +112,11 @@ class Schedule:
 
     def at_l(self, l: float) -> Tuple[float, float, float]:
         return self.at_ls([l])[0]
+
+    def mid(self, i: int, r: float) -> float:
+        """The half log-SNR l_i + r h_i, measured from the step's end (l_{i+1} - (1 - r) h_i) so that it is -inf,
+        not NaN, on a first step from l_i = -inf (alpha = 0)."""
+        return self.l[i + 1] - (1.0 - r) * self.h(i)
 
 
 def _eps_first_order(x: Tensor, eps: Tensor, a_t: float, a_s: float, s_s: float, h: float) -> Tensor:
@@ -244,7 +264,7 @@ def dpmpp_2s(ev: Evaluator, x: Tensor, ts: Tensor):
     def step(x, sch, i):
         s_t, a_s, s_s, h = sch.sigma[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i)
         x0 = ev.x0(x, ts[i])
-        tm, am, sm = sch.at_l(sch.l[i] + 0.5 * h)
+        tm, am, sm = sch.at_l(sch.mid(i, 0.5))
         u = _x0_first_order(x, x0, s_t, am, sm, 0.5 * h)
         return _x0_first_order(x, ev.x0(u, tm), s_t, a_s, s_s, h)
 
@@ -253,25 +273,34 @@ def dpmpp_2s(ev: Evaluator, x: Tensor, ts: Tensor):
 
 # -- multistep, data prediction: DPM-Solver++(2M/3M) and UniPC -----------------------------------------
 def _ms_weights(rs: List[float], h: float, B: float) -> List[float]:
-    """Weights a_m solving sum_m a_m r_m^{k-1} = k! h phi_{k+1}(-h) / B, k = 1..K (a = [1/2] for K = 1)."""
+    """Weights a_m solving sum_m a_m r_m^{k-1} = k! h phi_{k+1}(-h) / B, k = 1..K (a = [1/2] for K = 1).
+
+    A point with r_m = -inf (at l = -inf, alpha = 0) gets a_m = 0: as r_m -> -inf, a_m -> 0 like r_m^{1-K} and the
+    finite points solve the first K' equations (K' of them), which is the limit of the system."""
     K = len(rs)
     if K == 1:
         return [0.5]
-    R = torch.tensor([[r ** (k - 1) for r in rs] for k in range(1, K + 1)], dtype=torch.float64)
-    b = torch.tensor([math.factorial(k) * h * phi(k + 1, -h) / B for k in range(1, K + 1)], dtype=torch.float64)
-    return torch.linalg.solve(R, b).tolist()
+    keep = [m for m, r in enumerate(rs) if math.isfinite(r)]
+    if not keep:
+        return [0.0] * K
+    R = torch.tensor([[rs[m] ** (k - 1) for m in keep] for k in range(1, len(keep) + 1)], dtype=torch.float64)
+    b = torch.tensor([math.factorial(k) * h * phi(k + 1, -h) / B for k in range(1, len(keep) + 1)],
+                     dtype=torch.float64)
+    a = dict(zip(keep, torch.linalg.solve(R, b).tolist()))
+    return [a.get(m, 0.0) for m in range(K)]
 
 
-def _ms_update(x: Tensor, x0_t: Tensor, points: List[Tuple[float, Tensor]], l_t: float,
-               s_t: float, a_s: float, s_s: float, h: float, variant: str) -> Tensor:
-    """One multistep update from (x_t, l_t) to l_t + h using x0_t and extra points (l_m, x0_m) (the noise
+def _ms_update(x: Tensor, x0_t: Tensor, points: List[Tuple[float, Tensor]], l_t: float, l_s: float,
+               s_t: float, a_s: float, s_s: float, variant: str) -> Tensor:
+    """One multistep update from (x_t, l_t) to l_s = l_t + h using x0_t and extra points (l_m, x0_m) (the noise
     form: the same call on the mirrored schedule, with eps for x0):
     x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0_t + alpha_s B(h) sum_m a_m (x0_m - x0_t)/r_m."""
+    h = l_s - l_t
     x = _x0_first_order(x, x0_t, s_t, a_s, s_s, h)
     if not points:
         return x
     B = h if variant == "bh1" else -math.expm1(-h)
-    rs = [(l_m - l_t) / h for l_m, _ in points]
+    rs = [1.0 - (l_s - l_m) / h for l_m, _ in points]
     weights = _ms_weights(rs, h, B)
     corr = sum((w / r) * (m - x0_t) for w, r, (_, m) in zip(weights, rs, points))
     return x + (a_s * B) * corr
@@ -311,8 +340,7 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
         x_eval = x
         if corrector and last is not None:
             j, x_j, pts = last
-            x = _ms_update(x_j, hist[-1][1], pts + [(l[i], m)], l[j], sigma[j], alpha[i], sigma[i], l[i] - l[j],
-                           variant)
+            x = _ms_update(x_j, hist[-1][1], pts + [(l[i], m)], l[j], l[i], sigma[j], alpha[i], sigma[i], variant)
         hist.append((l[i], m))
         if sch.sigma[i + 1] == 0:  # x0_jump, from the output at hand
             x0 = m if kind == "x0" else (x_eval - sch.sigma[i] * m) / sch.alpha[i]
@@ -324,7 +352,7 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
             p = min(p, n - i)
         pts = hist[len(hist) - p:-1][::-1]  # the p - 1 most recent previous points, newest first
         last = (i, x, pts)
-        x = _ms_update(x, m, pts, l[i], sigma[i], alpha[i + 1], sigma[i + 1], l[i + 1] - l[i], variant)
+        x = _ms_update(x, m, pts, l[i], l[i + 1], sigma[i], alpha[i + 1], sigma[i + 1], variant)
         del hist[: max(0, len(hist) - order)]
         yield x
 

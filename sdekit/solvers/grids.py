@@ -18,6 +18,13 @@ the smallest positive time t_min = sde.eps, then the last point t = 0. The last 
 ``sample`` ends every solver there with the data-prediction jump x_0 = alpha(0) x0(x, t_min)
 (one network call, counted). With steps = 1 the grid is [t_start, 0]: the jump alone.
 
+Grids that start at pure noise. When the high end has alpha = 0 (t = T on the flow-matching paths), lambda
+is -inf there and sigma/alpha infinite, so the grids spaced in lambda (logsnr, karras: ``log_snr=True``) place,
+as diffusers' FlowMatch schedulers do with sigma_max = 1, the first point at t_hi and the other ``steps - 1``
+intervals of the named grid between t_max and t_lo, where t_max mirrors t_min: lambda(t_max) = -lambda(sde.eps)
+(t_max = 1 - eps on the rectified flow). The first interval is integrated by the solver (the data-form solvers
+take it exactly: ``exponential.py``). Grids in t (uniform, quadratic) start at t_hi as they are.
+
 New grids plug in with ``register``; ``own_ends=True`` marks grids that fix their own end times from
 ``steps`` and their options alone (the DDPM ``table`` and the ``diffusers`` spacings of ``discrete.py``).
 """
@@ -43,18 +50,19 @@ class GridInfo:
     name: str
     fn: Callable[..., Tensor]
     own_ends: bool = False
+    log_snr: bool = False  # spaced in lambda: needs a finite lambda at both ends
 
 
 GRIDS: dict[str, GridInfo] = {}
 
 
-def register(name: str, *, own_ends: bool = False):
+def register(name: str, *, own_ends: bool = False, log_snr: bool = False):
     """Decorator registering a grid function under ``name`` (see ``GridInfo`` for its signature)."""
 
     def deco(fn):
         if name in GRIDS:
             raise ValueError(f"grid {name!r} is already registered")
-        GRIDS[name] = GridInfo(name, fn, own_ends)
+        GRIDS[name] = GridInfo(name, fn, own_ends, log_snr)
         return fn
 
     return deco
@@ -71,13 +79,13 @@ def quadratic(sde: LinearSDE, steps: int, t_start: float, t_end: float, **_) -> 
     return t_end + (t_start - t_end) * u**2
 
 
-@register("logsnr")
+@register("logsnr", log_snr=True)
 def logsnr(sde: LinearSDE, steps: int, t_start: float, t_end: float, **_) -> Tensor:
     lam = torch.linspace(float(sde.log_snr(t_start)), float(sde.log_snr(t_end)), steps + 1, dtype=torch.float64)
     return _pin_ends(sde.t_from_log_snr(lam), t_start, t_end)
 
 
-@register("karras")
+@register("karras", log_snr=True)
 def karras(sde: LinearSDE, steps: int, t_start: float, t_end: float, rho: float = 7.0, **_) -> Tensor:
     s_max = torch.exp(-0.5 * sde.log_snr(t_start))
     s_min = torch.exp(-0.5 * sde.log_snr(t_end))
@@ -108,6 +116,26 @@ def check_grid(sde: LinearSDE, ts) -> Tensor:
 
 def _zero_noise(sde: LinearSDE, t: float) -> bool:
     return float(sde.sigma(t)) == 0.0
+
+
+def _noise_start(info: GridInfo, sde: LinearSDE, steps: int, hi: float, lo: float, **grid_options):
+    """A grid spaced in lambda that starts at alpha = 0: [t_hi] + steps - 1 intervals from t_max down to t_lo
+    (module docstring); None when the grid needs no such start."""
+    if not (info.log_snr and float(sde.alpha(hi)) == 0.0):
+        return None
+    t_max = float(sde.t_from_log_snr(-sde.log_snr(sde.eps)))
+    if not lo < t_max < hi:
+        raise ValueError(f"grid {info.name!r} starts at alpha = 0 (t = {hi}) and places its other intervals from "
+                         f"t_max = {t_max:.6g} (lambda(t_max) = -lambda(sde.eps)), which must lie strictly between "
+                         f"{lo} and {hi}; use a grid in t (uniform, quadratic) or pass ts=")
+    if steps == 1:
+        return torch.tensor([hi, lo], dtype=torch.float64)
+    return torch.cat([torch.tensor([hi], dtype=torch.float64), info.fn(sde, steps - 1, t_max, lo, **grid_options)])
+
+
+def _named(info: GridInfo, sde: LinearSDE, steps: int, hi: float, lo: float, **grid_options) -> Tensor:
+    out = _noise_start(info, sde, steps, hi, lo, **grid_options)
+    return info.fn(sde, steps, hi, lo, **grid_options) if out is None else out
 
 
 def make_grid(sde: LinearSDE, steps: Optional[int] = None, grid: str = "logsnr",
@@ -142,11 +170,11 @@ def make_grid(sde: LinearSDE, steps: Optional[int] = None, grid: str = "logsnr",
         if not lo < t_min < hi:
             raise ValueError(f"a grid ending at sigma = 0 (t = {lo}) places its first steps - 1 intervals down to "
                              f"sde.eps, which must lie strictly between {lo} and {hi}; got sde.eps = {t_min}")
-        body = info.fn(sde, steps - 1, hi, t_min, **grid_options)
+        body = _named(info, sde, steps - 1, hi, t_min, **grid_options)
         out = torch.cat([body, torch.tensor([lo], dtype=torch.float64)])
     elif _zero_noise(sde, lo):
         out = torch.tensor([hi, lo], dtype=torch.float64)
     else:
-        out = info.fn(sde, steps, hi, lo, **grid_options)
+        out = _named(info, sde, steps, hi, lo, **grid_options)
     out = check_grid(sde, out)
     return out.flip(0) if t_start < t_end else out

@@ -1,0 +1,28 @@
+"""Models and samplers from other libraries in sdekit, and sdekit solvers in theirs (imported lazily: neither
+diffusers nor k-diffusion is a dependency).
+
+diffusers
+  ``from_diffusers(unet, scheduler, **conditioning)``  a UNet2DModel / UNet2DConditionModel as a ScoreModel on
+      the scheduler's beta table (text conditioning, classifier-free guidance, learned variance, thresholding)
+  ``diffusers_equivalent(scheduler, steps)``  ``sdekit.sample`` keywords for the same algorithm on the same grid
+  ``SdekitScheduler``  an sdekit solver as a diffusers scheduler: ``pipe.scheduler = SdekitScheduler.from_config(
+      pipe.scheduler.config, solver="unipc_3")`` (needs diffusers at import; loaded on first use)
+  ``check_config``  which scheduler-config fields take effect and which are refused (``diffusers_config``)
+k-diffusion / EDM
+  ``from_denoiser(D, sde)``, ``EDMSDE``  a denoiser D(x, sigma) as an x0-prediction ScoreModel
+"""
+from .denoisers import EDMSDE, DenoiserNet, from_denoiser
+from .diffusers_config import DiffusersSpec, check_config, read_config
+from .diffusers_models import DiffusersUNet, diffusers_equivalent, from_diffusers, sde_from_scheduler, times_from_sigmas
+
+__all__ = ["EDMSDE", "DenoiserNet", "from_denoiser", "DiffusersUNet", "sde_from_scheduler", "from_diffusers",
+           "diffusers_equivalent", "times_from_sigmas", "check_config", "read_config", "DiffusersSpec",
+           "SdekitScheduler", "eligible_solvers"]
+
+
+def __getattr__(name):
+    if name in ("SdekitScheduler", "eligible_solvers"):
+        from . import diffusers_scheduler
+
+        return getattr(diffusers_scheduler, name)
+    raise AttributeError(f"module 'sdekit.interop' has no attribute {name!r}")

@@ -1,0 +1,139 @@
+"""What a diffusers scheduler config means to sdekit: every field takes effect or is refused by name.
+
+A config (``scheduler.config``, or a plain dict such as a ``scheduler_config.json``) is read field by field:
+
+  model     the forward process and what the network predicts; they build the ScoreModel:
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas -> the DiscreteVPSDE;
+            prediction_type (epsilon | v_prediction | sample); variance_type (learned | learned_range: the
+            network returns 2C channels, the first C are the prediction; fixed_*: the ancestral variance of
+            DDPM, which sdekit's ``ddpm`` takes as the posterior one, fixed_small); thresholding,
+            dynamic_thresholding_ratio, sample_max_value, clip_sample, clip_sample_range -> ThresholdedModel
+            (thresholding wins over clip_sample, as in diffusers).
+  grid      where the steps go: timestep_spacing, steps_offset, final_sigmas_type, use_karras_sigmas,
+            set_alpha_to_one -> ``grid="diffusers"`` options.
+  solver    how diffusers' own scheduler steps (solver_order, algorithm_type, solver_type, lower_order_final,
+            euler_at_final, disable_corrector, predict_x0, solver_p, skip_prk_steps): superseded by the sdekit
+            solver (``diffusers_equivalent`` reads them to name the same algorithm).
+  refused   anything else that changes the maths: rescale_betas_zero_snr=True (alphabar_N = 0, which
+            DiscreteVPSDE cannot hold), flow matching (FlowMatch* schedulers, use_flow_sigmas,
+            prediction_type="flow_prediction"), sigma families the ``diffusers`` grid does not reproduce
+            (exponential, beta, Lu lambdas, lambda_min_clipped, ...), EDM-preconditioned and consistency
+            schedulers, and every field not named here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["DiffusersSpec", "read_config", "check_config", "PREDICTION_TYPES"]
+
+PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+
+MODEL_FIELDS = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+                "variance_type", "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "clip_sample",
+                "clip_sample_range", "rescale_betas_zero_snr"}
+GRID_FIELDS = {"timestep_spacing", "steps_offset", "final_sigmas_type", "use_karras_sigmas", "set_alpha_to_one"}
+SOLVER_FIELDS = {"solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
+                 "disable_corrector", "predict_x0", "solver_p", "skip_prk_steps",
+                 "solver", "solver_options", "grid_scheduler"}  # the last three: SdekitScheduler's own
+# fields accepted only at the value that leaves the maths unchanged
+INERT_DEFAULTS = {
+    "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False,
+    "interpolation_type": "linear", "lambda_min_clipped": -math.inf, "sigma_min": None, "sigma_max": None,
+    "timestep_type": "discrete", "invert_sigmas": False,
+    # flow matching, inert unless use_flow_sigmas
+    "use_flow_sigmas": False, "flow_shift": 1.0, "use_dynamic_shifting": False, "time_shift_type": "exponential",
+    "shift_terminal": None,
+}
+# fields only flow-matching schedulers have: their presence marks a flow config even without its _class_name
+FLOW_MARKERS = {"shift", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "stochastic_sampling"}
+
+FLOW_MESSAGE = ("is a flow-matching (rectified-flow) model: x_t = (1 - t) x0 + t n with a velocity network, not a "
+                "DDPM beta table. sdekit has no rectified-flow path yet (planned: sdekit.RectifiedFlow with "
+                "prediction='velocity'); until then it is refused rather than read as a DDPM eps model")
+_REFUSED_CLASSES = {
+    "EDM": "is EDM-preconditioned (time is sigma, c_skip/c_out scalings): wrap its denoiser with "
+           "sdekit.interop.from_denoiser instead",
+    "LCM": "is a consistency-model scheduler (its boundary scalings are part of the model); not supported",
+    "TCD": "is a consistency-model scheduler (its boundary scalings are part of the model); not supported",
+    "CMStochastic": "is a consistency-model scheduler (its boundary scalings are part of the model); not supported",
+    "IPNDM": "has its own trigonometric noise schedule, not a DDPM beta table; not supported (sdekit's own "
+             "solver 'ipndm' runs on any sdekit model)",
+    "ScoreSde": "is a continuous-time VE/VP SDE: build sdekit.VESDE / sdekit.VPSDE with its parameters and wrap "
+                "the network with sdekit.ScoreModel",
+    "KarrasVe": "is a VE (sigma-space) scheduler: wrap the network as a denoiser with sdekit.interop.from_denoiser",
+}
+
+
+@dataclass(frozen=True)
+class DiffusersSpec:
+    """The model-defining part of a scheduler config, checked. ``threshold`` is None or (ratio, max_value)
+    with ratio None for static clipping (``ThresholdedModel``'s arguments)."""
+
+    config: dict
+    prediction: str
+    learned_variance: bool
+    threshold: Optional[tuple]
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.config.get("num_train_timesteps", 1000))
+
+
+def read_config(scheduler) -> dict:
+    """A plain dict of a scheduler's config (a scheduler object, its ``config`` or a dict)."""
+    cfg = getattr(scheduler, "config", scheduler)
+    if not hasattr(cfg, "items"):
+        raise TypeError(f"expected a diffusers scheduler, its config or a dict; got {type(scheduler).__name__}")
+    out = dict(cfg.items())
+    if "_class_name" not in out and not isinstance(scheduler, dict) and hasattr(scheduler, "config"):
+        out["_class_name"] = type(scheduler).__name__
+    return out
+
+
+def _same(value, default) -> bool:
+    if isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value) == default
+    return value == default
+
+
+def check_config(cfg: dict) -> DiffusersSpec:
+    """Raise ValueError for every field of ``cfg`` that sdekit cannot honour (naming it, and what is accepted);
+    return the model-defining part. Fields starting with "_" (``_class_name``, ``_diffusers_version``) are
+    metadata; ``_class_name`` is checked for flow-matching, EDM and consistency schedulers."""
+    name = str(cfg.get("_class_name") or "")
+    if name.startswith("FlowMatch") or cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction" \
+            or FLOW_MARKERS & set(cfg):
+        raise ValueError(f"scheduler {name or 'config'} {FLOW_MESSAGE}")
+    for prefix, why in _REFUSED_CLASSES.items():
+        if name.startswith(prefix):
+            raise ValueError(f"scheduler {name} {why}")
+    problems = []
+    for key, value in cfg.items():
+        if key.startswith("_") or key in MODEL_FIELDS | GRID_FIELDS | SOLVER_FIELDS:
+            continue
+        if key in INERT_DEFAULTS:
+            if not _same(value, INERT_DEFAULTS[key]):
+                problems.append(f"{key}={value!r} (accepted: {INERT_DEFAULTS[key]!r} only; the 'diffusers' grid "
+                                "does not reproduce it)")
+            continue
+        problems.append(f"{key}={value!r} (unknown to sdekit)")
+    if cfg.get("rescale_betas_zero_snr", False):
+        problems.append("rescale_betas_zero_snr=True (alphabar_N = 0: infinite noise at t = T, lambda(T) = -inf; "
+                        "DiscreteVPSDE needs every beta in (0, 1), so a zero-SNR end needs a change in sdekit.sde)")
+    ptype = cfg.get("prediction_type", "epsilon")
+    if ptype not in PREDICTION_TYPES:
+        problems.append(f"prediction_type={ptype!r} (accepted: {', '.join(PREDICTION_TYPES)})")
+    vtype = cfg.get("variance_type")
+    if vtype not in VARIANCE_TYPES:
+        problems.append(f"variance_type={vtype!r} (accepted: {', '.join(map(str, VARIANCE_TYPES))})")
+    if problems:
+        raise ValueError(f"scheduler config {name or ''} has setting(s) sdekit cannot honour: " + "; ".join(problems))
+    threshold = None
+    if cfg.get("thresholding", False):
+        threshold = (float(cfg.get("dynamic_thresholding_ratio", 0.995)), float(cfg.get("sample_max_value", 1.0)))
+    elif cfg.get("clip_sample", False):
+        threshold = (None, float(cfg.get("clip_sample_range", 1.0)))
+    return DiffusersSpec(cfg, PREDICTION_TYPES[ptype], vtype in ("learned", "learned_range"), threshold)

@@ -1,0 +1,221 @@
+"""diffusers U-Nets as sdekit models, and diffusers' samplers as sdekit solves.
+
+``from_diffusers(unet, scheduler, **conditioning)`` wraps a ``UNet2DModel`` or ``UNet2DConditionModel`` as
+``net(x, t)`` on a ``DiscreteVPSDE`` built in float64 from the scheduler's beta table. Step n (0-based) sits at
+t_n = (n + 1)/N, so the wrapper feeds the U-Net the (fractional) timestep n = t N - 1: at the grid times it gets
+exactly the integers it was trained on. Every field of the scheduler config takes effect or is refused
+(``diffusers_config``). Conditioning is any keyword of the U-Net's forward (``encoder_hidden_states``,
+``added_cond_kwargs``, ``class_labels``, ``timestep_cond``, ...), each tensor batch-first or with batch 1
+(broadcast); ``guidance_scale=s`` adds classifier-free guidance, out = uncond + s (cond - uncond), with the
+unconditional inputs given as ``negative_<keyword>`` (e.g. ``negative_encoder_hidden_states``, the empty or
+negative prompt's embedding); keywords without a negative counterpart are shared by both halves.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..parameterization import ClassifierFreeGuidance, ScoreModel, ThresholdedModel, expand_batch, map_tensors
+from ..sde import DiscreteVPSDE, cosine_beta_schedule
+from ..solvers.discrete import DIFFUSERS_ORDERS, grid_options_from
+from .diffusers_config import check_config, read_config
+
+Tensor = torch.Tensor
+
+__all__ = ["DiffusersUNet", "sde_from_scheduler", "from_diffusers", "diffusers_equivalent", "times_from_sigmas"]
+
+
+def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
+    """A ``DiscreteVPSDE`` with the beta table of a diffusers scheduler (or its config dict), in float64.
+
+    The table is recomputed in float64 from the config ("linear", "scaled_linear", "squaredcos_cap_v2",
+    "sigmoid", or ``trained_betas``), not taken from diffusers' float32 tensors, so the SDE's ends and every
+    time computed from it are exact; any other schedule falls back to ``scheduler.betas``."""
+    cfg = read_config(scheduler)
+    n = int(cfg.get("num_train_timesteps", 1000))
+    kind = cfg.get("beta_schedule", "linear")
+    b0, b1 = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    if cfg.get("trained_betas") is not None:
+        betas = torch.as_tensor(np.asarray(cfg["trained_betas"], dtype=np.float64))
+    elif kind == "linear":
+        betas = torch.linspace(b0, b1, n, dtype=torch.float64)
+    elif kind == "scaled_linear":
+        betas = torch.linspace(math.sqrt(b0), math.sqrt(b1), n, dtype=torch.float64) ** 2
+    elif kind == "squaredcos_cap_v2":
+        betas = cosine_beta_schedule(n)
+    elif kind == "sigmoid":
+        betas = torch.sigmoid(torch.linspace(-6, 6, n, dtype=torch.float64)) * (b1 - b0) + b0
+    elif hasattr(scheduler, "betas"):
+        betas = torch.as_tensor(scheduler.betas, dtype=torch.float64)
+    else:
+        raise ValueError(f"unsupported beta_schedule {kind!r}; accepted: linear, scaled_linear, "
+                         "squaredcos_cap_v2, sigmoid, or trained_betas")
+    return DiscreteVPSDE(betas)
+
+
+class DiffusersUNet(torch.nn.Module):
+    """A diffusers U-Net as net(x, t[, cond]): timestep = t N - 1 (float; integer on the DDPM grid).
+
+    ``conditioning``: keyword arguments of the U-Net's forward, used when ``cond`` is not given (tensors of
+    batch 1 are broadcast to x's batch). ``learned_variance``: the U-Net returns 2C channels (variance_type
+    "learned"/"learned_range"); the first C are the prediction. x and floating conditioning tensors are cast
+    to the U-Net's dtype, the output back to x's (so float64 solver states drive a float32 U-Net)."""
+
+    def __init__(self, unet, num_train_timesteps: int, conditioning: Optional[dict] = None,
+                 learned_variance: bool = False):
+        super().__init__()
+        self.unet = unet
+        self.N = int(num_train_timesteps)
+        self.conditioning = dict(conditioning or {})
+        self.learned_variance = bool(learned_variance)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[dict] = None) -> Tensor:
+        dtype = getattr(self.unet, "dtype", x.dtype)
+        timestep = (t.to(torch.float64) * self.N - 1).to(torch.float32).to(x.device)
+        kwargs = expand_batch(self.conditioning if cond is None else cond, x.shape[0], "conditioning")
+        kwargs = map_tensors(lambda v: v.to(dtype) if v.is_floating_point() else v, kwargs)
+        out = self.unet(x.to(dtype), timestep, **kwargs, return_dict=False)[0]
+        c = x.shape[1]
+        if self.learned_variance:
+            if out.shape[1] != 2 * c:
+                raise ValueError(f"variance_type is learned: the U-Net must return 2 x {c} channels; got {out.shape[1]}")
+            out = out[:, :c]
+        elif out.ndim == x.ndim and out.shape[1] == 2 * c:
+            raise ValueError(f"the U-Net returns 2 x {c} channels (a learned variance?) but the scheduler's "
+                             "variance_type is not 'learned' or 'learned_range'")
+        return out.to(x.dtype)
+
+
+def _split_conditioning(unet, conditioning: dict, guidance_scale):
+    """(cond, uncond) keyword dicts; uncond is None without guidance."""
+    accepted = [k for k in inspect.signature(unet.forward).parameters if k not in ("self", "sample", "timestep",
+                                                                                   "return_dict")]
+    negative = {k[len("negative_"):]: v for k, v in conditioning.items() if k.startswith("negative_")}
+    cond = {k: v for k, v in conditioning.items() if not k.startswith("negative_")}
+    unknown = sorted((set(cond) | set(negative)) - set(accepted))
+    if unknown:
+        raise ValueError(f"{type(unet).__name__} takes no conditioning {unknown}; accepted: {', '.join(accepted)} "
+                         "(and negative_<name> for the unconditional half of classifier-free guidance)")
+    if guidance_scale is None:
+        if negative:
+            raise ValueError(f"negative_{sorted(negative)[0]} is the unconditional input of classifier-free guidance: "
+                             "pass guidance_scale too")
+        return cond, None
+    if not negative:
+        raise ValueError("guidance_scale needs the unconditional inputs: pass negative_<name> for at least one "
+                         "conditioning keyword (e.g. negative_encoder_hidden_states = the empty or negative prompt's "
+                         "embedding, negative_class_labels = the null class)")
+    missing = sorted(set(negative) - set(cond))
+    if missing:
+        raise ValueError(f"negative_{missing[0]} given without {missing[0]}")
+    return cond, {**cond, **negative}
+
+
+def from_diffusers(unet, scheduler, *, guidance_scale: Optional[float] = None, threshold: bool = True,
+                   **conditioning) -> ScoreModel:
+    """ScoreModel for a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` trained with ``scheduler`` (a
+    scheduler, its config or a dict).
+
+    conditioning: keywords of the U-Net's forward (``encoder_hidden_states=``, ``added_cond_kwargs=``,
+      ``class_labels=``, ...), tensors batch-first or batch 1; ``negative_<name>`` the unconditional inputs.
+    guidance_scale: classifier-free guidance in diffusers' convention (out = uncond + s (cond - uncond)),
+      one batched U-Net call of 2B rows per evaluation.
+    threshold: apply the config's ``thresholding`` / ``clip_sample`` to the x0 prediction (``ThresholdedModel``);
+      False keeps the network's own prediction (what a likelihood needs).
+    Raises ValueError for config settings sdekit cannot honour (``diffusers_config``)."""
+    spec = check_config(read_config(scheduler))
+    sde = sde_from_scheduler(scheduler)
+    cond, uncond = _split_conditioning(unet, conditioning, guidance_scale)
+    if uncond is None:
+        net = DiffusersUNet(unet, sde.N, cond, spec.learned_variance)
+    else:
+        net = ClassifierFreeGuidance.from_scale(DiffusersUNet(unet, sde.N, None, spec.learned_variance), cond, uncond,
+                                                guidance_scale)
+    model = ScoreModel(net, sde, prediction=spec.prediction)
+    if threshold and spec.threshold is not None:
+        model = ThresholdedModel(model, *spec.threshold)
+    return model
+
+
+def times_from_sigmas(sde: DiscreteVPSDE, sigmas) -> Tensor:
+    """sdekit times of diffusers sigmas s = sigma/alpha (float32 in diffusers), as float64.
+
+    s = 0 is t = 0. A float32 sigma rounded past the table's ends (sigma_max by up to a few float32 ulps) is
+    taken as the end rather than refused by ``t_from_log_snr``'s float64 tolerance; beyond that it raises."""
+    s = torch.as_tensor(sigmas).to(torch.float64).flatten()
+    if bool((s < 0).any()) or not bool(torch.isfinite(s).all()):
+        raise ValueError(f"sigmas must be finite and >= 0; got {s.tolist()}")
+    lam = -2 * torch.log(s.clamp_min(1e-300))
+    lo, hi = float(sde.log_snr(sde.T)), float(sde.log_snr(0.0))
+    tol = 8 * 2.0 ** -23  # relative float32 rounding of s, a few ulps, in lambda = -2 log s
+    if bool((lam < lo - tol).any()):
+        raise ValueError(f"sigma {float(s.max())} exceeds the table's largest, {math.exp(-lo / 2)}")
+    t = sde.t_from_log_snr(lam.clamp(lo, hi))
+    return torch.where(s == 0, torch.zeros_like(t), t)
+
+
+# -- diffusers' schedulers as sdekit solves ------------------------------------------------------------------
+def _dpmsolver(cfg, steps):
+    order, algo = int(cfg.get("solver_order", 2)), cfg.get("algorithm_type", "dpmsolver++")
+    if algo not in ("dpmsolver++", "dpmsolver") or cfg.get("solver_type", "midpoint") != "midpoint" \
+            or cfg.get("euler_at_final", False) or order > 2:
+        raise ValueError("DPMSolverMultistepScheduler has an sdekit equivalent for algorithm_type dpmsolver++ or "
+                         "dpmsolver, solver_type='midpoint', solver_order 1 or 2, euler_at_final=False (sdekit's 3M "
+                         f"is the Taylor form, third order); got {algo}, {cfg.get('solver_type')}, order {order}")
+    if order == 1:
+        return "ddim", {}
+    final = cfg.get("final_sigmas_type", "zero")
+    if final == "sigma_min" and not cfg.get("lower_order_final", True):
+        return ("dpmpp_2m" if algo == "dpmsolver++" else "dpm_solver_2m"), {"lower_order_final": False}
+    return ("dpmpp_2m" if algo == "dpmsolver++" else "dpm_solver_2m"), DIFFUSERS_ORDERS[("dpmsolver_multistep", final)](steps)
+
+
+def _unipc(cfg, steps):
+    order, final = int(cfg.get("solver_order", 2)), cfg.get("final_sigmas_type", "zero")
+    if not cfg.get("predict_x0", True) or cfg.get("disable_corrector") or cfg.get("solver_p") is not None \
+            or order not in (2, 3) or not cfg.get("lower_order_final", True) or (final == "zero" and order == 3):
+        raise ValueError("UniPCMultistepScheduler has an sdekit equivalent for predict_x0=True, no disabled "
+                         "corrector, no solver_p, lower_order_final=True, solver_order 2 (or 3 with "
+                         "final_sigmas_type='sigma_min': with 'zero' diffusers caps the step before the jump at "
+                         "order 2, which no sdekit option reproduces)")
+    return f"unipc_{order}", {"variant": cfg.get("solver_type", "bh2"), **DIFFUSERS_ORDERS[("unipc_multistep", final)](steps)}
+
+
+_EQUIVALENTS = {  # scheduler name (grid_options_from) -> (cfg, steps) -> (sdekit solver, options)
+    "ddim": lambda cfg, steps: ("ddim", {}),
+    "ddpm": lambda cfg, steps: ("ddpm", {}),
+    "euler": lambda cfg, steps: ("ddim", {}),
+    "heun": lambda cfg, steps: ("heun", {}),
+    "dpmsolver_multistep": _dpmsolver,
+    "unipc_multistep": _unipc,
+}
+
+
+def diffusers_equivalent(scheduler, steps: int) -> dict:
+    """Keywords for ``sdekit.sample`` that run the same algorithm as ``scheduler`` (a diffusers scheduler
+    object) with ``steps`` inference steps: solver, steps, ``grid="diffusers"`` with the scheduler's timestep
+    spacing, offset, final sigma and Karras sigmas, and the order options that reproduce its order lowering::
+
+        model = from_diffusers(unet, sched)
+        x = sdekit.sample(model, x_T, **diffusers_equivalent(sched, 20)).x
+
+    Same algorithm, same grid: the deterministic ones agree with diffusers' own loop to float32 rounding.
+    DDPM is the same update with sdekit's own noise (equal in distribution, not per draw); Euler is DDIM
+    (Euler in sigma/alpha) on the sdekit (VP) state, which diffusers scales by 1/alpha. Raises ValueError for
+    a scheduler or setting with no exact sdekit counterpart."""
+    cfg = read_config(scheduler)
+    check_config(cfg)
+    opts = grid_options_from(scheduler)
+    name = opts["scheduler"]
+    if name not in _EQUIVALENTS:
+        raise ValueError(f"no exact sdekit equivalent of {type(scheduler).__name__}; accepted: DDIM, DDPM, Euler, Heun, "
+                         "DPMSolverMultistep (2M), UniPCMultistep (sample with grid='diffusers' for the others' grids)")
+    if name == "ddim" and opts.get("spacing") == "linspace":
+        raise ValueError("DDIM with timestep_spacing='linspace' steps to tau - N // K, not to the next visited step; "
+                         "sdekit's ddim reproduces 'leading' and 'trailing' only")
+    solver, options = _EQUIVALENTS[name](cfg, steps)
+    return {"solver": solver, "steps": int(steps), "grid": "diffusers", "grid_options": opts, **options}

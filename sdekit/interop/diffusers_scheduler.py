@@ -1,0 +1,303 @@
+"""``SdekitScheduler``: any one-call-per-step sdekit solver inside an unmodified diffusers pipeline.
+
+    pipe.scheduler = SdekitScheduler.from_config(pipe.scheduler.config, solver="unipc_3")
+    image = pipe(num_inference_steps=10).images
+
+How it works. A pipeline owns the loop: for each timestep it calls the network once and hands the output to
+``step``. An sdekit solver is a generator that owns its loop too: each ``next()`` asks the evaluator for one
+prediction at (x_i, t_i) and yields x_{i+1}. The two are joined by giving the solver a ``ScoreModel`` whose
+"network" is the output the pipeline just computed: ``step(model_output, t_i, x_i)`` loads that output and
+resumes the generator once; the solver's single request at (x_i, t_i) is answered with it (converted to x0,
+eps or score by the usual ``ScoreModel``, thresholded by ``ThresholdedModel`` when the config asks), and the
+state it yields is ``prev_sample``. A solver that asks twice in one step, at another state, or not at all (e.g.
+``afs=True``) is stopped with ``SolverError``: only solvers with one network call per step at the current state
+fit a pipeline (``eligible_solvers()``). UniPC's corrector reuses the next step's call, so it fits.
+
+The grid is ``grid="diffusers"`` laid out as the diffusers scheduler ``grid_scheduler`` would (default: the
+one whose algorithm the solver is: dpmsolver_multistep for dpmpp_*/dpm_solver_*m, unipc_multistep for unipc_*,
+ddim, ddpm; dpmsolver_multistep otherwise), with the config's timestep_spacing, steps_offset,
+final_sigmas_type (set_alpha_to_one for the ddim/ddpm layouts) and use_karras_sigmas. A grid that ends at
+sigma = 0 ends with sdekit's x0 jump from the last timestep, as ``sdekit.sample`` does. The network sees the
+timestep t N - 1 of each grid time: diffusers' integer timesteps on integer grids, fractional ones for Karras
+sigmas (where diffusers rounds them). The state is the VP state (init_noise_sigma = 1, scale_model_input is
+the identity); half-precision pipelines are stepped in float32 and handed back in their dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from diffusers import ConfigMixin, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..parameterization import ScoreModel, ThresholdedModel
+from ..solvers.base import Evaluator, SolverError
+from ..solvers.discrete import SCHEDULERS, diffusers_grid
+from ..solvers.registry import available, get
+from .diffusers_config import check_config, read_config
+from .diffusers_models import sde_from_scheduler, times_from_sigmas
+
+Tensor = torch.Tensor
+
+__all__ = ["SdekitScheduler", "eligible_solvers"]
+
+
+def eligible_solvers() -> list:
+    """Registered solvers that can run inside a pipeline: fixed steps, one network call per step (external
+    integrators, which run the whole solve at once, excluded)."""
+    return [n for n in available() if not get(n).adaptive and get(n).nfe_per_step == 1
+            and not get(n).fn.__module__.endswith(".backends")]
+
+
+def _layout_for(solver: str) -> str:
+    if solver.startswith(("dpmpp_", "dpm_solver_")):
+        return "dpmsolver_multistep"
+    if solver.startswith("unipc_"):
+        return "unipc_multistep"
+    if solver in ("ddim", "ddpm"):
+        return solver
+    return "dpmsolver_multistep"
+
+
+class _PipelineOutput:
+    """net(x, t) of a solver inside a pipeline: answers exactly one request per step, at the loaded state and
+    time, with the network output the pipeline computed."""
+
+    def __init__(self, solver: str):
+        self.solver = solver
+        self.pending = None  # (x, output, t) until the solver asks
+
+    def load(self, x: Tensor, out: Tensor, t: float):
+        self.pending = (x, out, t)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.pending is None:
+            raise SolverError(f"solver {self.solver!r} asks the network twice in one step; a pipeline calls it once "
+                              f"per timestep (eligible solvers: {', '.join(eligible_solvers())})")
+        px, out, pt = self.pending
+        tt = float(t.reshape(-1)[0])
+        if abs(tt - pt) > 1e-6 * max(1.0, abs(pt)) or (x is not px and not torch.equal(x, px)):
+            raise SolverError(f"solver {self.solver!r} asks the network at t = {tt:.6g} away from the pipeline's "
+                              f"current sample and timestep (t = {pt:.6g}); only solvers that evaluate at the state "
+                              "they returned can run in a pipeline")
+        self.pending = None
+        return out
+
+    def check_consumed(self):
+        if self.pending is not None:
+            self.pending = None
+            raise SolverError(f"solver {self.solver!r} did not use the network output of this step (afs=True?); a "
+                              "pipeline calls the network at every timestep")
+
+
+class _StepNoise:
+    """Noise for stochastic solvers: drawn with the generator the pipeline passes to ``step`` (as diffusers'
+    schedulers do), so the draws follow the pipeline's seed, not sdekit's per-row streams."""
+
+    generator = None
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        return randn_tensor(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+
+
+class SdekitScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler that steps with an sdekit solver (module docstring).
+
+    Config: the model fields of the pipeline's scheduler (beta table, prediction_type, variance_type,
+    thresholding / clip_sample; refused settings raise, see ``sdekit.interop.diffusers_config``), the grid fields
+    (timestep_spacing, steps_offset, final_sigmas_type, use_karras_sigmas, set_alpha_to_one), and
+    solver: a name from ``eligible_solvers()``; solver_options: its keyword options (e.g.
+      {"lower_order_final": False}, {"eta": 1.0} for ddim);
+    grid_scheduler: whose timesteps to lay out (ddim, ddpm, dpmsolver_multistep, unipc_multistep, deis_multistep,
+      euler, heun; default from the solver).
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas: Optional[Union[np.ndarray, list]] = None,
+                 prediction_type: str = "epsilon", variance_type: Optional[str] = None, thresholding: bool = False,
+                 dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0, clip_sample: bool = False,
+                 clip_sample_range: float = 1.0, rescale_betas_zero_snr: bool = False,
+                 timestep_spacing: Optional[str] = None, steps_offset: int = 0, final_sigmas_type: str = "zero",
+                 use_karras_sigmas: bool = False, set_alpha_to_one: bool = True, solver: str = "dpmpp_2m",
+                 solver_options: Optional[dict] = None, grid_scheduler: Optional[str] = None):
+        self.spec = check_config(dict(self.config))
+        self.sde = sde_from_scheduler(dict(self.config))
+        self.solver = self._check_solver(solver, solver_options or {})
+        layout = grid_scheduler or _layout_for(solver)
+        if layout not in SCHEDULERS:
+            raise ValueError(f"unknown grid_scheduler {layout!r}; accepted: {', '.join(SCHEDULERS)}")
+        final = ("zero" if set_alpha_to_one else "sigma_min") if layout in ("ddim", "ddpm") else final_sigmas_type
+        self.grid_options = {"scheduler": layout, "final_sigmas_type": final, "karras": bool(use_karras_sigmas),
+                             "steps_offset": int(steps_offset), "spacing": timestep_spacing}
+        if layout == "dpmsolver_singlestep":
+            self.grid_options.pop("spacing")
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps = None
+        self.ts = None
+        self.timesteps = None
+        self.sigmas = None
+        self._begin_index = None
+        self._reset()
+
+    @staticmethod
+    def _check_solver(solver: str, options: dict):
+        ok = eligible_solvers()
+        if solver not in ok:
+            get(solver)  # an unknown name lists every solver
+            raise ValueError(f"solver {solver!r} makes {get(solver).nfe_per_step} network calls per step or chooses "
+                             f"its own steps; a pipeline calls the network once per timestep: {', '.join(ok)}")
+        info = get(solver)
+        unknown = set(options) - set(info.options)
+        if unknown:
+            raise ValueError(f"solver {solver!r} got unknown option(s) {sorted(unknown)}; accepted: "
+                             f"{', '.join(f'{k}={v!r}' for k, v in info.options.items()) or 'none'}")
+        if options.get("afs", False):
+            raise ValueError("afs=True skips the first network call, but a pipeline calls the network at every timestep")
+        return info
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As diffusers' ``from_config``, but every field of ``config`` (and of kwargs) is checked first: one that
+        would change the maths and that sdekit does not honour raises ValueError instead of being dropped."""
+        if config is not None:
+            check_config({**read_config(config), **kwargs})
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    # -- the grid ----------------------------------------------------------------------------------------
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps=None, sigmas=None):
+        """The grid for ``num_inference_steps`` steps (diffusers' layout, module docstring), or explicit
+        integer ``timesteps`` or diffusers ``sigmas`` (sigma/alpha), descending, one per network call; the end
+        (t = 0 or the first table step) is appended as final_sigmas_type says."""
+        given = [v is not None for v in (num_inference_steps, timesteps, sigmas)]
+        if sum(given) != 1:
+            raise ValueError("pass exactly one of num_inference_steps, timesteps, sigmas")
+        if num_inference_steps is not None:
+            ts = diffusers_grid(self.sde, int(num_inference_steps), **self.grid_options)
+        else:
+            calls = self.sde.step_time(torch.as_tensor(timesteps, dtype=torch.float64)) if timesteps is not None \
+                else times_from_sigmas(self.sde, sigmas)
+            end = 0.0 if self.grid_options["final_sigmas_type"] == "zero" else float(self.sde.step_time(0))
+            ts = torch.cat([calls, torch.tensor([end], dtype=torch.float64)]) if float(calls[-1]) > end else calls
+        if len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError(f"the grid must be strictly decreasing with at least one step; got {ts.tolist()}")
+        self.ts = ts
+        tau = ts[:-1] * self.sde.N - 1
+        integral = bool(((tau - tau.round()).abs() < 1e-9).all())
+        self.timesteps = (tau.round().to(torch.int64) if integral else tau.to(torch.float32)).to(device)
+        a = self.sde.alpha(ts)
+        self.sigmas = (self.sde.sigma(ts) / a).to(torch.float32)
+        self.num_inference_steps = len(self.timesteps)
+        self._begin_index = None
+        self._reset()
+
+    def _reset(self):
+        self._run = None  # (solver generator, pipeline-output net, evaluator, noise) once stepping starts
+        self._step_index = None
+        self._returned = None
+        self._x = None
+
+    @property
+    def step_index(self):
+        return self._step_index
+
+    @property
+    def begin_index(self):
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0):
+        """Start at timesteps[begin_index] (image-to-image pipelines); the solver then runs on the rest of the grid."""
+        self._begin_index = int(begin_index)
+
+    def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
+        """The identity: the network takes the VP state."""
+        return sample
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """x_t = alpha(t) x0 + sigma(t) n at the times of ``timesteps`` (t = (timestep + 1)/N)."""
+        t = self.sde.step_time(torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1))
+        if t.numel() == 1:
+            t = t.expand(original_samples.shape[0])
+        return self.sde.perturb(original_samples, t, noise)
+
+    def __len__(self):
+        return self.config.num_train_timesteps
+
+    # -- stepping ----------------------------------------------------------------------------------------
+    def _start(self, timestep, sample: Tensor) -> int:
+        if self._begin_index is not None:
+            index = self._begin_index
+        else:
+            hits = (self.timesteps.to(torch.float64).cpu() - float(timestep)).abs() < 1e-4
+            if not bool(hits.any()):
+                raise ValueError(f"timestep {float(timestep)} is not on the grid {self.timesteps.tolist()}")
+            index = int(hits.nonzero()[0])
+        ts = self.ts[index:]
+        jump = float(self.sde.sigma(ts[-1])) == 0.0
+        run_ts = ts[:-1] if jump else ts
+        net = _PipelineOutput(self.config.solver)
+        model = ScoreModel(net, self.sde, self.spec.prediction)
+        if self.spec.threshold is not None:
+            model = ThresholdedModel(model, *self.spec.threshold)
+        noise = _StepNoise()
+        ev = Evaluator(model, noise)
+        gen = self.solver.fn(ev, self._x, run_ts, **(self.config.solver_options or {})) if len(run_ts) > 1 else None
+        self._run = (gen, net, ev, noise)
+        return index
+
+    def step(self, model_output: Tensor, timestep, sample: Tensor, generator: Optional[torch.Generator] = None,
+             return_dict: bool = True, eta: Optional[float] = None, use_clipped_model_output: Optional[bool] = None):
+        """One solver step from ``sample`` at ``timestep`` with the network output the pipeline computed there.
+
+        ``eta`` (passed by DDIM pipelines) must equal the solver's (set it with solver_options); with thresholding
+        the solvers derive eps from the thresholded x0 (``use_clipped_model_output=True``; False is refused)."""
+        if self.ts is None:
+            raise ValueError("call set_timesteps before step")
+        self._check_step_kwargs(eta, use_clipped_model_output)
+        work = sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
+        if self._run is None:
+            self._x = sample.to(work)
+            self._step_index = self._start(timestep, sample)
+        elif sample is not self._returned and not torch.equal(sample, self._returned):
+            raise SolverError("the pipeline changed the sample between steps (inpainting-style blending?); an sdekit "
+                              "solver carries its own history and needs the sample it returned")
+        i = self._step_index
+        if i >= len(self.timesteps):
+            raise ValueError(f"step called {i + 1} times on a grid of {len(self.timesteps)} timesteps")
+        if abs(float(timestep) - float(self.timesteps[i])) > 1e-4:
+            raise ValueError(f"step got timestep {float(timestep)}; the next on the grid is {float(self.timesteps[i])}")
+        out = model_output
+        if self.spec.learned_variance and out.shape[1] == 2 * sample.shape[1]:
+            out = out[:, : sample.shape[1]]
+        gen, net, ev, noise = self._run
+        noise.generator = generator
+        t = float(self.ts[i])
+        net.load(self._x, out.to(work), t)
+        if i == len(self.timesteps) - 1 and float(self.sde.sigma(self.ts[-1])) == 0.0:
+            x = float(self.sde.alpha(self.ts[-1])) * ev.x0(self._x, t)  # the x0 jump to sigma = 0
+        else:
+            x = next(gen)
+        net.check_consumed()
+        self._x, self._step_index = x, i + 1
+        if self._step_index == len(self.timesteps) and gen is not None:
+            gen.close()
+        self._returned = x.to(sample.dtype)
+        if not return_dict:
+            return (self._returned,)
+        return SchedulerOutput(prev_sample=self._returned)
+
+    def _check_step_kwargs(self, eta, use_clipped_model_output):
+        if eta is not None:
+            own = float((self.config.solver_options or {}).get("eta", self.solver.options.get("eta", 0.0)))
+            if float(eta) != own:
+                raise ValueError(f"the pipeline passes eta={eta} but solver {self.config.solver!r} runs with eta={own}; "
+                                 "set it with solver_options={'eta': ...} (solvers with an eta option: ddim)")
+        if use_clipped_model_output is False and self.spec.threshold is not None:
+            raise ValueError("sdekit derives eps from the thresholded x0 (use_clipped_model_output=True); "
+                             "use_clipped_model_output=False is not offered")

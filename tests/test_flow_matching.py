@@ -1,0 +1,203 @@
+"""Flow matching: affine paths with alpha(T) = 0, the velocity prediction, solvers from pure noise,
+the likelihood against the analytic mixture density, the flow-matching loss, and diffusers' FlowMatch peers."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sdekit
+from sdekit.parameterization import PREDICTIONS, convert
+from sdekit.solvers.exponential import _ms_weights
+from sdekit.solvers.grids import make_grid
+
+PATHS = {
+    "rf": sdekit.RectifiedFlow(),
+    "poly3": sdekit.PolynomialPath(3.0),
+    "cosine": sdekit.CosinePath(),
+    "shift3": sdekit.TimeShift(sdekit.RectifiedFlow(), 3.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATHS))
+def test_paths_closed_forms_are_consistent(name):
+    p = PATHS[name]
+    assert float(p.alpha(p.T)) == 0.0 and float(p.sigma(p.T)) == 1.0
+    assert float(p.alpha(0.0)) == 1.0 and float(p.sigma(0.0)) == 0.0
+    assert p.prior_std() == 1.0 and float(p.log_snr(p.T)) == -math.inf
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+    h = 1e-6
+    torch.testing.assert_close(p.d_alpha(t), (p.alpha(t + h) - p.alpha(t - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(p.d_sigma(t), (p.sigma(t + h) - p.sigma(t - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+    # f and g from alpha and sigma: d sigma^2/dt = 2 f sigma^2 + g^2, f = alpha'/alpha
+    torch.testing.assert_close(2 * p.sigma(t) * p.d_sigma(t), 2 * p.f(t) * p.sigma(t) ** 2 + p.g(t) ** 2)
+    torch.testing.assert_close(p.f(t), p.d_alpha(t) / p.alpha(t))
+    # the generic LinearSDE derivative from f and g agrees with the closed form
+    torch.testing.assert_close(sdekit.LinearSDE.d_sigma(p, t), p.d_sigma(t))
+    ts = torch.tensor([0.0, 1e-3, 0.3, 0.7, 0.999, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(p.t_from_log_snr(p.log_snr(ts)), ts, rtol=0, atol=1e-9)
+
+
+def test_time_shift_matches_sd3_and_shifts_the_log_snr():
+    rf, shifted = sdekit.RectifiedFlow(), sdekit.TimeShift(sdekit.RectifiedFlow(), 3.0)
+    t = torch.linspace(0.1, 0.9, 5, dtype=torch.float64)
+    torch.testing.assert_close(shifted.sigma(t), 3 * t / (1 + 2 * t))
+    torch.testing.assert_close(shifted.log_snr(t), rf.log_snr(t) - 2 * math.log(3.0))
+    torch.testing.assert_close(sdekit.time_shift(t, 3.0), shifted.sigma(t))
+
+
+ALL = {**PATHS, "vp": sdekit.VPSDE(), "ve": sdekit.VESDE(sigma_min=0.01, sigma_max=20.0)}
+
+
+@settings(deadline=None, max_examples=40)
+@given(name=st.sampled_from(sorted(ALL)), other=st.sampled_from(PREDICTIONS), u=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**16))
+def test_velocity_round_trips(name, other, u, seed):
+    sde = ALL[name]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    value = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    t = 0.01 + (sde.T - 0.02) * u
+    for tt in (t, torch.full((4,), t, dtype=torch.float64)):
+        back = convert(convert(value, "velocity", other, x, tt, sde), other, "velocity", x, tt, sde)
+        torch.testing.assert_close(back, value, rtol=1e-7, atol=1e-7 * float(value.abs().max()))
+        back = convert(convert(value, other, "velocity", x, tt, sde), "velocity", other, x, tt, sde)
+        torch.testing.assert_close(back, value, rtol=1e-7, atol=1e-7 * float(value.abs().max()))
+
+
+@settings(deadline=None, max_examples=40)
+@given(name=st.sampled_from(sorted(PATHS)), u=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
+def test_velocity_definition_holds_up_to_both_ends(name, u, seed):
+    """u = alpha' x0 + sigma' eps, and x0, eps, v come back from it exactly, t = 0 and t = T included."""
+    sde = PATHS[name]
+    gen = torch.Generator().manual_seed(seed)
+    x0, eps = (torch.randn(5, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    t = u * sde.T
+    a, s = float(sde.alpha(t)), float(sde.sigma(t))
+    da, ds = sde.rates(t)
+    x = a * x0 + s * eps
+    vel = da * x0 + ds * eps
+    if abs(a * ds - s * da) == 0:  # the polynomial path's velocity vanishes at T: nothing to recover
+        return
+    if u == 1.0:  # alpha = 0: x0 is not in x, only in the velocity
+        torch.testing.assert_close(convert(vel, "velocity", "x0", x, t, sde), x0)
+    elif u == 0.0:  # sigma = 0: eps is not in x, only in the velocity
+        torch.testing.assert_close(convert(vel, "velocity", "eps", x, t, sde), eps)
+    else:
+        for kind, truth in (("x0", x0), ("eps", eps), ("v", a * eps - s * x0), ("score", -eps / s)):
+            torch.testing.assert_close(convert(vel, "velocity", kind, x, t, sde), truth)
+            torch.testing.assert_close(convert(truth, kind, "velocity", x, t, sde), vel)
+
+
+def test_velocity_is_the_probability_flow_drift_on_a_vp_sde():
+    sde, gm = sdekit.VPSDE(), sdekit.GaussianMixture.default(dim=2)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    m = gm.model(sde)
+    for t in (0.05, 0.5, 1.0):
+        torch.testing.assert_close(m.predict(x, t, "velocity"), sde.probability_flow_drift(x, t, m.score(x, t)))
+
+
+def test_ms_weights_take_the_limit_of_a_point_at_minus_infinity():
+    h, B = 0.7, -math.expm1(-0.7)
+    far = _ms_weights([-0.8, -1e7], h, B)
+    lim = _ms_weights([-0.8, -math.inf], h, B)
+    assert lim[1] == 0.0 and abs(lim[0] - far[0]) < 1e-6
+    assert _ms_weights([-math.inf], h, B) == [0.5]
+
+
+def _rf_problem(dim=2, n=64):
+    sde = sdekit.RectifiedFlow()
+    gm = sdekit.GaussianMixture.default(dim=dim, seed=0)
+    x_T = torch.randn(n, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return sde, gm, gm.model(sde), x_T
+
+
+def _reference(gm, sde, x_T):
+    from torchdiffeq import odeint
+
+    ts = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    return odeint(lambda t, x: gm.velocity(x, t.clamp(0, 1), sde), x_T, ts, rtol=1e-10, atol=1e-10)[-1]
+
+
+def test_first_step_from_pure_noise_is_ddim():
+    sde, gm, m, x_T = _rf_problem()
+    for solver in ("ddim", "dpmpp_2m", "unipc_2", "dpmpp_2s"):
+        sol = sdekit.sample(m, x_T, solver, ts=torch.tensor([1.0, 0.6], dtype=torch.float64))
+        torch.testing.assert_close(sol.x, 0.4 * gm.mean().expand_as(x_T) + 0.6 * x_T)
+
+
+@pytest.mark.parametrize("solver,grid", [("ddim", "logsnr"), ("dpmpp_2m", "karras"), ("dpmpp_3m", "uniform"),
+                                         ("unipc_2", "logsnr"), ("unipc_3", "uniform"), ("dpmpp_2s", "uniform")])
+def test_data_form_solvers_start_at_alpha_zero_and_converge(solver, grid):
+    sde, gm, m, x_T = _rf_problem()
+    ref = _reference(gm, sde, x_T)
+    errs = [float((sdekit.sample(m, x_T, solver, steps=n, grid=grid, t_end=0.0).x - ref).norm(dim=1).median())
+            for n in (10, 40)]
+    assert math.isfinite(errs[0]) and errs[1] < 0.5 * errs[0], errs
+
+
+def test_lambda_grids_start_at_t_hi_then_mirror_eps():
+    sde = sdekit.RectifiedFlow()
+    for grid in ("logsnr", "karras"):
+        ts = make_grid(sde, 5, grid, t_end=0.0)
+        assert float(ts[0]) == 1.0 and float(ts[-1]) == 0.0 and bool(torch.isfinite(ts).all())
+        assert abs(float(ts[1]) - (1 - sde.eps)) < 1e-12
+    ts = make_grid(sde, 4, "uniform")
+    torch.testing.assert_close(ts, torch.linspace(1.0, sde.eps, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("path", ["rf", "cosine"])
+def test_likelihood_matches_the_analytic_mixture_density_at_16d(path):
+    sde = PATHS[path]
+    gm = sdekit.GaussianMixture.default(dim=16, seed=0)
+    x = gm.sample(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    res = sdekit.log_likelihood(gm.model(sde), x, divergence="exact", rtol=1e-8, atol=1e-8)  # prior N(0, I): exact
+    assert float((res.log_prob - gm.log_prob(x, sde.eps, sde)).abs().max()) < 1e-4
+
+
+def test_flow_matching_loss_of_the_exact_velocity_is_minimal_and_finite_at_T():
+    sde, gm, m, _ = _rf_problem()
+    gen = torch.Generator().manual_seed(2)
+    x0 = gm.sample(4000, generator=gen, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    t = sdekit.losses.sample_time(sde, 4000, generator=gen, time_sampling="logit_normal")
+    assert float(t.min()) >= sde.eps and float(t.max()) <= 1.0 and abs(float(t.median()) - 0.5) < 0.05
+    exact = sdekit.flow_matching_loss(m, x0, t=t, noise=noise)
+    worse = sdekit.flow_matching_loss(sdekit.ScoreModel(lambda x, tt: 1.05 * gm.velocity(x, tt, sde), sde, "velocity"),
+                                      x0, t=t, noise=noise)
+    assert float(exact) < float(worse)
+    # at t = T the target is eps - x0 and the exact velocity there is x - mean: loss = E||x0 - mean||^2 / D
+    at_T = sdekit.flow_matching_loss(m, x0, t=torch.ones(4000, dtype=torch.float64), noise=noise)
+    expect = float((x0 - gm.mean()).pow(2).mean())
+    assert abs(float(at_T) - expect) < 1e-9
+
+
+def test_training_a_velocity_mlp_on_the_rectified_flow():
+    torch.manual_seed(0)
+    sde = sdekit.RectifiedFlow()
+    data = sdekit.GaussianMixture.default(dim=2).sample(2000, generator=torch.Generator().manual_seed(0))
+    net = sdekit.MLP(dim=2, width=64, depth=2)
+    trainer = sdekit.Trainer(net, sde, data, "velocity", weighting="flow_matching", time_sampling="logit_normal",
+                             batch_size=256, lr=2e-3, warmup=0)
+    trainer.run(150, progress=False)
+    assert trainer.hparams["time_sampling"] == "logit_normal"
+    assert sum(trainer.losses[-20:]) / 20 < 0.8 * sum(trainer.losses[:20]) / 20
+    x = sdekit.sample(trainer.ema_model(), torch.randn(64, 2), "dpmpp_2m", steps=8, grid="uniform").x
+    assert bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_ddim_equals_diffusers_flow_match_euler(shift):
+    """Euler in t on the rectified flow, x + (t_s - t) u, is x_s = alpha_s x0 + sigma_s eps: DDIM."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+    sched.set_timesteps(8)
+    sde, gm, m, x_T = _rf_problem(n=16)
+    x = x_T.clone()
+    sigmas = sched.sigmas.double()
+    for i, ts in enumerate(sched.timesteps):
+        x = sched.step(gm.velocity(x, sigmas[i], sde), ts, x).prev_sample
+    ours = sdekit.sample(m, x_T, "ddim", ts=sigmas)  # 1 ... 0: the last step is the x0 jump
+    # diffusers steps in float32 (its sigmas and the sample are float32): 1e-6 relative to the state's scale
+    assert float((ours.x - x).abs().max()) < 1e-6 * float(x.abs().max())
