@@ -8,7 +8,7 @@ analytic value is ``gm.log_prob(x, sigma_min, sde)``.
 
 Methods.
   sdekit exact          sdekit.log_likelihood, exact divergence: dopri5 at its default rtol = atol = 1e-5,
-                        dopri5 at 1e-4, dopri8 at 1e-3 (torchdiffeq)
+                        dopri5 at 1e-4 (sdekit's integration core), dopri8 at 1e-3 (torchdiffeq behind it)
   sdekit exact, quad    the same with integrate="quadrature": the trajectory alone by dopri5 at
                         rtol = atol = 1e-5 (the default) and 1e-4, then each row's exact divergence by
                         adaptive Boole quadrature in log-SNR to quad_tol = 0.1 (the default)
@@ -182,13 +182,13 @@ def evaluation_costs(model, x, repeats):
     """Median wall time (ms) of one probability-flow drift evaluation on the whole batch at t = 1: alone,
     with one vector-Jacobian product (a one-probe Hutchinson evaluation) and with the exact trace (D
     products, one vectorised backward pass) -- what each method pays per NFE, before solver overhead."""
-    from sdekit.likelihood import _Augmented, _Drift
+    from sdekit.likelihood import AugmentedTerm, Drift
 
     t = torch.tensor(1.0, dtype=torch.float64)
     probe = torch.ones(1, *x.shape, dtype=x.dtype)
-    drift = _Drift(model)
-    exact = _Augmented(drift, x.shape, "exact", None, "autograd", None, 10**9, (0.0, float(model.sde.T)))
-    hutch = _Augmented(drift, x.shape, "hutchinson", probe, "autograd", None, 10**9, (0.0, float(model.sde.T)))
+    drift = Drift(model)
+    exact = AugmentedTerm(drift, x.shape, "exact", None, "autograd", None, (0.0, float(model.sde.T)))
+    hutch = AugmentedTerm(drift, x.shape, "hutchinson", probe, "autograd", None, (0.0, float(model.sde.T)))
     calls = {"forward": lambda: drift(x, t), "one_probe": lambda: hutch.divergence_at(x, t),
              "exact_trace": lambda: exact.divergence_at(x, t)}
     out = {}
@@ -205,8 +205,8 @@ def evaluation_costs(model, x, repeats):
 
 def _ours(model, x, prior, **kw):
     res = sdekit.log_likelihood(model, x, prior_log_prob=prior, seed=0, **kw)
-    if "divergence_evals_per_row" in res.info:
-        return res.log_prob, res.nfe, {"divergence_evals_per_row": res.info["divergence_evals_per_row"]}
+    if "divergence_evals_per_row" in res.stats:
+        return res.log_prob, res.nfe, {"divergence_evals_per_row": res.stats["divergence_evals_per_row"]}
     return res.log_prob, res.nfe
 
 
@@ -265,7 +265,11 @@ def main(argv=None):
                    help="sdekit integrate='quadrature' configurations, quad_tol:tol ('' for none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every method (default 1)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--quick", action="store_true",
+                   help="50 points, dopri5 at 1e-5 and 1e-4 and quadrature at 1e-5 only (a before/after check)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.exact, args.quadrature = min(args.n, 50), "dopri5:1e-5,dopri5:1e-4", "0.1:1e-5"
     dims = [int(d) for d in args.dims.split(",")]
     configs = [(c.split(":")[0], float(c.split(":")[1])) for c in args.exact.split(",") if c]
     quads = [(float(c.split(":")[0]), float(c.split(":")[1])) for c in args.quadrature.split(",") if c]

@@ -55,9 +55,7 @@ def sliced_w1(a, b, n_proj=256, seed=0):
 
 def weight_tv(gm, x):
     """TV distance between the fraction of x nearest (by responsibility) to each component and the weights."""
-    xf = x.double()
-    logr = gm._component_log_probs(xf, gm.means.unsqueeze(0), (gm.stds**2).unsqueeze(0))
-    share = torch.bincount(logr.argmax(1), minlength=gm.weights.numel()).double() / x.shape[0]
+    share = torch.bincount(gm.component(x.double()), minlength=gm.weights.numel()).double() / x.shape[0]
     return 0.5 * float((share - gm.weights).abs().sum())
 
 

@@ -75,7 +75,7 @@ def main(argv=None):
         print(f"{label:>42} {err.mean().item():>18.2e} {err.max().item():>12.2e} {res.nfe:>5} {sec:>7.2f}")
     print(f"mean Hutchinson standard error (per sample, over {args.probes} probes): {hu.stderr.mean().item():.3f} nats")
     quad = runs["exact divergence by quadrature, exact p_T"][0]
-    print(f"quadrature: {quad.info['divergence_evals_per_row']:.1f} trace evaluations per row (the augmented solve: "
+    print(f"quadrature: {quad.stats['divergence_evals_per_row']:.1f} trace evaluations per row (the augmented solve: "
           f"one per drift evaluation, {ex.nfe})")
 
     import matplotlib

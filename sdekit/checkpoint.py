@@ -61,7 +61,7 @@ from .sde import VESDE, VPSDE, CosineVPSDE, DiscreteVPSDE, LinearSDE, SubVPSDE
 try:
     import fcntl
 except ImportError:  # not POSIX: no advisory lock
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 Tensor = torch.Tensor
 
@@ -87,7 +87,7 @@ _WRITE_CHUNK = 1 << 20
 
 __all__ = ["FORMAT_VERSION", "LIMITS", "ANY", "CheckpointConflict", "sde_to_spec", "sde_from_spec",
            "save_checkpoint", "build_checkpoint", "commit_checkpoint", "read_checkpoint", "load_model",
-           "checkpoint_id", "check_config_serialisable"]
+           "checkpoint_id", "check_config_serialisable", "read_config"]
 
 
 class CheckpointConflict(ValueError):
@@ -99,7 +99,7 @@ def sde_to_spec(sde: LinearSDE) -> dict:
     """A JSON-able {"name": ..., "kwargs": {...}} rebuilding a built-in SDE exactly."""
     base = {"T": sde.T, "eps": sde.eps}
     if type(sde) in (VPSDE, SubVPSDE):
-        kw = {"beta_min": sde.beta_min, "beta_max": sde.beta_max, **base}
+        kw = {"beta_min": getattr(sde, "beta_min"), "beta_max": getattr(sde, "beta_max"), **base}  # noqa: B009
     elif type(sde) is VESDE:
         kw = {"sigma_min": sde.sigma_min, "sigma_max": sde.sigma_max, **base}
     elif type(sde) is CosineVPSDE:
@@ -406,7 +406,8 @@ def checkpoint_id(path) -> Optional[str]:
 
 def _foreign_entries(target: Path) -> tuple[list, list]:
     """(regular files, other entries) in ``target`` that are not part of a checkpoint."""
-    files, others = [], []
+    files: list = []
+    others: list = []
     if not target.is_dir():
         return files, others
     for entry in os.scandir(target):
@@ -470,7 +471,7 @@ def _commit(target: Path, payload: dict, replaces) -> None:
                 os.rename(target, old)
                 _fsync_dir(parent)
             os.rename(tmp, target)  # the commit point
-            tmp = None
+            tmp = None  # type: ignore[assignment]  # nothing left to clean up
             _fsync_dir(parent)
         except BaseException:
             # undo what this process did (a SIGKILL skips this: the next save or load recovers instead)
@@ -604,16 +605,28 @@ def _read_tensors(path: Path, table: dict, kind: str) -> Optional[dict]:
         raise ValueError(f"checkpoint file {file} is not a valid safetensors file: {e}") from None
 
 
+def read_config(path) -> dict:
+    """The verified config of the checkpoint at ``path`` (no tensors read): what other modules ask for instead
+    of opening the format's files themselves."""
+    target = Path(os.path.realpath(path))
+    with _locked(target, exclusive=False):
+        where = _readable_dir(target)
+        return _read_config(Path(path) if where == target else where)[0]
+
+
 def read_checkpoint(path) -> tuple[dict, dict, Optional[dict], Optional[dict]]:
-    """(config, model tensors, ema tensors or None, state tensors or None), all verified."""
+    """(config, model tensors, ema tensors or None, state tensors or None), all verified (the model's are
+    always there: a checkpoint without them is refused)."""
     target = Path(os.path.realpath(path))
     with _locked(target, exclusive=False):
         where = _readable_dir(target)
         if where == target:
             where = Path(path)  # errors name the path as given
         config, table = _read_config(where)
-        return (config, _read_tensors(where, table, "model"), _read_tensors(where, table, "ema"),
-                _read_tensors(where, table, "state"))
+        model = _read_tensors(where, table, "model")
+        if model is None:
+            raise ValueError(f"checkpoint {where} has no model weights")
+        return config, model, _read_tensors(where, table, "ema"), _read_tensors(where, table, "state")
 
 
 def load_state_strict(module: torch.nn.Module, tensors: dict, file) -> None:

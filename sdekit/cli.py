@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .sde import SDE_NAMES, sde_from_name
+from .sde import PATH_NAMES, SDE_NAMES, path_from_name, sde_from_name
 
 
 # -- info --------------------------------------------------------------------------------------
@@ -41,10 +41,17 @@ def _add_train(sub):
     p.add_argument("--data", required=True, choices=("moons", "checkerboard", "swissroll", "rings", "digits"))
     # settings default to None: a resumed run takes them from its checkpoint, and any given one that
     # differs is refused; a new run fills in the defaults named in the help
-    p.add_argument("--prediction", default=None, choices=("eps", "score", "v", "x0"), help="default eps")
+    p.add_argument("--prediction", default=None, choices=("eps", "score", "v", "x0", "velocity"),
+                   help="default eps (velocity with --path)")
     p.add_argument("--sde", default=None, choices=tuple(SDE_NAMES), help="default vp")
-    p.add_argument("--weighting", default=None, choices=("simple", "likelihood", "min_snr", "native"),
-                   help="default simple")
+    p.add_argument("--path", default=None, choices=tuple(PATH_NAMES),
+                   help="a flow-matching path instead of an SDE (alpha(1) = 0), e.g. rectified_flow")
+    p.add_argument("--shift", type=float, default=None, help="with --path: SD3 time shift of the path (TimeShift)")
+    p.add_argument("--weighting", default=None,
+                   choices=("simple", "likelihood", "min_snr", "native", "flow_matching"),
+                   help="default simple (flow_matching with --path)")
+    p.add_argument("--time-sampling", default=None, choices=("uniform", "logit_normal"),
+                   help="training times: uniform (default) or SD3's logit-normal")
     p.add_argument("--steps", type=int, default=2000, help="total optimisation steps (including resumed ones)")
     p.add_argument("--batch-size", type=int, default=None, help="default 128")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 2e-3 toys, 1e-3 digits)")
@@ -69,8 +76,6 @@ _TRAIN_DEFAULTS = {"batch_size": 128, "weighting": "simple", "ema_decay": 0.999,
 
 
 def _run_train(args) -> int:
-    from pathlib import Path
-
     import torch
 
     from sdekit.data import load_dataset
@@ -82,10 +87,10 @@ def _run_train(args) -> int:
     digits = args.data == "digits"
     resuming = args.resume and checkpoint_id(args.out) is not None
     if resuming:
-        import json
+        from .checkpoint import read_config
 
         try:
-            stored = json.loads((Path(args.out) / "config.json").read_text()).get("data", {}).get("name")
+            stored = (read_config(args.out).get("data") or {}).get("name")
         except (OSError, ValueError, AttributeError):
             stored = None  # load_model / Trainer.resume report a corrupt file precisely
         if stored is not None and stored != args.data:
@@ -99,9 +104,19 @@ def _run_train(args) -> int:
     rank, world = init_process_group()  # under torchrun: DistributedDataParallel over the ranks
     seed = 0 if args.seed is None else args.seed
     ds = load_dataset(args.data, n=args.n_points, seed=seed)
-    hparams = {k: getattr(args, k) for k in (*_TRAIN_DEFAULTS, "lr", "seed") if getattr(args, k) is not None}
+    hparams = {k: getattr(args, k) for k in (*_TRAIN_DEFAULTS, "lr", "seed", "time_sampling")
+               if getattr(args, k) is not None}
     net = sde = None
-    if not resuming or args.sde is not None or args.sigma_max is not None:
+    if args.path is not None and args.sde is not None:
+        args.usage_error("give --sde or --path, not both")
+    if args.shift is not None and args.path is None:
+        args.usage_error("--shift applies to a --path")
+    if args.path is not None:
+        sde = path_from_name(args.path, shift=args.shift)
+        if not resuming:
+            args.prediction = args.prediction or "velocity"
+            hparams.setdefault("weighting", "flow_matching")
+    elif not resuming or args.sde is not None or args.sigma_max is not None:
         name = args.sde or "vp"
         ve_kwargs = {"sigma_min": 0.01, "sigma_max": args.sigma_max or (20.0 if digits else 10.0)}
         sde = sde_from_name(name, **(ve_kwargs if name == "ve" else {}))
@@ -149,7 +164,7 @@ def _add_likelihood(sub):
     p.add_argument("--method", default="dopri5")
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--max-steps", type=int, default=10_000)
+    p.add_argument("--max-nfe", type=int, default=100_000, help="budget in network calls per solve")
     p.add_argument("--integrate", default="augmented", choices=("augmented", "quadrature"),
                    help="quadrature (exact divergence): solve the trajectory alone, then integrate each row's "
                         "divergence by adaptive quadrature (fewer trace evaluations)")
@@ -189,12 +204,23 @@ def _likelihood_problem(args):
     return gm.model(sde), x, (lambda y: gm.log_prob(y, sde.eps, sde)), (lambda z: gm.log_prob(z, sde.T, sde))
 
 
+def _likelihood_config(args, **data):
+    """The one ``LikelihoodConfig`` of a likelihood command (``data``: the checkpoint's bits/dim settings).
+    Raises ValueError on a bad setting."""
+    from .likelihood import LikelihoodConfig
+
+    return LikelihoodConfig(divergence=args.divergence, probes=args.probes, noise=args.noise, seed=args.seed,
+                            method=args.method, rtol=args.rtol, atol=args.atol, max_nfe=args.max_nfe,
+                            integrate=args.integrate, quad_tol=args.quad_tol, **data)
+
+
 def _run_likelihood(args) -> int:
     import time
 
     import torch
 
     import sdekit
+    from .solvers import SolverError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,12 +237,9 @@ def _run_likelihood(args) -> int:
     prior = exact_prior if (args.prior == "exact" and exact_prior is not None) else None
     start = time.perf_counter()
     try:
-        res = sdekit.log_likelihood(
-            model, x, divergence=args.divergence, probes=args.probes, noise=args.noise, seed=args.seed,
-            method=args.method, rtol=args.rtol, atol=args.atol, max_steps=args.max_steps, prior_log_prob=prior,
-            integrate=args.integrate, quad_tol=args.quad_tol, progress=not args.no_progress,
-        )
-    except (ValueError, RuntimeError) as err:
+        res = sdekit.log_likelihood(model, x, _likelihood_config(args), prior_log_prob=prior,
+                                    progress=not args.no_progress)
+    except (ValueError, SolverError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
@@ -241,14 +264,14 @@ def _run_likelihood(args) -> int:
     for i in range(x.shape[0]):
         print(f"{i:>4} " + " ".join(f"{float(v[i]):>{width}{fmt}}" for _, width, fmt, v in cols))
     if exact is not None:
-        err = (res.log_prob.double() - exact).abs()
-        print(f"mean |error| {err.mean().item():.3e} nats  max {err.max().item():.3e} nats", end="")
+        abs_err = (res.log_prob.double() - exact).abs()
+        print(f"mean |error| {abs_err.mean().item():.3e} nats  max {abs_err.max().item():.3e} nats", end="")
         if gap is not None:
             print(f"  (includes the prior gap log N(z) - log p_T(z), mean {gap.mean().item():.3e})", end="")
         print()
     extra = ""
-    if res.info.get("integrate") == "quadrature":
-        extra = f"  divergence evaluations per row {res.info['divergence_evals_per_row']:.1f}"
+    if res.stats.get("integrate") == "quadrature":
+        extra = f"  divergence evaluations per row {res.stats['divergence_evals_per_row']:.1f}"
     print(f"NFE {res.nfe}  time {elapsed:.3f} s  divergence backend {res.backend}{extra}")
     return 0
 
@@ -286,7 +309,8 @@ def _run_likelihood_checkpoint(args) -> int:
 
     import sdekit
     from .checkpoint import load_model
-    from .data import DIGITS_SCALE, dequantize
+    from .data import DIGITS_SCALE
+    from .solvers import SolverError
 
     if args.repeats < 1 or args.batch < 1:
         print("error: --repeats and --batch must be positive", file=sys.stderr)
@@ -297,30 +321,26 @@ def _run_likelihood_checkpoint(args) -> int:
     model, config = load_model(args.checkpoint)
     args.dtype = args.dtype or "float32"
     dtype = getattr(torch, args.dtype)
-    model.net.to(dtype)
+    model.net.to(dtype)  # type: ignore[attr-defined]  # a checkpoint's net is a torch module
     x, desc, digits = _checkpoint_data(config, args.split, args.n, dtype)
     if args.dequantize and not digits:
         print("error: --dequantize applies to digits (discrete levels), not to a continuous 2-D toy set",
               file=sys.stderr)
         return 2
-    gen = torch.Generator().manual_seed(args.seed)
     per_row = torch.zeros(x.shape[0], dtype=torch.float64)
-    nfe, start = 0, time.perf_counter()
-    try:
-        with tqdm(total=args.repeats * x.shape[0], desc="rows", disable=args.no_progress) as bar:
-            for r in range(args.repeats):
-                xr = dequantize(x, DIGITS_SCALE, generator=gen) if args.dequantize else x
-                for a in range(0, x.shape[0], args.batch):
-                    res = sdekit.log_likelihood(
-                        model, xr[a:a + args.batch], divergence=args.divergence, probes=args.probes,
-                        noise=args.noise, seed=args.seed + r, method=args.method, rtol=args.rtol, atol=args.atol,
-                        max_steps=args.max_steps, data_scale=DIGITS_SCALE if digits else None,
-                        integrate=args.integrate, quad_tol=args.quad_tol, progress=not args.no_progress)
-                    value = res.bpd if digits else res.log_prob
-                    per_row[a:a + args.batch] += value.double() / args.repeats
-                    nfe += res.nfe
-                    bar.update(value.shape[0])
-    except (ValueError, RuntimeError) as err:
+    nfe, solves, start = 0, 0, time.perf_counter()
+    try:  # dequantisation (args.repeats draws per image) happens inside, in sdekit's one convention
+        cfg = _likelihood_config(args, data_scale=DIGITS_SCALE if digits else None, dequantize=args.dequantize,
+                                 repeats=args.repeats)
+        with tqdm(total=x.shape[0], desc="rows", disable=args.no_progress) as bar:
+            for a in range(0, x.shape[0], args.batch):
+                res = sdekit.log_likelihood(model, x[a:a + args.batch], cfg, row_offset=a,
+                                            progress=not args.no_progress)
+                value = res.bpd if digits else res.log_prob
+                per_row[a:a + args.batch] = value.double()
+                nfe, solves = nfe + res.nfe, solves + 1
+                bar.update(value.shape[0])
+    except (ValueError, SolverError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
@@ -336,7 +356,7 @@ def _run_likelihood_checkpoint(args) -> int:
         print(f"bits/dim {per_row.mean().item():.4f} +- {se:.4f} (standard error over {n} images){note}")
     else:
         print(f"log-likelihood {per_row.mean().item():.4f} +- {se:.4f} nats per point (standard error over {n} points)")
-    print(f"NFE {nfe} ({args.repeats * math.ceil(n / args.batch)} solves)  time {elapsed:.2f} s")
+    print(f"NFE {nfe} ({solves} solve(s) of up to {args.batch} rows x {args.repeats} draw(s))  time {elapsed:.2f} s")
     return 0
 
 

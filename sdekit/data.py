@@ -16,7 +16,9 @@ so one level is a bin of width 1/8 in model space. For bits/dim of a continuous 
 D = 64 pixels, the discrete probability of a bin is about p(x) (1/8)^D, hence
     bpd = (-log p(x) / D + log 8) / log 2,
 and uniform dequantization adds u ~ U(-1/16, 1/16) per pixel (``dequantize``), which makes that
-bound exact in expectation (Theis et al. 2016). ``Dataset.meta`` carries these numbers.
+bound exact in expectation (Theis et al. 2016). That is sdekit's one dequantisation convention: a value
+stands for the bin of its width centred on it (``sdekit.likelihood`` and the CLI use the same function).
+``Dataset.meta`` carries these numbers.
 The train/test split is fixed and RNG-free: image i is in the test split iff i % 6 == 5
 (1498 train, 299 test).
 """
@@ -156,10 +158,14 @@ def load_digits(split: str = "train", dtype=torch.float32) -> Dataset:
     return Dataset(x=x, y=labels[keep], num_classes=10, name="digits", meta=meta)
 
 
-def dequantize(x: Tensor, bin_width: float = DIGITS_SCALE, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Uniform dequantization: x + u, u ~ U(-bin_width/2, bin_width/2) independently per entry."""
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5
-    return x + bin_width * u
+def dequantize(x: Tensor, bin_width: float = DIGITS_SCALE, generator: Optional[torch.Generator] = None, *,
+               offsets: Optional[Tensor] = None) -> Tensor:
+    """Uniform dequantization, sdekit's one convention: a value x stands for the bin [x - w/2, x + w/2) of
+    width w = ``bin_width`` centred on it, and v = x + w (delta - 1/2) with delta ~ U[0, 1) per entry, drawn
+    from ``generator`` or given as ``offsets`` (any tensor broadcasting against x, values in [0, 1))."""
+    if offsets is None:
+        offsets = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x + bin_width * (offsets - 0.5)
 
 
 def load_dataset(name: str, n: int = 20000, seed: int = 0, split: str = "train") -> Dataset:

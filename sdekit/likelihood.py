@@ -4,70 +4,79 @@ The probability-flow ODE dx/dt = F(x, t) = drift(x, t) - g(t)^2 score(x, t) / 2 
 Along a trajectory the instantaneous change of variables (Chen et al. 2018, "Neural ODEs", thm. 1)
 gives d/dt log p_t(x_t) = -div F(x_t, t), hence
 
-    log p_{t0}(x) = log p_T(x_T) + int_{t0}^{T} div F(x_t, t) dt,     x_{t0} = x.
+    log p_{t_data}(x) = log p_{t_prior}(x_{t_prior}) + int_{t_data}^{t_prior} div F(x_t, t) dt,   x_{t_data} = x.
 
-We solve the augmented ODE d/dt [x, a] = [F(x, t), div F(x, t)] forward from t0 to T with torchdiffeq
-(Song et al. 2021, "Score-Based Generative Modeling through SDEs", appendix D.2) on the data's device
-and dtype (only the scalar time is a CPU float64). The last adaptive step ends exactly on T (no
-interpolation past it) and the step size is controlled row by row. div F is either the exact trace of
-the Jacobian dF/dx (one vector-Jacobian product per coordinate, all of them in one vmap-vectorised
-backward pass; no Python loop over rows) or Hutchinson's estimator E_v[v^T (dF/dx) v] with K probes v
-(Rademacher or Gaussian) drawn once per solve; the K probes ride in one solve as K accumulators, so
-each probe yields its own integral and the spread across probes gives a per-row standard error.
+This module brings the terms; the solve is sdekit's one integration core (``sdekit.solvers.integrate``:
+tableau, per-row step control, budget in network calls, exact landing on t_prior, save times, the
+``SolverError`` family). ``integrate="augmented"`` solves d/ds [x, a] = [F, div F] dt/ds forward from
+t_data to t_prior (Song et al. 2021, "Score-Based Generative Modeling through SDEs", appendix D.2), s = t
+or the log-SNR lambda; every row's x and accumulators are held to rtol/atol, as if solved alone. div F is
+either the exact trace of dF/dx (one vector-Jacobian product per coordinate, all in one vmap-vectorised
+backward pass) or Hutchinson's estimator E_v[v^T (dF/dx) v] with K probes v (Rademacher or Gaussian)
+drawn once per solve; the K probes ride in one solve as K accumulators, so the spread across probes
+gives a per-row standard error. ``integrate="quadrature"`` solves the trajectory alone with values
+saved on a uniform log-SNR grid, then integrates each row's exact divergence along it by adaptive
+quadrature (``sdekit.quadrature``), evaluated only where that row's integrand needs it.
 
-``integrate="quadrature"`` splits the two: the trajectory alone (one forward pass per stage) on a
-uniform log-SNR grid, then each row's exact divergence integrated along it by adaptive quadrature
-(``sdekit.quadrature``), evaluated only where that row's integrand needs it.
+Settings travel as one frozen ``LikelihoodConfig`` (checked once, on creation); ``log_likelihood(model, x,
+config)`` or ``log_likelihood(model, x, rtol=..., ...)`` with its field names as keywords.
 
-Bits per dimension, in one convention. The model sees x = lo + a v with v = u + delta in [0, 2^bits)^D,
-u in {0, ..., 2^bits - 1}^D the integer levels, delta in [0, 1)^D the dequantisation offset and
-a = (hi - lo) / 2^bits. A change of variables gives log p_V(v) = log p_X(x) + D log a, and by Jensen
-log P(u) = log int p_V(u + delta) d delta >= E_delta[log p_V(u + delta)], so
+Bits per dimension (post-processing, ``bits_per_dim``) and dequantisation (pre-processing, one convention
+shared with ``sdekit.data.dequantize`` and the CLI). A value x of discrete data stands for the bin of width
+a centred on it, [x - a/2, x + a/2); with ``bits`` the levels are x = lo + a (u + 1/2), u in
+{0, ..., 2^bits - 1}, a = (hi - lo) / 2^bits, so the bins tile [lo, hi]. Dequantising draws
+v = x + a (delta - 1/2), delta ~ U[0, 1)^D; by Jensen log P(u) >= E_delta[log p(v)] + D log a, so
 
-    bpd = -(E_delta[log p_X(lo + a (u + delta))] + D log a) / (D log 2)
+    bpd = -(E_delta[log p_X(v)] + D log a) / (D log 2)
 
-is an upper bound on the discrete code length -log2 P(u) / D, and is >= 0 whenever the expectation is
-taken. ``dequantize=True, repeats=R`` estimates it with R uniform draws of delta. For continuous data
-bpd = -(log p_X(x) + D log data_scale) / (D log 2), where the data y relate to the model's x by
-x = data_scale * y + shift (data_scale = 1 by default).
+bounds the code length -log2 P(u) / D and is >= 0 when the expectation is taken (``dequantize=True,
+repeats=R``: R draws). The bin width is (hi - lo) / 2^bits, or ``data_scale`` for data whose levels
+are not a power of two (the digits: a = 1/8). For continuous data bpd = -(log p_X(x) + D log data_scale)
+/ (D log 2), the data y relating to the model's x by x = data_scale * y + shift (data_scale = 1 by default).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from .data import dequantize as dequantize_bins
 from .noise import RowNoise
 from .quadrature import adaptive_boole, boole, grid_size
-from .sde import DiscreteVPSDE
+from .sde import DiscreteVPSDE, LinearSDE
+from .solvers.base import NonFiniteError, SolverError
+from .solvers.integrate import EXTERNAL_METHODS, TABLEAUS, integrate
 
 Tensor = torch.Tensor
 
 __all__ = [
     "log_likelihood",
+    "LikelihoodConfig",
     "LikelihoodResult",
     "bits_per_dim",
-    "StepBudgetExceeded",
+    "dequantize",
+    "AugmentedTerm",
+    "Drift",
+    "LogSNRMap",
     "NegativeBPDWarning",
     "DIVERGENCES",
     "INTEGRATORS",
     "NOISES",
     "JACOBIAN_BACKENDS",
+    "TIME_VARIABLES",
 ]
 
 DIVERGENCES = ("exact", "hutchinson")
 INTEGRATORS = ("augmented", "quadrature")
 NOISES = ("rademacher", "gaussian")
 JACOBIAN_BACKENDS = ("auto", "func", "autograd", "loop")
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+TIME_VARIABLES = ("auto", "t", "log_snr")
 
-# Drift evaluations one step may cost (dopri8 has 13 stages); bounds the count for any method.
-_EVALS_PER_STEP = 16
 # integrate="quadrature": a panel is halved before any divergence evaluation when Boole's rule on the
 # trajectory's own velocity misses its displacement by more than this fraction of its path length.
 _TRAJECTORY_SPLIT_TOL = 3e-3
@@ -75,27 +84,148 @@ _TRAJECTORY_SPLIT_TOL = 3e-3
 _MAX_BLOCK_ELEMENTS = 2**25
 
 
-class StepBudgetExceeded(RuntimeError):
-    """The ODE solve needed more steps than ``max_steps`` allows."""
-
-
 class NegativeBPDWarning(UserWarning):
     """A negative bits/dim on discrete data: the density was evaluated without (enough) dequantisation."""
+
+
+# -- settings ------------------------------------------------------------------------------------------
+def _positive_int(name: str, v, lo: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
+
+
+def _positive(name: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a finite positive number; got {v!r}")
+
+
+@dataclass(frozen=True)
+class LikelihoodConfig:
+    """Every setting of ``log_likelihood``, checked once when made (the CLI builds one; entry points take it).
+
+    divergence: "exact" (trace of dF/dx, vectorised over the D coordinates) or "hutchinson" with ``probes``
+        = K probes of kind ``noise`` ("rademacher" or "gaussian") drawn from ``seed`` per row: row i's probes
+        (and dequantisation draws) come from (seed, row_offset + i) alone.
+    method, rtol, atol, max_nfe, step_size: the integration core's settings (``sdekit.solvers.integrate``):
+        a built-in tableau (dopri5, bosh3, adaptive_heun; euler, midpoint, rk4 with ``step_size``) or a
+        torchdiffeq method by name (dopri8, fehlberg2, ...); max_nfe: the budget in network calls
+        (``StepBudgetError`` past it, never a hang).
+    t_data, t_prior: x's time (default sde.eps) and the prior's (default sde.T), 0 <= t_data < t_prior <= T;
+        the result is log p_{t_data}(x). (Not ``sample``'s t_start / t_end, whose solve runs the other way.)
+    time_variable: integrate in "t" or in "log_snr" lambda (dt/dlambda = -sigma^2/g^2; LinearSDE only);
+        "auto" picks lambda for a DiscreteVPSDE (piecewise schedule, smooth in lambda) and t otherwise.
+    jacobian: how the vector-Jacobian products are batched: "autograd" (one backward pass vectorised over
+        all cotangents, ``is_grads_batched=True``), "func" (``torch.func.vjp`` + ``vmap``), "loop" (one
+        backward pass per cotangent; any autograd-capable net) or "auto" (the first of those that works).
+    chunk_size: how many basis vectors (or probes) one vectorised vector-Jacobian pass handles.
+    integrate: "augmented" solves [x, log-density] as one ODE; "quadrature" (exact divergence only) solves
+        x alone, saved on a uniform grid of 4 quad_panels 2^quad_depth + 1 points in lambda (in t for an SDE
+        without a log-SNR), then integrates each row's divergence by adaptive Boole quadrature to quad_tol
+        (see ``_solve_by_quadrature``). Pays off when the exact trace is expensive and smooth along the
+        trajectory; rtol/atol need to be tighter than for "augmented" at the same accuracy.
+    bits, data_range, data_scale, dequantize, repeats: the bits/dim convention (module docstring);
+        ``dequantize=True`` expects x on the level grid and averages over ``repeats`` uniform draws.
+    """
+
+    divergence: str = "exact"
+    probes: int = 1
+    noise: str = "rademacher"
+    seed: Optional[int] = 0
+    method: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    max_nfe: int = 100_000
+    step_size: Optional[float] = None
+    t_data: Optional[float] = None
+    t_prior: Optional[float] = None
+    time_variable: str = "auto"
+    jacobian: str = "auto"
+    chunk_size: Optional[int] = None
+    integrate: str = "augmented"
+    quad_tol: float = 0.1
+    quad_panels: int = 8
+    quad_depth: int = 4
+    bits: Optional[int] = None
+    data_range: tuple = (-1.0, 1.0)
+    data_scale: Optional[float] = None
+    dequantize: bool = False
+    repeats: int = 1
+
+    def __post_init__(self):
+        for name, value, accepted in (("divergence", self.divergence, DIVERGENCES), ("noise", self.noise, NOISES),
+                                      ("jacobian backend", self.jacobian, JACOBIAN_BACKENDS),
+                                      ("time_variable", self.time_variable, TIME_VARIABLES),
+                                      ("integrate", self.integrate, INTEGRATORS)):
+            if value not in accepted:
+                raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
+        _positive_int("probes", self.probes)
+        _positive_int("repeats", self.repeats)
+        _positive_int("max_nfe", self.max_nfe)
+        _positive("rtol", self.rtol)
+        _positive("atol", self.atol)
+        self._check_method()
+        self._check_quadrature()
+        object.__setattr__(self, "data_range", _check_range(self.data_range))
+        _data_scale(self.bits, self.data_range, self.data_scale)
+        if self.dequantize and self.bits is None and self.data_scale is None:
+            raise ValueError("dequantize needs the bin width of the data: pass bits (e.g. bits=8) or data_scale")
+        if self.repeats > 1 and not self.dequantize:
+            raise ValueError("repeats > 1 only makes sense with dequantize=True")
+
+    def _check_method(self):
+        if self.method not in TABLEAUS and self.method not in EXTERNAL_METHODS:
+            adaptive = [n for n, t in TABLEAUS.items() if t.adaptive] + list(EXTERNAL_METHODS)
+            fixed = [n for n, t in TABLEAUS.items() if not t.adaptive]
+            raise ValueError(f"unknown method {self.method!r}; accepted: adaptive {', '.join(adaptive)}; "
+                             f"fixed-step (need step_size=h) {', '.join(fixed)}")
+        if self.step_size is not None:
+            _positive("step_size", self.step_size)
+        elif self.method in TABLEAUS and not TABLEAUS[self.method].adaptive:
+            raise ValueError(f"fixed-step method {self.method!r} needs step_size=h (h > 0)")
+
+    def _check_quadrature(self):
+        if self.integrate != "quadrature":
+            return
+        if self.divergence != "exact":
+            raise ValueError("integrate='quadrature' is for divergence='exact' (it saves expensive trace "
+                             "evaluations); a Hutchinson estimate costs about one drift evaluation anyway")
+        _positive("quad_tol", self.quad_tol)
+        _positive_int("quad_panels", self.quad_panels)
+        _positive_int("quad_depth", self.quad_depth, lo=0)
+
+    @classmethod
+    def make(cls, config: Optional["LikelihoodConfig"] = None, **settings) -> "LikelihoodConfig":
+        """``config`` (or the defaults) with ``settings`` replaced; unknown names are refused with the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            hint = ""
+            if {"t_start", "t_end"} & set(unknown):
+                hint = ("; the likelihood's interval is t_data (x's time, default sde.eps) to t_prior (the "
+                        "prior's, default sde.T)")
+            if "max_steps" in unknown:
+                hint += "; the budget is max_nfe (network calls)"
+            if "options" in unknown:
+                hint += "; a fixed step is step_size=h"
+            raise TypeError(f"unknown likelihood setting(s) {unknown}{hint}; accepted: {', '.join(sorted(names))}")
+        base = cls() if config is None else config
+        return dataclasses.replace(base, **settings) if settings else base
 
 
 @dataclass
 class LikelihoodResult:
     """What ``log_likelihood`` returns.
 
-    log_prob: (batch,) log p_{t_start}(x) in nats, the model-space density (averaged over the
+    log_prob: (batch,) log p_{t_data}(x) in nats, the model-space density (averaged over the
         dequantisation draws when ``dequantize=True``); equals prior + delta.
     bpd:      (batch,) bits per dimension under the data convention given (see ``bits_per_dim``).
     nfe:      drift evaluations (network calls) made by the solve.
-    prior:    (batch,) log p_T(z), the prior term (averaged over dequantisation draws).
-    delta:    (batch,) int_{t_start}^{t_end} div F dt (Hutchinson: mean over probes; averaged over draws).
-    z:        latent x_{t_end}; shape (batch, ...) or (repeats, batch, ...) when repeats > 1.
+    prior:    (batch,) log p_{t_prior}(z), the prior term (averaged over dequantisation draws).
+    delta:    (batch,) int_{t_data}^{t_prior} div F dt (Hutchinson: mean over probes; averaged over draws).
+    z:        latent x_{t_prior}; shape (batch, ...) or (repeats, batch, ...) when repeats > 1.
     stderr:   (batch,) Hutchinson standard error of delta across probes (NaN for one probe);
               None for the exact divergence.
+    stats:    the solve's numbers (steps, accepted, rejected, method, times, ...), as ``Solution.stats``.
     """
 
     log_prob: Tensor
@@ -108,10 +238,15 @@ class LikelihoodResult:
     divergence: str = "exact"
     probes: int = 0
     backend: str = ""
-    info: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def info(self) -> dict:
+        """The former name of ``stats``."""
+        return self.stats
 
 
-# -- bits per dimension ------------------------------------------------------------------------
+# -- bits per dimension and dequantisation (post- and pre-processing) ------------------------------------
 def _data_scale(bits: Optional[int], data_range: Sequence[float], data_scale: Optional[float]) -> float:
     if bits is not None:
         if data_scale is not None:
@@ -143,29 +278,66 @@ def bits_per_dim(log_prob: Tensor, dim: int, *, bits: Optional[int] = None,
                  warn: bool = True) -> Tensor:
     """Bits per dimension from a model-space log-density (nats), D = ``dim`` coordinates.
 
-    Discrete data (``bits`` given): the model's x = lo + a (u + delta), a = (hi - lo) / 2^bits, so
-    log p(u + delta) = log p(x) + D log a and bpd = -(log p(x) + D log a) / (D log 2). A density
-    uniform on [lo, hi]^D gives exactly ``bits``. Continuous data: x = data_scale * y + shift and
-    bpd = -(log p(x) + D log data_scale) / (D log 2). With ``bits`` given a negative value is
-    impossible for a dequantised likelihood, so it raises a ``NegativeBPDWarning`` (unless warn=False).
+    Discrete data (``bits`` given, or ``data_scale`` = the bin width a): log P(bin) ~ log p(x) + D log a, so
+    bpd = -(log p(x) + D log a) / (D log 2), a = (hi - lo) / 2^bits. A density uniform on [lo, hi]^D gives
+    exactly ``bits``. Continuous data: x = data_scale * y + shift and bpd = -(log p(x) + D log data_scale) /
+    (D log 2). With ``bits`` given a negative value is impossible for a dequantised likelihood, so it raises
+    a ``NegativeBPDWarning`` (unless warn=False).
     """
     if isinstance(dim, bool) or int(dim) != dim or dim < 1:
         raise ValueError(f"dim must be a positive integer; got {dim!r}")
     a = _data_scale(bits, data_range, data_scale)
     bpd = -(log_prob + dim * math.log(a)) / (dim * math.log(2.0))
-    if warn and bits is not None and bpd.numel() and bool((bpd < 0).any()):
-        warnings.warn(
-            f"negative bits/dim (min {float(bpd.min()):.4g}) on {bits}-bit data: a density evaluated at "
-            "the quantised points themselves is not a likelihood of discrete data; pass dequantize=True "
-            "(uniform dequantisation, repeats=R draws) to get the variational bound, which is >= 0",
-            NegativeBPDWarning, stacklevel=2,
-        )
+    if warn and bits is not None:
+        _warn_negative(bpd, f"{bits}-bit data", dequantized=False)
     return bpd
 
 
-# -- divergence ----------------------------------------------------------------------------------
-class _Drift:
-    """F(x, t) of the probability-flow ODE for ``model`` (anything with .sde and .score(x, t))."""
+def _warn_negative(bpd: Tensor, what: str, dequantized: bool) -> None:
+    if not (bpd.numel() and bool((bpd < 0).any())):
+        return
+    hint = ("; with dequantisation this means the model's density is not normalised or the solve is inaccurate"
+            if dequantized else "; the density was evaluated at the quantised points themselves, which is not a "
+            "likelihood of discrete data: pass dequantize=True (uniform dequantisation, repeats=R draws) for the "
+            "variational bound, which is >= 0")
+    warnings.warn(f"negative bits/dim (min {float(bpd.min()):.4g}) on {what}{hint}", NegativeBPDWarning,
+                  stacklevel=3)
+
+
+def dequantize(x: Tensor, cfg: LikelihoodConfig, rows: RowNoise) -> Tensor:
+    """The model-space points to solve from: x itself, or ``cfg.repeats`` dequantised copies (repeat-major,
+    (repeats * batch, ...)) v = x + a (delta - 1/2), delta ~ U[0, 1)^D from each row's own stream, a the
+    bin width. With ``bits`` x must be on the level grid lo + a (u + 1/2); without dequantisation it must
+    lie in data_range."""
+    if cfg.bits is None and not cfg.dequantize:
+        return x
+    a = _data_scale(cfg.bits, cfg.data_range, cfg.data_scale)
+    lo, hi = cfg.data_range
+    if cfg.bits is not None:
+        levels = (x - lo) / a - 0.5
+        nearest = levels.round()
+        if not cfg.dequantize:
+            tol = 1e-6 * (hi - lo)
+            if bool((x < lo - tol).any()) or bool((x > hi + tol).any()):
+                raise ValueError(f"with bits={cfg.bits} the data must lie in data_range = [{lo}, {hi}]; "
+                                 f"got values in [{float(x.min())}, {float(x.max())}]")
+            return x
+        if bool(((levels - nearest).abs() > 1e-3).any()) or bool((nearest < 0).any()) \
+                or bool((nearest > 2**cfg.bits - 1).any()):
+            raise ValueError(
+                f"dequantize=True expects x on the {cfg.bits}-bit level grid x = lo + (hi - lo)(u + 1/2) / 2^bits "
+                f"(bin centres) with integer u in [0, {2**cfg.bits - 1}] and (lo, hi) = ({lo}, {hi}); x is not "
+                "(a [0, 1] -> u/255 scaling, say, is another convention)")
+        x = lo + a * (nearest + 0.5)
+    event = tuple(x.shape[1:])
+    delta = rows.draw(lambda g: torch.rand((cfg.repeats, *event), generator=g, dtype=torch.float64))
+    delta = delta.transpose(0, 1).to(device=x.device, dtype=x.dtype)  # (repeats, B, *event)
+    return dequantize_bins(x.unsqueeze(0), a, offsets=delta).reshape(cfg.repeats * x.shape[0], *event)
+
+
+# -- the terms -----------------------------------------------------------------------------------------
+class Drift:
+    """F(x, t) of the probability-flow ODE for ``model`` (anything with .sde and .score(x, t)); counts calls."""
 
     def __init__(self, model):
         self.model = model
@@ -174,7 +346,12 @@ class _Drift:
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
-        out = self.sde.probability_flow_drift(x, t, self.model.score(x, t))
+        # the velocity is the probability-flow drift; asked for directly it stays finite at alpha = 0 (flow paths
+        # at t = T), where the score alone (-x / sigma^2 for every model) cannot give it
+        # (a general, non-linear SDE has no alpha and sigma: its drift comes from the score)
+        linear = isinstance(self.sde, LinearSDE) and hasattr(self.model, "predict")
+        out = self.model.predict(x, t, "velocity") if linear \
+            else self.sde.probability_flow_drift(x, t, self.model.score(x, t))
         if out.shape != x.shape:
             raise ValueError(
                 f"the probability-flow drift has shape {tuple(out.shape)}; expected x's shape {tuple(x.shape)}"
@@ -182,13 +359,14 @@ class _Drift:
         return out
 
 
-def _vjp_chunks(backend: str, drift: _Drift, x: Tensor, t: Tensor, K: int, chunk: int, make_cot, reduce):
+# -- divergence ----------------------------------------------------------------------------------
+def _vjp_chunks(backend: str, drift: Drift, x: Tensor, t: Tensor, K: int, chunk: int, make_cot, reduce):
     """F(x, t) and [reduce(a, b, cot, g) for each chunk [a, b) of the K cotangents], where cot = make_cot(a, b)
     has shape (b - a, *x.shape) and g[k] = cot[k]^T dF/dx. One forward pass; each chunk is one
     vectorised backward pass, so at most ``chunk`` cotangents (and their products) exist at a time."""
     results = []
     if backend == "func":
-        out, vjp_fn = torch.func.vjp(lambda y: drift(y, t), x)
+        out, vjp_fn = torch.func.vjp(lambda y: drift(y, t), x)  # type: ignore[misc]
         for a in range(0, K, chunk):
             b = min(a + chunk, K)
             cot = make_cot(a, b)
@@ -212,24 +390,22 @@ def _vjp_chunks(backend: str, drift: _Drift, x: Tensor, t: Tensor, K: int, chunk
     return out.detach(), results
 
 
-class _Augmented:
-    """Right-hand side of d/ds [x, acc] = [F, div F] dt/ds for torchdiffeq (s = t, or lambda with
-    ``time_map``); with ``divergence=None`` the right-hand side of dx/ds alone (a trajectory)."""
+class AugmentedTerm:
+    """The term d/ds [x, acc] = [F, div F] dt/ds for the integration core (s = t, or lambda with ``time_map``);
+    with ``divergence=None`` the term dx/ds alone (a trajectory). acc is (batch,) for the exact divergence
+    and (batch, K) for K Hutchinson probes (``probes``: (K, *x_shape)). ``divergence_at`` gives F and its
+    divergence at any (x, t) (the quadrature mode asks for it along a saved trajectory)."""
 
-    def __init__(self, drift: _Drift, x_shape, divergence: Optional[str], probes: Optional[Tensor], backend: str,
-                 chunk_size: Optional[int], max_nfe: int, t_bounds: tuple[float, float], time_map=None):
+    def __init__(self, drift: Drift, x_shape, divergence: Optional[str], probes: Optional[Tensor], backend: str,
+                 chunk_size: Optional[int], t_bounds: tuple[float, float], time_map=None):
         self.drift = drift
         self.time_map = time_map
         self.divergence = divergence
-        self.probes = probes  # (K, *x_shape) for Hutchinson
+        self.probes = probes
         self.backend = backend
         self.D = math.prod(x_shape[1:])
-        self.event = tuple(x_shape[1:])
-        self.max_nfe = max_nfe
         self.t_lo, self.t_hi = t_bounds
-        self.last_t = t_bounds[0]
-        self.on_time = None  # progress hook: called with each evaluation's time t
-        self.basis = None
+        self.basis: Any = None
         self.chunk_size = chunk_size
         self.K = self.D if divergence == "exact" else (0 if probes is None else probes.shape[0])
 
@@ -265,18 +441,25 @@ class _Augmented:
         def quad_form(a, b, cot, g):  # v_k^T (dF/dx) v_k, per probe and row
             return (g * cot).reshape(b - a, B, self.D).sum(-1)
 
+        probes = self.probes
+        if probes is None:
+            raise ValueError("the Hutchinson divergence needs probes of shape (K, *x.shape)")
         out, parts = _vjp_chunks(backend, self.drift, x, t, self.K, self._chunk(B),
-                                 lambda a, b: self.probes[a:b], quad_form)
+                                 lambda a, b: probes[a:b], quad_form)
         return out, torch.cat(parts)  # (K, B)
 
     def divergence_at(self, x: Tensor, t: Tensor):
-        """F(x, t) and its divergence at time t (a scalar, or one time per row), picking the Jacobian
-        backend on the first call when it is "auto"."""
+        """F(x, t) and its divergence ((batch,), or (K, batch) for Hutchinson) at time t (a scalar, or one time
+        per row), picking the Jacobian backend on the first call when it is "auto": a backend that cannot
+        transform the net raises RuntimeError or NotImplementedError; out-of-memory and solver errors do not
+        count as that and propagate."""
         if self.backend == "auto":
             nfe = self.drift.nfe
             for candidate in ("autograd", "func", "loop"):
                 try:
                     out, div = self._div(candidate, x, t)
+                except (_OutOfMemory, SolverError):
+                    raise
                 except (RuntimeError, NotImplementedError):
                     if candidate == "loop":
                         raise
@@ -286,60 +469,42 @@ class _Augmented:
                 return out, div
         return self._div(self.backend, x, t)
 
-    def __call__(self, s: Tensor, state):
-        # Time is a float64 scalar on the CPU (the SDE's schedule arithmetic, whatever x's device: MPS
-        # has no float64, and a custom SDE's cached quadrature grid lives on the CPU).
+    def time(self, s: Tensor):
+        """(t, dt/ds or None) for the solve variable s, t held in [t_lo, t_hi]."""
+        # Time is a float64 scalar on the CPU (the SDE's schedule arithmetic, whatever x's device: MPS has no
+        # float64, and a custom SDE's cached quadrature grid lives on the CPU).
         s = s.detach().to(device="cpu", dtype=torch.float64)
         if self.time_map is None:
-            t, dtds = s, None
-        else:
-            t, dtds = self.time_map(s)
-        if self.drift.nfe >= self.max_nfe:
-            raise StepBudgetExceeded(
-                f"the solve used {self.drift.nfe} drift evaluations (the budget for max_steps), stopping near "
-                f"t = {float(t):.6g} of [{self.t_lo:.6g}, {self.t_hi:.6g}]; raise max_steps, loosen rtol/atol "
-                "or start later (t_start)"
-            )
-        self.last_t = float(t)
-        if self.on_time is not None:
-            self.on_time(self.last_t)
-        tt = t.clamp(self.t_lo, self.t_hi)
+            return s.clamp(self.t_lo, self.t_hi), None
+        return self.time_map(s)
+
+    def __call__(self, s: Tensor, state):
+        t, dtds = self.time(s)
         if self.divergence is None:
-            out = self.drift(state, tt)
+            out = self.drift(state, t)
             _check_finite(out, None, t)
             return out if dtds is None else out * dtds.to(out.dtype)
-        out, div = self.divergence_at(state[0], tt)
+        out, div = self.divergence_at(state[0], t)
         _check_finite(out, div, t)
         if dtds is not None:
             out, div = out * dtds.to(out.dtype), div * dtds.to(div.dtype)
-        return out, div
+        return out, (div if div.ndim == 1 else div.T)
+
+
+_OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def _check_finite(out: Tensor, div: Optional[Tensor], t) -> None:
     if not (bool(torch.isfinite(out).all()) and (div is None or bool(torch.isfinite(div).all()))):
         where = f"t = {float(t):.6g}" if torch.as_tensor(t).numel() == 1 else \
             f"times in [{float(torch.as_tensor(t).min()):.6g}, {float(torch.as_tensor(t).max()):.6g}]"
-        raise FloatingPointError(
+        raise NonFiniteError(
             f"the probability-flow drift or its divergence is not finite at {where}; check the "
-            "model (a score that blows up near t = 0 needs a larger t_start)"
+            "model (a score that blows up near t = 0 needs a larger t_data)"
         )
 
 
-def _row_norm(state) -> Tensor:
-    """Error norm of the augmented state, row by row: max over rows of max(RMS of the row's x, RMS of
-    its accumulators). Each row's error is held to rtol/atol as if it were solved alone, instead of
-    being averaged with the other rows (torchdiffeq's default RMS over the whole batch), so the accuracy
-    of a row does not depend on the batch it is in."""
-    if isinstance(state, Tensor):  # a trajectory alone
-        return state.reshape(state.shape[0], -1).pow(2).mean(1).max().sqrt()
-    x, acc = state
-    n = acc.shape[-1]
-    rx = x.reshape(n, -1).pow(2).mean(1)
-    ra = acc.reshape(-1, n).pow(2).mean(0)
-    return torch.maximum(rx, ra).max().sqrt()
-
-
-class _LogSNRMap:
+class LogSNRMap:
     """s = lambda(t) as the integration variable: t(lambda) and dt/dlambda = -sigma^2 / g^2.
 
     For a linear SDE sigma' = f sigma + g^2 / (2 sigma), so dlambda/dt = 2 (f - sigma'/sigma) = -g^2 / sigma^2.
@@ -351,54 +516,76 @@ class _LogSNRMap:
         self.log_snr_bounds = (float(lam[0]), float(lam[1]))  # lambda(t_lo) > lambda(t_hi)
 
     def __call__(self, s: Tensor):
-        # torchdiffeq's first-step heuristic may probe beyond the interval: clamp into it
-        lam_hi, lam_lo = self.log_snr_bounds
+        lam_hi, lam_lo = self.log_snr_bounds  # stages of a landing step stay inside; clamp anyway
         t = self.sde.t_from_log_snr(s.clamp(lam_lo, lam_hi)).clamp(self.t_lo, self.t_hi)
         return t, -(self.sde.sigma(t) / self.sde.diffusion(t)) ** 2
 
 
-# -- trajectory + quadrature ---------------------------------------------------------------------
-def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odeint_kwargs: dict, quad_tol: float,
-                         quad_panels: int, quad_depth: int, progress: bool = False):
-    """Solve dx/ds = F dt/ds alone (no divergence; s is ``rhs``'s time variable, t or lambda) with output
-    at the M + 1 points of a uniform grid in the quadrature variable (lambda when ``quad_map`` is given,
-    else t), then integrate div F along it row by row with ``adaptive_boole``. Returns (z, delta, info).
+class _Augmented(AugmentedTerm):
+    """The former signature (with an unused budget), kept for benchmarks/likelihood_floor.py until it moves to
+    ``AugmentedTerm``."""
 
-    The exact divergence costs D vector-Jacobian products per evaluation and the drift one forward pass,
-    so the trajectory takes as many cheap steps as its tolerance needs, while each row's divergence is
-    evaluated only at the grid points its own integrand needs (smooth rows: the 4 * panels + 1 coarsest
-    points; rows with sharp features: more, where the features are). The grid points come from the
-    solver's dense output (dopri5: 4th-order interpolation between accepted steps). The trajectory on
-    the grid also tells where the divergence may change fast: a panel whose 5 nodes do not resolve the
-    trajectory's velocity is halved before any divergence evaluation (``must_split`` below).
-    """
-    from torchdiffeq import odeint
+    def __init__(self, drift, x_shape, divergence, probes, backend, chunk_size, max_nfe, t_bounds, time_map=None):
+        super().__init__(drift, x_shape, divergence, probes, backend, chunk_size, t_bounds, time_map)
 
-    M = grid_size(quad_panels, quad_depth)
-    t_lo, t_hi = rhs.t_lo, rhs.t_hi
+
+_Drift, _LogSNRMap = Drift, LogSNRMap  # the former names (benchmarks/likelihood_floor.py)
+
+
+# -- the solves ------------------------------------------------------------------------------------------
+def _solve_augmented(term: AugmentedTerm, xs: Tensor, cfg: LikelihoodConfig, s_bounds: list, progress):
+    """[x, acc] from s_bounds[0] to s_bounds[1] by the core. Returns (z, acc, stats)."""
+    N = xs.shape[0]
+    acc0 = xs.new_zeros((N,) if cfg.divergence == "exact" else (N, cfg.probes))
+    with torch.no_grad():
+        sol = integrate(term, (xs, acc0), s_bounds, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
+                        max_nfe=cfg.max_nfe, step_size=cfg.step_size, progress=progress)
+    z, acc = sol.x
+    return z, acc, {"integrate": "augmented", **sol.stats}
+
+
+def _quadrature_grid(term: AugmentedTerm, quad_map, M: int, s_bounds: list):
+    """(grid in the quadrature variable, t on it, dt/d(quadrature variable), the save times in the solve's)."""
+    t_lo, t_hi = term.t_lo, term.t_hi
     if quad_map is None:  # quadrature in t
         grid = torch.linspace(t_lo, t_hi, M + 1, dtype=torch.float64)
         t_grid, dtds = grid.clone(), torch.ones_like(grid)
     else:  # in lambda = log-SNR: the divergence is a sum of sigmoids there (one per data scale)
-        grid = torch.linspace(*quad_map.log_snr_bounds, M + 1, dtype=torch.float64)
+        lam_lo_t, lam_hi_t = quad_map.log_snr_bounds
+        grid = torch.linspace(lam_lo_t, lam_hi_t, M + 1, dtype=torch.float64)
         t_grid, dtds = quad_map(grid)
     t_grid = t_grid.clamp(t_lo, t_hi)
     t_grid[0], t_grid[-1] = t_lo, t_hi
-    # output times in the solve's own variable (a solve in lambda implies quadrature in lambda)
-    out_s = t_grid if rhs.time_map is None else grid
-    out_s = out_s.to(dtype=ts.dtype, device=ts.device)
-    out_s[0], out_s[-1] = ts[0], ts[1]
-    traj_rhs = _Augmented(rhs.drift, xs.shape, None, None, rhs.backend, None, rhs.max_nfe, (t_lo, t_hi),
-                          time_map=rhs.time_map)
-    traj_rhs.on_time = rhs.on_time
-    try:
-        with torch.no_grad():
-            traj = odeint(traj_rhs, xs, out_s, **odeint_kwargs)  # (M + 1, N, ...)
-    finally:
-        rhs.last_t = traj_rhs.last_t
-    N = xs.shape[0]
+    save = (t_grid if term.time_map is None else grid).clone()  # a solve in lambda implies quadrature in lambda
+    save[0], save[-1] = s_bounds[0], s_bounds[1]
+    return grid, t_grid, dtds, save
 
-    bar = tqdm(desc="divergence evaluations per row", unit="eval", disable=not progress, leave=False,
+
+def _solve_by_quadrature(term: AugmentedTerm, xs: Tensor, cfg: LikelihoodConfig, s_bounds: list, quad_map, progress,
+                         show: bool):
+    """Solve dx/ds = F dt/ds alone (no divergence; s is ``term``'s time variable, t or lambda) saved at the
+    M + 1 points of a uniform grid in the quadrature variable (lambda when ``quad_map`` is given, else t),
+    then integrate div F along it row by row with ``adaptive_boole``. Returns (z, delta, stats).
+
+    The exact divergence costs D vector-Jacobian products per evaluation and the drift one forward pass,
+    so the trajectory takes as many cheap steps as its tolerance needs, while each row's divergence is
+    evaluated only at the grid points its own integrand needs (smooth rows: the 4 * panels + 1 coarsest
+    points; rows with sharp features: more, where the features are). The grid points come from the core's
+    dense output (dopri5: 4th-order interpolation inside accepted steps). The trajectory on the grid also
+    tells where the divergence may change fast: a panel whose 5 nodes do not resolve the trajectory's
+    velocity is halved before any divergence evaluation (``_must_split``). Holds the (M + 1, batch, ...)
+    trajectory in memory.
+    """
+    M = grid_size(cfg.quad_panels, cfg.quad_depth)
+    grid, t_grid, dtds, save = _quadrature_grid(term, quad_map, M, s_bounds)
+    path = AugmentedTerm(term.drift, xs.shape, None, None, term.backend, None, (term.t_lo, term.t_hi),
+                         time_map=term.time_map)
+    with torch.no_grad():
+        sol = integrate(path, xs, s_bounds, save_ts=save, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
+                        max_nfe=cfg.max_nfe, step_size=cfg.step_size, progress=progress)
+    traj = torch.stack(sol.trajectory or [])  # (M + 1, N, ...)
+    N = xs.shape[0]
+    bar = tqdm(desc="divergence evaluations per row", unit="eval", disable=not show, leave=False,
                bar_format="{desc}: {n:.1f} [{elapsed}]")
 
     def evaluate(node: Tensor, row: Tensor) -> Tensor:
@@ -408,55 +595,53 @@ def _solve_by_quadrature(rhs: _Augmented, xs: Tensor, ts: Tensor, quad_map, odei
         for a in range(0, node.numel(), N):  # the caller's batch size bounds the memory of one pass
             n_sl, r_sl = node_c[a:a + N], row_c[a:a + N]
             t = t_grid[n_sl]
-            _, div = rhs.divergence_at(traj[n_sl.to(xs.device), r_sl], t)
+            _, div = term.divergence_at(traj[n_sl.to(xs.device), r_sl], t)
             _check_finite(div, None, t)
             out.append(div * dtds[n_sl].to(device=div.device, dtype=div.dtype))
         return torch.cat(out)
 
     step = float(grid[1] - grid[0])
-    flat = traj.reshape(M + 1, N, -1)
-    five = torch.arange(5, device=xs.device)
-
-    def must_split(row: Tensor, start: Tensor, width: int) -> Tensor:
-        """Panels on which the trajectory itself is not resolved: Boole's rule on the velocity at the
-        panel's 5 nodes (central differences on the grid) misses the displacement x(b) - x(a) by more
-        than _TRAJECTORY_SPLIT_TOL of the panel's path-length scale. Costs no model evaluation."""
-        node = start[:, None].to(xs.device) + five * (width // 4)  # (P, 5)
-        r = row[:, None].to(xs.device)
-        lo, hi = (node - 1).clamp(0, M), (node + 1).clamp(0, M)
-        v = (flat[hi, r] - flat[lo, r]) / ((hi - lo) * step).unsqueeze(-1).to(flat.dtype)  # (P, 5, D)
-        w = width * step
-        boole_v = boole(v, w)
-        dx = flat[node[:, 4], row.to(xs.device)] - flat[node[:, 0], row.to(xs.device)]
-        scale = abs(w) * v.norm(dim=-1).amax(1)
-        return ((boole_v - dx).norm(dim=-1) > _TRAJECTORY_SPLIT_TOL * scale).cpu()
-
     with torch.no_grad(), bar:
-        q = adaptive_boole(evaluate, N, step, quad_panels, quad_depth, quad_tol, dtype=xs.dtype, device=xs.device,
-                           must_split=must_split if _TRAJECTORY_SPLIT_TOL is not None else None)
+        q = adaptive_boole(evaluate, N, step, cfg.quad_panels, cfg.quad_depth, cfg.quad_tol, dtype=xs.dtype,
+                           device=xs.device, must_split=_must_split(traj.reshape(M + 1, N, -1), step))
         bar.refresh()
     unresolved = int(q.unresolved.sum())
     if unresolved:
         warnings.warn(
-            f"{unresolved} of {N} rows reached the quadrature grid's resolution (quad_depth={quad_depth}) without "
-            f"meeting quad_tol={quad_tol}; raise quad_depth or quad_panels for them", RuntimeWarning, stacklevel=3,
+            f"{unresolved} of {N} rows reached the quadrature grid's resolution (quad_depth={cfg.quad_depth}) "
+            f"without meeting quad_tol={cfg.quad_tol}; raise quad_depth or quad_panels for them", RuntimeWarning,
+            stacklevel=3,
         )
-    info = {"integrate": "quadrature", "grid_points": M + 1, "quad_tol": quad_tol,
-            "quadrature_variable": "t" if quad_map is None else "log_snr",
-            "divergence_evals_per_row": float(q.evals.double().mean()),
-            "quadrature_error_estimate": q.error, "unresolved_rows": unresolved}
-    return traj[-1], q.integral, info
+    stats = {**sol.stats, "integrate": "quadrature", "grid_points": M + 1, "quad_tol": cfg.quad_tol,
+             "quadrature_variable": "t" if quad_map is None else "log_snr",
+             "divergence_evals_per_row": float(q.evals.double().mean()),
+             "quadrature_error_estimate": q.error, "unresolved_rows": unresolved}
+    return traj[-1], q.integral, stats
 
 
-# -- validation ----------------------------------------------------------------------------------
-TIME_VARIABLES = ("auto", "t", "log_snr")
+def _must_split(flat: Tensor, step: float):
+    """Panels on which the trajectory flat (M + 1, N, D) itself is not resolved: Boole's rule on the velocity
+    at the panel's 5 nodes (central differences on the grid) misses the displacement x(b) - x(a) by more
+    than _TRAJECTORY_SPLIT_TOL of the panel's path-length scale. Costs no model evaluation."""
+    M = flat.shape[0] - 1
+    five = torch.arange(5, device=flat.device)
+
+    def must_split(row: Tensor, start: Tensor, width: int) -> Tensor:
+        node = start[:, None].to(flat.device) + five * (width // 4)  # (P, 5)
+        r = row[:, None].to(flat.device)
+        lo, hi = (node - 1).clamp(0, M), (node + 1).clamp(0, M)
+        v = (flat[hi, r] - flat[lo, r]) / ((hi - lo) * step).unsqueeze(-1).to(flat.dtype)  # (P, 5, D)
+        w = width * step
+        dx = flat[node[:, 4], row.to(flat.device)] - flat[node[:, 0], row.to(flat.device)]
+        scale = abs(w) * v.norm(dim=-1).amax(1)
+        return ((boole(v, w) - dx).norm(dim=-1) > _TRAJECTORY_SPLIT_TOL * scale).cpu()
+
+    return must_split
 
 
 def _resolve_time_variable(name: str, sde, t0: float, t1: float, prefer_lambda: bool = False) -> bool:
     """True to integrate in lambda = log-SNR, False for t. "auto" takes lambda for a DiscreteVPSDE, or
     for any SDE that has it when ``prefer_lambda``."""
-    if name not in TIME_VARIABLES:
-        raise ValueError(f"unknown time_variable {name!r}; accepted: {', '.join(TIME_VARIABLES)}")
     if name == "t":
         return False
     if name == "auto" and not prefer_lambda and not isinstance(sde, DiscreteVPSDE):
@@ -472,11 +657,12 @@ def _resolve_time_variable(name: str, sde, t0: float, t1: float, prefer_lambda: 
     if name == "log_snr" and not usable:
         raise ValueError(
             "time_variable='log_snr' needs a LinearSDE (log_snr and t_from_log_snr) with finite lambda at "
-            f"t_start and t_end (t_start = {t0} > 0 when sigma(0) = 0); use time_variable='t'"
+            f"t_data and t_prior (t_data = {t0} > 0 when sigma(0) = 0); use time_variable='t'"
         )
     return usable
 
 
+# -- validation ----------------------------------------------------------------------------------
 def _check_model(model):
     if not (hasattr(model, "sde") and callable(getattr(model, "score", None))):
         raise TypeError(
@@ -536,316 +722,147 @@ def _check_network(model, x: Tensor, t: float) -> None:
         )
 
 
-def _check_times(sde, t_start, t_end) -> tuple[float, float]:
-    t_start = sde.eps if t_start is None else t_start
-    t_end = sde.T if t_end is None else t_end
+
+def _check_times(sde, t_data, t_prior) -> tuple[float, float]:
+    t_data = sde.eps if t_data is None else t_data
+    t_prior = sde.T if t_prior is None else t_prior
     try:
-        t_start, t_end = float(t_start), float(t_end)
+        t_data, t_prior = float(t_data), float(t_prior)
     except (TypeError, ValueError):
-        raise ValueError(f"t_start and t_end must be numbers; got {t_start!r}, {t_end!r}") from None
-    for name, v in (("t_start", t_start), ("t_end", t_end)):
+        raise ValueError(f"t_data and t_prior must be numbers; got {t_data!r}, {t_prior!r}") from None
+    for name, v in (("t_data", t_data), ("t_prior", t_prior)):
         if not (math.isfinite(v) and 0.0 <= v <= sde.T):
             raise ValueError(f"{name} must lie in [0, T] = [0, {sde.T}] for {type(sde).__name__}; got {v}")
-    if not t_start < t_end:
-        raise ValueError(f"t_start must be smaller than t_end (the ODE runs forward from data to prior); "
-                         f"got t_start={t_start}, t_end={t_end}")
-    return t_start, t_end
+    if not t_data < t_prior:
+        raise ValueError(f"t_data must be smaller than t_prior (the ODE runs forward from data to prior); "
+                         f"got t_data={t_data}, t_prior={t_prior}")
+    return t_data, t_prior
 
 
-def _check_options(divergence, probes, noise, method, rtol, atol, max_steps, repeats, backend, options):
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; accepted: {', '.join(DIVERGENCES)}")
-    if noise not in NOISES:
-        raise ValueError(f"unknown noise {noise!r}; accepted: {', '.join(NOISES)}")
-    if backend not in JACOBIAN_BACKENDS:
-        raise ValueError(f"unknown jacobian backend {backend!r}; accepted: {', '.join(JACOBIAN_BACKENDS)}")
-    if isinstance(probes, bool) or int(probes) != probes or probes < 1:
-        raise ValueError(f"probes must be a positive integer; got {probes!r}")
-    if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer; got {repeats!r}")
-    if isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not (float(v) > 0 and math.isfinite(float(v))):
-            raise ValueError(f"{name} must be a finite positive number; got {v!r}")
-    if method not in ADAPTIVE_METHODS + FIXED_METHODS:
-        raise ValueError(f"unknown method {method!r}; accepted: adaptive {', '.join(ADAPTIVE_METHODS)}; "
-                         f"fixed-step (need options={{'step_size': h}}) {', '.join(FIXED_METHODS)}")
-    if method in FIXED_METHODS and not options.get("step_size"):
-        raise ValueError(f"fixed-step method {method!r} needs options={{'step_size': h}} (h > 0)")
+def _probes(cfg: LikelihoodConfig, rows: RowNoise, N: int, event: tuple, like: Tensor) -> Optional[Tensor]:
+    """Hutchinson probes (K, N, *event) matching the (repeat, row) order of the solved points; per row
+    (seed, row_offset + i), so a row's estimate does not depend on its batch beyond the shared steps."""
+    if cfg.divergence != "hutchinson":
+        return None
+    per_row = (N // rows.n_rows, cfg.probes, *event)  # (repeats, probes, ...) for each data row
+    if cfg.noise == "rademacher":
+        def draw(g):
+            return torch.randint(0, 2, per_row, generator=g).to(torch.float64) * 2 - 1
+    else:
+        def draw(g):
+            return torch.randn(per_row, generator=g, dtype=torch.float64)
+    probes = rows.draw(draw).permute(2, 1, 0, *range(3, 3 + len(event))).reshape(cfg.probes, N, *event)
+    return probes.to(device=like.device, dtype=like.dtype)
 
 
-def _check_quadrature(integrate, divergence, quad_tol, quad_panels, quad_depth):
-    if integrate not in INTEGRATORS:
-        raise ValueError(f"unknown integrate {integrate!r}; accepted: {', '.join(INTEGRATORS)}")
-    if integrate == "quadrature":
-        if divergence != "exact":
-            raise ValueError("integrate='quadrature' is for divergence='exact' (it saves expensive trace "
-                             "evaluations); a Hutchinson estimate costs about one drift evaluation anyway")
-        if not (float(quad_tol) > 0 and math.isfinite(float(quad_tol))):
-            raise ValueError(f"quad_tol must be a finite positive number; got {quad_tol!r}")
-        for name, v, lo in (("quad_panels", quad_panels, 1), ("quad_depth", quad_depth, 0)):
-            if isinstance(v, bool) or int(v) != v or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
-
-
-# -- main entry ----------------------------------------------------------------------------------
-def log_likelihood(
-    model,
-    x: Tensor,
-    *,
-    divergence: str = "exact",
-    probes: int = 1,
-    noise: str = "rademacher",
-    seed: Optional[int] = 0,
-    method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    t_start: Optional[float] = None,
-    t_end: Optional[float] = None,
-    prior_log_prob: Optional[Callable[[Tensor], Tensor]] = None,
-    max_steps: int = 10_000,
-    bits: Optional[int] = None,
-    data_range: Sequence[float] = (-1.0, 1.0),
-    data_scale: Optional[float] = None,
-    dequantize: bool = False,
-    repeats: int = 1,
-    chunk_size: Optional[int] = None,
-    jacobian: str = "auto",
-    time_variable: str = "auto",
-    options: Optional[dict] = None,
-    row_offset: int = 0,
-    integrate: str = "augmented",
-    quad_tol: float = 0.1,
-    quad_panels: int = 8,
-    quad_depth: int = 4,
-    progress: bool = False,
-) -> LikelihoodResult:
-    """log p_{t_start}(x) by the probability-flow ODE:  log p_T(x_T) + int_{t_start}^{t_end} div F dt.
-
-    model: a ``ScoreModel`` (or any object with ``.sde`` and ``.score(x, t)``); F(x, t) =
-        ``model.sde.probability_flow_drift(x, t, model.score(x, t))``, so a general ``SDE`` works too.
-    x: (batch, ...) float32 or float64 data in model space; the solve stays on x's device and dtype.
-    divergence: "exact" (trace of dF/dx, vectorised over the D coordinates) or "hutchinson" with
-        ``probes`` = K probes of kind ``noise`` ("rademacher" or "gaussian") drawn once from ``seed``,
-        per row: row i's probes (and dequantisation draws) come from (seed, row_offset + i) alone, so a
-        shard of rows [a, b) reproduces with ``row_offset=a`` (see ``sdekit.distributed``).
-    method, rtol, atol, options: torchdiffeq ``odeint`` settings (adaptive methods by default; a
-        fixed-step method needs options={"step_size": h}).
-    t_start, t_end: integration interval, default [sde.eps, sde.T]; must satisfy 0 <= t_start < t_end <= T.
-    prior_log_prob: z -> (batch,) log-density of x_{t_end}; default ``model.sde.prior_log_prob``. (The SDE
-        prior is only approximately p_T; pass the exact p_T when comparing against ground truth.)
-    max_steps: step budget; past it a ``StepBudgetExceeded`` error is raised (never a hang).
-    bits, data_range, data_scale, dequantize, repeats: bits/dim convention (module docstring): with
-        ``bits`` the data are x = lo + (hi - lo)(u + delta)/2^bits; ``dequantize=True`` expects x on the
-        level grid (delta = 0) and averages over ``repeats`` uniform draws of delta.
-    chunk_size: how many basis vectors (or probes) one vectorised vector-Jacobian pass handles.
-    time_variable: integrate in "t" or in "log_snr" lambda (d/dlambda = dt/dlambda d/dt with
-        dt/dlambda = -sigma^2/g^2; LinearSDE only); "auto" picks lambda for a DiscreteVPSDE (piecewise
-        schedule, smooth in lambda) and t otherwise. Adaptive steps are controlled row by row (each
-        row's x and accumulators held to rtol/atol), so a row's accuracy does not depend on its batch.
-    jacobian: how the vector-Jacobian products are batched: "autograd" (one backward pass vectorised
-        over all cotangents, ``torch.autograd.grad(is_grads_batched=True)``, i.e. vmap of the backward),
-        "func" (``torch.func.vjp`` + ``torch.func.vmap``), "loop" (one backward pass per cotangent; any
-        autograd-capable net) or "auto": the first of autograd, func, loop that the net supports.
-    integrate: "augmented" solves [x, log-density] as one ODE (the divergence at every stage of every
-        step); "quadrature" (exact divergence only) solves x alone (in ``time_variable``) with output
-        on a uniform grid of M + 1 = 4 quad_panels 2^quad_depth + 1 points in lambda (in t for an SDE
-        without a log-SNR), then integrates each row's divergence along it by adaptive Boole
-        quadrature (``sdekit.quadrature``), refined only where that row's integrand needs it, to
-        ``quad_tol`` on the sum of |Boole - Simpson| (usually conservative: measured mean errors are
-        1-2 orders smaller). Panels on which the trajectory's own velocity is not resolved are halved
-        before any divergence evaluation, so a sharp feature that falls between the first nodes is
-        caught when the trajectory shows it. Pays off when the divergence costs many drift evaluations
-        (the exact trace: D vector-Jacobian products) and is smooth along the trajectory (analytic or
-        exact-score models); on a trained net whose divergence oscillates in t it refines to the
-        grid's resolution and is slower than "augmented". The divergence is read off interpolated
-        trajectory points, so rtol/atol need to be tighter than for "augmented" at the same accuracy.
-        Holds the (M + 1, batch, ...) grid trajectory in memory. ``info`` then reports
-        divergence_evals_per_row and a per-row quadrature_error_estimate.
-    progress: show a progress bar (tqdm) of the solve's position in [t_start, t_end] with its NFE, and
-        for integrate="quadrature" a counter of the divergence evaluations per row.
-
-    No gradient flows back to x or the model. Returns a ``LikelihoodResult``.
-    """
-    from torchdiffeq import odeint
-
-    _check_model(model)
-    x = _check_x(x)
-    options = dict(options or {})
-    _check_options(divergence, probes, noise, method, rtol, atol, max_steps, repeats, jacobian, options)
-    _check_quadrature(integrate, divergence, quad_tol, quad_panels, quad_depth)
+def _build(model, xs: Tensor, cfg: LikelihoodConfig, rows: RowNoise, t0: float, t1: float):
+    """(the augmented term, the quadrature's log-SNR map or None, the solve's interval in its variable)."""
     sde = model.sde
-    t0, t1 = _check_times(sde, t_start, t_end)
-    scale = _data_scale(bits, data_range, data_scale)
-    if (dequantize or repeats > 1) and bits is None:
-        raise ValueError("dequantize / repeats need the bit depth of the data: pass bits (e.g. bits=8)")
-    if repeats > 1 and not dequantize:
-        raise ValueError("repeats > 1 only makes sense with dequantize=True")
-    prior_fn = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
-    if not callable(prior_fn):
-        raise TypeError("prior_log_prob must be a callable z -> (batch,) log-density")
-
-    x = x.detach()
-    B, event = x.shape[0], tuple(x.shape[1:])
-    D = math.prod(event)
-    device, dtype = x.device, x.dtype
-    # probe and dequantisation noise per row (seed, row_offset + i): a row's estimate does not depend on
-    # the batch it is solved in beyond the shared step sizes (see sdekit.distributed for fixed chunks)
-    rows = RowNoise(seed, B, row_offset)
-
-    if bits is not None:
-        lo, hi = _check_range(data_range)
-        if dequantize:
-            levels = (x - lo) / scale
-            nearest = levels.round()
-            if bool(((levels - nearest).abs() > 1e-3).any()) or bool((nearest < 0).any()) \
-                    or bool((nearest > 2**bits - 1).any()):
-                raise ValueError(
-                    f"dequantize=True expects x on the {bits}-bit level grid x = lo + (hi - lo) u / 2^bits with "
-                    f"integer u in [0, {2**bits - 1}] and (lo, hi) = ({lo}, {hi}); x is not (a [0, 1] -> u/255 "
-                    "scaling, say, is another convention)"
-                )
-            x_grid = lo + scale * nearest
-            delta_u = rows.draw(lambda g: torch.rand((repeats, *event), generator=g, dtype=torch.float64))
-            delta_u = delta_u.transpose(0, 1).to(device=device, dtype=dtype)  # (repeats, B, *event)
-            xs = (x_grid.unsqueeze(0) + scale * delta_u).reshape(repeats * B, *event)
-        else:
-            tol = 1e-6 * (hi - lo)
-            if bool((x < lo - tol).any()) or bool((x > hi + tol).any()):
-                raise ValueError(f"with bits={bits} the data must lie in data_range = [{lo}, {hi}]; "
-                                 f"got values in [{float(x.min())}, {float(x.max())}]")
-            xs = x
-    else:
-        xs = x
-    N = xs.shape[0]
-
-    probe_t = None
-    if divergence == "hutchinson":
-        per_row = (N // B, probes, *event)  # (repeats, probes, ...) for each data row
-        if noise == "rademacher":
-            draw = lambda g: torch.randint(0, 2, per_row, generator=g).to(torch.float64) * 2 - 1  # noqa: E731
-        else:
-            draw = lambda g: torch.randn(per_row, generator=g, dtype=torch.float64)  # noqa: E731
-        # (B, repeats, probes, ...) -> (probes, repeats * B, ...), matching xs's (repeat, row) order
-        probe_t = rows.draw(draw).permute(2, 1, 0, *range(3, 3 + len(event))).reshape(probes, N, *event)
-        probe_t = probe_t.to(device=device, dtype=dtype)
-
-    adaptive = method in ADAPTIVE_METHODS
-    if adaptive:
-        max_nfe = max_steps * _EVALS_PER_STEP + _EVALS_PER_STEP
-        options.setdefault("max_num_steps", int(max_steps))
-        options.setdefault("norm", _row_norm)
-    else:
-        n_steps = math.ceil((t1 - t0) / float(options["step_size"]))
-        if n_steps > max_steps:
-            raise StepBudgetExceeded(
-                f"step_size={options['step_size']} over [{t0}, {t1}] needs {n_steps} steps > max_steps={max_steps}"
-            )
-        max_nfe = (n_steps + 1) * _EVALS_PER_STEP
-
-    _check_network(model, xs, t0)
-    quadrature = integrate == "quadrature"
-    use_lambda = _resolve_time_variable(time_variable, sde, t0, t1)
-    time_map = _LogSNRMap(sde, t0, t1) if use_lambda else None
-    # the divergence along a trajectory is a sum of sigmoids in lambda (one per data scale): quadrature
-    # is done in lambda whenever the SDE has it, whatever variable the trajectory is solved in
+    use_lambda = _resolve_time_variable(cfg.time_variable, sde, t0, t1)
+    time_map = LogSNRMap(sde, t0, t1) if use_lambda else None
+    # the divergence along a trajectory is a sum of sigmoids in lambda (one per data scale): quadrature is done
+    # in lambda whenever the SDE has it, whatever variable the trajectory is solved in
     quad_map = None
-    if quadrature and _resolve_time_variable("auto", sde, t0, t1, prefer_lambda=True):
-        quad_map = time_map or _LogSNRMap(sde, t0, t1)
-    drift = _Drift(model)
-    rhs = _Augmented(drift, xs.shape, divergence, probe_t, jacobian, chunk_size, max_nfe, (t0, t1),
-                     time_map=time_map)
-    acc0 = xs.new_zeros((N,) if divergence == "exact" else (probes, N))
-    tdtype = torch.float32 if device.type == "mps" else torch.float64
-    if use_lambda:
-        lam = sde.log_snr(torch.tensor([t0, t1], dtype=torch.float64))
-        ts = lam.to(dtype=tdtype, device=device)
-    else:
-        ts = torch.tensor([t0, t1], dtype=tdtype, device=device)
-    if adaptive and "step_t" not in options and "jump_t" not in options:
-        # End a step exactly on t_end: torchdiffeq otherwise steps past it and interpolates back, which
-        # would evaluate the drift beyond T (the clamp above then feeds it the wrong time).
-        options["step_t"] = ts[1:].clone()
-    solver_kwargs = dict(rtol=rtol, atol=atol, method=method, options=options)
-    extra_info = {"integrate": "augmented"}
-    bar = tqdm(total=1000, desc=f"log-likelihood ({'trajectory' if quadrature else divergence})", disable=not progress,
-               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
-    if progress:  # position in [t0, t1] in thousandths, never moving back (stages and rejected steps revisit)
-        def on_time(t: float):
-            done = int(1000 * min(max((t - t0) / (t1 - t0), 0.0), 1.0))
-            if done > bar.n:
-                bar.set_postfix_str(f"t={t:.4g} NFE {drift.nfe}", refresh=False)
-                bar.update(done - bar.n)
+    if cfg.integrate == "quadrature" and _resolve_time_variable("auto", sde, t0, t1, prefer_lambda=True):
+        quad_map = time_map or LogSNRMap(sde, t0, t1)
+    term = AugmentedTerm(Drift(model), xs.shape, cfg.divergence, _probes(cfg, rows, xs.shape[0], tuple(xs.shape[1:]), xs),
+                         cfg.jacobian, cfg.chunk_size, (t0, t1), time_map=time_map)
+    s_bounds = list(time_map.log_snr_bounds) if time_map is not None else [t0, t1]
+    return term, quad_map, s_bounds
 
-        rhs.on_time = on_time
-    try:
-        with bar:
-            if quadrature:
-                z, acc, extra_info = _solve_by_quadrature(rhs, xs, ts, quad_map, solver_kwargs, quad_tol,
-                                                          quad_panels, quad_depth, progress)
-            else:
-                with torch.no_grad():
-                    sol = odeint(rhs, (xs, acc0), ts, **solver_kwargs)
-                z, acc = sol[0][-1], sol[1][-1]
-            if progress:  # the final state, whatever tqdm's display interval let through
-                bar.set_postfix_str(f"t={t1:.4g} NFE {drift.nfe}", refresh=False)
-                bar.update(bar.total - bar.n)
-                bar.refresh()
-    except AssertionError as err:  # torchdiffeq reports budget and step underflow with assert
-        msg = str(err)
-        if "max_num_steps" in msg or "underflow" in msg:
-            raise StepBudgetExceeded(
-                f"the adaptive solve ({method}, rtol={rtol}, atol={atol}) did not reach t_end = {t1} within "
-                f"max_steps={max_steps} steps (torchdiffeq: {msg}); it stopped near t = {rhs.last_t:.6g} after "
-                f"{drift.nfe} drift evaluations. Raise max_steps, loosen rtol/atol or start later (t_start)"
-            ) from None
-        raise
 
+class _Progress:
+    """A tqdm bar of the solve's position in [t_data, t_prior] (thousandths, never moving back) with its NFE."""
+
+    def __init__(self, term: AugmentedTerm, cfg: LikelihoodConfig, show: bool):
+        self.term, self.show = term, show
+        what = "trajectory" if cfg.integrate == "quadrature" else cfg.divergence
+        self.bar = tqdm(total=1000, desc=f"log-likelihood ({what})", disable=not show, leave=False,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+
+    def __call__(self, s: float, nfe: int, stats: dict) -> None:
+        t = float(self.term.time(torch.tensor(s, dtype=torch.float64))[0])
+        lo, hi = self.term.t_lo, self.term.t_hi
+        done = int(1000 * min(max((t - lo) / (hi - lo), 0.0), 1.0))
+        if done > self.bar.n:
+            self.bar.set_postfix_str(f"t={t:.4g} NFE {self.term.drift.nfe}", refresh=False)
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *exc):
+        if self.show and kind is None:  # the final state, whatever tqdm's display interval let through
+            self.bar.set_postfix_str(f"t={self.term.t_hi:.4g} NFE {self.term.drift.nfe}", refresh=False)
+            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.refresh()
+        self.bar.close()
+
+
+def _reduce(cfg: LikelihoodConfig, B: int, z: Tensor, acc: Tensor, prior_fn, dtype) -> dict:
+    """Prior + divergence integral per solved point, averaged over the R dequantisation draws of each row."""
+    N = z.shape[0]
     prior = prior_fn(z)
     if not isinstance(prior, Tensor) or prior.shape != (N,):
         raise ValueError(f"prior_log_prob must return a (batch,) = ({N},) tensor; "
                          f"got {getattr(prior, 'shape', type(prior).__name__)}")
-    prior = prior.to(dtype)
-    stderr = None
-    if divergence == "exact":
-        delta_all = acc
-    else:
-        delta_all = acc.mean(0)
-        if probes > 1:
-            stderr = acc.std(0, unbiased=True) / math.sqrt(probes)
-        else:
-            stderr = torch.full_like(delta_all, float("nan"))
-
     R = N // B
-    prior = prior.reshape(R, B)
-    delta = delta_all.reshape(R, B)
-    log_prob = (prior + delta).mean(0)
-    if stderr is not None:
+    stderr = None
+    if cfg.divergence == "hutchinson":  # acc: (N, K)
+        stderr = acc.std(1, unbiased=True) / math.sqrt(cfg.probes) if cfg.probes > 1 else \
+            torch.full_like(acc[:, 0], float("nan"))
         stderr = stderr.reshape(R, B).pow(2).sum(0).sqrt() / R
-    z = z.reshape(R, B, *event)
-    bpd = bits_per_dim(log_prob, D, bits=bits, data_range=data_range, data_scale=data_scale, warn=False)
-    if bits is not None and bool((bpd < 0).any()):
-        warnings.warn(
-            f"negative bits/dim (min {float(bpd.min()):.4g}) on {bits}-bit data"
-            + ("" if dequantize else "; the density was evaluated at the quantised points themselves: pass "
-               "dequantize=True (uniform dequantisation) for the variational bound, which is >= 0")
-            + ("; with dequantisation this means the model's density is not normalised or the solve is inaccurate"
-               if dequantize else ""),
-            NegativeBPDWarning, stacklevel=2,
-        )
-    return LikelihoodResult(
-        log_prob=log_prob,
-        bpd=bpd,
-        nfe=drift.nfe,
-        prior=prior.mean(0),
-        delta=delta.mean(0),
-        z=z[0] if R == 1 else z,
-        stderr=stderr,
-        divergence=divergence,
-        probes=probes if divergence == "hutchinson" else 0,
-        backend=rhs.backend,
-        info={"t_start": t0, "t_end": t1, "method": method, "rtol": rtol, "atol": atol,
-              "time_variable": "log_snr" if use_lambda else "t",
-              "repeats": R, "scale": scale, **extra_info},
-    )
+        acc = acc.mean(1)
+    prior, delta = prior.to(dtype).reshape(R, B), acc.reshape(R, B)
+    z = z.reshape(R, B, *z.shape[1:])
+    return dict(log_prob=(prior + delta).mean(0), prior=prior.mean(0), delta=delta.mean(0),
+                z=z[0] if R == 1 else z, stderr=stderr)
+
+
+# -- main entry ----------------------------------------------------------------------------------
+def log_likelihood(model, x: Tensor, config: Optional[LikelihoodConfig] = None, *,
+                   prior_log_prob: Optional[Callable[[Tensor], Tensor]] = None, row_offset: int = 0,
+                   progress: bool = False, **settings) -> LikelihoodResult:
+    """log p_{t_data}(x) = log p_{t_prior}(x_{t_prior}) + int_{t_data}^{t_prior} div F dt by the probability-flow ODE.
+
+    model: a ``ScoreModel`` (or any object with ``.sde`` and ``.score(x, t)``); F(x, t) =
+        ``model.sde.probability_flow_drift(x, t, model.score(x, t))``, so a general ``SDE`` works too.
+    x: (batch, ...) float32 or float64 data in model space; the solve stays on x's device and dtype.
+    config: a ``LikelihoodConfig``; ``settings`` (its field names as keywords) replace its fields.
+    prior_log_prob: z -> (batch,) log-density of x_{t_prior}; default ``model.sde.prior_log_prob`` (only
+        approximately p_T: pass the exact p_T when comparing against ground truth).
+    row_offset: row i draws its probes and dequantisation offsets from (seed, row_offset + i), so a shard of
+        rows [a, b) reproduces with ``row_offset=a`` (see ``sdekit.distributed``).
+    progress: a progress bar of the solve's position with its NFE (and, for quadrature, a counter of the
+        divergence evaluations per row).
+
+    Errors of the solve are ``SolverError``s (``StepBudgetError`` past max_nfe, ``NonFiniteError`` for a
+    drift or divergence that is not finite). No gradient flows back to x or the model.
+    """
+    cfg = LikelihoodConfig.make(config, **settings)
+    _check_model(model)
+    x = _check_x(x).detach()
+    t0, t1 = _check_times(model.sde, cfg.t_data, cfg.t_prior)
+    prior_fn = model.sde.prior_log_prob if prior_log_prob is None else prior_log_prob
+    if not callable(prior_fn):
+        raise TypeError("prior_log_prob must be a callable z -> (batch,) log-density")
+    rows = RowNoise(cfg.seed, x.shape[0], row_offset)
+    xs = dequantize(x, cfg, rows)
+    _check_network(model, xs, t0)
+    term, quad_map, s_bounds = _build(model, xs, cfg, rows, t0, t1)
+    with _Progress(term, cfg, progress) as bar:
+        if cfg.integrate == "quadrature":
+            z, acc, stats = _solve_by_quadrature(term, xs, cfg, s_bounds, quad_map, bar, progress)
+        else:
+            z, acc, stats = _solve_augmented(term, xs, cfg, s_bounds, bar)
+    out = _reduce(cfg, x.shape[0], z, acc, prior_fn, x.dtype)
+    D = math.prod(x.shape[1:])
+    bpd = bits_per_dim(out["log_prob"], D, bits=cfg.bits, data_range=cfg.data_range, data_scale=cfg.data_scale,
+                       warn=False)
+    if cfg.bits is not None or cfg.dequantize:
+        _warn_negative(bpd, f"{cfg.bits}-bit data" if cfg.bits else "discrete data", cfg.dequantize)
+    stats.update(t_data=t0, t_prior=t1, rtol=cfg.rtol, atol=cfg.atol, repeats=xs.shape[0] // x.shape[0],
+                 time_variable="log_snr" if term.time_map is not None else "t",
+                 scale=_data_scale(cfg.bits, cfg.data_range, cfg.data_scale))
+    return LikelihoodResult(bpd=bpd, nfe=term.drift.nfe, divergence=cfg.divergence, backend=term.backend,
+                            probes=cfg.probes if cfg.divergence == "hutchinson" else 0, stats=stats, **out)

@@ -34,7 +34,7 @@ def test_digits_bits_per_dim_dequantized(digits_ckpt, capsys):
     # 17-level cube is log2(17) ~ 4.09; a near-prior model sits a few bits from that)
     assert 0.5 < bpd < 20 and se >= 0
     assert "3 of 299 rows" in out and "2 draw(s)" in out
-    assert _number(r"NFE (\d+)", out) > 0 and "(2 solves)" in out and "time" in out
+    assert _number(r"NFE (\d+)", out) > 0 and "(1 solve(s) of up to 3 rows x 2 draw(s))" in out and "time" in out
 
 
 def test_digits_train_split_and_errors(digits_ckpt, capsys):
@@ -50,6 +50,8 @@ def test_digits_train_split_and_errors(digits_ckpt, capsys):
     assert _number(r"bits/dim (\S+) \+- ", out) == pytest.approx(bpd.mean().item(), abs=2e-4)
     assert main(["likelihood", "--checkpoint", str(digits_ckpt), "--repeats", "2"]) == 2
     assert "--repeats > 1 needs --dequantize" in capsys.readouterr().err
+    assert main(["likelihood", "--checkpoint", str(digits_ckpt), "--n", "2", "--max-nfe", "10"]) == 2
+    assert "budget of 10 network evaluations" in capsys.readouterr().err  # a SolverError: exit 2, no traceback
 
 
 def test_toy_checkpoint_prints_nats(tmp_path, capsys):

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sdekit
-from sdekit.likelihood import NegativeBPDWarning, StepBudgetExceeded, bits_per_dim, log_likelihood
+from sdekit.likelihood import LikelihoodConfig, NegativeBPDWarning, bits_per_dim, log_likelihood
+from sdekit.solvers import SolverError, StepBudgetError
 from tests.sdes import builtin_sdes
 
 SDES = builtin_sdes()
@@ -17,10 +18,10 @@ TIGHT = dict(rtol=1e-8, atol=1e-8)
 
 
 
-def exact_prior(gm, sde, t_end=None):
+def exact_prior(gm, sde, t_prior=None):
     """The mixture's exact p_T (the SDE's N(0, I) prior is only approximately p_T)."""
-    t_end = sde.T if t_end is None else t_end
-    return lambda z: gm.log_prob(z, t_end, sde)
+    t_prior = sde.T if t_prior is None else t_prior
+    return lambda z: gm.log_prob(z, t_prior, sde)
 
 
 def points(gm, n=6, seed=1):
@@ -54,25 +55,25 @@ def test_sde_prior_is_not_exactly_p_T_but_the_gap_is_accounted_for():
     assert gap.abs().mean() > 1e-3  # the gap is real: a test that ignores it would be wrong
 
 
-def random_case(seed, name, dim, t_start, t_end_frac):
+def random_case(seed, name, dim, t_data, t_end_frac):
     """A random 3-component mixture, an interval [t0, t1] of SDES[name] and 4 exact samples of p_t0."""
     g = torch.Generator().manual_seed(seed)
     gm = sdekit.GaussianMixture(torch.rand(3, generator=g, dtype=torch.float64) + 0.1,
                                 torch.randn(3, dim, generator=g, dtype=torch.float64) * 2,
                                 0.1 + torch.rand(3, dim, generator=g, dtype=torch.float64))
     sde = SDES[name]
-    t0, t1 = t_start * sde.T, t_end_frac * sde.T
+    t0, t1 = t_data * sde.T, t_end_frac * sde.T
     x = gm.sample_t(4, t0, sde, generator=g, dtype=torch.float64)
-    return gm, sde, x, dict(t_start=t0, t_end=t1, prior_log_prob=exact_prior(gm, sde, t1), **TIGHT)
+    return gm, sde, x, dict(t_data=t0, t_prior=t1, prior_log_prob=exact_prior(gm, sde, t1), **TIGHT)
 
 
 @settings(max_examples=8)
 @given(seed=st.integers(0, 2**16), name=st.sampled_from(sorted(SDES)), dim=st.integers(1, 4),
-       t_start=st.floats(0.01, 0.5), t_end_frac=st.floats(0.6, 1.0))
-def test_random_mixtures_and_intervals(seed, name, dim, t_start, t_end_frac):
-    gm, sde, x, kw = random_case(seed, name, dim, t_start, t_end_frac)
+       t_data=st.floats(0.01, 0.5), t_end_frac=st.floats(0.6, 1.0))
+def test_random_mixtures_and_intervals(seed, name, dim, t_data, t_end_frac):
+    gm, sde, x, kw = random_case(seed, name, dim, t_data, t_end_frac)
     res = log_likelihood(gm.model(sde), x, **kw)
-    torch.testing.assert_close(res.log_prob, gm.log_prob(x, kw["t_start"], sde), atol=1e-4, rtol=0)
+    torch.testing.assert_close(res.log_prob, gm.log_prob(x, kw["t_data"], sde), atol=1e-4, rtol=0)
 
 
 def test_event_shapes_and_batch_independence():
@@ -106,7 +107,7 @@ def test_auto_time_variable_integrates_a_ddpm_table_in_log_snr():
     with pytest.raises(ValueError, match="time_variable"):
         log_likelihood(gm.model(sde), x, time_variable="sigma")
     with pytest.raises(ValueError, match="LinearSDE"):
-        log_likelihood(gm.model(sde), x, time_variable="log_snr", t_start=0.0)
+        log_likelihood(gm.model(sde), x, time_variable="log_snr", t_data=0.0)
 
 
 def test_the_last_step_ends_on_t_end_rather_than_interpolating_past_T():
@@ -292,17 +293,17 @@ def test_dequantized_bpd_matches_the_analytic_expectation():
     gm = _single_gaussian(dim, 0.7)
     a = (hi - lo) / 2**bits
     u = torch.randint(0, 2**bits, (5, dim), generator=torch.Generator().manual_seed(0)).double()
-    x = lo + a * u
+    x = lo + a * (u + 0.5)  # bin centres
     R = 64
     res = log_likelihood(gm.model(sde), x, bits=bits, data_range=(lo, hi), dequantize=True, repeats=R, seed=0,
                          prior_log_prob=exact_prior(gm, sde), rtol=1e-7, atol=1e-7)
-    # p_{t0} = N(0, v I), v = alpha^2 0.49 + sigma^2; E[(x + a d)^2] = x^2 + a x + a^2 / 3 for d ~ U[0, 1)
+    # p_{t0} = N(0, v I), v = alpha^2 0.49 + sigma^2; E[(x + a (d - 1/2))^2] = x^2 + a^2 / 12 for d ~ U[0, 1)
     al, sg = sde.alpha(sde.eps).item(), sde.sigma(sde.eps).item()
     v = al**2 * 0.49 + sg**2
-    expect = (-0.5 * math.log(2 * math.pi * v) - (x**2 + a * x + a**2 / 3) / (2 * v)).sum(1)
+    expect = (-0.5 * math.log(2 * math.pi * v) - (x**2 + a**2 / 12) / (2 * v)).sum(1)
     # Monte Carlo spread of the R-draw average, from the analytic density itself
     d = torch.rand(4000, *x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    mc_sd = gm.log_prob((x + a * d).reshape(-1, dim), sde.eps, sde).reshape(4000, -1).std(0) / math.sqrt(R)
+    mc_sd = gm.log_prob((x + a * (d - 0.5)).reshape(-1, dim), sde.eps, sde).reshape(4000, -1).std(0) / math.sqrt(R)
     assert ((res.log_prob - expect).abs() < 4 * mc_sd + 1e-4).all(), (res.log_prob - expect, mc_sd)
     torch.testing.assert_close(res.bpd, -(res.log_prob + dim * math.log(a)) / (dim * math.log(2)))
     assert (res.bpd > 0).all() and res.z.shape == (R, 5, dim)
@@ -310,7 +311,7 @@ def test_dequantized_bpd_matches_the_analytic_expectation():
 
 def test_dequantized_bpd_is_reproducible_and_averages_draws():
     sde, gm = SDES["vp"], _single_gaussian(2, 0.5)
-    x = -1.0 + 2.0 / 256 * torch.tensor([[10.0, 200.0], [128.0, 127.0]], dtype=torch.float64)
+    x = -1.0 + 2.0 / 256 * (torch.tensor([[10.0, 200.0], [128.0, 127.0]], dtype=torch.float64) + 0.5)
     kw = dict(bits=8, dequantize=True, prior_log_prob=exact_prior(gm, sde), rtol=1e-6, atol=1e-6)
     a = log_likelihood(gm.model(sde), x, seed=1, **kw)
     b = log_likelihood(gm.model(sde), x, seed=1, **kw)
@@ -333,7 +334,7 @@ def test_negative_bpd_without_dequantization_warns_in_the_full_path():
     sde, gm = SDES["vp"], _single_gaussian(2, 1e-3)
     x = torch.zeros(2, 2, dtype=torch.float64)  # level 128 of 256 on [-1, 1]: the sharp mode
     with pytest.warns(NegativeBPDWarning):
-        res = log_likelihood(gm.model(sde), x, bits=8, t_start=1e-5, prior_log_prob=exact_prior(gm, sde))
+        res = log_likelihood(gm.model(sde), x, bits=8, t_data=1e-5, prior_log_prob=exact_prior(gm, sde))
     assert (res.bpd < 0).all()
 
 
@@ -371,14 +372,14 @@ def test_wrong_shapes_are_rejected(vp_model):
 def test_bad_times_are_rejected(vp_model):
     model, gm = vp_model
     x = points(gm, 3)
-    with pytest.raises(ValueError, match="smaller than t_end"):
-        log_likelihood(model, x, t_start=0.5, t_end=0.5)
-    with pytest.raises(ValueError, match="smaller than t_end"):
-        log_likelihood(model, x, t_start=0.6, t_end=0.2)
+    with pytest.raises(ValueError, match="smaller than t_prior"):
+        log_likelihood(model, x, t_data=0.5, t_prior=0.5)
+    with pytest.raises(ValueError, match="smaller than t_prior"):
+        log_likelihood(model, x, t_data=0.6, t_prior=0.2)
     with pytest.raises(ValueError, match=r"\[0, T\]"):
-        log_likelihood(model, x, t_end=1.5)
+        log_likelihood(model, x, t_prior=1.5)
     with pytest.raises(ValueError, match=r"\[0, T\]"):
-        log_likelihood(model, x, t_start=-0.1)
+        log_likelihood(model, x, t_data=-0.1)
 
 
 BAD_OPTIONS = [
@@ -386,6 +387,8 @@ BAD_OPTIONS = [
     (dict(divergence="hutchinson", noise="uniform"), "rademacher, gaussian"),
     (dict(method="rk45"), "dopri5"),
     (dict(method="rk4"), "step_size"),
+    (dict(t_start=0.1), "t_data"),
+    (dict(max_steps=10), "max_nfe"),
     (dict(divergence="hutchinson", probes=0), "probes"),
     (dict(integrate="simpson"), "augmented, quadrature"),
     (dict(integrate="quadrature", divergence="hutchinson"), "divergence='exact'"),
@@ -397,18 +400,35 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize("options, message", BAD_OPTIONS)
 def test_bad_options_are_rejected_with_the_accepted_values(vp_model, options, message):
     model, gm = vp_model
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):  # TypeError: an unknown setting
         log_likelihood(model, points(gm, 3), **options)
+
+
+def test_a_config_object_is_the_same_as_keywords_and_checks_itself(vp_model):
+    import dataclasses
+
+    model, gm = vp_model
+    x = points(gm, 3)
+    cfg = LikelihoodConfig(rtol=1e-6, atol=1e-6, divergence="hutchinson", probes=2)
+    a = log_likelihood(model, x, cfg)
+    b = log_likelihood(model, x, rtol=1e-6, atol=1e-6, divergence="hutchinson", probes=2)
+    c = log_likelihood(model, x, cfg, probes=3)  # a keyword replaces the config's field
+    torch.testing.assert_close(a.log_prob, b.log_prob, rtol=0, atol=0)
+    assert a.nfe == b.nfe and a.stats["accepted"] > 0 and c.stderr is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rtol = 1.0
+    with pytest.raises(ValueError, match="rtol"):
+        LikelihoodConfig(rtol=-1.0)
 
 
 def test_exceeded_step_budget_fails_quickly_with_a_clear_error(vp_model):
     model, gm = vp_model
     x = points(gm, 3)
     start = time.perf_counter()
-    with pytest.raises(StepBudgetExceeded, match="max_steps=5"):
-        log_likelihood(model, x, max_steps=5, rtol=1e-10, atol=1e-10)
-    with pytest.raises(StepBudgetExceeded, match="max_steps=10"):
-        log_likelihood(model, x, method="rk4", options={"step_size": 1e-3}, max_steps=10)
+    with pytest.raises(StepBudgetError, match="budget of 50 network evaluations"):
+        log_likelihood(model, x, max_nfe=50, rtol=1e-10, atol=1e-10)
+    with pytest.raises(StepBudgetError, match="budget of 40 network evaluations"):  # refused before any step
+        log_likelihood(model, x, method="rk4", step_size=1e-3, max_nfe=40)
     assert time.perf_counter() - start < 10
 
 
@@ -416,7 +436,7 @@ def test_fixed_step_method_runs(vp_model):
     model, gm = vp_model
     x = points(gm, 3)
     sde = model.sde
-    res = log_likelihood(model, x, method="rk4", options={"step_size": 2e-3}, prior_log_prob=exact_prior(gm, sde))
+    res = log_likelihood(model, x, method="rk4", step_size=2e-3, prior_log_prob=exact_prior(gm, sde))
     assert res.nfe == 4 * 500
     assert (res.log_prob - gm.log_prob(x, sde.eps, sde)).abs().max() < 0.05
 
@@ -425,8 +445,8 @@ def test_non_finite_drift_is_reported(vp_model):
     model, gm = vp_model
     nan_after = lambda x, t: x * torch.where(t[:, None] > 0.45, float("nan"), 1.0)  # noqa: E731
     bad = sdekit.ScoreModel(nan_after, model.sde, prediction="score")
-    with pytest.raises(FloatingPointError, match="not finite"):
-        log_likelihood(bad, points(gm, 3), t_start=0.4, t_end=0.6, method="rk4", options={"step_size": 0.05})
+    with pytest.raises(SolverError, match="not finite"):  # a NonFiniteError, also a FloatingPointError
+        log_likelihood(bad, points(gm, 3), t_data=0.4, t_prior=0.6, method="rk4", step_size=0.05)
 
 
 @pytest.mark.parametrize("integrate", ["augmented", "quadrature"])
@@ -485,11 +505,11 @@ def test_quadrature_matches_analytic_log_density(name):
 
 @settings(max_examples=6)
 @given(seed=st.integers(0, 2**16), name=st.sampled_from(["vp", "subvp", "ve", "cosine"]), dim=st.integers(1, 6),
-       t_start=st.floats(0.01, 0.3), t_end_frac=st.floats(0.6, 1.0))
-def test_quadrature_on_random_mixtures_and_intervals(seed, name, dim, t_start, t_end_frac):
-    gm, sde, x, kw = random_case(seed, name, dim, t_start, t_end_frac)
+       t_data=st.floats(0.01, 0.3), t_end_frac=st.floats(0.6, 1.0))
+def test_quadrature_on_random_mixtures_and_intervals(seed, name, dim, t_data, t_end_frac):
+    gm, sde, x, kw = random_case(seed, name, dim, t_data, t_end_frac)
     res = log_likelihood(gm.model(sde), x, integrate="quadrature", quad_tol=1e-3, **kw)
-    torch.testing.assert_close(res.log_prob, gm.log_prob(x, kw["t_start"], sde), atol=1e-3, rtol=0)
+    torch.testing.assert_close(res.log_prob, gm.log_prob(x, kw["t_data"], sde), atol=1e-3, rtol=0)
 
 
 def test_quadrature_converges_as_its_tolerance_tightens():
@@ -524,7 +544,7 @@ def test_quadrature_resolves_a_sharp_feature_its_first_nodes_straddle():
 def test_quadrature_with_dequantization_agrees_with_the_augmented_solve():
     sde, gm = SDES["vp"], sdekit.GaussianMixture([0.5, 0.5], [[-0.4, 0.3], [0.5, -0.2]], 0.3)
     levels = torch.tensor([[60, 200], [128, 128], [20, 90]], dtype=torch.float64)
-    x = -1 + 2 * levels / 256
+    x = -1 + 2 * (levels + 0.5) / 256  # bin centres
     common = dict(bits=8, dequantize=True, repeats=2, seed=3, prior_log_prob=exact_prior(gm, sde), **TIGHT)
     aug = log_likelihood(gm.model(sde), x, **common)
     quad = log_likelihood(gm.model(sde), x, integrate="quadrature", quad_tol=1e-4, **common)
@@ -538,7 +558,7 @@ def test_quadrature_reports_a_non_finite_divergence(vp_model):
     nan_late = lambda y, t: y * torch.where(t[:, None] > 0.45, float("nan"), 1.0)  # noqa: E731
     bad = sdekit.ScoreModel(nan_late, model.sde, prediction="score")
     with pytest.raises(FloatingPointError, match="not finite"):
-        log_likelihood(bad, x, integrate="quadrature", t_start=0.4, t_end=0.6)
+        log_likelihood(bad, x, integrate="quadrature", t_data=0.4, t_prior=0.6)
 
 
 def test_quadrature_flags_rows_the_grid_cannot_resolve(vp_model):

@@ -24,6 +24,7 @@ import torch
 
 from .base import Evaluator, StepBudgetError
 from .exponential import Schedule, dpm_solver_step, x0_jump
+from .integrate import row_error_ratio
 from .registry import register
 
 Tensor = torch.Tensor
@@ -35,11 +36,11 @@ _SAFETY, _SHRINK, _GROW = 0.9, 0.2, 5.0
 
 
 def row_error_norm(err: Tensor, x: Tensor, x_prev: Tensor, rtol: float, atol: float) -> float:
-    """max over rows of the RMS over that row's entries of err / (atol + rtol max(|x|, |x_prev|)); NaN -> inf."""
-    scale = atol + rtol * torch.maximum(x.abs(), x_prev.abs())
-    per_row = (err / scale).reshape(err.shape[0], -1).pow(2).mean(1).sqrt()
-    e = float(per_row.max())
-    return e if math.isfinite(e) else math.inf
+    """max over rows of the RMS over that row's entries of err / (atol + rtol max(|x|, |x_prev|)); NaN -> inf.
+    The integration core's per-row norm (``sdekit.solvers.integrate.row_error_ratio``) on flattened rows."""
+    B = err.shape[0]
+    flat = err.reshape(B, -1)
+    return row_error_ratio(flat, x_prev.reshape(B, -1), x.reshape(B, -1), rtol, atol, [(0, flat.shape[1])])
 
 
 def _check(rtol, atol, max_nfe, h_init):
@@ -72,7 +73,7 @@ def _adaptive(ev: Evaluator, x: Tensor, ts: Tensor, order: int, rtol: float, ato
         while True:
             remaining = l_end - l_t
             landing = h_try >= abs(remaining) * (1 - 1e-10)
-            h = remaining if landing else sign * h_try
+            h = float(remaining) if landing else sign * h_try
             if ev.nfe + order > max_nfe:
                 raise StepBudgetError(
                     f"adaptive DPM-Solver-{order - 1}{order} used {ev.nfe} of its budget of {max_nfe} network "
@@ -85,7 +86,7 @@ def _adaptive(ev: Evaluator, x: Tensor, ts: Tensor, order: int, rtol: float, ato
             factor = _GROW if e == 0 else min(_GROW, max(_SHRINK, _SAFETY * e ** (-1.0 / order)))
             if e <= 1:
                 stats["accepted"] += 1
-                x, t, a_t, l_t = high, t_s, a_s, l_t + h
+                x, t, a_t, l_t = high, t_s, a_s, l_t + h  # type: ignore[assignment]
                 if not (landing and h_try > abs(h)):  # a step shortened to land keeps the proposal
                     h_try = abs(h) * factor
                 if landing:

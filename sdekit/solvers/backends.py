@@ -1,7 +1,13 @@
-"""Adapters to external integrators.
+"""Adaptive ODE solves of the probability-flow ODE, and adapters to external integrators.
 
-torchdiffeq  any ``torchdiffeq.odeint`` method on the probability-flow ODE dx/dt = F(x, t); the adaptive
-             ones (dopri5, dopri8, bosh3, adaptive_heun, fehlberg2) are also registered by name.
+core         dopri5, bosh3, adaptive_heun: ``sdekit.solvers.integrate`` on dx/dt = F(x, t) (the tableau, per-row
+             error control, a budget in network calls, landing exactly on every time of the grid). The
+             driver sees each grid time as soon as the solve reaches it, the Evaluator's step counter follows
+             the accepted steps (a NaN error names the true step) and ``Solution.stats`` holds steps,
+             accepted and rejected.
+torchdiffeq  any ``torchdiffeq.odeint`` method behind the same core interface (same budget, per-row norm,
+             exact landing, errors): ``dopri8`` and ``fehlberg2`` by name, any other through
+             ``solver="torchdiffeq", method=...`` (fixed-step ones with ``step_size``).
 scipy        ``scipy.integrate.solve_ivp`` (RK45, LSODA, ...) on the flattened float64 state.
 torchsde     any ``torchsde.sdeint`` method (euler, milstein, srk, reversible_heun) on the reverse SDE,
              written forward in r = -t: dy = -[f y - g^2 score] dr + g dW (additive noise, so Ito and
@@ -15,14 +21,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Evaluator, StepBudgetError
+from .base import Evaluator, RowNoise, StepBudgetError, StepSizeError
+from .integrate import TABLEAUS, TORCHDIFFEQ_PREFIX, ProbabilityFlow, check_tolerances, integrate, solve_steps
 from .registry import register
 
-ADAPTIVE_TORCHDIFFEQ = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "adaptive_heun": 2, "fehlberg2": 2}  # name: order
+# external adaptive torchdiffeq methods registered by name: (order, network calls per step)
+EXTERNAL_TORCHDIFFEQ = {"dopri8": (8, 13), "fehlberg2": (2, 3)}
 
 
 class _BudgetedDrift:
-    """F(x, t) of the probability-flow ODE that refuses to run past ``max_nfe`` evaluations."""
+    """F(x, t) of the probability-flow ODE that refuses to run past ``max_nfe`` evaluations (scipy)."""
 
     def __init__(self, ev: Evaluator, max_nfe: int):
         self.ev, self.max_nfe = ev, int(max_nfe)
@@ -38,25 +46,43 @@ class _BudgetedDrift:
         return self.ev.pf_drift(x, t.to(torch.float64).clamp(0.0, self.ev.sde.T))
 
 
+def core_ode(ev: Evaluator, x, ts, *, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+             max_nfe: int = 100_000):
+    """The probability-flow ODE by the integration core (``sdekit.solvers.integrate``) with an embedded RK
+    pair ``method``; every row meets its own rtol/atol; yields the state at every ts as it is reached."""
+
+    def progress(t, nfe, stats):
+        ev.step = stats["steps"]  # errors raised by the Evaluator name the true step
+        ev.stats.update(stats)
+
+    ev.stats.update(method=method, steps=0, accepted=0, rejected=0)
+    run = solve_steps(ProbabilityFlow(ev), x, ts, method=method, rtol=rtol, atol=atol, max_nfe=max_nfe,
+                      progress=progress)
+    for i, _, y in run:
+        if i > 0:
+            yield y
+
+
+for _name, _tab in TABLEAUS.items():
+    if _tab.adaptive:
+        register(_name, order=_tab.order, nfe_per_step=_tab.stages - _tab.fsal, adaptive=True,
+                 method=_name)(core_ode)
+
+
 @register("torchdiffeq", order=5, nfe_per_step=6, adaptive=True)
 def torchdiffeq_ode(ev: Evaluator, x, ts, *, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                     max_nfe: int = 100_000, step_size=None):
-    """The probability-flow ODE through ``torchdiffeq.odeint(method=...)``; states at every ts."""
-    import torchdiffeq
-
-    if method in ADAPTIVE_TORCHDIFFEQ:  # land exactly on t_end: the score does not exist past it
-        options = {"step_t": ts[-1:].to(device=x.device, dtype=x.dtype)}
-    else:
-        options = {} if step_size is None else {"step_size": float(step_size)}
-    out = torchdiffeq.odeint(_BudgetedDrift(ev, max_nfe), x, ts.to(device=x.device, dtype=x.dtype),
-                             method=method, rtol=rtol, atol=atol, options=options)
-    ev.stats["method"] = method
-    for i in range(1, len(ts)):
-        yield out[i]
+    """The probability-flow ODE through ``torchdiffeq.odeint(method=...)`` behind the core's interface
+    (budget, per-row error norm, landing on every ts); ``step_size`` for its fixed-step methods."""
+    sol = integrate(ProbabilityFlow(ev), x, ts, method=TORCHDIFFEQ_PREFIX + method, rtol=rtol, atol=atol,
+                    max_nfe=max_nfe, step_size=step_size)
+    ev.stats.update(sol.stats, method=method)
+    for y in (sol.trajectory or [])[1:]:
+        yield y
 
 
-for _name, _order in ADAPTIVE_TORCHDIFFEQ.items():
-    register(_name, order=_order, nfe_per_step=6, adaptive=True, method=_name)(torchdiffeq_ode)
+for _name, (_order, _calls) in EXTERNAL_TORCHDIFFEQ.items():
+    register(_name, order=_order, nfe_per_step=_calls, adaptive=True, method=_name)(torchdiffeq_ode)
 
 
 @register("scipy", order=5, nfe_per_step=6, adaptive=True)
@@ -65,6 +91,7 @@ def scipy_ode(ev: Evaluator, x, ts, *, method: str = "RK45", rtol: float = 1e-5,
     """The probability-flow ODE through ``scipy.integrate.solve_ivp`` (float64 numpy state on the CPU)."""
     from scipy.integrate import solve_ivp
 
+    check_tolerances(rtol, atol)
     shape, dtype, device = x.shape, x.dtype, x.device
     drift = _BudgetedDrift(ev, max_nfe)
 
@@ -75,8 +102,9 @@ def scipy_ode(ev: Evaluator, x, ts, *, method: str = "RK45", rtol: float = 1e-5,
     t_eval = ts.cpu().numpy()
     sol = solve_ivp(rhs, (t_eval[0], t_eval[-1]), x.reshape(-1).double().cpu().numpy(), method=method,
                     t_eval=t_eval, rtol=rtol, atol=atol)
-    if sol.status != 0:
-        raise StepBudgetError(f"scipy solve_ivp({method}) failed: {sol.message}")
+    if sol.status != 0:  # the budget is raised from the drift itself; what is left is a step-size failure
+        raise StepSizeError(f"scipy solve_ivp({method}) did not reach t = {float(ts[-1]):.6g}: {sol.message}; "
+                            "loosen rtol/atol or use solver='dopri5'")
     ev.stats["method"] = method
     for i in range(1, len(ts)):
         yield torch.from_numpy(np.ascontiguousarray(sol.y[:, i])).reshape(shape).to(device=device, dtype=dtype)
@@ -98,7 +126,8 @@ class _GridBrownian:
         self.grid = grid.to(torch.float64).cpu()
         h = (self.grid[1:] - self.grid[:-1]).to(dtype=dtype, device=device)
         k = len(h)
-        template = torch.empty(len(ev.noise.generators), 2 * k * d, dtype=dtype, device=device)
+        rows = ev.noise.n_rows if isinstance(ev.noise, RowNoise) else 0
+        template = torch.empty(rows, 2 * k * d, dtype=dtype, device=device)
         z = ev.randn_like(template).reshape(-1, 2, k, d).permute(1, 2, 0, 3)  # (2, k, batch, d)
         self.increments = z[0] * h.sqrt()[:, None, None]
         self.areas = z[1] * (h / 12).sqrt()[:, None, None]
