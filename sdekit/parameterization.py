@@ -97,16 +97,25 @@ def _from_velocity(u: Tensor, dst: str, x: Tensor, a, s, da, ds) -> Tensor:
 
 
 def _to_velocity(value: Tensor, src: str, x: Tensor, a, s, da, ds) -> Tensor:
-    """u = alpha' x0 + sigma' eps, the probability-flow drift, from (x, value): from eps or score
-    u = f x + (sigma' - f sigma) eps with f = alpha'/alpha (undefined at alpha = 0, where eps = x/sigma carries
-    nothing of the model); from x0 u = (sigma'/sigma) x + (alpha' - alpha sigma'/sigma) x0 (undefined at sigma = 0);
+    """u = alpha' x0 + sigma' eps, the probability-flow drift, from (x, value) with value x0 or v (eps and score
+    go through ``_velocity_from_score``; they are undefined at alpha = 0, where eps = x/sigma carries nothing of
+    the model): from x0 u = (sigma'/sigma) x + (alpha' - alpha sigma'/sigma) x0 (undefined at sigma = 0);
     from v both x0 and eps, valid everywhere."""
-    if src in ("eps", "score"):
-        f = da / a
-        return f * x + (ds - f * s) * _eps(value, src, x, a, s)
     if src == "x0":
         return (ds / s) * x + (da - a * ds / s) * value
     return da * _x0(value, src, x, a, s) + ds * _eps(value, src, x, a, s)  # v
+
+
+def _velocity_from_score(value: Tensor, src: str, x: Tensor, t, sde: LinearSDE, s) -> Tensor:
+    """u = f x - (g^2 / 2) score (g^2 / 2 = sigma (sigma' - f sigma)): the same u as ``_to_velocity``'s, in the
+    form that stays finite at sigma = 0 (t = 0), where sigma' is infinite on VP paths but g is not."""
+    if _is_scalar(t):
+        _, _, f, g = sde.schedule(t)
+    else:
+        t = sde.check_time(t)
+        f, g = broadcast_to(sde.f(t), x), broadcast_to(sde.g(t), x)
+    score = value if src == "score" else -value / s
+    return f * x - (0.5 * g * g) * score
 
 
 def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> Tensor:
@@ -125,6 +134,8 @@ def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> 
     a, s = _coefficients(sde, t, x)
     if src == "velocity":
         return _from_velocity(value, dst, x, a, s, *_rates(sde, t, x))
+    if dst == "velocity" and src in ("eps", "score"):
+        return _velocity_from_score(value, src, x, t, sde, s)
     if dst == "velocity":
         return _to_velocity(value, src, x, a, s, *_rates(sde, t, x))
     return _convert(value, src, dst, x, a, s)

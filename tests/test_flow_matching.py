@@ -201,3 +201,32 @@ def test_ddim_equals_diffusers_flow_match_euler(shift):
     ours = sdekit.sample(m, x_T, "ddim", ts=sigmas)  # 1 ... 0: the last step is the x0 jump
     # diffusers steps in float32 (its sigmas and the sample are float32): 1e-6 relative to the state's scale
     assert float((ours.x - x).abs().max()) < 1e-6 * float(x.abs().max())
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_heun_t_equals_diffusers_flow_match_heun(shift):
+    """Heun in t on the velocity, the trapezoid rule, is FlowMatchHeunDiscreteScheduler on the same sigmas;
+    its Euler last step to sigma = 0 is sdekit's x0 jump."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.FlowMatchHeunDiscreteScheduler(shift=shift)
+    sched.set_timesteps(6)
+    sde, gm, m, x_T = _rf_problem(n=16)
+    x = x_T.clone()
+    for ts in sched.timesteps:  # two entries per Heun step: the scheduler keeps the stage itself
+        sigma = sched.sigmas[sched.step_index if sched.step_index is not None else 0].double()
+        x = sched.step(gm.velocity(x, sigma, sde), ts, x).prev_sample.double()
+    grid = torch.unique_consecutive(sched.sigmas.double())
+    ours = sdekit.sample(m, x_T, "heun_t", ts=grid)
+    assert float((ours.x - x).abs().max()) < 1e-6 * float(x.abs().max())
+
+
+def test_euler_and_heun_t_start_at_alpha_zero_and_converge():
+    sde, gm, m, x_T = _rf_problem(n=32)
+    ref = _reference(gm, sde, x_T)
+    errs = {}  # median per-row error: the default mixture's sharp components make a few rows stiff
+    for name in ("euler", "heun_t", "rk4"):
+        errs[name] = [float((sdekit.sample(m, x_T, name, steps=k, grid="uniform", t_end=0.0).x - ref)
+                            .norm(dim=1).median()) for k in (100, 200)]
+    for name, order in (("euler", 1), ("heun_t", 2)):
+        assert math.log2(errs[name][0] / errs[name][1]) > order - 0.3, (name, errs[name])
+    assert errs["rk4"][1] < errs["heun_t"][1]

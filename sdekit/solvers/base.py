@@ -101,8 +101,14 @@ class Evaluator:
         """f x - (1 + eta^2)/2 g^2 score: eta = 0 is the probability-flow ODE, eta = 1 the reverse SDE."""
         return self.sde.reverse_drift(x, t, self.score(x, t), eta=eta)
 
+    def velocity(self, x: Tensor, t) -> Tensor:
+        """The probability-flow velocity dx/dt = alpha' x0 + sigma' eps (= f x - g^2 score / 2), asked of the
+        model directly: finite wherever alpha' and sigma' are, alpha(T) = 0 (flow-matching paths) included."""
+        return self._predict(x, t, "velocity")
+
     def pf_drift(self, x: Tensor, t) -> Tensor:
-        return self.reverse_drift(x, t, eta=0.0)
+        """The probability-flow ODE's right-hand side, f x - g^2 score / 2, computed as ``velocity``."""
+        return self.velocity(x, t)
 
     # -- noise --------------------------------------------------------------------------
     def _noise(self):

@@ -1,7 +1,9 @@
-"""Fixed-step solvers of the probability-flow ODE  dx/dt = f(t) x - g(t)^2 score(x, t) / 2.
+"""Fixed-step solvers of the probability-flow ODE  dx/dt = f(t) x - g(t)^2 score(x, t) / 2
+= alpha'(t) x0 + sigma'(t) eps (the velocity, asked of the model directly, so alpha(T) = 0 is no special case).
 
-euler  explicit Euler in t (first order).
-rk4    classical fourth-order Runge-Kutta in t.
+euler   explicit Euler in t (first order).
+heun_t  Heun's method in t (second order; diffusers' FlowMatchHeun on the rectified flow).
+rk4     classical fourth-order Runge-Kutta in t.
 heun   Karras et al. 2022 ("EDM", Algorithm 1): Heun's method in the variables y = x / alpha,
        s = sigma / alpha, where the ODE reads dy/ds = eps(x, t). Second order.
 
@@ -19,14 +21,25 @@ from .registry import register
 
 @register("euler", order=1, nfe_per_step=1)
 def euler(ev: Evaluator, x, ts):
-    """x_{i+1} = x_i + h F(x_i, t_i), h = t_{i+1} - t_i, with F = f x - g^2 score / 2 = f x + g^2 eps / (2 sigma):
-    x_{i+1} = (1 + h f) x_i + h g^2 / (2 sigma) eps(x_i, t_i)."""
-    sde = ev.sde
+    """x_{i+1} = x_i + h u(x_i, t_i), h = t_{i+1} - t_i, with the probability-flow velocity
+    u = alpha' x0 + sigma' eps = f x - g^2 score / 2 (``Evaluator.velocity``), finite at alpha = 0 too."""
     times = ts.tolist()
     for i in range(len(times) - 1):
-        _, sigma, f, g = sde.schedule(times[i])
+        x = torch.add(x, ev.velocity(x, times[i]), alpha=times[i + 1] - times[i])
+        yield x
+
+
+@register("heun_t", order=2, nfe_per_step=2)
+def heun_t(ev: Evaluator, x, ts):
+    """Heun's method (the explicit trapezoid rule) in t on the velocity u = alpha' x0 + sigma' eps:
+    x~ = x_i + h u(x_i, t_i),  x_{i+1} = x_i + h (u(x_i, t_i) + u(x~, t_{i+1})) / 2.
+    On the rectified flow (sigma = t) this is diffusers' FlowMatchHeunDiscreteScheduler; its last step to
+    t = 0, Euler there, is the driver's x0 jump (x - t u = x0 on that path)."""
+    times = ts.tolist()
+    for i in range(len(times) - 1):
         h = times[i + 1] - times[i]
-        x = torch.add(x * (1 + h * f), ev.eps(x, times[i]), alpha=h * g * g / (2 * sigma))
+        d = ev.velocity(x, times[i])
+        x = torch.add(x, d + ev.velocity(torch.add(x, d, alpha=h), times[i + 1]), alpha=0.5 * h)
         yield x
 
 
