@@ -56,7 +56,7 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 from .parameterization import PREDICTIONS, ScoreModel
-from .sde import VESDE, VPSDE, CosineVPSDE, DiscreteVPSDE, LinearSDE, SubVPSDE
+from .sde import PATH_NAMES, VESDE, VPSDE, CosineVPSDE, DiscreteVPSDE, LinearSDE, SubVPSDE, TimeShift
 
 try:
     import fcntl
@@ -106,6 +106,10 @@ def sde_to_spec(sde: LinearSDE) -> dict:
         kw = {"s": sde.s, **base}
     elif type(sde) is DiscreteVPSDE:
         kw = {"betas": [float(b) for b in sde.betas], "eps": sde.eps}
+    elif type(sde) is TimeShift:
+        kw = {"base": sde_to_spec(sde.base), "shift": sde.shift, "eps": sde.eps}
+    elif type(sde) in PATH_NAMES.values():
+        kw = sde.config()
     else:
         from .interop import EDMSDE  # the one non-core SDE sdekit ships
 
@@ -121,7 +125,8 @@ def sde_to_spec(sde: LinearSDE) -> dict:
 def _sde_classes() -> dict:
     from .interop import EDMSDE
 
-    return {c.__name__: c for c in (VPSDE, SubVPSDE, VESDE, CosineVPSDE, DiscreteVPSDE, EDMSDE)}
+    return {c.__name__: c for c in (VPSDE, SubVPSDE, VESDE, CosineVPSDE, DiscreteVPSDE, EDMSDE, TimeShift,
+                                    *PATH_NAMES.values())}
 
 
 def sde_from_spec(spec: dict) -> LinearSDE:
@@ -129,8 +134,11 @@ def sde_from_spec(spec: dict) -> LinearSDE:
     classes = _sde_classes()
     if not isinstance(spec, dict) or spec.get("name") not in classes or not isinstance(spec.get("kwargs"), dict):
         raise ValueError(f"bad SDE spec {spec!r}: need {{'name': one of {', '.join(classes)}, 'kwargs': {{...}}}}")
+    kwargs = dict(spec["kwargs"])
+    if spec["name"] == "TimeShift":  # a shifted path nests its base path's spec
+        kwargs["base"] = sde_from_spec(kwargs.get("base"))
     try:
-        return classes[spec["name"]](**spec["kwargs"])
+        return classes[spec["name"]](**kwargs)
     except TypeError as e:
         raise ValueError(f"bad SDE spec {spec!r}: {e}") from None
 
