@@ -56,7 +56,7 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 from .parameterization import PREDICTIONS, ScoreModel
-from .sde import PATH_NAMES, VESDE, VPSDE, CosineVPSDE, DiscreteVPSDE, LinearSDE, SubVPSDE, TimeShift
+from .sde import PATH_NAMES, VESDE, VPSDE, AffinePath, CosineVPSDE, DiscreteVPSDE, LinearSDE, SubVPSDE, TimeShift
 
 try:
     import fcntl
@@ -109,6 +109,7 @@ def sde_to_spec(sde: LinearSDE) -> dict:
     elif type(sde) is TimeShift:
         kw = {"base": sde_to_spec(sde.base), "shift": sde.shift, "eps": sde.eps}
     elif type(sde) in PATH_NAMES.values():
+        assert isinstance(sde, AffinePath)  # every named path is one
         kw = sde.config()
     else:
         from .interop import EDMSDE  # the one non-core SDE sdekit ships
@@ -129,7 +130,7 @@ def _sde_classes() -> dict:
                                     *PATH_NAMES.values())}
 
 
-def sde_from_spec(spec: dict) -> LinearSDE:
+def sde_from_spec(spec: object) -> LinearSDE:
     """Inverse of ``sde_to_spec``."""
     classes = _sde_classes()
     if not isinstance(spec, dict) or spec.get("name") not in classes or not isinstance(spec.get("kwargs"), dict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .sde import PATH_NAMES, SDE_NAMES, path_from_name, sde_from_name
+from .sde import PATH_NAMES, SDE_NAMES, LinearSDE, path_from_name, sde_from_name
 
 
 # -- info --------------------------------------------------------------------------------------
@@ -106,7 +106,8 @@ def _run_train(args) -> int:
     ds = load_dataset(args.data, n=args.n_points, seed=seed)
     hparams = {k: getattr(args, k) for k in (*_TRAIN_DEFAULTS, "lr", "seed", "time_sampling")
                if getattr(args, k) is not None}
-    net = sde = None
+    net: torch.nn.Module | None = None  # None when resuming: train takes both from the checkpoint
+    sde: LinearSDE | None = None
     if args.path is not None and args.sde is not None:
         args.usage_error("give --sde or --path, not both")
     if args.shift is not None and args.path is None:

@@ -57,7 +57,7 @@ import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 
@@ -180,6 +180,11 @@ class CompareRow:
 
 
 _CSV_TYPES = {"steps": int, "nfe": int, "tune_nfe": int, "solver": str, "grid": str, "metric": str}
+
+
+def _csv_values(line: dict) -> dict[str, Any]:
+    """A ``to_csv`` line's fields, typed as its column (empty -> None)."""
+    return {k: None if v == "" else _CSV_TYPES.get(k, float)(v) for k, v in line.items()}
 
 
 def _grid_label(r: CompareRow) -> str:
@@ -314,8 +319,7 @@ class CompareResults(list):
     def from_csv(cls, path) -> "CompareResults":
         """Rows written by ``to_csv`` (the settings live in the JSON file only)."""
         with open(path, newline="") as fh:
-            rows = [CompareRow(**{k: None if v == "" else _CSV_TYPES.get(k, float)(v) for k, v in line.items()})
-                    for line in csv.DictReader(fh)]
+            rows = [CompareRow(**_csv_values(line)) for line in csv.DictReader(fh)]
         return cls(rows)
 
     def save(self, directory) -> list[str]:
@@ -517,6 +521,7 @@ def _given_reference(reference, x_T: Tensor) -> tuple[Tensor, dict]:
 
 def _exact_samples(prob: _Problem) -> tuple[Tensor, float]:
     """Exact draws of the mixture at t_end (seed + 1) and the sliced-W2 floor between two such sets."""
+    assert prob.gm is not None  # stochastic solvers are compared only against a mixture
     the_sde, shape = prob.model.sde, prob.x_T.shape
     g = torch.Generator().manual_seed(prob.seed + 1)
     exact = prob.gm.sample_t(shape[0], the_sde.eps, the_sde, generator=g, dtype=torch.float64).reshape(shape)
@@ -557,10 +562,12 @@ def _measure(prob: _Problem, name: str, grid: str, k: Optional[int], tol: Option
     from . import solvers
 
     deterministic = _is_deterministic(solvers.get(name))
-    kwargs, tune_nfe = ({} if deterministic else {"generator": prob.seed}), None
+    kwargs: dict[str, Any] = {} if deterministic else {"generator": prob.seed}
+    tune_nfe: Optional[int] = None
     if tol is not None:
         kwargs.update(rtol=tol, atol=tol)
     elif grid == TUNED:
+        assert k is not None  # _plan gives tuned runs a step count
         kwargs["ts"], tune_nfe = _tuned_grid(prob, name, k)
     else:
         kwargs.update(steps=k, grid=grid)
@@ -568,13 +575,15 @@ def _measure(prob: _Problem, name: str, grid: str, k: Optional[int], tol: Option
     try:
         sol = solvers.sample(prob.model, prob.x_T, name, **kwargs)
     except solvers.SolverError as err:  # NaN / budget: report, keep going
-        warnings.warn(f"{name} ({grid}, steps={k}, tol={tol}) failed: {err}")
+        warnings.warn(f"{name} ({grid}, steps={k}, tol={tol}) failed: {err}", stacklevel=2)
         nan = float("nan")
         return CompareRow(name, grid, k, 0, nan, time.perf_counter() - t0, ENDPOINT if deterministic else "sliced_w2",
                           tol, nan, nan, nan, None, tune_nfe)
     dt = time.perf_counter() - t0
     if not deterministic:
+        assert prob.exact is not None  # compare draws exact samples whenever a stochastic solver runs
         return CompareRow(name, grid, k, int(sol.nfe), sliced_w2(sol.x, prob.exact), dt, "sliced_w2", tol)
+    assert prob.x_ref is not None  # compare sets the reference before any run
     s = error_summary(per_row_error(sol.x, prob.x_ref))
     the_sde = prob.model.sde
     flipped = None if prob.gm is None else flipped_fraction(prob.gm, sol.x, prob.x_ref, the_sde.eps, the_sde)
@@ -591,7 +600,7 @@ def _check_reference(results: CompareResults) -> None:
         ref["below_smallest_error"] = bool(est < min(errs))
         if est * 10 > min(errs):
             warnings.warn(f"the reference's error estimate {est:.2e} is not ten times below the smallest "
-                          f"reported error {min(errs):.2e}; raise ref_steps (or lower ref_tol)")
+                          f"reported error {min(errs):.2e}; raise ref_steps (or lower ref_tol)", stacklevel=2)
 
 
 def _solver_info(name: str):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -57,11 +57,12 @@ def map_chunks(fn: Callable[[Tensor, int], dict], x: Tensor, chunk_size: int) ->
     if size == 1:
         return [mine[k] for k in range(len(starts))]
     cpu = {k: {n: v.cpu() if isinstance(v, Tensor) else v for n, v in d.items()} for k, d in mine.items()}
-    gathered = [None] * size if rank == 0 else None
+    gathered: Optional[list[Any]] = [None] * size if rank == 0 else None
     dist.gather_object(cpu, gathered, dst=0)
     if rank != 0:
         return None
-    merged = {}
+    assert gathered is not None  # rank 0 allocated it and gather_object filled it
+    merged: dict = {}
     for part in gathered:
         merged.update(part)
     return [merged[k] for k in range(len(starts))]

@@ -32,7 +32,7 @@ import hashlib
 import math
 import struct
 from collections import OrderedDict
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -171,7 +171,7 @@ class RowNoise:
         self.row_offset = int(row_offset)
         self.rows = range(self.row_offset, self.row_offset + self.n_rows)
         self.calls = 0
-        self._keys = None
+        self._keys: Optional[Tensor] = None
         self._paths: dict = {}
         self.device = device
 
@@ -284,10 +284,10 @@ class BrownianPath:
             a, b, i = (a, m, 2 * i) if t < m else (m, b, 2 * i + 1)
             k += 1
 
-    def __call__(self, x: Tensor, ts: Union[float, Iterable[float]]) -> Tensor:
+    def __call__(self, x: Tensor, ts: Union[float, list[float], tuple[float, ...]]) -> Tensor:
         """W at time(s) ts for rows like x: shape x.shape for one time, (len(ts), *x.shape) for several."""
         single = not isinstance(ts, (list, tuple))
-        times = [float(ts)] if single else [float(t) for t in ts]
+        times = [float(t) for t in ts] if isinstance(ts, (list, tuple)) else [float(ts)]
         for t in times:
             if not (0.0 <= t <= self.T * (1 + 1e-12)):
                 raise ValueError(f"the Brownian path lives on [0, T = {self.T}]; asked for W at t = {t}")

@@ -13,7 +13,7 @@ prediction derived from that x0).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -109,6 +109,8 @@ def _to_velocity(value: Tensor, src: str, x: Tensor, a, s, da, ds) -> Tensor:
 def _velocity_from_score(value: Tensor, src: str, x: Tensor, t, sde: LinearSDE, s) -> Tensor:
     """u = f x - (g^2 / 2) score (g^2 / 2 = sigma (sigma' - f sigma)): the same u as ``_to_velocity``'s, in the
     form that stays finite at sigma = 0 (t = 0), where sigma' is infinite on VP paths but g is not."""
+    f: Union[float, Tensor]
+    g: Union[float, Tensor]
     if _is_scalar(t):
         _, _, f, g = sde.schedule(t)
     else:
@@ -150,9 +152,10 @@ class ScoreModel:
     never see the network or its prediction type.
     """
 
-    _t_cache = (None, None)  # ((time, batch, dtype, device), (batch,) time tensor for the network)
+    # ((time, batch, dtype, device), (batch,) time tensor for the network)
+    _t_cache: tuple[Optional[tuple], Optional[Tensor]] = (None, None)
 
-    def __init__(self, net: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE, prediction: str = "eps"):
+    def __init__(self, net: Callable[..., Tensor], sde: LinearSDE, prediction: str = "eps"):
         self.net = net
         self.sde = sde
         self.prediction = _check_prediction(prediction)

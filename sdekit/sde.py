@@ -160,9 +160,9 @@ class SDE:
 
 
 # Gauss-Legendre nodes on [0, 1] for the numerical schedule of custom SDEs (degree-15 exact).
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
-_GL_X = torch.tensor((_GL_X + 1) / 2, dtype=torch.float64)
-_GL_W = torch.tensor(_GL_W / 2, dtype=torch.float64)
+_GL_X_NP, _GL_W_NP = np.polynomial.legendre.leggauss(8)
+_GL_X = torch.tensor((_GL_X_NP + 1) / 2, dtype=torch.float64)
+_GL_W = torch.tensor(_GL_W_NP / 2, dtype=torch.float64)
 
 
 class LinearSDE(SDE):

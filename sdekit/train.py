@@ -23,7 +23,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Iterator, Optional, cast
 
 import torch
 
@@ -41,10 +41,11 @@ __all__ = ["Trainer", "train", "plot_losses"]
 
 _HPARAMS = ("batch_size", "lr", "weight_decay", "betas", "grad_clip", "ema_decay", "warmup", "weighting",
             "importance", "gamma", "p_uncond", "seed", "time_sampling")
-_HPARAM_DEFAULTS = {"time_sampling": "uniform"}  # added after the first checkpoints: absent means this
-_CASTS = {"batch_size": int, "lr": float, "weight_decay": float, "betas": lambda b: [float(v) for v in b],
-          "grad_clip": float, "ema_decay": float, "warmup": int, "weighting": str, "importance": lambda v: v,
-          "gamma": float, "p_uncond": float, "seed": int, "time_sampling": str}
+_HPARAM_DEFAULTS: dict[str, Any] = {"time_sampling": "uniform"}  # added after the first checkpoints: absent means this
+_CASTS: dict[str, Callable[[Any], Any]] = {
+    "batch_size": int, "lr": float, "weight_decay": float, "betas": lambda b: [float(v) for v in b],
+    "grad_clip": float, "ema_decay": float, "warmup": int, "weighting": str, "importance": lambda v: v,
+    "gamma": float, "p_uncond": float, "seed": int, "time_sampling": str}
 
 
 def _hparams(**given) -> dict:
@@ -53,7 +54,7 @@ def _hparams(**given) -> dict:
 
 
 @contextlib.contextmanager
-def _interrupts():
+def _interrupts() -> Iterator[list]:
     """Collect SIGINT/SIGTERM into a list instead of raising mid-step (main thread only)."""
     caught: list = []
     if threading.current_thread() is not threading.main_thread():
@@ -132,9 +133,10 @@ class Trainer:
         x0 = self.data[idx]
         y = None
         if self.conditional:
+            assert self.y is not None  # conditional needs labels
             y = self.y[idx].clone()
             drop = torch.rand(y.shape, generator=self.generator) < h["p_uncond"]
-            y[drop] = self.net.null_class
+            y[drop] = cast(int, self.net.null_class)  # a plain int attribute of the class-conditional nets
         if self.world > 1:
             x0 = x0[self.rank::self.world]
             y = None if y is None else y[self.rank::self.world]
@@ -197,7 +199,7 @@ class Trainer:
         """A ScoreModel on a copy of the net carrying the EMA weights (eval mode)."""
         from .nets import build_net
 
-        net = build_net(self.net.config)
+        net = build_net(cast(dict, self.net.config))  # sdekit nets keep their build config
         net.load_state_dict(self.ema)
         return ScoreModel(net.eval(), self.sde, self.prediction)
 
@@ -305,7 +307,7 @@ class Trainer:
             raise ValueError(f"checkpoint file {cfg_file}: {len(groups)} optimizer groups, expected {len(opt['param_groups'])}")
         for g, saved in zip(opt["param_groups"], groups):
             g.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
-        state = {}
+        state: dict[int, dict] = {}
         for key, value in state_t.items():
             if key.startswith("optim."):
                 _, i, name = key.split(".", 2)
@@ -326,7 +328,7 @@ class Trainer:
                                  f"rank(s) and is resumed on {self.world}; resume on the same number of ranks")
             if saved_world != self.world:
                 warnings.warn(f"{path} was written by {saved_world} ranks and resumes in one process: training "
-                              "goes on from its weights and optimizer, but not bit for bit as on those ranks")
+                              "goes on from its weights and optimizer, but not bit for bit as on those ranks", stacklevel=2)
             if self.world > 1:
                 self.noise_generator.set_state(state_t[f"rng.rank{self.rank}.noise"])
                 torch.set_rng_state(state_t[f"rng.rank{self.rank}.torch"])
@@ -437,7 +439,8 @@ def _umask() -> int:
     return mask
 
 
-def train(net: torch.nn.Module, sde: LinearSDE, data: Tensor, prediction: Optional[str] = None, steps: int = 1000,
+def train(net: Optional[torch.nn.Module], sde: Optional[LinearSDE], data: Tensor, prediction: Optional[str] = None,
+          steps: int = 1000,
           out_dir=None, resume: bool = False, y: Optional[Tensor] = None, progress: bool = True,
           ckpt_every: Optional[int] = None, overwrite: bool = False, **hparams) -> Trainer:
     """Train until ``steps`` total steps. With ``resume=True`` and a checkpoint in ``out_dir``,
@@ -456,6 +459,8 @@ def train(net: torch.nn.Module, sde: LinearSDE, data: Tensor, prediction: Option
     else:
         if net is None:
             raise ValueError("net is required unless resuming from an existing checkpoint")
+        if sde is None:
+            raise ValueError("sde is required unless resuming from an existing checkpoint")
         trainer = Trainer(net, sde, data, "eps" if prediction is None else prediction, y=y, overwrite=overwrite,
                           **hparams)
     remaining = max(0, int(steps) - trainer.step_count)

@@ -71,9 +71,9 @@ def test_likelihood_probes_are_per_row():
     """Row i's Hutchinson probes depend on (seed, row_offset + i) only: a shard reproduces its rows."""
     model, x_T = problem()
     full = sdekit.log_likelihood(model, x_T[:4], divergence="hutchinson", probes=2, seed=3, method="rk4",
-                                 options={"step_size": 0.05})
+                                 step_size=0.05)
     part = sdekit.log_likelihood(model, x_T[2:4], divergence="hutchinson", probes=2, seed=3, method="rk4",
-                                 options={"step_size": 0.05}, row_offset=2)
+                                 step_size=0.05, row_offset=2)
     torch.testing.assert_close(full.log_prob[2:], part.log_prob, rtol=1e-12, atol=1e-12)
 
 

@@ -131,7 +131,7 @@ def check_config(cfg: dict) -> DiffusersSpec:
         problems.append(f"variance_type={vtype!r} (accepted: {', '.join(map(str, VARIANCE_TYPES))})")
     if problems:
         raise ValueError(f"scheduler config {name or ''} has setting(s) sdekit cannot honour: " + "; ".join(problems))
-    threshold = None
+    threshold: Optional[tuple[Optional[float], float]] = None
     if cfg.get("thresholding", False):
         threshold = (float(cfg.get("dynamic_thresholding_ratio", 0.995)), float(cfg.get("sample_max_value", 1.0)))
     elif cfg.get("clip_sample", False):

@@ -130,9 +130,11 @@ def from_diffusers(unet, scheduler, *, guidance_scale: Optional[float] = None, t
     spec = check_config(read_config(scheduler))
     sde = sde_from_scheduler(scheduler)
     cond, uncond = _split_conditioning(unet, conditioning, guidance_scale)
+    net: torch.nn.Module
     if uncond is None:
         net = DiffusersUNet(unet, sde.N, cond, spec.learned_variance)
     else:
+        assert guidance_scale is not None  # _split_conditioning returns an uncond only with guidance
         net = ClassifierFreeGuidance.from_scale(DiffusersUNet(unet, sde.N, None, spec.learned_variance), cond, uncond,
                                                 guidance_scale)
     model = ScoreModel(net, sde, prediction=spec.prediction)

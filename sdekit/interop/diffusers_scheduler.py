@@ -68,7 +68,7 @@ class _PipelineOutput:
 
     def __init__(self, solver: str):
         self.solver = solver
-        self.pending = None  # (x, output, t) until the solver asks
+        self.pending: Optional[tuple[Tensor, Tensor, float]] = None  # (x, output, t) until the solver asks
 
     def load(self, x: Tensor, out: Tensor, t: float):
         self.pending = (x, out, t)
@@ -139,11 +139,11 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         if layout == "dpmsolver_singlestep":
             self.grid_options.pop("spacing")
         self.init_noise_sigma = 1.0
-        self.num_inference_steps = None
-        self.ts = None
-        self.timesteps = None
-        self.sigmas = None
-        self._begin_index = None
+        self.num_inference_steps: Optional[int] = None
+        self.ts: Optional[Tensor] = None
+        self.timesteps: Optional[Tensor] = None
+        self.sigmas: Optional[Tensor] = None
+        self._begin_index: Optional[int] = None
         self._reset()
 
     @staticmethod
@@ -231,6 +231,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
 
     # -- stepping ----------------------------------------------------------------------------------------
     def _start(self, timestep, sample: Tensor) -> int:
+        assert self.ts is not None and self.timesteps is not None  # step checks that set_timesteps ran
         if self._begin_index is not None:
             index = self._begin_index
         else:
@@ -241,13 +242,13 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         ts = self.ts[index:]
         jump = float(self.sde.sigma(ts[-1])) == 0.0
         run_ts = ts[:-1] if jump else ts
-        net = _PipelineOutput(self.config.solver)
+        net = _PipelineOutput(self.config["solver"])  # config is a FrozenDict: item and attribute access agree
         model = ScoreModel(net, self.sde, self.spec.prediction)
         if self.spec.threshold is not None:
             model = ThresholdedModel(model, *self.spec.threshold)
         noise = _StepNoise()
         ev = Evaluator(model, noise)
-        gen = self.solver.fn(ev, self._x, run_ts, **(self.config.solver_options or {})) if len(run_ts) > 1 else None
+        gen = self.solver.fn(ev, self._x, run_ts, **(self.config["solver_options"] or {})) if len(run_ts) > 1 else None
         self._run = (gen, net, ev, noise)
         return index
 
@@ -259,6 +260,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         the solvers derive eps from the thresholded x0 (``use_clipped_model_output=True``; False is refused)."""
         if self.ts is None:
             raise ValueError("call set_timesteps before step")
+        assert self.timesteps is not None  # set with ts by set_timesteps
         self._check_step_kwargs(eta, use_clipped_model_output)
         work = sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
         if self._run is None:

@@ -20,6 +20,8 @@ class TimeEmbedding(nn.Module):
                 (a buffer: it is saved with the weights).
     """
 
+    freqs: Tensor  # a buffer, registered in __init__
+
     def __init__(self, dim: int, out_dim: int, kind: str = "sinusoidal", time_scale: float = 1000.0,
                  fourier_scale: float = 16.0):
         super().__init__()

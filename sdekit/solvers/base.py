@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 
@@ -43,6 +43,13 @@ class StepSizeError(SolverError):
     """An adaptive solve's step size underflowed (the tolerances cannot be met there)."""
 
 
+class NoiseSource(Protocol):
+    """What ``Evaluator`` draws noise from: ``RowNoise``, or a stand-in with its ``randn_like`` (an inversion's
+    refusal, a pipeline's generator); ``path`` (Brownian paths) is asked only of sources that have it."""
+
+    def randn_like(self, x: Tensor) -> Tensor: ...
+
+
 @dataclass
 class Solution:
     """Result of ``sdekit.sample``: the final state, the cost and the times visited.
@@ -65,7 +72,7 @@ class Evaluator:
     Every method takes a scalar float64 time (or a (batch,) tensor) and the state x.
     """
 
-    def __init__(self, model: ScoreModel, noise: Optional[RowNoise] = None):
+    def __init__(self, model: ScoreModel, noise: Optional[NoiseSource] = None):
         self.model = model
         self.sde: LinearSDE = model.sde
         self.noise = noise

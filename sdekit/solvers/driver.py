@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..parameterization import ScoreModel
 from ..sde import LinearSDE
-from .base import Evaluator, NonFiniteError, RowNoise, Solution, SolverError
+from .base import Evaluator, NoiseSource, NonFiniteError, RowNoise, Solution, SolverError
 from .grids import make_grid
 from .registry import SolverInfo, get
 
@@ -92,6 +92,7 @@ def sample(
         grid_ts = torch.cat([grid_ts, grid_ts.new_zeros(1)])
     jump = not inverting and (denoise or float(sde.sigma(grid_ts[-1])) == 0.0)
 
+    noise: Optional[NoiseSource]
     if inverting:
         noise = _NoNoise(solver)
     else:
@@ -142,14 +143,15 @@ def _steps(info: SolverInfo, ev: Evaluator, x: Tensor, grid_ts: Tensor, jump: bo
         yield x
 
 
-def _run(info, ev, x, grid_ts, jump, options, progress, callback, trajectory, check_states):
+def _run(info, ev, x_start, grid_ts, jump, options, progress, callback, trajectory, check_states):
     """Drive the steps: step index and time for the evaluator, checks, trajectory, callback, progress."""
+    x = x_start  # returned as is when there are no steps
     states = [x] if trajectory else None
     times = grid_ts.tolist()  # python floats once, not a tensor->float conversion per step
     n = len(times) - 1
     with tqdm(total=n, desc=info.name, disable=not progress, leave=False) as bar:
         ev.step = 0
-        for i, x in enumerate(_steps(info, ev, x, grid_ts, jump, options)):
+        for i, x in enumerate(_steps(info, ev, x_start, grid_ts, jump, options)):
             t = times[i + 1]
             if check_states and not bool(torch.isfinite(x).all()):
                 raise NonFiniteError(f"the state became NaN or Inf at step {i} (t = {t:.6g}) with solver {info.name!r}")

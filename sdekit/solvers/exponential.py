@@ -110,8 +110,8 @@ class Schedule:
         t = self.sde.t_from_log_snr(torch.tensor([2.0 * v for v in ls], dtype=torch.float64))
         return list(zip(t.tolist(), self.sde.alpha(t).tolist(), self.sde.sigma(t).tolist()))
 
-    def at_l(self, l: float) -> Tuple[float, float, float]:
-        return self.at_ls([l])[0]
+    def at_l(self, lam_half: float) -> Tuple[float, float, float]:
+        return self.at_ls([lam_half])[0]
 
     def mid(self, i: int, r: float) -> float:
         """The half log-SNR l_i + r h_i, measured from the step's end (l_{i+1} - (1 - r) h_i) so that it is -inf,
@@ -326,9 +326,9 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
     check_flag("afs", afs)
     sch = Schedule(ev.sde, ts)
     if noise:  # mirrored schedule: the data-form update below is then the noise form
-        kind, alpha, sigma, l = "eps", sch.sigma, sch.alpha, [-v for v in sch.l]
+        kind, alpha, sigma, lam_half = "eps", sch.sigma, sch.alpha, [-v for v in sch.l]
     else:
-        kind, alpha, sigma, l = "x0", sch.alpha, sch.sigma, sch.l
+        kind, alpha, sigma, lam_half = "x0", sch.alpha, sch.sigma, sch.l
     n = len(ts) - 1
     hist: List[Tuple[float, Tensor]] = []  # (l_j, m_j), oldest first
     last = None  # (j, x_j, points used by the predictor) of the previous step, for the corrector
@@ -340,8 +340,9 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
         x_eval = x
         if corrector and last is not None:
             j, x_j, pts = last
-            x = _ms_update(x_j, hist[-1][1], pts + [(l[i], m)], l[j], l[i], sigma[j], alpha[i], sigma[i], variant)
-        hist.append((l[i], m))
+            x = _ms_update(x_j, hist[-1][1], pts + [(lam_half[i], m)], lam_half[j], lam_half[i], sigma[j], alpha[i],
+                           sigma[i], variant)
+        hist.append((lam_half[i], m))
         if sch.sigma[i + 1] == 0:  # x0_jump, from the output at hand
             x0 = m if kind == "x0" else (x_eval - sch.sigma[i] * m) / sch.alpha[i]
             x = sch.alpha[i + 1] * x0
@@ -352,7 +353,7 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
             p = min(p, n - i)
         pts = hist[len(hist) - p:-1][::-1]  # the p - 1 most recent previous points, newest first
         last = (i, x, pts)
-        x = _ms_update(x, m, pts, l[i], l[i + 1], sigma[i], alpha[i + 1], sigma[i + 1], variant)
+        x = _ms_update(x, m, pts, lam_half[i], lam_half[i + 1], sigma[i], alpha[i + 1], sigma[i + 1], variant)
         del hist[: max(0, len(hist) - order)]
         yield x
 

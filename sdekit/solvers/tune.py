@@ -171,7 +171,7 @@ def tune(
     *,
     shape: Optional[Sequence[int]] = None,
     n: int = 256,
-    generator: int = 0,
+    generator: Union[int, torch.Generator] = 0,
     t_start: Optional[float] = None,
     t_end: Optional[float] = None,
     objective: str = "balanced",
@@ -195,6 +195,7 @@ def tune(
     shape = tuple(shape) if shape is not None else None
     max_evals = 50 * int(steps) if max_evals is None and int(steps) == steps else max_evals
     _check(model, solver, steps, n, objective, max_evals, shape, getattr(model, "sde", None), t_end)
+    assert max_evals is not None  # None only with non-integer steps, which _check refuses
     sde = model.sde
     t_start = float(sde.T if t_start is None else t_start)
     t_end = float(sde.eps if t_end is None else t_end)
@@ -226,7 +227,7 @@ def _optimise(model, solver, steps, cal, val, objective, max_evals, start_grids,
     lam0, lam1 = float(sde.log_snr(t_start)), float(sde.log_snr(t_low))
     starts = {g: make_grid(sde, steps, g, t_start, t_end) for g in start_grids}
     start_scores = {g: _score(cal.errors(ts), objective) for g, ts in starts.items()}
-    start = min(start_scores, key=start_scores.get)
+    start = min(start_scores, key=start_scores.__getitem__)
     theta0 = _theta_of(_z_of(sde, starts[start][:-1] if zero_end else starts[start], lam0, lam1))
     evals = [0]
 
