@@ -75,38 +75,30 @@ def _add_train(sub):
 _TRAIN_DEFAULTS = {"batch_size": 128, "weighting": "simple", "ema_decay": 0.999, "grad_clip": 1.0, "warmup": 100}
 
 
-def _run_train(args) -> int:
+def _check_resume_data(args) -> bool:
+    """Whether this run resumes a checkpoint; a resume on other data is a usage error."""
+    from .checkpoint import checkpoint_id, read_config
+
+    if not (args.resume and checkpoint_id(args.out) is not None):
+        return False
+    try:
+        stored = (read_config(args.out).get("data") or {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        stored = None  # load_model / Trainer.resume report a corrupt file precisely
+    if stored is not None and stored != args.data:
+        args.usage_error(f"{args.out} was trained on {stored!r}, not {args.data!r}; use another --out or the same --data")
+    return True
+
+
+def _train_model(args, resuming: bool, ds, seed: int, hparams: dict):
+    """(net, sde) for the run: built from the flags for a new run; for a resume, only what a flag names
+    (None otherwise: train takes it from the checkpoint and refuses a given one that differs)."""
     import torch
 
-    from sdekit.data import load_dataset
     from sdekit.nets import MLP, UNet
-    from sdekit.train import train
-
-    from sdekit.checkpoint import checkpoint_id
 
     digits = args.data == "digits"
-    resuming = args.resume and checkpoint_id(args.out) is not None
-    if resuming:
-        from .checkpoint import read_config
-
-        try:
-            stored = (read_config(args.out).get("data") or {}).get("name")
-        except (OSError, ValueError, AttributeError):
-            stored = None  # load_model / Trainer.resume report a corrupt file precisely
-        if stored is not None and stored != args.data:
-            args.usage_error(f"{args.out} was trained on {stored!r}, not {args.data!r}; use another --out or the "
-                             "same --data")
-    threads = args.threads if args.threads is not None else (None if digits else 1)
-    if threads:
-        torch.set_num_threads(threads)
-    from sdekit.distributed import init_process_group
-
-    rank, world = init_process_group()  # under torchrun: DistributedDataParallel over the ranks
-    seed = 0 if args.seed is None else args.seed
-    ds = load_dataset(args.data, n=args.n_points, seed=seed)
-    hparams = {k: getattr(args, k) for k in (*_TRAIN_DEFAULTS, "lr", "seed", "time_sampling")
-               if getattr(args, k) is not None}
-    net: torch.nn.Module | None = None  # None when resuming: train takes both from the checkpoint
+    net: torch.nn.Module | None = None
     sde: LinearSDE | None = None
     if args.path is not None and args.sde is not None:
         args.usage_error("give --sde or --path, not both")
@@ -129,6 +121,27 @@ def _run_train(args) -> int:
                        attn_levels=(1,), num_classes=num_classes)
         else:
             net = MLP(dim=2, width=args.channels or 128, depth=3, num_classes=num_classes)
+    return net, sde
+
+
+def _run_train(args) -> int:
+    import torch
+
+    from sdekit.data import load_dataset
+    from sdekit.distributed import init_process_group
+    from sdekit.train import train
+
+    digits = args.data == "digits"
+    resuming = _check_resume_data(args)
+    threads = args.threads if args.threads is not None else (None if digits else 1)
+    if threads:
+        torch.set_num_threads(threads)
+    rank, world = init_process_group()  # under torchrun: DistributedDataParallel over the ranks
+    seed = 0 if args.seed is None else args.seed
+    ds = load_dataset(args.data, n=args.n_points, seed=seed)
+    hparams = {k: getattr(args, k) for k in (*_TRAIN_DEFAULTS, "lr", "seed", "time_sampling")
+               if getattr(args, k) is not None}
+    net, sde = _train_model(args, resuming, ds, seed, hparams)
     if not resuming:
         hparams = {**_TRAIN_DEFAULTS, "lr": 1e-3 if digits else 2e-3, "seed": 0, **hparams}
     try:

@@ -27,7 +27,7 @@ __all__ = ["PREDICTIONS", "convert", "ScoreModel", "ClassifierFreeGuidance", "Th
            "expand_batch", "map_tensors"]
 
 
-def _check_prediction(name: str) -> str:
+def check_prediction(name: str) -> str:
     if name not in PREDICTIONS:
         raise ValueError(f"unknown prediction {name!r}; accepted: {', '.join(PREDICTIONS)}")
     return name
@@ -127,8 +127,8 @@ def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> 
     "velocity" is u = alpha' x0 + sigma' eps = dx_t/dt along the path, i.e. the probability-flow drift
     f x - g^2 score / 2 (flow matching's target; eps - x0 on the rectified flow).
     """
-    _check_prediction(src)
-    _check_prediction(dst)
+    check_prediction(src)
+    check_prediction(dst)
     if value.shape != x.shape:
         raise ValueError(f"prediction shape {tuple(value.shape)} must equal x shape {tuple(x.shape)}")
     if src == dst:
@@ -158,7 +158,7 @@ class ScoreModel:
     def __init__(self, net: Callable[..., Tensor], sde: LinearSDE, prediction: str = "eps"):
         self.net = net
         self.sde = sde
-        self.prediction = _check_prediction(prediction)
+        self.prediction = check_prediction(prediction)
 
     def _time_batch(self, x: Tensor, t):
         """(validated time for the conversion, (batch,) times in x's dtype for the network)."""
@@ -175,7 +175,7 @@ class ScoreModel:
 
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
         """The network's output at (x, t) expressed as ``kind``."""
-        _check_prediction(kind)
+        check_prediction(kind)
         t, t_net = self._time_batch(x, t)
         out = self.net(x, t_net)
         if out.shape != x.shape:
@@ -317,7 +317,7 @@ class ThresholdedModel(ScoreModel):
         self.max_value = float(max_value)
 
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
-        _check_prediction(kind)
+        check_prediction(kind)
         x0 = threshold_x0(self.model.predict(x, t, "x0"), self.ratio, self.max_value)
         return convert(x0, "x0", kind, x, t, self.sde)
 

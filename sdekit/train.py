@@ -32,7 +32,7 @@ from .checkpoint import (ANY, LOSS_PLOT_NAME, WEIGHT_FILES, CheckpointConflict, 
                          read_checkpoint, sde_from_spec, sde_to_spec)
 from .distributed import world
 from .losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
-from .parameterization import ScoreModel, _check_prediction
+from .parameterization import ScoreModel, check_prediction
 from .sde import LinearSDE
 
 Tensor = torch.Tensor
@@ -84,7 +84,7 @@ class Trainer:
                  weighting: str = "simple", importance: Optional[bool] = None, gamma: float = 5.0,
                  p_uncond: float = 0.1, seed: int = 0, time_sampling: str = "uniform", meta: Optional[dict] = None,
                  overwrite: bool = False):
-        _check_prediction(prediction)
+        check_prediction(prediction)
         if time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"unknown time_sampling {time_sampling!r}; accepted: {', '.join(TIME_SAMPLINGS)}")
         if weighting not in WEIGHTINGS:

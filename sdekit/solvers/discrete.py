@@ -60,7 +60,7 @@ import torch
 from ..sde import DiscreteVPSDE
 from . import grids
 from .base import Evaluator
-from .exponential import _ddim_steps
+from .exponential import ddim_steps
 from .registry import register
 
 Tensor = torch.Tensor
@@ -229,4 +229,4 @@ def ddpm(ev: Evaluator, x: Tensor, ts: Tensor):
     x_prev ~ N(mu(x_n, x0), beta~_n I), beta~_n = (1 - abar_prev)/(1 - abar_n) (1 - abar_n/abar_prev), which
     is ``ddim`` with eta = 1. On ``grid="table"`` this is the published sampler; on any other grid of any
     linear SDE it is the same posterior step (lambda in place of the table)."""
-    return _ddim_steps(ev, x, ts, 1.0)
+    return ddim_steps(ev, x, ts, 1.0)

@@ -142,7 +142,7 @@ def check_flag(name: str, value):
 
 
 # -- DDIM ---------------------------------------------------------------------------------------------
-def _ddim_steps(ev: Evaluator, x: Tensor, ts: Tensor, eta: float):
+def ddim_steps(ev: Evaluator, x: Tensor, ts: Tensor, eta: float):
     """The DDIM update in its general alpha/sigma form (shared by ddim, ddpm and the discrete samplers)."""
     eta = float(eta)
     if not (0.0 <= eta <= 1.0) or not math.isfinite(eta):
@@ -171,7 +171,7 @@ def ddim(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 0.0):
     x0, eps the model's predictions at (x_t, t) and z ~ N(0, I). eta = 0 is the deterministic DDIM
     (= DPM-Solver-1, first order in h); eta = 1 is DDPM's ancestral step (on a DDPM table's own grid);
     0 < eta < 1 interpolates. Noise is drawn only when eta > 0."""
-    return _ddim_steps(ev, x, ts, eta)
+    return ddim_steps(ev, x, ts, eta)
 
 
 # -- single-step DPM-Solver (noise prediction) -------------------------------------------------------
