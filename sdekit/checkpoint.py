@@ -440,16 +440,21 @@ def _check_target(target: Path, replaces) -> list:
                          "checkpoint directory is replaced as a whole, so sdekit writes only into a new or empty "
                          "directory or one holding a checkpoint (and plain files). Choose another directory")
     if replaces != ANY:
-        current = _current_id(target)
-        if current is not None and replaces is None:
-            raise CheckpointConflict(
-                f"{target} already holds a checkpoint; refusing to overwrite it: resume it (--resume) or "
-                "replace it explicitly (overwrite=True, --force)")
-        if current is not None and current != replaces:
-            raise CheckpointConflict(
-                f"the checkpoint in {target} was replaced by another writer since this process last read or "
-                "wrote it (two trainers on one directory?); refusing to overwrite it")
+        check_replaces(target, replaces, _current_id(target))
     return files
+
+
+def check_replaces(target, replaces, current: Optional[str]) -> None:
+    """Refuse (``CheckpointConflict``) to replace the checkpoint ``current`` (its id, None: none there) in
+    ``target`` unless ``replaces`` names it: None means "only if there is none"."""
+    if current is not None and replaces is None:
+        raise CheckpointConflict(
+            f"{target} already holds a checkpoint; refusing to overwrite it: resume it (resume=True, --resume) or "
+            "replace it explicitly (overwrite=True, --force)")
+    if current is not None and current != replaces:
+        raise CheckpointConflict(
+            f"the checkpoint in {target} was replaced by another writer since this process last read or "
+            "wrote it (two trainers on one directory?); refusing to overwrite it")
 
 
 def _carry(target: Path, names: list, tmp: Path) -> None:

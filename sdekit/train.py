@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator, Optional, cast
 
 import torch
 
-from .checkpoint import (ANY, LOSS_PLOT_NAME, WEIGHT_FILES, CheckpointConflict, build_checkpoint,
-                         check_config_serialisable, checkpoint_id, commit_checkpoint, load_state_strict,
+from .checkpoint import (ANY, LOSS_PLOT_NAME, WEIGHT_FILES, build_checkpoint,
+                         check_config_serialisable, check_replaces, checkpoint_id, commit_checkpoint, load_state_strict,
                          read_checkpoint, sde_from_spec, sde_to_spec)
 from .distributed import world
 from .losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
@@ -258,14 +258,7 @@ class Trainer:
         replaces = self._replaces(out_dir)
         if replaces == ANY or self.rank != 0:
             return
-        current = checkpoint_id(out_dir)
-        if current is not None and replaces is None:
-            raise CheckpointConflict(
-                f"{out_dir} already holds a checkpoint; refusing to overwrite it: resume it (resume=True, --resume) "
-                "or replace it explicitly (overwrite=True, --force)")
-        if current is not None and current != replaces:
-            raise CheckpointConflict(f"the checkpoint in {out_dir} was replaced by another writer since this trainer "
-                                     "read or wrote it (two trainers on one directory?); refusing to overwrite it")
+        check_replaces(out_dir, replaces, checkpoint_id(out_dir))
 
     def _write(self, out_dir, rank_states: Optional[list] = None) -> Path:
         files = {LOSS_PLOT_NAME: loss_plot_png(self.losses)} if self.losses else None
