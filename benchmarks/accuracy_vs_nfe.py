@@ -466,12 +466,18 @@ def run_unit(args, problem, dim, seed, peers, log):
         pairs = pairs[:args.tune_max_pairs] if args.tune_max_pairs else pairs
         tune_seed = 7_000_000 + seed  # not the evaluation draw's seed
         log(f"    tuning {len(pairs)} (solver, steps) pairs on {args.n_tune} prior draws (seed {tune_seed})")
-        tuned = part("tuned", lambda: {"rows": run_tuned(model, x_T, x_ref, pairs, tune_seed, args.n_tune,
-                                                         args.tune_evals, log)},
-                     {"pairs": pairs, "n_tune": args.n_tune, "evals": args.tune_evals, "solvers": solvers})["rows"]
+        tuned = []
+        for objective in args.tune_objectives:
+            key = {"pairs": pairs, "n_tune": args.n_tune, "evals": args.tune_evals, "solvers": solvers}
+            if objective != "balanced":  # the default keeps its cache key
+                key["objective"] = objective
+            part_rows = part("tuned" if objective == "balanced" else f"tuned_{objective}",
+                             lambda: {"rows": run_tuned(model, x_T, x_ref, pairs, tune_seed, args.n_tune,
+                                                        args.tune_evals, log, objective=objective)}, key)["rows"]
+            tuned += [{**r, "tune_objective": objective} for r in part_rows]
         rows += tuned
         tuned_info = {"pairs": pairs, "tune_seed": tune_seed, "n_tune": args.n_tune, "max_evals": args.tune_evals,
-                      "total_tune_nfe": sum(r.get("tune_nfe", 0) for r in tuned)}
+                      "objectives": args.tune_objectives, "total_tune_nfe": sum(r.get("tune_nfe", 0) for r in tuned)}
     elif args.tune != "none":
         log("    sdekit.solvers.tune not found: tuned grids skipped")
     unit = {"problem": problem, "dim": dim, "seed": seed, "peer": peer_name, "mixture": _mixture_desc(gm),
@@ -684,6 +690,8 @@ def main(argv=None):
     p.add_argument("--tune-max-pairs", type=int, default=None, help="tune at most this many (solver, steps) per unit")
     p.add_argument("--n-tune", type=int, default=256, help="prior draws used by tune")
     p.add_argument("--tune-evals", type=int, default=None, help="max_evals passed to tune (default: its own)")
+    p.add_argument("--tune-objectives", default="balanced",
+                   help="comma list of tune objectives (balanced, median, p90): one tuned grid per objective")
     p.add_argument("--peers", default="k-diffusion,diffusers", help="comma list; drop one to skip it")
     p.add_argument("--digits", default=None, metavar="CKPT", help="also compare on a trained digits checkpoint")
     p.add_argument("--digits-n", type=int, default=64)
@@ -701,6 +709,7 @@ def main(argv=None):
         args.tune_max_pairs = args.tune_max_pairs or 1
         args.tune_evals = 10 if args.tune_evals is None else args.tune_evals
     args.budgets = [int(v) for v in args.nfe.split(",")]
+    args.tune_objectives = [v.strip() for v in args.tune_objectives.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
     name = args.name or ("accuracy_vs_nfe_quick" if args.quick else "accuracy_vs_nfe")
     started = time.perf_counter()
