@@ -92,14 +92,24 @@ def euler_ancestral(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s
         (s_down, s_up) = ancestral_split(s_t, s_s, eta),  y_s = y_t + (s_down - s_t) eps(x_t, t) + s_noise s_up z,
 
     x_s = alpha_s y_s; z the step's Brownian increment. eta = 1: the reverse SDE's variance; eta = 0: Euler on the ODE."""
+    def deterministic(x, sch, i, s_t, down):
+        return x / sch.alpha[i] + (down - s_t) * ev.eps(x, ts[i])
+
+    return _ancestral(ev, x, ts, eta, s_noise, "euler_ancestral", deterministic)
+
+
+def _ancestral(ev: Evaluator, x: Tensor, ts: Tensor, eta, s_noise, name: str, deterministic):
+    """The ancestral step shared by euler_ancestral and dpmpp_2s_ancestral: in y = x/alpha, s = sigma/alpha, the deterministic
+    part ``deterministic(x, sch, i, s_t, s_down) -> y`` to s_down, then s_noise s_up z (z the path's
+    increment over the step), then x_s = alpha_s y_s."""
     eta, s_noise = _check_unit("eta", eta), float(s_noise)
-    _check_grid(ts, "euler_ancestral")
+    _check_grid(ts, name)
     sch = Schedule(ev.sde, ts)
     for i in range(len(ts) - 1):
         a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
         s_t, s_s = sch.sigma[i] / a_t, sch.sigma[i + 1] / a_s
         down, up = ancestral_split(s_t, s_s, eta)
-        y = x / a_t + (down - s_t) * ev.eps(x, ts[i])
+        y = deterministic(x, sch, i, s_t, down)
         if up > 0:
             y = y + (s_noise * up) * ev.path_noise(x, ts[i], ts[i + 1])
         x = a_s * y
@@ -113,26 +123,16 @@ def dpmpp_2s_ancestral(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0
 
         u = (sigma_m/sigma_t) x_t + alpha_m (1 - e^{-h/2}) x0(x_t, t),
         y_s = (s_down/s_t) y_t + (1 - e^{-h}) x0(u, t_m) + s_noise s_up z,   x_s = alpha_s y_s."""
-    eta, s_noise = _check_unit("eta", eta), float(s_noise)
-    _check_grid(ts, "dpmpp_2s_ancestral")
-    sch = Schedule(ev.sde, ts)
-    for i in range(len(ts) - 1):
-        a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
-        s_t, s_s = sch.sigma[i] / a_t, sch.sigma[i + 1] / a_s
-        down, up = ancestral_split(s_t, s_s, eta)
+    def deterministic(x, sch, i, s_t, down):
         x0 = ev.x0(x, ts[i])
-        y = x / a_t
         if down == 0.0:
-            y = x0
-        else:
-            h = math.log(s_t / down)
-            tm, am, sm = sch.at_l(sch.l[i] + 0.5 * h)
-            u = (sm / sch.sigma[i]) * x - (am * math.expm1(-0.5 * h)) * x0
-            y = (down / s_t) * y - math.expm1(-h) * ev.x0(u, tm)
-        if up > 0:
-            y = y + (s_noise * up) * ev.path_noise(x, ts[i], ts[i + 1])
-        x = a_s * y
-        yield x
+            return x0
+        h = math.log(s_t / down)
+        tm, am, sm = sch.at_l(sch.l[i] + 0.5 * h)
+        u = (sm / sch.sigma[i]) * x - (am * math.expm1(-0.5 * h)) * x0
+        return (down / s_t) * (x / sch.alpha[i]) - math.expm1(-h) * ev.x0(u, tm)
+
+    return _ancestral(ev, x, ts, eta, s_noise, "dpmpp_2s_ancestral", deterministic)
 
 
 @register("dpmpp_sde", order=1, nfe_per_step=2, stochastic=True, family="sde")
