@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..parameterization import ScoreModel
+from .base import SolverError
 from .driver import sample
 from .registry import get
 
@@ -103,8 +104,6 @@ class _Problem:
         self.x_ref, self.nfe = ref.x, ref.nfe
 
     def errors(self, ts: Tensor) -> Tensor:
-        from .base import SolverError
-
         try:
             sol = sample(self.model, self.x_T, self.solver, ts=ts, **self.options)
         except SolverError:  # a grid that makes the solver blow up scores as infinitely bad
