@@ -1,0 +1,221 @@
+"""The ``sdekit likelihood`` command: log-likelihood of a built-in mixture (against its exact value) or
+of a checkpoint on its data set (bits/dim for digits).
+
+``_add_likelihood(subparsers)`` declares the arguments and ``_run_likelihood(args)`` does the work;
+``sdekit.cli`` registers the pair. Imports of torch and the library are local so ``sdekit --help`` stays fast.
+"""
+from __future__ import annotations
+
+import sys
+
+from .sde import SDE_NAMES, sde_from_name
+
+
+def _add_likelihood(sub):
+    p = sub.add_parser(
+        "likelihood",
+        help="log-likelihood through the probability-flow ODE (default: a built-in Gaussian mixture, vs the exact value)",
+    )
+    p.add_argument("--sde", default="vp", choices=tuple(SDE_NAMES))
+    p.add_argument("--dim", type=int, default=2, help="mixture dimension (GaussianMixture.default(dim))")
+    p.add_argument("--n", type=int, default=8, help="number of exact samples to score")
+    p.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"))
+    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes (carried in one solve)")
+    p.add_argument("--noise", default="rademacher", choices=("rademacher", "gaussian"))
+    p.add_argument("--method", default="dopri5")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--max-nfe", type=int, default=100_000, help="budget in network calls per solve")
+    p.add_argument("--integrate", default="augmented", choices=("augmented", "quadrature"),
+                   help="quadrature (exact divergence): solve the trajectory alone, then integrate each row's "
+                        "divergence by adaptive quadrature (fewer trace evaluations)")
+    p.add_argument("--quad-tol", type=float, default=0.1, help="with --integrate quadrature: tolerance (nats)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--prior", default="exact", choices=("exact", "sde"),
+                   help="exact: the mixture's p_T as the prior; sde: the SDE's N(0, s^2 I), reporting the prior gap")
+    p.add_argument("--dtype", default=None, choices=("float64", "float32"),
+                   help="default: float64 for the built-in mixture, float32 (the weights' own) for --checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (small solves run best on one)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="score a trained checkpoint on its data set instead of the built-in mixture")
+    p.add_argument("--split", default="test", choices=("test", "train"),
+                   help="with --checkpoint: digits split; for a 2-D toy set, train = the training points, "
+                        "test = a fresh draw (seed + 1)")
+    p.add_argument("--dequantize", action="store_true",
+                   help="digits: add u ~ U(-1/16, 1/16) per pixel (bits/dim is then an upper bound on the code length)")
+    p.add_argument("--repeats", type=int, default=1, help="dequantization draws per image (with --dequantize)")
+    p.add_argument("--batch", type=int, default=8, help="with --checkpoint: rows per ODE solve")
+
+
+def _likelihood_problem(args):
+    """(model, x, exact log p_{t_start} or None, exact p_T or None) for the likelihood command.
+
+    The built-in problem is GaussianMixture.default(dim) under the chosen SDE, scored on exact samples.
+    A checkpoint option would build (model, x) here from a trained network and data, with no exact value.
+    """
+    import torch
+
+    import sdekit
+
+    sde = sde_from_name(args.sde)
+    gm = sdekit.GaussianMixture.default(dim=args.dim, seed=args.seed)
+    dtype = getattr(torch, args.dtype or "float64")
+    x = gm.sample(args.n, generator=torch.Generator().manual_seed(args.seed + 1), dtype=dtype)
+    return gm.model(sde), x, (lambda y: gm.log_prob(y, sde.eps, sde)), (lambda z: gm.log_prob(z, sde.T, sde))
+
+
+def _likelihood_config(args, **data):
+    """The one ``LikelihoodConfig`` of a likelihood command (``data``: the checkpoint's bits/dim settings).
+    Raises ValueError on a bad setting."""
+    from .likelihood import LikelihoodConfig
+
+    return LikelihoodConfig(divergence=args.divergence, probes=args.probes, noise=args.noise, seed=args.seed,
+                            method=args.method, rtol=args.rtol, atol=args.atol, max_nfe=args.max_nfe,
+                            integrate=args.integrate, quad_tol=args.quad_tol, **data)
+
+
+def _run_likelihood(args) -> int:
+    import time
+
+    import torch
+
+    import sdekit
+    from .solvers import SolverError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.dim < 1 or args.n < 1:
+        print("error: --dim and --n must be positive", file=sys.stderr)
+        return 2
+    if args.checkpoint is not None:
+        return _run_likelihood_checkpoint(args)
+    if args.dequantize or args.repeats != 1:
+        print("error: --dequantize / --repeats apply to --checkpoint on digits", file=sys.stderr)
+        return 2
+    model, x, exact_fn, exact_prior = _likelihood_problem(args)
+    sde = model.sde
+    prior = exact_prior if (args.prior == "exact" and exact_prior is not None) else None
+    start = time.perf_counter()
+    try:
+        res = sdekit.log_likelihood(model, x, _likelihood_config(args), prior_log_prob=prior,
+                                    progress=not args.no_progress)
+    except (ValueError, SolverError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - start
+    D = x[0].numel()
+    print(f"{sde!r}  D={D}  n={x.shape[0]}  divergence={args.divergence}"
+          + (f" (probes={args.probes}, {args.noise})" if args.divergence == "hutchinson" else "")
+          + f"  {args.method} rtol={args.rtol} atol={args.atol}  prior={'exact p_T' if prior else 'SDE N(0, s^2 I)'}"
+          + (f"  quadrature (quad_tol={args.quad_tol})" if args.integrate == "quadrature" else ""))
+    exact = exact_fn(x).double() if exact_fn is not None else None
+    gap = None
+    if exact_prior is not None and prior is None:
+        gap = (sde.prior_log_prob(res.z) - exact_prior(res.z)).double()
+    cols = [("estimate", 13, ".6f", res.log_prob)]  # (header, width, format, per-row values)
+    if res.stderr is not None:
+        cols.append(("stderr", 10, ".4g", res.stderr))
+    if exact is not None:
+        cols += [("exact", 13, ".6f", exact), ("error", 10, ".2e", res.log_prob.double() - exact)]
+    if gap is not None:
+        cols.append(("prior gap", 10, ".4g", gap))
+    cols.append(("bpd", 9, ".4f", res.bpd))
+    print(f"{'row':>4} " + " ".join(f"{name:>{width}}" for name, width, _, _ in cols))
+    for i in range(x.shape[0]):
+        print(f"{i:>4} " + " ".join(f"{float(v[i]):>{width}{fmt}}" for _, width, fmt, v in cols))
+    if exact is not None:
+        abs_err = (res.log_prob.double() - exact).abs()
+        print(f"mean |error| {abs_err.mean().item():.3e} nats  max {abs_err.max().item():.3e} nats", end="")
+        if gap is not None:
+            print(f"  (includes the prior gap log N(z) - log p_T(z), mean {gap.mean().item():.3e})", end="")
+        print()
+    extra = ""
+    if res.stats.get("integrate") == "quadrature":
+        extra = f"  divergence evaluations per row {res.stats['divergence_evals_per_row']:.1f}"
+    print(f"NFE {res.nfe}  time {elapsed:.3f} s  divergence backend {res.backend}{extra}")
+    return 0
+
+
+def _checkpoint_data(config: dict, split: str, n: int, dtype):
+    """(x, description, digits?) : n rows of a checkpoint's data set, evenly spread over the split
+    (rows 0, s, 2s, ... with s = len // n, so a given n always picks the same rows)."""
+    import torch
+
+    from .data import load_digits, toy_data
+
+    data = config.get("data") or {}
+    name = data.get("name")
+    if name == "digits":
+        x = load_digits(split).x
+    elif name in ("moons", "checkerboard", "swissroll", "rings"):
+        seed = int(data.get("seed", 0)) + (1 if split == "test" else 0)
+        x = toy_data(name, int(data.get("n", 20000)), seed=seed)
+    else:
+        raise SystemExit(f"sdekit likelihood: the checkpoint's data set {name!r} is unknown (digits or a 2-D toy set)")
+    stride = max(1, x.shape[0] // n)
+    idx = torch.arange(0, x.shape[0], stride)[:n]
+    return x[idx].to(dtype), f"{name} {split}: {len(idx)} of {x.shape[0]} rows (stride {stride})", name == "digits"
+
+
+def _run_likelihood_checkpoint(args) -> int:
+    """Mean log-likelihood of a checkpoint on its data: bits/dim for digits (17 levels, x = k/8 - 1, bin
+    width 1/8: bpd = -(log p(x) + 64 log(1/8)) / (64 log 2)), nats for 2-D toy sets."""
+    import math
+    import time
+
+    import torch
+
+    from tqdm.auto import tqdm
+
+    import sdekit
+    from .checkpoint import load_model
+    from .data import DIGITS_SCALE
+    from .solvers import SolverError
+
+    if args.repeats < 1 or args.batch < 1:
+        print("error: --repeats and --batch must be positive", file=sys.stderr)
+        return 2
+    if args.repeats > 1 and not args.dequantize:
+        print("error: --repeats > 1 needs --dequantize", file=sys.stderr)
+        return 2
+    model, config = load_model(args.checkpoint)
+    args.dtype = args.dtype or "float32"
+    dtype = getattr(torch, args.dtype)
+    model.net.to(dtype)  # type: ignore[attr-defined]  # a checkpoint's net is a torch module
+    x, desc, digits = _checkpoint_data(config, args.split, args.n, dtype)
+    if args.dequantize and not digits:
+        print("error: --dequantize applies to digits (discrete levels), not to a continuous 2-D toy set",
+              file=sys.stderr)
+        return 2
+    per_row = torch.zeros(x.shape[0], dtype=torch.float64)
+    nfe, solves, start = 0, 0, time.perf_counter()
+    try:  # dequantisation (args.repeats draws per image) happens inside, in sdekit's one convention
+        cfg = _likelihood_config(args, data_scale=DIGITS_SCALE if digits else None, dequantize=args.dequantize,
+                                 repeats=args.repeats)
+        with tqdm(total=x.shape[0], desc="rows", disable=args.no_progress) as bar:
+            for a in range(0, x.shape[0], args.batch):
+                res = sdekit.log_likelihood(model, x[a:a + args.batch], cfg, row_offset=a,
+                                            progress=not args.no_progress)
+                value = res.bpd if digits else res.log_prob
+                per_row[a:a + args.batch] = value.double()
+                nfe, solves = nfe + res.nfe, solves + 1
+                bar.update(value.shape[0])
+    except (ValueError, SolverError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - start
+    n = x.shape[0]
+    se = float(per_row.std() / math.sqrt(n)) if n > 1 else float("nan")
+    print(f"{args.checkpoint} ({config.get('prediction')} prediction, step {config.get('step')})  {desc}")
+    print(f"divergence={args.divergence}" + (f" (probes={args.probes})" if args.divergence == "hutchinson" else "")
+          + f"  {args.method} rtol={args.rtol} atol={args.atol}  {args.dtype}"
+          + (f"  dequantized, {args.repeats} draw(s) per image" if args.dequantize else "")
+          + (f"  quadrature (quad_tol={args.quad_tol})" if args.integrate == "quadrature" else ""))
+    if digits:
+        note = "" if args.dequantize else "  (on the level grid, no dequantization: not a bound on the code length)"
+        print(f"bits/dim {per_row.mean().item():.4f} +- {se:.4f} (standard error over {n} images){note}")
+    else:
+        print(f"log-likelihood {per_row.mean().item():.4f} +- {se:.4f} nats per point (standard error over {n} points)")
+    print(f"NFE {nfe} ({solves} solve(s) of up to {args.batch} rows x {args.repeats} draw(s))  time {elapsed:.2f} s")
+    return 0
