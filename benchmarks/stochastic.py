@@ -1,10 +1,32 @@
-"""Stochastic samplers side by side: per-row noise speed against torch.randn, and sdekit's reverse-SDE samplers
-against k-diffusion's (when installed) on an exact 2-D mixture: sliced W2 above its floor and time per step.
+"""Stochastic samplers side by side, in one process: accuracy of the law, time per step, and noise speed.
 
-    /work/benchvenv/bin/python benchmarks/stochastic.py [--quick]
+Accuracy.  Random Gaussian mixtures (``accuracy_vs_nfe.random_mixture``; seeds 9401.. were never used in
+development) in 2-D and 16-D, n exact draws of p_T as the common start, each library at its strongest settings:
 
-Writes benchmarks/results/stochastic[_quick].json. Peers that are not installed are skipped (and listed).
-Not done yet: diffusers' schedulers, the 16-D mixture and the plot (see the issue).
+  vp    VPSDE (beta 0.1..20, T = 1 -> t_end = 1e-3). sdekit's reverse-SDE samplers on the logsnr and karras grids
+        against k-diffusion's sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
+        sample_dpmpp_sde, sample_dpmpp_2m_sde (midpoint and heun), sample_dpmpp_3m_sde on its karras, exponential
+        and polyexponential schedules (same end level s = sigma/alpha, exact mixture denoiser, its own noise:
+        torch.randn or its Brownian tree).
+  ddpm  DDPM table (1000 linear betas 1e-4..0.02), ending at t = 0. sdekit as above (the last step is the
+        x0 jump) against diffusers' EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler
+        (algorithm_type="sde-dpmsolver++"), SASolverScheduler and DPMSolverSDEScheduler (needs torchsde), each on
+        every timestep spacing and alternative sigma schedule it offers (diffusers_peers._sigma_options).
+
+Metric: the sliced W2 distance of the n samples to n fresh exact draws of the law at the run's end time, minus the
+finite-sample floor (the median sliced W2 between independent exact sets of the same size), and the mode-weight error
+0.5 sum_k |f_k - f_k^exact| (f_k: fraction of rows whose most likely component is k). Each NFE budget takes, per
+library, the best setting (lowest SW2) with at most that many network calls (counted). Reported: per problem, dim
+and NFE, the ratio (sdekit best - floor) / (peer best - floor), median and range over the mixture seeds.
+
+Speed.  Time per step with a trivial network (x0 = 0.1 x) at batch 20000 and 16 (2-D), sdekit.sample against the
+k-diffusion sampler it corresponds to, and per-row noise (RowNoise.randn_like) against torch.randn at 10^5 rows.
+Times are the minimum over repeats of the thread's CPU time (torch on one thread; robust to a loaded machine).
+
+    /work/benchvenv/bin/python benchmarks/stochastic.py [--quick] [--out DIR]
+
+Writes DIR/stochastic[_quick].{json,png} (default benchmarks/results), updating the JSON after every unit.
+Peers that are not installed are skipped (and listed).
 """
 from __future__ import annotations
 
@@ -12,7 +34,10 @@ import argparse
 import json
 import math
 import os
+import statistics
+import sys
 import time
+import warnings
 
 import torch
 
@@ -20,102 +45,347 @@ import sdekit
 from sdekit.compare import sliced_w2
 from sdekit.noise import RowNoise
 
-PAIRS = {  # sdekit name -> k-diffusion sampler
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from accuracy_vs_nfe import ExactDenoiser, load_k_diffusion_sampling, mixture_score, random_mixture, s_of  # noqa: E402
+from report import write_report  # noqa: E402
+
+SDEKIT = ["euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "sa_solver",
+          "restart", "euler_maruyama"]
+TIMING_PAIRS = {  # sdekit sampler -> k-diffusion sampler it corresponds to (per-step timing)
     "euler_ancestral": "sample_euler_ancestral", "dpmpp_2s_ancestral": "sample_dpmpp_2s_ancestral",
     "dpmpp_sde": "sample_dpmpp_sde", "dpmpp_2m_sde": "sample_dpmpp_2m_sde", "dpmpp_3m_sde": "sample_dpmpp_3m_sde",
+    "sa_solver": "sample_dpmpp_3m_sde", "euler_maruyama": "sample_euler_ancestral", "ddpm": "sample_euler_ancestral",
+    "restart": "sample_heun", "heun_churn": "sample_heun",
 }
+KD = {"euler_ancestral": 1, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2, "dpmpp_sde": 2, "dpmpp_2m_sde": 1,
+      "dpmpp_3m_sde": 1}
+DIFFUSERS = ["EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "SASolverScheduler",
+             "DPMSolverSDEScheduler"]
+clock = time.thread_time
 
 
 def best_time(fn, repeats: int) -> float:
     fn()
     best = math.inf
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
+# -- speed ------------------------------------------------------------------------------------------------
 def noise_speed(rows: int, dim: int, repeats: int) -> dict:
     out = {}
     for dtype in (torch.float32, torch.float64):
         x = torch.zeros(rows, dim, dtype=dtype)
         rn = RowNoise(0, rows)
         rn.keys()
-        a = best_time(lambda: torch.randn(rows, dim, dtype=dtype), repeats)
-        b = best_time(lambda: rn.randn_like(x), repeats)
-        out[str(dtype)] = {"randn_s": a, "rownoise_s": b, "ratio": b / a}
+        a = best_time(lambda dtype=dtype: torch.randn(rows, dim, dtype=dtype), repeats)
+        b = best_time(lambda rn=rn, x=x: rn.randn_like(x), repeats)
+        out[str(dtype).replace("torch.", "")] = {"randn_ms": 1e3 * a, "rownoise_ms": 1e3 * b, "ratio": b / a}
     return out
 
 
-def kdiff_sampler(name):
-    try:
-        import k_diffusion.sampling as ks
-    except ImportError:
-        return None
-    return getattr(ks, name, None)
+class _Net(torch.nn.Module):
+    def forward(self, x, t):
+        return 0.1 * x
 
 
-def run_pair(gm, sde, n, steps, seed, name):
-    model = gm.model(sde)
-    x_T = gm.sample_t(n, sde.T, sde, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    exact = gm.sample_t(n, sde.eps, sde, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    nfe_per = sdekit.solvers.get(name).nfe_per_step
-    k = max(1, int(steps // nfe_per))
-    t0 = time.perf_counter()
-    ours = sdekit.sample(model, x_T, name, steps=k, generator=seed).x
-    t_ours = (time.perf_counter() - t0) / k
-    row = {"solver": name, "nfe": steps, "steps": k, "sdekit_w2": sliced_w2(ours, exact), "sdekit_s_per_step": t_ours}
-    fn = kdiff_sampler(PAIRS.get(name, ""))
-    if fn is not None:  # k-diffusion in VE coordinates: y = x/alpha, sigma_k = sigma/alpha, on the same grid
-        ts = sdekit.solvers.grids.make_grid(sde, k, "logsnr", None, None, None)
-        a, s = sde.alpha(ts), sde.sigma(ts)
-        sig = (s / a)
-        t_of = dict(zip(sig.tolist(), ts.tolist()))
-
-        def denoiser(y, sigma):
-            sigma = float(sigma.reshape(-1)[0])
-            t = t_of.get(sigma, None)
-            if t is None:
-                t = float(sde.t_from_log_snr(torch.tensor(-2 * math.log(float(sigma)), dtype=torch.float64)))
-            return model.x0(y * float(sde.alpha(torch.tensor(t))), torch.tensor(t, dtype=torch.float64))
-
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        y = fn(denoiser, x_T / float(a[0]), torch.cat([sig, sig.new_zeros(0)]), disable=True)
-        row["kdiff_s_per_step"] = (time.perf_counter() - t0) / k
-        row["kdiff_w2"] = sliced_w2(y * float(a[-1]), exact)
-    return row
-
-
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    torch.set_num_threads(1)
-    result = {"noise": {"batch_1e5_dim2": noise_speed(100_000, 2, 5 if args.quick else 20)}}
-    if not args.quick:
-        result["noise"]["batch_1e5_dim16"] = noise_speed(100_000, 16, 10)
+def step_times(kds, batch: int, steps: int, repeats: int) -> list:
     sde = sdekit.VPSDE()
-    gm = sdekit.GaussianMixture.default(dim=2, seed=7)  # not the mixtures used in the tests
-    n = 2000 if args.quick else 10_000
-    nfes = (10, 20) if args.quick else (10, 20, 50, 100)
-    seeds = (0,) if args.quick else (0, 1, 2)
-    floor = [sliced_w2(gm.sample_t(n, sde.eps, sde, generator=torch.Generator().manual_seed(100 + s)),
-                       gm.sample_t(n, sde.eps, sde, generator=torch.Generator().manual_seed(200 + s))) for s in seeds]
-    result["floor"] = floor
+    model = sdekit.ScoreModel(_Net(), sde, prediction="x0")
+    x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(0))
+    sig = None if kds is None else kds.get_sigmas_karras(steps, s_of(sde, sde.eps), s_of(sde, sde.T)).float()
     rows = []
-    for name in list(PAIRS) + ["sa_solver", "restart", "euler_maruyama"]:
-        for nfe in nfes:
-            for s in seeds:
-                rows.append(run_pair(gm, sde, n, nfe, s, name))
-                print(rows[-1], flush=True)
-    result["runs"] = rows
-    out = os.path.join(os.path.dirname(__file__), "results", "stochastic_quick.json" if args.quick else "stochastic.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-    print("wrote", out)
+    for name, peer in TIMING_PAIRS.items():
+        kw = {"s_churn": 1.0} if name == "heun_churn" else {}
+        ours = best_time(lambda name=name, kw=kw: sdekit.sample(model, x, name, steps=steps, generator=0, **kw),
+                         repeats) / steps
+        row = {"solver": name, "batch": batch, "sdekit_ms": 1e3 * ours, "peer": peer}
+        if kds is not None:
+            fn = getattr(kds, peer)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theirs = best_time(lambda fn=fn: fn(lambda y, s: 0.1 * y, x, sig, disable=True), repeats) / steps
+            row.update(kdiff_ms=1e3 * theirs, ratio=ours / theirs)
+        rows.append(row)
+        print(f"  step time  {name:20s} batch {batch:6d}: sdekit {1e3 * ours:8.3f} ms"
+              + (f", k-diffusion {peer} {row['kdiff_ms']:8.3f} ms, ratio {row['ratio']:.2f}" if "ratio" in row else ""),
+              flush=True)
+    return rows
+
+
+# -- accuracy ---------------------------------------------------------------------------------------------
+def law_metrics(gm, sde, t_end: float, x: torch.Tensor, exact: torch.Tensor) -> dict:
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        return {"sw2": float("nan"), "mode_err": float("nan")}
+    K = len(gm.weights)
+    f = torch.bincount(gm.component(x, t_end, sde), minlength=K).double() / x.shape[0]
+    f0 = torch.bincount(gm.component(exact, t_end, sde), minlength=K).double() / x.shape[0]
+    return {"sw2": sliced_w2(x, exact), "mode_err": 0.5 * float((f - f0).abs().sum())}
+
+
+def sdekit_runs(gm, sde, x_T, t_end, exact, budgets, seed, jump: bool):
+    model = gm.model(sde)
+    rows = []
+    for name in SDEKIT:
+        per = sdekit.solvers.get(name).nfe_per_step
+        extra = 12 if name == "restart" else 0  # default restart interval: 2 N K = 12 calls
+        for grid in ("logsnr", "karras"):
+            for b in budgets:
+                k = max(1, (b - extra - (1 if jump else 0)) // per + (1 if jump else 0))
+                while True:
+                    t0 = time.perf_counter()
+                    kw = {"t_end": 0.0} if jump else {}
+                    sol = sdekit.sample(model, x_T, name, steps=k, grid=grid, generator=seed, **kw)
+                    if sol.nfe <= b or k == 1:
+                        break
+                    k -= 1
+                if sol.nfe > b:
+                    continue
+                rows.append({"library": "sdekit", "solver": name, "setting": grid, "steps": k, "nfe": sol.nfe,
+                             "budget": b, "time_s": time.perf_counter() - t0,
+                             **law_metrics(gm, sde, t_end, sol.x, exact)})
+    return rows
+
+
+class _Counted:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, y, s):
+        self.calls += 1
+        return self.fn(y, s)
+
+
+def kd_runs(kds, gm, sde, x_T, exact, budgets, seed):
+    a_T, a_end = float(sde.alpha(sde.T)), float(sde.alpha(sde.eps))
+    s_max, s_min = s_of(sde, sde.T), s_of(sde, sde.eps)
+    y_T = (x_T / a_T).to(torch.float32)
+    variants = [(n, {}) for n in KD] + [("dpmpp_2m_sde", {"solver_type": "heun"})]
+    rows = []
+    for name, opts in variants:
+        fn = getattr(kds, f"sample_{name}", None)
+        if fn is None:
+            continue
+        for sched in ("karras", "exponential", "polyexponential"):
+            for b in budgets:
+                steps = max(1, b // KD[name])
+                if sched == "karras":
+                    sig = kds.get_sigmas_karras(steps + 1, s_min, s_max, rho=7.0)[:-1]
+                elif sched == "exponential":
+                    sig = kds.get_sigmas_exponential(steps + 1, s_min, s_max)[:-1]
+                else:
+                    sig = kds.get_sigmas_polyexponential(steps + 1, s_min, s_max, rho=2.0)[:-1]
+                sig = sig.to(torch.float32)
+                den = _Counted(ExactDenoiser(gm))
+                torch.manual_seed(seed)
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    y = fn(den, y_T, sig, disable=True, **opts)
+                label = name + ("(heun)" if opts else "")
+                rows.append({"library": "k-diffusion", "solver": label, "setting": sched, "steps": steps,
+                             "nfe": den.calls, "budget": b, "time_s": time.perf_counter() - t0,
+                             **law_metrics(gm, sde, sde.eps, a_end * y, exact)})
+    return rows
+
+
+def diffusers_runs(gm, sde, x_T, exact, budgets, seed):
+    import diffusers
+
+    import diffusers_peers as dp
+
+    diffusers.utils.logging.set_verbosity_error()
+    table_abar = sde.alphas_cumprod.to(torch.float64)
+    base = dict(dp.TABLE)
+    rows = []
+    for cname in DIFFUSERS:
+        cls = getattr(diffusers, cname, None)
+        if cls is None:
+            continue
+        extra = {"algorithm_type": "sde-dpmsolver++"} if cname == "DPMSolverMultistepScheduler" else {}
+        if cname == "DPMSolverSDEScheduler":
+            extra = {"noise_sampler_seed": seed}
+        for opts, label in dp._sigma_options(cls):
+            kw = {**base, **extra, **opts}
+            try:
+                nfe_of = dp._nfe_table(cls, kw, max(budgets) + 1, table_abar)
+            except Exception:
+                continue
+            for b in budgets:
+                fit = [k for k, n in nfe_of.items() if n is not None and n <= b]
+                if not fit:
+                    continue
+                torch.manual_seed(seed)
+                t0 = time.perf_counter()
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        x, calls, _, s_end, _ = dp.run_one(cls, kw, max(fit), gm, x_T.to(torch.float32), table_abar,
+                                                           mixture_score)
+                except Exception as err:  # a setting diffusers refuses or breaks on is a result
+                    rows.append({"library": "diffusers", "solver": cname, "setting": label, "budget": b,
+                                 "failed": f"{type(err).__name__}: {err}"[:160]})
+                    continue
+                if s_end != 0.0:  # a run that does not end at the data is measured against its own level
+                    t_end = float(sde.t_from_log_snr(torch.tensor(-2 * math.log(s_end), dtype=torch.float64)))
+                    ex = gm.sample_t(x.shape[0], t_end, sde, generator=torch.Generator().manual_seed(seed + 7),
+                                     dtype=torch.float64)
+                    met = law_metrics(gm, sde, t_end, x, ex)
+                else:
+                    met = law_metrics(gm, sde, 0.0, x, exact)
+                rows.append({"library": "diffusers", "solver": cname, "setting": label, "steps": max(fit),
+                             "nfe": calls, "budget": b, "time_s": time.perf_counter() - t0, **met})
+    return rows
+
+
+def floor_of(gm, sde, t_end, n, seed, pairs=3) -> float:
+    vals = []
+    for p in range(pairs):
+        a = gm.sample_t(n, t_end, sde, generator=torch.Generator().manual_seed(seed * 100 + 2 * p), dtype=torch.float64)
+        b = gm.sample_t(n, t_end, sde, generator=torch.Generator().manual_seed(seed * 100 + 2 * p + 1),
+                        dtype=torch.float64)
+        vals.append(sliced_w2(a, b))
+    return statistics.median(vals)
+
+
+def run_unit(problem, dim, seed, n, budgets, kds, have_diffusers):
+    gm = random_mixture(dim, seed)
+    sde = sdekit.VPSDE() if problem == "vp" else sdekit.DiscreteVPSDE.linear(1000, 1e-4, 0.02)
+    t_end = sde.eps if problem == "vp" else 0.0
+    gen = torch.Generator().manual_seed(seed)
+    x_T = gm.sample_t(n, sde.T, sde, generator=gen, dtype=torch.float32)
+    exact = gm.sample_t(n, t_end, sde, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    floor = floor_of(gm, sde, t_end, n, seed)
+    rows = sdekit_runs(gm, sde, x_T, t_end, exact, budgets, seed, jump=problem == "ddpm")
+    if problem == "vp" and kds is not None:
+        rows += kd_runs(kds, gm, sde, x_T, exact, budgets, seed)
+    if problem == "ddpm" and have_diffusers:
+        rows += diffusers_runs(gm, sde, x_T, exact, budgets, seed)
+    for r in rows:
+        if "sw2" in r:
+            r["excess"] = r["sw2"] - floor
+    return {"problem": problem, "dim": dim, "seed": seed, "n": n, "floor": floor, "rows": rows,
+            "best": best_per_budget(rows, budgets)}
+
+
+def best_per_budget(rows, budgets) -> dict:
+    out = {}
+    for b in budgets:
+        for lib in ("sdekit", "k-diffusion", "diffusers"):
+            cand = [r for r in rows if r["library"] == lib and r.get("nfe", 1e9) <= b and math.isfinite(r.get("sw2", math.nan))]
+            if cand:
+                r = min(cand, key=lambda r: r["sw2"])
+                out.setdefault(str(b), {})[lib] = {k: r[k] for k in ("solver", "setting", "nfe", "sw2", "excess",
+                                                                    "mode_err")}
+    return out
+
+
+def ratios(units, budgets) -> dict:
+    """(sdekit best - floor) / (peer best - floor) per problem, dim and NFE: median and range over seeds."""
+    out = {}
+    for problem, peer in (("vp", "k-diffusion"), ("ddpm", "diffusers")):
+        for dim in sorted({u["dim"] for u in units}):
+            us = [u for u in units if u["problem"] == problem and u["dim"] == dim]
+            for b in budgets:
+                vals = []
+                for u in us:
+                    best = u["best"].get(str(b), {})
+                    if "sdekit" in best and peer in best:
+                        den = best[peer]["excess"]
+                        vals.append(best["sdekit"]["excess"] / den if den > 0 else math.inf)
+                if vals:
+                    out.setdefault(f"{problem} {dim}-D vs {peer}", {})[str(b)] = {
+                        "median": statistics.median(vals), "min": min(vals), "max": max(vals), "seeds": len(vals)}
+    return out
+
+
+def plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = report["units"]
+    keys = sorted({(u["problem"], u["dim"]) for u in units})
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3.8), squeeze=False)
+    for ax, (problem, dim) in zip(axes[0], keys):
+        us = [u for u in units if u["problem"] == problem and u["dim"] == dim]
+        for lib, style in (("sdekit", "o-"), ("k-diffusion", "s--"), ("diffusers", "^--")):
+            xs, med, lo, hi = [], [], [], []
+            for b in report["budgets"]:
+                v = [u["best"][str(b)][lib]["excess"] for u in us if lib in u["best"].get(str(b), {})]
+                if v:
+                    xs.append(b)
+                    med.append(max(statistics.median(v), 1e-5))
+                    lo.append(max(min(v), 1e-5))
+                    hi.append(max(max(v), 1e-5))
+            if xs:
+                ax.errorbar(xs, med, yerr=[[m - a for m, a in zip(med, lo)], [b - m for m, b in zip(med, hi)]],
+                            fmt=style, label=lib, capsize=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{problem}, {dim}-D ({len(us)} mixtures)")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("sliced W2 - floor (best setting)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a smoke run: small n, 1 seed, NFE 10 and 20")
+    p.add_argument("--seeds", default="9401,9402,9403")
+    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--dims", default="2,16")
+    p.add_argument("--budgets", default=None, help="NFE budgets (default 10,20,50,100; quick: 10,20)")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    quick = args.quick
+    seeds = [int(s) for s in args.seeds.split(",")][: 1 if quick else None]
+    n = args.n or (500 if quick else 10_000)
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else ([10, 20] if quick else [10, 20, 50, 100])
+    dims = [int(d) for d in args.dims.split(",")]
+    kds = load_k_diffusion_sampling()
+    try:
+        import diffusers  # noqa: F401
+
+        have_diffusers = True
+    except ImportError:
+        have_diffusers = False
+    name = "stochastic_quick" if quick else "stochastic"
+    report = {"settings": {"n": n, "seeds": seeds, "dims": dims, "torch": torch.__version__,
+                           "threads": torch.get_num_threads(), "clock": "thread CPU time, min over repeats"},
+              "budgets": budgets, "missing_peers": [k for k, v in (("k-diffusion", kds), ("diffusers", have_diffusers))
+                                                    if not v]}
+    reps = 3 if quick else 10
+    report["noise"] = {f"rows_1e5_dim{d}": noise_speed(100_000, d, reps) for d in ((2,) if quick else (2, 16))}
+    print("noise:", json.dumps(report["noise"]), flush=True)
+    report["step_time"] = step_times(kds, 16, 20, reps) + step_times(kds, 2000 if quick else 20000, 20,
+                                                                       2 if quick else 5)
+    units = []
+    for seed in seeds:
+        for dim in dims:
+            for problem in ("vp", "ddpm"):
+                t0 = time.perf_counter()
+                units.append(run_unit(problem, dim, seed, n, budgets, kds, have_diffusers))
+                report["units"], report["ratios"] = units, ratios(units, budgets)
+                print(f"unit {problem} {dim}-D seed {seed}: {time.perf_counter() - t0:.0f} s; best "
+                      + json.dumps(units[-1]["best"]), flush=True)
+                os.makedirs(args.out, exist_ok=True)
+                with open(os.path.join(args.out, name + ".json"), "w") as fh:
+                    json.dump(report, fh, indent=1, default=float)
+    print("ratios (sdekit best - floor) / (peer best - floor):")
+    for k, v in report["ratios"].items():
+        print(" ", k, {b: f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]" for b, r in v.items()})
+    write_report(args.out, name, report, lambda path: plot(report, path))
 
 
 if __name__ == "__main__":

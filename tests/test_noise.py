@@ -132,3 +132,33 @@ def test_normals_shape_for_many_streams():
     out = normals(keys, [1, 2, 3], 5, torch.float64)
     assert out.shape == (4, 3, 5)
     assert torch.equal(out[:, 1], normals(keys, 2, 5, torch.float64))
+
+
+def test_generator_argument_is_checked_not_truncated():
+    for bad in ("abc", 1.5, 2.0, True, [1]):
+        with pytest.raises(TypeError, match="generator"):
+            RowNoise(bad, 2)
+    with pytest.raises(ValueError, match="64 bits"):
+        RowNoise(2**64, 2)
+    assert RowNoise(torch.tensor(5), 2).seed == 5 and RowNoise(-3, 2).seed == -3
+    g = torch.Generator().manual_seed(0)
+    assert RowNoise(g, 2).seed == RowNoise(torch.Generator().manual_seed(0), 2).seed
+    import sdekit
+    sde = sdekit.VPSDE()
+    gm = sdekit.GaussianMixture(torch.tensor([1.0]), torch.zeros(1, 2), 1.0)
+    with pytest.raises(TypeError, match="generator"):
+        sdekit.sample(gm.model(sde), torch.zeros(2, 2), "euler_maruyama", steps=2, generator="abc")
+
+
+def test_every_field_of_a_word_is_uniform():
+    """The inversion reads fixed bit fields: each entry position (even/odd half of a word, float32 and float64) must
+    be N(0, 1) on its own, with the tails where they belong."""
+    for dtype in (torch.float32, torch.float64):
+        z = normals(row_keys(2, torch.arange(20000)), 77, 4, dtype).double()
+        n = z.shape[0]
+        for col in z.T:
+            assert abs(float(col.mean())) < Z / math.sqrt(n)
+            assert abs(float(col.var()) - 1) < Z * math.sqrt(2 / n)
+            tail = float((col.abs() > 3).double().mean())
+            p = 0.0026998
+            assert abs(tail - p) < Z * math.sqrt(p / n)
