@@ -7,10 +7,50 @@ stays fast). Register a new command by adding its pair to ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
+from .checkpoint import LIMITS
 from .cli_likelihood import _add_likelihood, _run_likelihood
+from .data import MAX_TOY_POINTS
 from .sde import PATH_NAMES, SDE_NAMES, LinearSDE, path_from_name, sde_from_name
+from .solvers.base import SolverError
+from .solvers.grids import MAX_STEPS
+from .validate import INT64, arg, fraction, integer, real
+
+# user-input errors of any subcommand: one "sdekit <cmd>: error: ..." line and exit code 2, never a traceback
+USER_ERRORS = (ValueError, SolverError, OSError)
+MAX_ROWS = 1 << 20  # --n of sample and compare
+MAX_THREADS = 1024
+MAX_SAMPLE_NUMEL = 1 << 28  # sample: --n times the numbers in one sample (1 GiB of float32)
+MAX_CHANNELS = 1024
+_VE_SIGMA_MIN = 0.01  # sdekit train --sde ve
+
+
+def _int(name: str, lo=None, hi=None):
+    return arg(integer, name, int, lo=lo, hi=hi)
+
+
+def _real(name: str, lo=None, hi=None, **kw):
+    return arg(real, name, float, lo=lo, hi=hi, **kw)
+
+
+_SEED = _int("--seed", *INT64)
+_THREADS = _int("--threads", 1, MAX_THREADS)
+
+
+def _writable_file(path: str, flag: str, suffixes=None) -> None:
+    """Refuse, before any work, an output file whose directory is missing, that names a directory, or whose
+    extension (``suffixes``, without the dot) cannot be written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r}: directory {parent!r} does not exist")
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if suffixes is not None and ext and ext not in suffixes:
+        raise ValueError(f"{flag} {path!r}: cannot write .{ext} files; accepted: {', '.join(sorted(suffixes))}")
 
 
 # -- info --------------------------------------------------------------------------------------
@@ -47,28 +87,34 @@ def _add_train(sub):
     p.add_argument("--sde", default=None, choices=tuple(SDE_NAMES), help="default vp")
     p.add_argument("--path", default=None, choices=tuple(PATH_NAMES),
                    help="a flow-matching path instead of an SDE (alpha(1) = 0), e.g. rectified_flow")
-    p.add_argument("--shift", type=float, default=None, help="with --path: SD3 time shift of the path (TimeShift)")
+    p.add_argument("--shift", type=_real("--shift", 0.0, lo_open=True), default=None,
+                   help="with --path: SD3 time shift of the path (TimeShift)")
     p.add_argument("--weighting", default=None,
                    choices=("simple", "likelihood", "min_snr", "native", "flow_matching"),
                    help="default simple (flow_matching with --path)")
     p.add_argument("--time-sampling", default=None, choices=("uniform", "logit_normal"),
                    help="training times: uniform (default) or SD3's logit-normal")
-    p.add_argument("--steps", type=int, default=2000, help="total optimisation steps (including resumed ones)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 128")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 2e-3 toys, 1e-3 digits)")
-    p.add_argument("--ema-decay", type=float, default=None, help="default 0.999")
-    p.add_argument("--grad-clip", type=float, default=None, help="default 1.0")
-    p.add_argument("--warmup", type=int, default=None, help="default 100")
-    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--steps", type=_int("--steps", 0), default=2000,
+                   help="total optimisation steps (including resumed ones)")
+    p.add_argument("--batch-size", type=_int("--batch-size", 1, LIMITS["batch_size"]), default=None, help="default 128")
+    p.add_argument("--lr", type=_real("--lr", 0.0, lo_open=True), default=None,
+                   help="AdamW learning rate (default 2e-3 toys, 1e-3 digits)")
+    p.add_argument("--ema-decay", type=arg(fraction, "--ema-decay"), default=None, help="in [0, 1]; default 0.999")
+    p.add_argument("--grad-clip", type=_real("--grad-clip", 0.0), default=None, help="0: no clipping; default 1.0")
+    p.add_argument("--warmup", type=_int("--warmup", 0), default=None, help="default 100")
+    p.add_argument("--seed", type=_SEED, default=None, help="default 0")
     p.add_argument("--out", required=True, help="checkpoint directory (config.json, *.safetensors, loss.png)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out if there is one")
     p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out (a new run)")
-    p.add_argument("--channels", type=int, default=None, help="U-Net base width (32) / MLP width (128)")
+    p.add_argument("--channels", type=_int("--channels", 1, MAX_CHANNELS), default=None,
+                   help="U-Net base width (32, even) / MLP width (128)")
     p.add_argument("--conditional", action="store_true", help="class-conditional net (null class for guidance)")
-    p.add_argument("--sigma-max", type=float, default=None, help="VE only (default 10 toys, 20 digits)")
-    p.add_argument("--n-points", type=int, default=20000, help="size of a toy training set")
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 for toys)")
+    p.add_argument("--sigma-max", type=_real("--sigma-max", _VE_SIGMA_MIN, lo_open=True), default=None,
+                   help="VE only (default 10 toys, 20 digits)")
+    p.add_argument("--n-points", type=_int("--n-points", 1, MAX_TOY_POINTS), default=20000,
+                   help="size of a toy training set")
+    p.add_argument("--ckpt-every", type=_int("--ckpt-every", 1), default=None, help="also checkpoint every N steps")
+    p.add_argument("--threads", type=_THREADS, default=None, help="torch threads (default 1 for toys)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(usage_error=p.error)
 
@@ -112,9 +158,11 @@ def _train_model(args, resuming: bool, ds, seed: int, hparams: dict):
             hparams.setdefault("weighting", "flow_matching")
     elif not resuming or args.sde is not None or args.sigma_max is not None:
         name = args.sde or "vp"
-        ve_kwargs = {"sigma_min": 0.01, "sigma_max": args.sigma_max or (20.0 if digits else 10.0)}
+        ve_kwargs = {"sigma_min": _VE_SIGMA_MIN, "sigma_max": args.sigma_max or (20.0 if digits else 10.0)}
         sde = sde_from_name(name, **(ve_kwargs if name == "ve" else {}))
     if not resuming or args.channels is not None or args.conditional:
+        if digits and args.channels is not None and args.channels % 2:
+            args.usage_error(f"argument --channels: the U-Net's base width must be even; got {args.channels}")
         num_classes = ds.num_classes if args.conditional else None
         torch.manual_seed(seed)
         if digits:
@@ -163,24 +211,25 @@ def _run_train(args) -> int:
 
 
 # -- compare -----------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, hi: int = MAX_ROWS) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    if not 1 <= value <= hi:
+        raise argparse.ArgumentTypeError(f"expected a positive integer up to {hi}; got {text!r}")
     return value
 
 
 def _int_list(text: str) -> list[int]:
-    """Comma-separated positive integers (NFE budgets, step counts)."""
+    """Comma-separated positive integers (NFE budgets, step counts), each at most MAX_STEPS."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, e.g. 5,10,20; got {text!r}")
+    if not values or min(values) < 1 or max(values) > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers up to {MAX_STEPS}, e.g. "
+                                         f"5,10,20; got {text!r}")
     return values
 
 
@@ -202,20 +251,23 @@ def _add_compare(sub):
     p.add_argument("--grids", type=_name_list, default="logsnr,quadratic,uniform,karras",
                    help="comma-separated time grids (uniform, quadratic, logsnr, karras; tuned: a grid tuned to the "
                    "model for each solver and step count, on prior draws independent of x_T)")
-    p.add_argument("--dim", type=_positive_int, default=None, help="dimension of the built-in Gaussian mixture (2)")
+    p.add_argument("--dim", type=_int("--dim", 1, 4096), default=None, help="dimension of the built-in Gaussian mixture (2)")
     p.add_argument("--n", type=_positive_int, default=512, help="number of starting points x_T")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--sde", default=None, choices=tuple(SDE_NAMES), help="SDE of the built-in mixture (vp)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="compare on a trained checkpoint (x_T from its prior) against a dopri5 reference of it")
-    p.add_argument("--ref-steps", type=_positive_int, default=2000, help="RK4 steps of the float64 mixture reference")
-    p.add_argument("--ref-tol", type=float, default=1e-10, help="dopri5 rtol = atol of the --checkpoint reference")
+    p.add_argument("--ref-steps", type=_int("--ref-steps", 1, MAX_STEPS), default=2000,
+                   help="RK4 steps of the float64 mixture reference")
+    p.add_argument("--ref-tol", type=_real("--ref-tol", 0.0, 1.0, lo_open=True), default=1e-10,
+                   help="dopri5 rtol = atol of the --checkpoint reference")
     p.add_argument("--tune-n", type=_positive_int, default=256,
                    help="with --grids ...,tuned: prior rows per tuning draw")
-    p.add_argument("--tune-evals", type=int, default=None, help="with --grids ...,tuned: optimiser solves per grid")
+    p.add_argument("--tune-evals", type=_int("--tune-evals", 1), default=None,
+                   help="with --grids ...,tuned: optimiser solves per grid")
     p.add_argument("--out", default="sdekit-compare", help="output directory (default ./sdekit-compare)")
     p.add_argument("--full", "--verbose", dest="full", action="store_true", help="also print every row")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: small tensors)")
+    p.add_argument("--threads", type=_THREADS, default=1, help="torch threads (default 1: small tensors)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(usage_error=p.error)  # bad input: "sdekit compare: error: ...", exit 2
 
@@ -250,6 +302,8 @@ def _run_compare(args) -> int:
         torch.set_num_threads(args.threads)
     if args.nfe is not None and args.steps is not None:
         args.usage_error("give --nfe or --steps, not both")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        args.usage_error(f"--out {args.out!r} is a file; give a directory")
     tune_options = {} if args.tune_evals is None else {"max_evals": args.tune_evals}
     try:
         model, x_T, source = _compare_problem(args)
@@ -286,16 +340,21 @@ def _add_sample(sub):
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint directory from `sdekit train`; default: the built-in 2-D Gaussian mixture with exact score")
     p.add_argument("--solver", default="dpmpp_2m", help="a name from `sdekit info` (default dpmpp_2m)")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=_int("--steps", 1, MAX_STEPS), default=20)
     p.add_argument("--grid", default="logsnr", help="uniform | quadratic | logsnr | karras")
-    p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label", type=int, default=None, help="class to sample (class-conditional checkpoints)")
-    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (with --label)")
+    p.add_argument("--n", type=_int("--n", 1, MAX_ROWS), default=64,
+                   help="number of samples (row i is the same for any --n > i)")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--label", type=_int("--label", 0), default=None, help="class to sample (class-conditional checkpoints)")
+    p.add_argument("--guidance", type=_real("--guidance"), default=0.0,
+                   help="classifier-free guidance weight w (with --label)")
     p.add_argument("--denoise", action="store_true", help="finish with the jump to t = 0")
     p.add_argument("--out", default="samples.png", help="PNG to write (a grid for images, a scatter for 2-D)")
     p.add_argument("--save", default=None, help="also write the samples to this .safetensors file")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: small tensors)")
+    p.add_argument("--threads", type=_THREADS, default=1, help="torch threads (default 1: small tensors)")
+
+
+_X_T_STREAM = 0  # RowNoise.randn stream of sample's x_T (the solver's noise uses randn_like: other streams)
 
 
 def _event_shape(config: dict, where) -> tuple:
@@ -307,22 +366,35 @@ def _event_shape(config: dict, where) -> tuple:
         return (int(net["dim"]),)
     if data.get("name") == "digits":
         return (1, 8, 8)
-    raise SystemExit(f"checkpoint {where} does not record the shape of its data")
+    raise ValueError(f"checkpoint {where} does not record the shape of its data")
+
+
+def _image_formats() -> set:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return set(FigureCanvasBase.get_supported_filetypes())
 
 
 def _run_sample(args) -> int:
+    import math
     import time
 
     import torch
 
     from . import GaussianMixture, VPSDE
+    from .noise import RowNoise
     from .parameterization import ClassifierFreeGuidance, ScoreModel
     from .plotting import save_samples
     from .solvers import sample
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    if args.guidance and args.label is None:
+        raise ValueError("--guidance applies to a class: give --label too")
+    if args.checkpoint is None and args.label is not None:
+        raise ValueError("--label needs a class-conditional --checkpoint (the built-in mixture has no classes)")
+    _writable_file(args.out, "--out", _image_formats())
+    if args.save:
+        _writable_file(args.save, "--save")
     density = None
     if args.checkpoint is None:
         sde = VPSDE()
@@ -338,14 +410,17 @@ def _run_sample(args) -> int:
         num_classes = config["net"].get("num_classes")
         if args.label is not None:
             if num_classes is None:
-                raise SystemExit("--label needs a class-conditional checkpoint")
+                raise ValueError("--label needs a class-conditional checkpoint")
             if not 0 <= args.label < num_classes:
-                raise SystemExit(f"--label must lie in [0, {num_classes - 1}]")
+                raise ValueError(f"--label must lie in [0, {num_classes - 1}]; got {args.label}")
             labels = torch.full((args.n,), args.label, dtype=torch.long)
             net = ClassifierFreeGuidance(model.net, labels, num_classes, weight=args.guidance)
             model = ScoreModel(net, model.sde, model.prediction)
             title += f", class {args.label}, w = {args.guidance}"
-    x_T = model.sde.prior_sample((args.n, *shape), generator=gen)
+    if args.n * math.prod(shape) > MAX_SAMPLE_NUMEL:
+        raise ValueError(f"--n {args.n} samples of shape {shape} are over {MAX_SAMPLE_NUMEL} numbers; lower --n")
+    # x_T per row, as sample's noise: row i depends on (seed, i) only, so --n 9 gives the first 9 rows of --n 64
+    x_T = RowNoise(args.seed, args.n).randn(shape, _X_T_STREAM, dtype=torch.float32) * model.sde.prior_std()
     start = time.perf_counter()
     with torch.no_grad():
         sol = sample(model, x_T, args.solver, args.steps, grid=args.grid, generator=args.seed,
@@ -380,8 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one subcommand. Bad input of any kind ends in "sdekit <cmd>: error: ..." on stderr and exit code 2
+    (argparse's own errors exit 2 as well); SIGINT / SIGTERM end training cleanly with 128 + the signal."""
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command][1](args)
+    try:
+        return COMMANDS[args.command][1](args)
+    except USER_ERRORS as err:
+        print(f"sdekit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"sdekit {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":

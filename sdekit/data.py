@@ -30,6 +30,8 @@ from typing import Optional
 
 import torch
 
+from .validate import INT64, integer
+
 Tensor = torch.Tensor
 
 __all__ = ["TOY_SETS", "toy_data", "rings_mixture", "load_digits", "load_dataset", "dequantize", "Dataset",
@@ -103,6 +105,7 @@ def _rings(n, gen):
     return x, y
 
 
+MAX_TOY_POINTS = 10_000_000  # 160 MB of float64 points: a bound on what a typo in n can allocate
 _NUM_CLASSES = {"moons": 2, "checkerboard": 8, "swissroll": 3, "rings": 12}
 
 
@@ -114,9 +117,8 @@ def toy_data(name: str, n: int, seed: int = 0, labels: bool = False, noise: floa
     """
     if name not in TOY_SETS:
         raise ValueError(f"unknown toy set {name!r}; accepted: {', '.join(TOY_SETS)}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
-    gen = torch.Generator().manual_seed(int(seed))
+    n = integer("n", n, 1, MAX_TOY_POINTS)
+    gen = torch.Generator().manual_seed(integer("seed", seed, *INT64))
     if name == "moons":
         x, y = _moons(n, gen, noise)
     elif name == "checkerboard":

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from .parameterization import ScoreModel
 from .solvers import Solution, sample
+from .validate import integer
 
 Tensor = torch.Tensor
 
@@ -49,8 +50,10 @@ def world() -> tuple[int, int]:
 def map_chunks(fn: Callable[[Tensor, int], dict], x: Tensor, chunk_size: int) -> Optional[list]:
     """Apply ``fn(rows, row_offset) -> dict`` to this rank's chunks of x; gather every chunk's dict on
     rank 0 in row order (a list, one entry per chunk). Other ranks return None."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    chunk_size = integer("chunk_size", chunk_size, 1)
+    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"the input must be a tensor with at least one row (batch first); got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     rank, size = world()
     starts = list(range(0, x.shape[0], chunk_size))
     mine = {k: fn(x[s:s + chunk_size], s) for k, s in enumerate(starts) if k % size == rank}
@@ -72,7 +75,7 @@ def sample_sharded(model: ScoreModel, x_T: Tensor, solver: str = "dpmpp_2m", *, 
                    generator: int = 0, **options) -> Optional[Solution]:
     """``sdekit.sample`` over all ranks: every rank passes the same x_T (e.g. drawn from the same
     seed); rank 0 gets the full Solution (x in row order, nfe summed over chunks), others None."""
-    if not isinstance(generator, int):
+    if not isinstance(generator, int) or isinstance(generator, bool):
         raise TypeError("sample_sharded needs an integer seed as generator (the same on every rank)")
 
     def run(rows, offset):

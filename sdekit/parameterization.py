@@ -143,6 +143,14 @@ def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> 
     return _convert(value, src, dst, x, a, s)
 
 
+def _version(x: Tensor) -> Optional[int]:
+    """x's in-place modification counter (None for inference-mode tensors, which have none)."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
+
+
 class ScoreModel:
     """Adapter from a network ``net(x, t) -> tensor`` to every prediction kind.
 
@@ -177,9 +185,19 @@ class ScoreModel:
         """The network's output at (x, t) expressed as ``kind``."""
         check_prediction(kind)
         t, t_net = self._time_batch(x, t)
+        version = _version(x)
         out = self.net(x, t_net)
+        if version is not None and _version(x) != version:
+            raise ValueError("the network modified its input x in place (which would change the caller's x_T and "
+                             "the solver's state); work on a copy inside the network (x = x.clone())")
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the network must return a tensor of x's shape {tuple(x.shape)}; got {type(out).__name__}")
         if out.shape != x.shape:
             raise ValueError(f"network returned shape {tuple(out.shape)}; expected x's shape {tuple(x.shape)}")
+        if out.dtype != x.dtype:  # the state keeps its dtype whatever the network computes in
+            if not out.is_floating_point():
+                raise TypeError(f"the network must return a floating-point tensor; got {out.dtype}")
+            out = out.to(x.dtype)
         return convert(out, self.prediction, kind, x, t, self.sde)
 
     def score(self, x: Tensor, t) -> Tensor:

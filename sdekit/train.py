@@ -27,17 +27,18 @@ from typing import Any, Callable, Iterator, Optional, cast
 
 import torch
 
-from .checkpoint import (ANY, LOSS_PLOT_NAME, WEIGHT_FILES, build_checkpoint,
+from .checkpoint import (ANY, LIMITS, LOSS_PLOT_NAME, WEIGHT_FILES, build_checkpoint,
                          check_config_serialisable, check_replaces, checkpoint_id, commit_checkpoint, load_state_strict,
                          read_checkpoint, sde_from_spec, sde_to_spec)
 from .distributed import world
 from .losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from .parameterization import ScoreModel, check_prediction
 from .sde import LinearSDE
+from .validate import INT64, fraction, integer, real
 
 Tensor = torch.Tensor
 
-__all__ = ["Trainer", "train", "plot_losses"]
+__all__ = ["Trainer", "TrainingInterrupted", "train", "plot_losses", "check_hparams"]
 
 _HPARAMS = ("batch_size", "lr", "weight_decay", "betas", "grad_clip", "ema_decay", "warmup", "weighting",
             "importance", "gamma", "p_uncond", "seed", "time_sampling")
@@ -51,6 +52,46 @@ _CASTS: dict[str, Callable[[Any], Any]] = {
 def _hparams(**given) -> dict:
     """The hyper-parameters as stored in ``Trainer.hparams`` (and a checkpoint's config)."""
     return {k: _CASTS[k](v) for k, v in given.items()}
+
+
+def check_hparams(batch_size=128, lr=2e-4, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=1.0, ema_decay=0.999,
+                  warmup=0, gamma=5.0, p_uncond=0.1, seed=0, **_) -> None:
+    """Refuse (ValueError naming it) a hyper-parameter outside its meaningful range, before anything is built:
+    batch_size in [1, LIMITS['batch_size']], lr > 0, weight_decay >= 0, betas two numbers in [0, 1),
+    grad_clip >= 0 (0: no clipping), ema_decay and p_uncond in [0, 1], warmup >= 0 steps, gamma > 0, an int64
+    seed; all finite."""
+    integer("batch_size", batch_size, 1, LIMITS["batch_size"])
+    real("lr", lr, 0.0, lo_open=True)
+    real("weight_decay", weight_decay, 0.0)
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
+    for i, b in enumerate(betas):
+        real(f"betas[{i}]", b, 0.0, 1.0, hi_open=True)
+    real("grad_clip", grad_clip, 0.0)
+    fraction("ema_decay", ema_decay)
+    integer("warmup", warmup, 0)
+    real("gamma", gamma, 0.0, lo_open=True)
+    fraction("p_uncond", p_uncond)
+    integer("seed", seed, *INT64)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM between two steps, after the checkpoint (if any) was saved.
+    ``signum``: the signal; ``step``: the steps done; ``out_dir``: where the checkpoint is (or None)."""
+
+    def __init__(self, signum: int, step: int, out_dir=None):
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        super().__init__(f"training interrupted by {name} after step {step}"
+                         + (f"; checkpoint saved in {out_dir}, resume to continue" if out_dir is not None else ""))
+        self.signum, self.step, self.out_dir = signum, step, out_dir
+
+
+def _seed_word(v: int) -> int:
+    """A derived seed torch accepts: as is inside [-2^63, 2^64), else reduced mod 2^64."""
+    return v if INT64[0] <= v < 2**64 else v % 2**64
 
 
 @contextlib.contextmanager
@@ -85,6 +126,8 @@ class Trainer:
                  p_uncond: float = 0.1, seed: int = 0, time_sampling: str = "uniform", meta: Optional[dict] = None,
                  overwrite: bool = False):
         check_prediction(prediction)
+        check_hparams(batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas, grad_clip=grad_clip,
+                      ema_decay=ema_decay, warmup=warmup, gamma=gamma, p_uncond=p_uncond, seed=seed)
         if time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"unknown time_sampling {time_sampling!r}; accepted: {', '.join(TIME_SAMPLINGS)}")
         if weighting not in WEIGHTINGS:
@@ -118,8 +161,8 @@ class Trainer:
         self.ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
         self.generator = torch.Generator().manual_seed(int(seed))
         self.noise_generator = self.generator if self.world == 1 else \
-            torch.Generator().manual_seed(int(seed) * 1_000_003 + self.rank)
-        torch.manual_seed(int(seed) + self.rank)  # dropout draws from torch's global RNG
+            torch.Generator().manual_seed(_seed_word(int(seed) * 1_000_003 + self.rank))
+        torch.manual_seed(_seed_word(int(seed) + self.rank))  # dropout draws from torch's global RNG
         self.step_count = 0
         self.losses: list[float] = []
         self.seconds = 0.0
@@ -168,6 +211,9 @@ class Trainer:
         ``ckpt_every`` steps and at the end when ``out_dir`` is given."""
         from tqdm.auto import tqdm
 
+        steps = integer("steps", steps, 0)
+        if ckpt_every is not None:
+            ckpt_every = integer("ckpt_every", ckpt_every, 1)
         if out_dir is not None:
             self.check_can_save(out_dir)  # before the first step, not after the last
         start = time.perf_counter()
@@ -190,8 +236,7 @@ class Trainer:
             if out_dir is not None:
                 self.save(out_dir)
         if stop:
-            raise KeyboardInterrupt(f"training interrupted by signal {stop[0]} after step {self.step_count}"
-                                    + (f"; checkpoint saved in {out_dir}, resume to continue" if out_dir else ""))
+            raise TrainingInterrupted(stop[0], self.step_count, out_dir)
         return self.losses[-steps:] if steps else []
 
     # -- models --------------------------------------------------------------------------------
@@ -287,6 +332,7 @@ class Trainer:
             sde = sde_from_spec(config["sde"])
             hp = {k: train_cfg[k] if k in train_cfg or k not in _HPARAM_DEFAULTS else _HPARAM_DEFAULTS[k]
                   for k in _HPARAMS}
+            check_hparams(**hp)
         except (ValueError, KeyError) as e:
             raise ValueError(f"checkpoint file {cfg_file}: {e}") from None
         load_state_strict(net, model_t, path / WEIGHT_FILES["model"])
@@ -442,6 +488,9 @@ def train(net: Optional[torch.nn.Module], sde: Optional[LinearSDE], data: Tensor
     Otherwise a new run (prediction defaults to "eps"), which refuses to replace a checkpoint in
     ``out_dir`` unless ``overwrite=True``. Writes the checkpoint and loss.png to ``out_dir`` when
     given. Returns the Trainer."""
+    steps = integer("steps", steps, 0)
+    if ckpt_every is not None:
+        integer("ckpt_every", ckpt_every, 1)
     if resume and out_dir is not None and checkpoint_id(out_dir) is not None:
         trainer = Trainer.resume(out_dir, data, y=y)
         diffs = trainer.resume_conflicts(net, sde, prediction, **{k: v for k, v in hparams.items() if k != "meta"})

@@ -115,13 +115,19 @@ def test_failed_save_keeps_previous_checkpoint_issue_reproducer(ck):
     """issue 13 item 1: a NaN hyper-parameter made the final write fail after the weights were replaced."""
     x = toy_data("moons", 100)
     for bad in (dict(grad_clip=float("nan")), dict(lr=float("inf")), dict(ema_decay=float("nan"))):
-        steps_run = []
-        tr = Trainer(small_mlp(), sdekit.VPSDE(), x, "eps", batch_size=8, overwrite=True, **bad)
-        tr.step = lambda: steps_run.append(1) or 0.0  # noqa: E731
-        with pytest.raises(ValueError, match=f"train.{next(iter(bad))} = (nan|inf).*cannot be stored"):
-            tr.run(3, progress=False, out_dir=ck)
-        assert not steps_run, "validation must come before training"
+        # refused when the trainer is built (sdekit.validate), long before a save could fail
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a finite number"):
+            Trainer(small_mlp(), sdekit.VPSDE(), x, "eps", batch_size=8, overwrite=True, **bad)
         assert _step(ck) == 3
+    # what only a save can find (a setting JSON cannot store) is still checked before the first step
+    steps_run = []
+    tr = Trainer(small_mlp(), sdekit.VPSDE(), x, "eps", batch_size=8, overwrite=True)
+    tr.meta = {"scale": float("nan")}
+    tr.step = lambda: steps_run.append(1) or 0.0  # noqa: E731
+    with pytest.raises(ValueError, match="cannot be stored"):
+        tr.run(3, progress=False, out_dir=ck)
+    assert not steps_run, "validation must come before training"
+    assert _step(ck) == 3
     ve = sdekit.VESDE(sigma_max=float("inf"))
     with pytest.raises(ValueError, match="sde.kwargs.sigma_max = inf"):
         train(small_mlp(), ve, x, "eps", steps=2, out_dir=ck, overwrite=True, **_hp())

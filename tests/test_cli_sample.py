@@ -1,5 +1,4 @@
 """`sdekit sample` and `sdekit info` end to end on tiny settings."""
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,7 +19,7 @@ def test_sample_builtin_mixture(tmp_path):
     assert x.shape == (50, 2) and torch.isfinite(x).all()
 
 
-def test_sample_from_a_trained_checkpoint_with_guidance(tmp_path):
+def test_sample_from_a_trained_checkpoint_with_guidance(tmp_path, capsys):
     ck = tmp_path / "ck"
     assert main(["train", "--data", "moons", "--steps", "5", "--batch-size", "16", "--out", str(ck),
                  "--conditional", "--no-progress"]) == 0
@@ -28,7 +27,10 @@ def test_sample_from_a_trained_checkpoint_with_guidance(tmp_path):
     assert main(["sample", "--checkpoint", str(ck), "--n", "16", "--steps", "4", "--solver", "heun",
                  "--label", "1", "--guidance", "2.0", "--out", str(png)]) == 0
     assert png.exists()
-    with pytest.raises(SystemExit, match="--label must lie"):
-        main(["sample", "--checkpoint", str(ck), "--label", "7", "--out", str(png)])
-    with pytest.raises(ValueError, match="unknown solver 'nope'; available: "):
-        main(["sample", "--checkpoint", str(ck), "--solver", "nope", "--out", str(png)])
+    for extra, says in [(["--label", "7"], r"--label must lie in [0, 1]; got 7"),
+                        (["--solver", "nope"], "unknown solver 'nope'; available: ")]:
+        capsys.readouterr()
+        assert main(["sample", "--checkpoint", str(ck), *extra, "--out", str(tmp_path / "bad.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sdekit sample: error: ") and says in err and "Traceback" not in err
+        assert not (tmp_path / "bad.png").exists()

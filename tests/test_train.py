@@ -269,7 +269,7 @@ def test_cli_train_refuses_overwrite_and_changed_resume_cleanly(tmp_path, capsys
     assert main(base + ["--steps", "3"]) == 0
     first = checkpoint_id(out)
     for extra, says in [(["--steps", "2"], "refusing to overwrite"),
-                        (["--steps", "2", "--force", "--grad-clip", "nan"], "grad_clip = nan"),
+                        (["--steps", "2", "--force", "--grad-clip", "nan"], "argument --grad-clip: must be a finite number"),
                         (["--steps", "5", "--resume", "--lr", "0.5"], "lr: checkpoint")]:
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:

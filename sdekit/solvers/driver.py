@@ -98,7 +98,9 @@ def sample(
     else:
         noise = RowNoise(generator, x_T.shape[0], row_offset) if (info.stochastic or generator is not None) else None
     ev = Evaluator(model, noise)
-    x, states = _run(info, ev, x_T, grid_ts, jump, options, progress, callback, trajectory, check_states)
+    # the solve starts from a copy: the caller's x_T is never handed to the network (ScoreModel refuses a
+    # network that modifies its input in place, but only after the call)
+    x, states = _run(info, ev, x_T.clone(), grid_ts, jump, options, progress, callback, trajectory, check_states)
     if not bool(torch.isfinite(x).all()):  # network outputs are checked per call; the state once more here
         raise NonFiniteError(f"the state became NaN or Inf during the solve with solver {solver!r}; "
                              "pass check_states=True to find the step")

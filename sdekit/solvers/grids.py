@@ -27,19 +27,26 @@ take it exactly: ``exponential.py``). Grids in t (uniform, quadratic) start at t
 
 New grids plug in with ``register``; ``own_ends=True`` marks grids that fix their own end times from
 ``steps`` and their options alone (the DDPM ``table`` and the ``diffusers`` spacings of ``discrete.py``).
+A grid's options are the keyword parameters of its function after the fixed ones; any other name in
+``grid_options`` is refused. ``steps`` is at most ``MAX_STEPS`` (a longer grid: pass it as ``ts=``).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from ..sde import LinearSDE
+from ..validate import integer, real
 
 Tensor = torch.Tensor
 
-__all__ = ["GRIDS", "GridInfo", "register", "make_grid", "check_grid", "uniform", "quadratic", "logsnr", "karras"]
+__all__ = ["GRIDS", "GridInfo", "register", "make_grid", "check_grid", "uniform", "quadratic", "logsnr", "karras",
+           "MAX_STEPS"]
+
+MAX_STEPS = 100_000  # a named grid's largest step count: far beyond any useful solve, small enough to fail fast
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,13 @@ class GridInfo:
     fn: Callable[..., Tensor]
     own_ends: bool = False
     log_snr: bool = False  # spaced in lambda: needs a finite lambda at both ends
+    options: tuple = ()  # the names grid_options may give (keyword parameters of fn after the fixed ones)
+
+
+def _option_names(fn: Callable, own_ends: bool) -> tuple:
+    fixed = 2 if own_ends else 4  # (sde, steps) or (sde, steps, t_start, t_end)
+    params = list(inspect.signature(fn).parameters.values())[fixed:]
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 GRIDS: dict[str, GridInfo] = {}
@@ -62,7 +76,7 @@ def register(name: str, *, own_ends: bool = False, log_snr: bool = False):
     def deco(fn):
         if name in GRIDS:
             raise ValueError(f"grid {name!r} is already registered")
-        GRIDS[name] = GridInfo(name, fn, own_ends, log_snr)
+        GRIDS[name] = GridInfo(name, fn, own_ends, log_snr, _option_names(fn, own_ends))
         return fn
 
     return deco
@@ -87,6 +101,7 @@ def logsnr(sde: LinearSDE, steps: int, t_start: float, t_end: float, **_) -> Ten
 
 @register("karras", log_snr=True)
 def karras(sde: LinearSDE, steps: int, t_start: float, t_end: float, rho: float = 7.0, **_) -> Tensor:
+    rho = real("rho", rho, 0.0, lo_open=True)
     s_max = torch.exp(-0.5 * sde.log_snr(t_start))
     s_min = torch.exp(-0.5 * sde.log_snr(t_end))
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
@@ -103,7 +118,9 @@ def _pin_ends(ts: Tensor, t_start: float, t_end: float) -> Tensor:
 def check_grid(sde: LinearSDE, ts) -> Tensor:
     """Validate an explicit grid: 1-D, at least two times, strictly monotone, inside [0, T]."""
     # a list of Python floats stays float64 (torch.as_tensor alone would round it through float32)
-    ts = (ts if isinstance(ts, Tensor) else torch.as_tensor(ts, dtype=torch.float64)).to(torch.float64).flatten().cpu()
+    ts = (ts if isinstance(ts, Tensor) else torch.as_tensor(ts, dtype=torch.float64)).to(torch.float64).cpu()
+    if ts.ndim != 1:
+        raise ValueError(f"a time grid must be a 1-D sequence of times; got shape {tuple(ts.shape)}")
     if ts.numel() < 2:
         raise ValueError(f"a time grid needs at least 2 times (1 step); got {ts.numel()}")
     sde.check_time(ts)
@@ -147,12 +164,19 @@ def make_grid(sde: LinearSDE, steps: Optional[int] = None, grid: str = "logsnr",
     if ts is not None:
         if steps is not None:
             raise ValueError("give either steps= or ts=, not both")
+        if grid_options:
+            raise ValueError(f"grid_options {sorted(grid_options)} apply to a named grid, not to explicit ts=")
         return check_grid(sde, ts)
-    if steps is None or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
+    steps = integer("steps", steps, 1)
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps = {steps} is over sdekit.solvers.grids.MAX_STEPS = {MAX_STEPS}; pass a longer grid "
+                         "as ts= if it is really wanted")
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; accepted: {', '.join(GRIDS)} (or pass ts=)")
-    info, steps = GRIDS[grid], int(steps)
+    info = GRIDS[grid]
+    unknown = sorted(set(grid_options) - set(info.options))
+    if unknown:
+        raise ValueError(f"grid {grid!r} got unknown option(s) {unknown}; accepted: {', '.join(info.options) or 'none'}")
     if info.own_ends:
         if t_start is not None or t_end is not None:
             raise ValueError(f"grid {grid!r} sets its own end times; drop t_start/t_end (or flip the grid "
