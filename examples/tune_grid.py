@@ -1,10 +1,13 @@
 """A time grid tuned to the model and the solver, checked on draws the tuner never saw.
 
-    python examples/tune_grid.py [--solver unipc_3] [--steps 6] [--dim 16] [--out out/] [--quick]
+    python examples/tune_grid.py [--solver unipc_3] [--steps 6] [--dim 16] [--path vp|rectified_flow] [--out out/]
+                                 [--quick]
 
 The model is the exact score of a random Gaussian mixture (seeded, sharp and broad components) under the
-VP SDE. ``sdekit.tune`` places ``--steps`` steps of ``--solver`` from prior draws alone (no data) and
-reports its cost in network calls. The script then draws fresh exact samples of p_T, solves the
+VP SDE, or with ``--path rectified_flow`` its exact velocity on the flow-matching path, solved from pure noise
+(alpha(T) = 0, where the tuned grid keeps its first node) to t = 0 (the last step the x0 jump).
+``sdekit.tune`` places ``--steps`` steps of ``--solver`` from prior draws alone (no data) and reports its cost in
+network calls. The script then draws fresh exact samples of p_T, solves the
 probability-flow ODE with every named grid and with the tuned one, and prints the median, 90th
 percentile and RMS of the per-row endpoint error against a converged solve (rk4, 1000 log-SNR steps).
 Writes tune_grid.png: the grids' log-SNR points and the per-row error distributions.
@@ -45,25 +48,27 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--path", choices=("vp", "rectified_flow"), default="vp")
     p.add_argument("--out", default="out")
     p.add_argument("--quick", action="store_true", help="smaller draws and budget (a smoke run)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     n_tune, n_eval, budget = (48, 200, 40) if args.quick else (256, 1000, None)
 
-    sde = sdekit.VPSDE()
+    sde = sdekit.VPSDE() if args.path == "vp" else sdekit.RectifiedFlow()
+    t_end = sde.eps if args.path == "vp" else 0.0
     model = random_mixture(args.dim, args.seed).model(sde)
     t0 = time.perf_counter()
     tuned = sdekit.tune(model, args.solver, args.steps, shape=(args.dim,), n=n_tune, generator=args.seed + 1,
-                        max_evals=budget, ref_steps=200 if args.quick else 500)
+                        max_evals=budget, ref_steps=200 if args.quick else 500, t_end=t_end)
     print(f"tuned {args.solver} at {args.steps} steps in {time.perf_counter() - t0:.1f} s and {tuned.nfe} network "
           f"calls (batches of {n_tune} prior draws); started from '{tuned.start_grid}', "
           f"{'kept' if tuned.improved else 'not kept (it lost on the validation draw)'}")
 
     gm_draws = torch.Generator().manual_seed(args.seed + 2)
     x_T = random_mixture(args.dim, args.seed).sample_t(n_eval, sde.T, sde, generator=gm_draws, dtype=torch.float64)
-    x_ref = sdekit.sample(model, x_T, "rk4", 1000, grid="logsnr").x
-    grids = {g: make_grid(sde, args.steps, g) for g in START_GRIDS}
+    x_ref = sdekit.sample(model, x_T, "rk4", 1000, grid="logsnr", t_end=t_end).x
+    grids = {g: make_grid(sde, args.steps, g, t_end=t_end) for g in START_GRIDS}
     grids["tuned"] = tuned.ts
     errors = {g: row_errors(sdekit.sample(model, x_T, args.solver, ts=ts).x, x_ref) for g, ts in grids.items()}
     print(f"\nper-row endpoint error of {args.solver}, {args.steps} steps, {n_eval} fresh exact draws of p_T:")
@@ -79,7 +84,9 @@ def main(argv=None) -> int:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for k, (g, ts) in enumerate(grids.items()):
-        ax1.plot(sde.log_snr(ts).numpy(), [k] * len(ts), "o-", label=g)
+        lam = sde.log_snr(ts)
+        lam = lam[torch.isfinite(lam)]  # a flow path's ends (alpha = 0, sigma = 0) have lambda = -inf, +inf
+        ax1.plot(lam.numpy(), [k] * len(lam), "o-", label=g)
         e = errors[g].sort().values.numpy()
         ax2.plot(e, torch.linspace(0, 1, len(e)).numpy(), label=g, lw=2 if g == "tuned" else 1)
     ax1.set(xlabel="log-SNR of the grid points", yticks=[], title=f"{args.solver}, {args.steps} steps")

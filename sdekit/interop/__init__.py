@@ -3,7 +3,8 @@ diffusers nor k-diffusion is a dependency).
 
 diffusers
   ``from_diffusers(unet, scheduler, **conditioning)``  a UNet2DModel / UNet2DConditionModel as a ScoreModel on
-      the scheduler's beta table (text conditioning, classifier-free guidance, learned variance, thresholding)
+      the scheduler's beta table (text conditioning, classifier-free guidance, learned variance, thresholding);
+      with a FlowMatchEuler/HeunDiscreteScheduler, a velocity network on the rectified-flow path (shift included)
   ``diffusers_equivalent(scheduler, steps)``  ``sdekit.sample`` keywords for the same algorithm on the same grid
   ``SdekitScheduler``  an sdekit solver as a diffusers scheduler: ``pipe.scheduler = SdekitScheduler.from_config(
       pipe.scheduler.config, solver="unipc_3")`` (needs diffusers at import; loaded on first use)
@@ -12,11 +13,13 @@ k-diffusion / EDM
   ``from_denoiser(D, sde)``, ``EDMSDE``  a denoiser D(x, sigma) as an x0-prediction ScoreModel
 """
 from .denoisers import EDMSDE, DenoiserNet, from_denoiser
-from .diffusers_config import DiffusersSpec, check_config, read_config
-from .diffusers_models import DiffusersUNet, diffusers_equivalent, from_diffusers, sde_from_scheduler, times_from_sigmas
+from .diffusers_config import DiffusersSpec, FlowSpec, check_config, check_flow_config, read_config
+from .diffusers_models import (DiffusersFlowNet, DiffusersUNet, diffusers_equivalent, flow_path_from_scheduler,
+                               from_diffusers, sde_from_scheduler, times_from_sigmas)
 
-__all__ = ["EDMSDE", "DenoiserNet", "from_denoiser", "DiffusersUNet", "sde_from_scheduler", "from_diffusers",
-           "diffusers_equivalent", "times_from_sigmas", "check_config", "read_config", "DiffusersSpec",
+__all__ = ["EDMSDE", "DenoiserNet", "from_denoiser", "DiffusersUNet", "DiffusersFlowNet", "sde_from_scheduler",
+           "flow_path_from_scheduler", "from_diffusers", "diffusers_equivalent", "times_from_sigmas", "check_config",
+           "check_flow_config", "read_config", "DiffusersSpec", "FlowSpec",
            "SdekitScheduler", "eligible_solvers"]
 
 

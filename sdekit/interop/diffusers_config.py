@@ -19,6 +19,19 @@ A config (``scheduler.config``, or a plain dict such as a ``scheduler_config.jso
             prediction_type="flow_prediction"), sigma families the ``diffusers`` grid does not reproduce
             (exponential, beta, Lu lambdas, lambda_min_clipped, ...), EDM-preconditioned and consistency
             schedulers, and every field not named here.
+
+Flow matching (``check_flow_config``): a FlowMatchEulerDiscreteScheduler or FlowMatchHeunDiscreteScheduler config
+is the rectified-flow path x_s = (1 - s) x0 + s n with the velocity network v(x, s N) = n - x0:
+  model     num_train_timesteps (the network's timestep is s N; the smallest grid time 1/N is the path's eps),
+            shift (SD3's time shift: the path is ``TimeShift(RectifiedFlow(), shift)``, whose uniform grids are
+            diffusers' shifted sigmas).
+  inert     base_shift, max_shift, base_image_seq_len, max_image_seq_len, time_shift_type: read only by dynamic
+            shifting, which is off.
+  refused   use_dynamic_shifting=True (the shift depends on each call's image size, which a path cannot know:
+            pass the config with use_dynamic_shifting=False and shift=exp(mu) for the size sampled),
+            shift_terminal, invert_sigmas, stochastic_sampling, use_karras/exponential/beta_sigmas (grids
+            ``diffusers_equivalent`` would not reproduce), and every field not named here. Other flow configs
+            (use_flow_sigmas, prediction_type="flow_prediction" on DPM-Solver/UniPC) are refused by name.
 """
 from __future__ import annotations
 
@@ -26,7 +39,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["DiffusersSpec", "read_config", "check_config", "PREDICTION_TYPES"]
+__all__ = ["DiffusersSpec", "FlowSpec", "read_config", "check_config", "check_flow_config", "is_flow_scheduler",
+           "PREDICTION_TYPES"]
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -51,8 +65,15 @@ INERT_DEFAULTS = {
 FLOW_MARKERS = {"shift", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "stochastic_sampling"}
 
 FLOW_MESSAGE = ("is a flow-matching (rectified-flow) model: x_t = (1 - t) x0 + t n with a velocity network, not a "
-                "DDPM beta table. sdekit has no rectified-flow path yet (planned: sdekit.RectifiedFlow with "
-                "prediction='velocity'); until then it is refused rather than read as a DDPM eps model")
+                "DDPM beta table, and is refused here rather than read as a DDPM eps model. "
+                "sdekit.interop.from_diffusers reads FlowMatchEulerDiscreteScheduler and "
+                "FlowMatchHeunDiscreteScheduler configs (sdekit.RectifiedFlow, prediction='velocity')")
+FLOW_SCHEDULERS = {"FlowMatchEulerDiscreteScheduler": "euler", "FlowMatchHeunDiscreteScheduler": "heun"}
+FLOW_MODEL_FIELDS = {"num_train_timesteps", "shift"}
+FLOW_DYNAMIC_FIELDS = {"base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "time_shift_type"}
+FLOW_INERT_DEFAULTS = {"use_dynamic_shifting": False, "shift_terminal": None, "invert_sigmas": False,
+                       "stochastic_sampling": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+                       "use_beta_sigmas": False}
 _REFUSED_CLASSES = {
     "EDM": "is EDM-preconditioned (time is sigma, c_skip/c_out scalings): wrap its denoiser with "
            "sdekit.interop.from_denoiser instead",
@@ -137,3 +158,47 @@ def check_config(cfg: dict) -> DiffusersSpec:
     elif cfg.get("clip_sample", False):
         threshold = (None, float(cfg.get("clip_sample_range", 1.0)))
     return DiffusersSpec(cfg, PREDICTION_TYPES[ptype], vtype in ("learned", "learned_range"), threshold)
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """A FlowMatch Euler/Heun scheduler config, checked: the path's shift, the network's timestep scale N
+    (timestep = s N for the path's noise level s) and which diffusers scheduler it was ("euler" or "heun")."""
+
+    config: dict
+    shift: float
+    num_train_timesteps: int
+    scheduler: str
+
+
+def is_flow_scheduler(cfg: dict) -> bool:
+    """True for a FlowMatchEulerDiscreteScheduler / FlowMatchHeunDiscreteScheduler config (by ``_class_name``)."""
+    return str(cfg.get("_class_name") or "") in FLOW_SCHEDULERS
+
+
+def check_flow_config(cfg: dict) -> FlowSpec:
+    """Raise ValueError for every field of a FlowMatch Euler/Heun config sdekit cannot honour (module docstring),
+    naming it; return the FlowSpec."""
+    name = str(cfg.get("_class_name") or "")
+    if name not in FLOW_SCHEDULERS:
+        raise ValueError(f"expected a config of {' or '.join(FLOW_SCHEDULERS)}; got {name or 'a config without _class_name'}")
+    problems = []
+    for key, value in cfg.items():
+        if key.startswith("_") or key in FLOW_MODEL_FIELDS or key in FLOW_DYNAMIC_FIELDS:
+            continue
+        if key in FLOW_INERT_DEFAULTS:
+            if not _same(value, FLOW_INERT_DEFAULTS[key]):
+                why = ("the shift would depend on each call's image size, which a path cannot know: pass the config "
+                       "with use_dynamic_shifting=False and shift=exp(mu) for the size you sample"
+                       if key == "use_dynamic_shifting" else "a grid or sampler setting sdekit does not reproduce")
+                problems.append(f"{key}={value!r} (accepted: {FLOW_INERT_DEFAULTS[key]!r} only; {why})")
+            continue
+        problems.append(f"{key}={value!r} (unknown to sdekit)")
+    shift, n = cfg.get("shift", 1.0), cfg.get("num_train_timesteps", 1000)
+    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+        problems.append(f"shift={shift!r} (accepted: a finite number > 0)")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        problems.append(f"num_train_timesteps={n!r} (accepted: an integer >= 2)")
+    if problems:
+        raise ValueError(f"scheduler config {name} has setting(s) sdekit cannot honour: " + "; ".join(problems))
+    return FlowSpec(cfg, float(shift), int(n), FLOW_SCHEDULERS[name])

@@ -4,7 +4,11 @@
 ``net(x, t)`` on a ``DiscreteVPSDE`` built in float64 from the scheduler's beta table. Step n (0-based) sits at
 t_n = (n + 1)/N, so the wrapper feeds the U-Net the (fractional) timestep n = t N - 1: at the grid times it gets
 exactly the integers it was trained on. Every field of the scheduler config takes effect or is refused
-(``diffusers_config``). Conditioning is any keyword of the U-Net's forward (``encoder_hidden_states``,
+(``diffusers_config``). A FlowMatchEulerDiscreteScheduler or FlowMatchHeunDiscreteScheduler instead gives the rectified-flow path
+(``TimeShift(RectifiedFlow(eps=1/N), shift)`` for shift != 1) with prediction "velocity": the network (a U-Net or
+a transformer, any module called as ``net(x, timestep=..., **conditioning)``) gets timestep s N for the path's
+noise level s = sigma(t), and its output d x/ds = n - x0 is scaled by ds/dt to sdekit's velocity dx/dt.
+Conditioning is any keyword of the U-Net's forward (``encoder_hidden_states``,
 ``added_cond_kwargs``, ``class_labels``, ``timestep_cond``, ...), each tensor batch-first or with batch 1
 (broadcast); ``guidance_scale=s`` adds classifier-free guidance, out = uncond + s (cond - uncond), with the
 unconditional inputs given as ``negative_<keyword>`` (e.g. ``negative_encoder_hidden_states``, the empty or
@@ -20,13 +24,14 @@ import numpy as np
 import torch
 
 from ..parameterization import ClassifierFreeGuidance, ScoreModel, ThresholdedModel, expand_batch, map_tensors
-from ..sde import DiscreteVPSDE, cosine_beta_schedule
+from ..sde import DiscreteVPSDE, LinearSDE, RectifiedFlow, TimeShift, cosine_beta_schedule, time_shift
 from ..solvers.discrete import DIFFUSERS_ORDERS, grid_options_from
-from .diffusers_config import check_config, read_config
+from .diffusers_config import FlowSpec, check_config, check_flow_config, is_flow_scheduler, read_config
 
 Tensor = torch.Tensor
 
-__all__ = ["DiffusersUNet", "sde_from_scheduler", "from_diffusers", "diffusers_equivalent", "times_from_sigmas"]
+__all__ = ["DiffusersUNet", "DiffusersFlowNet", "sde_from_scheduler", "flow_path_from_scheduler", "from_diffusers",
+           "diffusers_equivalent", "times_from_sigmas"]
 
 
 def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
@@ -73,12 +78,19 @@ class DiffusersUNet(torch.nn.Module):
         self.conditioning = dict(conditioning or {})
         self.learned_variance = bool(learned_variance)
 
+    def timestep(self, t: Tensor) -> Tensor:
+        """The network's timestep at sdekit time t (float64): t N - 1, the DDPM step index."""
+        return t * self.N - 1
+
     def forward(self, x: Tensor, t: Tensor, cond: Optional[dict] = None) -> Tensor:
         dtype = getattr(self.unet, "dtype", x.dtype)
-        timestep = (t.to(torch.float64) * self.N - 1).to(torch.float32).to(x.device)
+        timestep = self.timestep(t.to(torch.float64)).to(torch.float32).to(x.device)
         kwargs = expand_batch(self.conditioning if cond is None else cond, x.shape[0], "conditioning")
         kwargs = map_tensors(lambda v: v.to(dtype) if v.is_floating_point() else v, kwargs)
-        out = self.unet(x.to(dtype), timestep, **kwargs, return_dict=False)[0]
+        if "return_dict" in inspect.signature(self.unet.forward).parameters:
+            kwargs["return_dict"] = False
+        out = self.unet(x.to(dtype), timestep=timestep, **kwargs)
+        out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
         c = x.shape[1]
         if self.learned_variance:
             if out.shape[1] != 2 * c:
@@ -90,10 +102,40 @@ class DiffusersUNet(torch.nn.Module):
         return out.to(x.dtype)
 
 
+class DiffusersFlowNet(DiffusersUNet):
+    """A FlowMatch-trained diffusers network as sdekit's velocity net(x, t[, cond]) on ``path`` (a RectifiedFlow,
+    possibly time-shifted): timestep = s N with s = path.sigma(t) the diffusers sigma, and the output, the velocity
+    d x/ds = n - x0 in the network's own time s, times ds/dt = path.d_sigma(t) (1 unshifted, the shift's tau'(t)
+    otherwise), which is sdekit's velocity dx/dt = alpha' x0 + sigma' n."""
+
+    def __init__(self, unet, num_train_timesteps: int, path: LinearSDE, conditioning: Optional[dict] = None):
+        super().__init__(unet, num_train_timesteps, conditioning)
+        self.path = path
+
+    def timestep(self, t: Tensor) -> Tensor:
+        return self.path.sigma(t) * self.N
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[dict] = None) -> Tensor:
+        rate = self.path.d_sigma(t.to(torch.float64)).to(x.dtype).to(x.device)
+        return super().forward(x, t, cond) * rate.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def flow_path_from_scheduler(spec: FlowSpec) -> LinearSDE:
+    """The path of a FlowMatch config: RectifiedFlow with eps = 1/N, inside a TimeShift when shift != 1, whose
+    uniform grids to t = 0 are then diffusers' sigmas. diffusers shifts its smallest training sigma tau(1/N) once
+    more when it sets the inference steps (sigmas = tau(linspace(1, tau(1/N), n))), so the shifted path's eps,
+    its smallest grid time, is tau(1/N)."""
+    base = RectifiedFlow(eps=1.0 / spec.num_train_timesteps)
+    if spec.shift == 1.0:
+        return base
+    return TimeShift(base, spec.shift, eps=float(time_shift(base.eps, spec.shift)))
+
+
 def _split_conditioning(unet, conditioning: dict, guidance_scale):
     """(cond, uncond) keyword dicts; uncond is None without guidance."""
-    accepted = [k for k in inspect.signature(unet.forward).parameters if k not in ("self", "sample", "timestep",
-                                                                                   "return_dict")]
+    params = list(inspect.signature(unet.forward).parameters)
+    first = params[0] if params else None  # the noisy input: sample (U-Nets), hidden_states (transformers)
+    accepted = [k for k in params if k not in ("self", first, "timestep", "return_dict")]
     negative = {k[len("negative_"):]: v for k, v in conditioning.items() if k.startswith("negative_")}
     cond = {k: v for k, v in conditioning.items() if not k.startswith("negative_")}
     unknown = sorted((set(cond) | set(negative)) - set(accepted))
@@ -126,8 +168,13 @@ def from_diffusers(unet, scheduler, *, guidance_scale: Optional[float] = None, t
       one batched U-Net call of 2B rows per evaluation.
     threshold: apply the config's ``thresholding`` / ``clip_sample`` to the x0 prediction (``ThresholdedModel``);
       False keeps the network's own prediction (what a likelihood needs).
+    A FlowMatchEuler/HeunDiscreteScheduler gives the rectified-flow path and prediction "velocity" (module
+    docstring; the network may be any module called as net(x, timestep=..., **conditioning)).
     Raises ValueError for config settings sdekit cannot honour (``diffusers_config``)."""
-    spec = check_config(read_config(scheduler))
+    cfg = read_config(scheduler)
+    if is_flow_scheduler(cfg):
+        return _flow_model(unet, check_flow_config(cfg), conditioning, guidance_scale)
+    spec = check_config(cfg)
     sde = sde_from_scheduler(scheduler)
     cond, uncond = _split_conditioning(unet, conditioning, guidance_scale)
     net: torch.nn.Module
@@ -141,6 +188,19 @@ def from_diffusers(unet, scheduler, *, guidance_scale: Optional[float] = None, t
     if threshold and spec.threshold is not None:
         model = ThresholdedModel(model, *spec.threshold)
     return model
+
+
+def _flow_model(unet, spec: FlowSpec, conditioning: dict, guidance_scale) -> ScoreModel:
+    path = flow_path_from_scheduler(spec)
+    cond, uncond = _split_conditioning(unet, conditioning, guidance_scale)
+    net: torch.nn.Module
+    if uncond is None:
+        net = DiffusersFlowNet(unet, spec.num_train_timesteps, path, cond)
+    else:
+        assert guidance_scale is not None  # _split_conditioning returns an uncond only with guidance
+        net = ClassifierFreeGuidance.from_scale(DiffusersFlowNet(unet, spec.num_train_timesteps, path), cond, uncond,
+                                                guidance_scale)
+    return ScoreModel(net, path, prediction="velocity")
 
 
 def times_from_sigmas(sde: DiscreteVPSDE, sigmas) -> Tensor:
@@ -210,6 +270,8 @@ def diffusers_equivalent(scheduler, steps: int) -> dict:
     (Euler in sigma/alpha) on the sdekit (VP) state, which diffusers scales by 1/alpha. Raises ValueError for
     a scheduler or setting with no exact sdekit counterpart."""
     cfg = read_config(scheduler)
+    if is_flow_scheduler(cfg):
+        return _flow_equivalent(check_flow_config(cfg), steps)
     check_config(cfg)
     opts = grid_options_from(scheduler)
     name = opts["scheduler"]
@@ -221,3 +283,16 @@ def diffusers_equivalent(scheduler, steps: int) -> dict:
                          "sdekit's ddim reproduces 'leading' and 'trailing' only")
     solver, options = _EQUIVALENTS[name](cfg, steps)
     return {"solver": solver, "steps": int(steps), "grid": "diffusers", "grid_options": opts, **options}
+
+
+def _flow_equivalent(spec: FlowSpec, steps: int) -> dict:
+    """FlowMatch Euler/Heun with ``steps`` steps: sigmas tau(linspace(1, tau(1/N), steps)) and 0, i.e. the uniform
+    grid to t = 0 on ``flow_path_from_scheduler``'s path (steps - 1 intervals down to its eps, then the x0 jump,
+    which is diffusers' last Euler step to sigma = 0 on this path). Euler in sigma is ``ddim`` (first order in any
+    time variable that gives the same alpha, sigma at the nodes); Heun in sigma is ``heun_t`` when shift = 1."""
+    if spec.scheduler == "heun" and spec.shift != 1.0:
+        raise ValueError(f"FlowMatchHeunDiscreteScheduler with shift={spec.shift}: Heun's method in diffusers' sigma "
+                         "is not Heun's method in the shifted path's time, so no sdekit solver on this model takes the "
+                         "same steps (equal at shift=1; any sdekit solver samples the same ODE)")
+    solver = "ddim" if spec.scheduler == "euler" else "heun_t"
+    return {"solver": solver, "steps": int(steps), "grid": "uniform", "t_end": 0.0}

@@ -68,7 +68,7 @@ from .registry import register
 
 Tensor = torch.Tensor
 
-__all__ = ["phi", "Schedule", "x0_jump", "dpm_solver_step", "gaussian_prediction", "check_flag"]
+__all__ = ["phi", "Schedule", "x0_jump", "dpm_solver_step", "gaussian_prediction", "check_flag", "check_finite_start"]
 
 # -- shared helpers -------------------------------------------------------------------------------------
 def phi(k: int, z: float) -> float:
@@ -135,6 +135,16 @@ def gaussian_prediction(x: Tensor, alpha: float, sigma: float, kind: str) -> Ten
     return ((alpha if kind == "x0" else sigma) / (alpha * alpha + sigma * sigma)) * x
 
 
+def check_finite_start(sch: Schedule, what: str) -> None:
+    """ValueError if the grid visits alpha = 0 (t = T on a flow-matching path), where ``what`` (a noise-form update,
+    whose coefficients divide by alpha) is undefined; the data-form solvers start there."""
+    if any(a == 0.0 for a in sch.alpha):
+        t = float(sch.ts[sch.alpha.index(0.0)])
+        raise ValueError(f"the grid visits alpha = 0 (t = {t:.6g}), where {what} divides by alpha: start below it "
+                         "(t_start < that time) or use a data-form solver (ddim, dpmpp_2m, dpmpp_3m, unipc_2, unipc_3, "
+                         "dpmpp_2s) or one in t (euler, heun_t, rk4)")
+
+
 def check_flag(name: str, value):
     """ValueError unless ``value`` is a bool (solver options such as afs and lower_order_final)."""
     if not isinstance(value, bool):
@@ -179,6 +189,8 @@ def ddim(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 0.0):
 def dpm_solver_1(ev: Evaluator, x: Tensor, ts: Tensor):
     """DPM-Solver-1 (Lu et al. 2022, eq. 3.7): x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps(x_t, t).
     Equal to deterministic DDIM."""
+
+    check_finite_start(Schedule(ev.sde, ts), "DPM-Solver-1 (noise form)")
 
     def step(x, sch, i):
         return _eps_first_order(x, ev.eps(x, ts[i]), sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i))
@@ -229,6 +241,7 @@ def dpm_solver_step(ev: Evaluator, x: Tensor, t, a_t: float, a_s: float, s_s: fl
 def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: List[float]):
     """DPM-Solver-2 (rs = [r1]) and DPM-Solver-3 (rs = [r1, r2]) along the grid: the higher-order solution of
     ``dpm_solver_step``."""
+    check_finite_start(Schedule(ev.sde, ts), "single-step DPM-Solver (noise form)")
 
     def step(x, sch, i):
         h = sch.h(i)
@@ -326,6 +339,7 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
     check_flag("afs", afs)
     sch = Schedule(ev.sde, ts)
     if noise:  # mirrored schedule: the data-form update below is then the noise form
+        check_finite_start(sch, "the noise-form multistep update")
         kind, alpha, sigma, lam_half = "eps", sch.sigma, sch.alpha, [-v for v in sch.l]
     else:
         kind, alpha, sigma, lam_half = "x0", sch.alpha, sch.sigma, sch.l

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .base import Evaluator
-from .exponential import Schedule, check_flag, gaussian_prediction, x0_jump
+from .exponential import Schedule, check_finite_start, check_flag, gaussian_prediction, x0_jump
 from .registry import register
 
 Tensor = torch.Tensor
@@ -98,6 +98,7 @@ def _eps_multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, weights: Ca
     check_flag("afs", afs)
     check_flag("lower_order_final", lower_order_final)
     sch = Schedule(ev.sde, ts)
+    check_finite_start(sch, "an Adams step in s = sigma/alpha")
     s = [sg / a for a, sg in zip(sch.alpha, sch.sigma)]
     times = ts.tolist()
     n = len(times) - 1

@@ -67,6 +67,9 @@ def heun(ev: Evaluator, x, ts):
     for i in range(len(times) - 1):
         a0, s0, _, _ = sde.schedule(times[i])
         a1, s1, _, _ = sde.schedule(times[i + 1])
+        if a0 == 0.0 or a1 == 0.0:  # s = sigma/alpha is infinite at pure noise (t = T on a flow-matching path)
+            raise ValueError("heun (EDM, in s = sigma/alpha) cannot step through alpha = 0: start below it "
+                             "(t_start < T) or use heun_t, euler, rk4 or a data-form solver (ddim, dpmpp_2m, unipc_3)")
         ratio, step = a1 / a0, a1 * (s1 / a1 - s0 / a0)
         d = ev.eps(x, times[i])
         x_euler = torch.add(x * ratio, d, alpha=step)

@@ -22,6 +22,13 @@ every theta is a valid, strictly monotone grid with both ends fixed (N steps, N 
 theta starts at the best of the named grids (uniform, quadratic, logsnr, karras) on the calibration
 draw and is refined by Powell's derivative-free method (scipy) within ``max_evals`` solves.
 
+A start at pure noise (alpha(t_start) = 0, lambda = -inf: the flow-matching paths at T) has no finite z. There
+the first node stays at t_start and the other N nodes live in a finite window [lambda_w, lambda(t_end)]:
+z_i = sum_{j<=i} w_j / sum_j w_j, i = 1..N (N weights, N - 1 free shapes, z_N = 1), so the first interior node
+may sit anywhere in the window and every theta is again a valid grid that starts exactly at t_start.
+lambda_w = -lambda(t_end) (the named grids' mirror point t_max, ``grids.py``), lowered below every start
+grid's first interior node. A low end at sigma = 0 keeps the named grids' convention (below).
+
 Generalisation. A second, independent prior draw of ``n`` rows (with its own reference) scores the
 tuned grid against the starting grid; the tuned grid is kept only if it wins there, so a tuned grid
 is never worse than the best named grid on fresh draws of the problem it was tuned for (up to that
@@ -112,21 +119,46 @@ class _Problem:
         return row_errors(sol.x, self.x_ref)
 
 
-def _z_of(sde, ts: Tensor, lam0: float, lam1: float) -> np.ndarray:
+def _z_of(sde, ts: Tensor, lam0: float, lam1: float, noise_start: bool = False, free_end: bool = False) -> np.ndarray:
+    """Normalised log-SNR of the nodes ``_grid_of`` places (ts without its alpha = 0 start and sigma = 0 end)."""
+    ts = ts[1 if noise_start else 0: -1 if free_end else None]
     return ((sde.log_snr(ts) - lam0) / (lam1 - lam0)).numpy()
 
 
-def _grid_of(theta: np.ndarray, sde, lam0: float, lam1: float, t_start: float, t_end: float) -> Tensor:
+def _grid_of(theta: np.ndarray, sde, lam0: float, lam1: float, t_start: float, t_end: float,
+             noise_start: bool = False, free_end: bool = False) -> Tensor:
+    """The grid of the increments w = exp(theta), z = cumsum(w)/sum(w) in the window [lam0, lam1]: t_start at
+    z = 0 (or, with ``noise_start``, at alpha = 0 before the nodes), t_end at z = 1 (or, with ``free_end``, at
+    sigma = 0 after the nodes, the last increment being the gap from the last node to the window's top)."""
     w = np.exp(theta - theta.max())
-    z = np.concatenate([[0.0], np.cumsum(w) / w.sum()])
-    lam = torch.as_tensor(lam0 + z * (lam1 - lam0), dtype=torch.float64)
-    ts = sde.t_from_log_snr(lam)
+    z = np.cumsum(w) / w.sum()
+    z = z[:-1] if free_end else z
+    z = z if noise_start else np.concatenate([[0.0], z])
+    ts = sde.t_from_log_snr(torch.as_tensor(lam0 + z * (lam1 - lam0), dtype=torch.float64))
+    if free_end:  # no node past the window's top (t = sde.eps on a grid to sigma = 0), even by rounding
+        ts = torch.maximum(ts, sde.t_from_log_snr(torch.tensor([lam1], dtype=torch.float64)))
+    ts = torch.cat([ts.new_full((int(noise_start),), t_start), ts, ts.new_full((int(free_end),), t_end)])
     ts[0], ts[-1] = t_start, t_end
     return ts
 
 
-def _theta_of(z: np.ndarray) -> np.ndarray:
+def _theta_of(z: np.ndarray, noise_start: bool = False, free_end: bool = False) -> np.ndarray:
+    """The inverse of ``_grid_of``: log-increments of [0 (with ``noise_start``), z, 1 (with ``free_end``)]."""
+    z = np.concatenate([[0.0] * noise_start, z, [1.0] * free_end])
     return np.log(np.maximum(np.diff(z), 1e-12))
+
+
+def _window(sde, starts, t_start: float, t_low: float, noise_start: bool):
+    """(lam0, lam1): the log-SNR range the free nodes are normalised to (module docstring)."""
+    lam1 = float(sde.log_snr(t_low))
+    if not noise_start:
+        return float(sde.log_snr(t_start)), lam1
+    firsts = [float(sde.log_snr(ts[1])) for ts in starts]
+    return min([-abs(lam1)] + [v - 1.0 for v in firsts]), lam1
+
+
+def _strictly_decreasing(ts: Tensor) -> bool:
+    return bool((ts[1:] < ts[:-1]).all())
 
 
 def _prior_draw(model: ScoreModel, shape, n: int, seed: int, dtype, device) -> Tensor:
@@ -222,21 +254,24 @@ def _optimise(model, solver, steps, cal, val, objective, max_evals, start_grids,
 
     sde = model.sde
     zero_end = float(sde.sigma(t_end)) == 0  # the grids' convention: steps - 1 intervals down to eps, then 0
+    noise_start = float(sde.alpha(t_start)) == 0  # lambda(t_start) = -inf: the first node stays put
     t_low = sde.eps if zero_end else t_end
-    lam0, lam1 = float(sde.log_snr(t_start)), float(sde.log_snr(t_low))
     starts = {g: make_grid(sde, steps, g, t_start, t_end) for g in start_grids}
+    lam0, lam1 = _window(sde, starts.values(), t_start, t_low, noise_start)
     start_scores = {g: _score(cal.errors(ts), objective) for g, ts in starts.items()}
     start = min(start_scores, key=start_scores.__getitem__)
-    theta0 = _theta_of(_z_of(sde, starts[start][:-1] if zero_end else starts[start], lam0, lam1))
+    theta0 = _theta_of(_z_of(sde, starts[start], lam0, lam1, noise_start, zero_end), noise_start, zero_end)
     evals = [0]
 
     def grid(theta):
-        ts = _grid_of(theta, sde, lam0, lam1, t_start, t_low)
-        return torch.cat([ts, ts.new_zeros(1)]) if zero_end else ts
+        return _grid_of(theta, sde, lam0, lam1, t_start, t_end, noise_start, zero_end)
 
     def loss(theta):
         evals[0] += 1
-        value = _score(cal.errors(grid(theta)), objective)
+        ts = grid(theta)
+        if not _strictly_decreasing(ts):  # increments below float resolution: not a grid
+            return 1e6
+        value = _score(cal.errors(ts), objective)
         return value if math.isfinite(value) else 1e6
 
     tuned_ts = starts[start]
