@@ -6,7 +6,8 @@ ground truth (`sdekit.ground_truth`), samplers (`sdekit.solvers`), probability-f
 """
 from .compare import CompareResults, compare
 from .ground_truth import GaussianMixture
-from .likelihood import LikelihoodResult, log_likelihood
+from .likelihood import LikelihoodConfig, LikelihoodResult, log_likelihood, sample_log_prob
+from .bpd import DatasetScore, score_dataset
 from .parameterization import PREDICTIONS, ClassifierFreeGuidance, ScoreModel, convert
 from .sde import (
     SDE,
@@ -44,6 +45,6 @@ __all__ = [
     "GaussianMixture",
     "compare", "CompareResults",
     "UNet", "MLP", "dsm_loss", "flow_matching_loss", "Trainer", "load_model", "save_checkpoint",
-    "log_likelihood", "LikelihoodResult",
+    "log_likelihood", "LikelihoodResult", "LikelihoodConfig", "sample_log_prob", "score_dataset", "DatasetScore",
     "solvers", "sample", "Solution", "tune", "tune_grid", "TunedGrid",
 ]

@@ -18,13 +18,21 @@ def _add_likelihood(sub):
     )
     p.add_argument("--sde", default="vp", choices=tuple(SDE_NAMES))
     p.add_argument("--dim", type=int, default=2, help="mixture dimension (GaussianMixture.default(dim))")
-    p.add_argument("--n", type=int, default=8, help="number of exact samples to score")
-    p.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"))
-    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes (carried in one solve)")
+    p.add_argument("--n", type=int, default=None,
+                   help="rows to score: default 8 exact samples of the mixture, or the whole split of --checkpoint")
+    p.add_argument("--divergence", default="auto", choices=("auto", "exact", "hutchinson"),
+                   help="auto: exact for the mixture; for --checkpoint by cost (D <= 2 K: exact, else K-probe "
+                        "Hutchinson; see sdekit.bpd.choose_divergence)")
+    p.add_argument("--probes", type=int, default=None,
+                   help="Hutchinson probes carried in one solve (default 1; with --checkpoint 1 per draw with "
+                        "--dequantize, else 2)")
     p.add_argument("--noise", default="rademacher", choices=("rademacher", "gaussian"))
     p.add_argument("--method", default="dopri5")
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--rtol", type=float, default=None,
+                   help="default 1e-5 for the mixture, sdekit.bpd.DATASET_TOL (1e-3) for --checkpoint")
+    p.add_argument("--atol", type=float, default=None, help="as --rtol")
+    p.add_argument("--time-variable", default=None, choices=("auto", "t", "log_snr"),
+                   help="integration variable (default auto: log-SNR for a DDPM table, t otherwise)")
     p.add_argument("--max-nfe", type=int, default=100_000, help="budget in network calls per solve")
     p.add_argument("--integrate", default="augmented", choices=("augmented", "quadrature"),
                    help="quadrature (exact divergence): solve the trajectory alone, then integrate each row's "
@@ -44,8 +52,14 @@ def _add_likelihood(sub):
                         "test = a fresh draw (seed + 1)")
     p.add_argument("--dequantize", action="store_true",
                    help="digits: add u ~ U(-1/16, 1/16) per pixel (bits/dim is then an upper bound on the code length)")
-    p.add_argument("--repeats", type=int, default=1, help="dequantization draws per image (with --dequantize)")
-    p.add_argument("--batch", type=int, default=8, help="with --checkpoint: rows per ODE solve")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="dequantization draws per image (with --dequantize; default 2, so the estimator's error "
+                        "can be measured within each image)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="with --checkpoint: rows per ODE solve (default: all in one solve; the per-row step "
+                        "controller holds every row to its own tolerance)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="with --checkpoint: write {bpd, bpd_se, se_data, se_estimator, n, seconds, per_image, ...}")
 
 
 def _likelihood_problem(args):
@@ -66,13 +80,15 @@ def _likelihood_problem(args):
 
 
 def _likelihood_config(args, **data):
-    """The one ``LikelihoodConfig`` of a likelihood command (``data``: the checkpoint's bits/dim settings).
-    Raises ValueError on a bad setting."""
+    """The one ``LikelihoodConfig`` of the mixture command. Raises ValueError on a bad setting."""
     from .likelihood import LikelihoodConfig
 
-    return LikelihoodConfig(divergence=args.divergence, probes=args.probes, noise=args.noise, seed=args.seed,
-                            method=args.method, rtol=args.rtol, atol=args.atol, max_nfe=args.max_nfe,
-                            integrate=args.integrate, quad_tol=args.quad_tol, **data)
+    divergence = "exact" if args.divergence == "auto" else args.divergence
+    return LikelihoodConfig(divergence=divergence, probes=args.probes or 1, noise=args.noise, seed=args.seed,
+                            method=args.method, rtol=1e-5 if args.rtol is None else args.rtol,
+                            atol=1e-5 if args.atol is None else args.atol, max_nfe=args.max_nfe,
+                            time_variable=args.time_variable or "auto", integrate=args.integrate,
+                            quad_tol=args.quad_tol, **data)
 
 
 def _run_likelihood(args) -> int:
@@ -85,12 +101,16 @@ def _run_likelihood(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.dim < 1 or args.n < 1:
+    if args.dim < 1 or (args.n is not None and args.n < 1):
         print("error: --dim and --n must be positive", file=sys.stderr)
         return 2
     if args.checkpoint is not None:
         return _run_likelihood_checkpoint(args)
-    if args.dequantize or args.repeats != 1:
+    args.n = 8 if args.n is None else args.n
+    if args.json is not None or args.batch is not None:
+        print("error: --json and --batch apply to --checkpoint", file=sys.stderr)
+        return 2
+    if args.dequantize or args.repeats not in (None, 1):
         print("error: --dequantize / --repeats apply to --checkpoint on digits", file=sys.stderr)
         return 2
     model, x, exact_fn, exact_prior = _likelihood_problem(args)
@@ -105,9 +125,10 @@ def _run_likelihood(args) -> int:
         return 2
     elapsed = time.perf_counter() - start
     D = x[0].numel()
-    print(f"{sde!r}  D={D}  n={x.shape[0]}  divergence={args.divergence}"
-          + (f" (probes={args.probes}, {args.noise})" if args.divergence == "hutchinson" else "")
-          + f"  {args.method} rtol={args.rtol} atol={args.atol}  prior={'exact p_T' if prior else 'SDE N(0, s^2 I)'}"
+    cfg = res.stats
+    print(f"{sde!r}  D={D}  n={x.shape[0]}  divergence={res.divergence}"
+          + (f" (probes={res.probes}, {args.noise})" if res.divergence == "hutchinson" else "")
+          + f"  {args.method} rtol={cfg['rtol']} atol={cfg['atol']}  prior={'exact p_T' if prior else 'SDE N(0, s^2 I)'}"
           + (f"  quadrature (quad_tol={args.quad_tol})" if args.integrate == "quadrature" else ""))
     exact = exact_fn(x).double() if exact_fn is not None else None
     gap = None
@@ -137,9 +158,9 @@ def _run_likelihood(args) -> int:
     return 0
 
 
-def _checkpoint_data(config: dict, split: str, n: int, dtype):
-    """(x, description, digits?) : n rows of a checkpoint's data set, evenly spread over the split
-    (rows 0, s, 2s, ... with s = len // n, so a given n always picks the same rows)."""
+def _checkpoint_data(config: dict, split: str, n, dtype):
+    """(x, description, digits?) : n rows of a checkpoint's data set (all of them when n is None), evenly
+    spread over the split (rows 0, s, 2s, ... with s = len // n, so a given n always picks the same rows)."""
     import torch
 
     from .data import load_digits, toy_data
@@ -153,30 +174,32 @@ def _checkpoint_data(config: dict, split: str, n: int, dtype):
         x = toy_data(name, int(data.get("n", 20000)), seed=seed)
     else:
         raise SystemExit(f"sdekit likelihood: the checkpoint's data set {name!r} is unknown (digits or a 2-D toy set)")
+    n = x.shape[0] if n is None else n
     stride = max(1, x.shape[0] // n)
     idx = torch.arange(0, x.shape[0], stride)[:n]
     return x[idx].to(dtype), f"{name} {split}: {len(idx)} of {x.shape[0]} rows (stride {stride})", name == "digits"
 
 
 def _run_likelihood_checkpoint(args) -> int:
-    """Mean log-likelihood of a checkpoint on its data: bits/dim for digits (17 levels, x = k/8 - 1, bin
-    width 1/8: bpd = -(log p(x) + 64 log(1/8)) / (64 log 2)), nats for 2-D toy sets."""
+    """Mean log-likelihood of a checkpoint on its data (``sdekit.bpd.score_dataset``): bits/dim for digits
+    (17 levels, x = k/8 - 1, bin width 1/8: bpd = -(log p(x) + 64 log(1/8)) / (64 log 2)), nats for 2-D toy
+    sets, with the standard error split into the data's sampling error and the estimator's."""
+    import json
     import math
-    import time
 
     import torch
 
-    from tqdm.auto import tqdm
-
-    import sdekit
+    from .bpd import score_dataset
     from .checkpoint import load_model
     from .data import DIGITS_SCALE
+    from .likelihood import LikelihoodConfig
     from .solvers import SolverError
 
-    if args.repeats < 1 or args.batch < 1:
-        print("error: --repeats and --batch must be positive", file=sys.stderr)
+    if (args.repeats is not None and args.repeats < 1) or (args.batch is not None and args.batch < 1) \
+            or (args.probes is not None and args.probes < 1):
+        print("error: --repeats, --probes and --batch must be positive", file=sys.stderr)
         return 2
-    if args.repeats > 1 and not args.dequantize:
+    if args.repeats is not None and args.repeats > 1 and not args.dequantize:
         print("error: --repeats > 1 needs --dequantize", file=sys.stderr)
         return 2
     model, config = load_model(args.checkpoint)
@@ -188,34 +211,46 @@ def _run_likelihood_checkpoint(args) -> int:
         print("error: --dequantize applies to digits (discrete levels), not to a continuous 2-D toy set",
               file=sys.stderr)
         return 2
-    per_row = torch.zeros(x.shape[0], dtype=torch.float64)
-    nfe, solves, start = 0, 0, time.perf_counter()
-    try:  # dequantisation (args.repeats draws per image) happens inside, in sdekit's one convention
-        cfg = _likelihood_config(args, data_scale=DIGITS_SCALE if digits else None, dequantize=args.dequantize,
-                                 repeats=args.repeats)
-        with tqdm(total=x.shape[0], desc="rows", disable=args.no_progress) as bar:
-            for a in range(0, x.shape[0], args.batch):
-                res = sdekit.log_likelihood(model, x[a:a + args.batch], cfg, row_offset=a,
-                                            progress=not args.no_progress)
-                value = res.bpd if digits else res.log_prob
-                per_row[a:a + args.batch] = value.double()
-                nfe, solves = nfe + res.nfe, solves + 1
-                bar.update(value.shape[0])
+    try:  # dequantisation (repeats draws per image) happens inside, in sdekit's one convention
+        cfg = LikelihoodConfig(noise=args.noise, seed=args.seed, method=args.method, max_nfe=args.max_nfe,
+                               integrate=args.integrate, quad_tol=args.quad_tol,
+                               data_scale=DIGITS_SCALE if digits else None, dequantize=args.dequantize)
+        score = score_dataset(model, x, cfg, divergence=args.divergence, probes=args.probes, repeats=args.repeats,
+                              rtol=args.rtol, atol=args.atol, time_variable=args.time_variable, batch=args.batch,
+                              progress=not args.no_progress)
     except (ValueError, SolverError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    elapsed = time.perf_counter() - start
-    n = x.shape[0]
-    se = float(per_row.std() / math.sqrt(n)) if n > 1 else float("nan")
+    n, D = score.n, x[0].numel()
     print(f"{args.checkpoint} ({config.get('prediction')} prediction, step {config.get('step')})  {desc}")
-    print(f"divergence={args.divergence}" + (f" (probes={args.probes})" if args.divergence == "hutchinson" else "")
-          + f"  {args.method} rtol={args.rtol} atol={args.atol}  {args.dtype}"
-          + (f"  dequantized, {args.repeats} draw(s) per image" if args.dequantize else "")
+    print(f"divergence={score.divergence}" + (f" (probes={score.probes})" if score.divergence == "hutchinson" else "")
+          + f" [{score.reason}]  {args.method} rtol={score.rtol} atol={score.atol} in {score.time_variable}"
+          + f"  {args.dtype}"
+          + (f"  dequantized, {score.repeats} draw(s) per image" if args.dequantize else "")
           + (f"  quadrature (quad_tol={args.quad_tol})" if args.integrate == "quadrature" else ""))
+
+    def split(scale: float, unit: str) -> str:
+        if not math.isfinite(score.se_estimator):
+            return ("  [data vs estimator split not measurable with one draw and one probe: use --repeats >= 2 "
+                    "or --probes >= 2]")
+        return (f"  [data {score.se_data * scale:.4f}, estimator {score.se_estimator * scale:.4f} {unit}]")
+
     if digits:
         note = "" if args.dequantize else "  (on the level grid, no dequantization: not a bound on the code length)"
-        print(f"bits/dim {per_row.mean().item():.4f} +- {se:.4f} (standard error over {n} images){note}")
+        print(f"bits/dim {score.bpd:.4f} +- {score.bpd_se:.4f} (standard error over {n} images){note}")
+        print("standard error" + split(1.0, "bits/dim"))
     else:
-        print(f"log-likelihood {per_row.mean().item():.4f} +- {se:.4f} nats per point (standard error over {n} points)")
-    print(f"NFE {nfe} ({solves} solve(s) of up to {args.batch} rows x {args.repeats} draw(s))  time {elapsed:.2f} s")
+        nats = D * math.log(2)  # bits/dim -> nats per point (continuous data: bpd = -log p / (D log 2))
+        mean = float(score.per_image_log_prob.mean())
+        print(f"log-likelihood {mean:.4f} +- {score.bpd_se * nats:.4f} nats per point (standard error over {n} "
+              "points)")
+        print("standard error" + split(nats, "nats"))
+    print(f"NFE {score.nfe} ({score.solves} solve(s) of up to {args.batch or n} rows x {score.repeats} draw(s))  "
+          f"time {score.seconds:.2f} s")
+    if args.json is not None:
+        out = {**score.to_json(), "checkpoint": str(args.checkpoint), "split": args.split, "data": desc,
+               "dtype": args.dtype, "dequantize": args.dequantize, "method": args.method, "seed": args.seed}
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+        print(f"wrote {args.json}")
     return 0

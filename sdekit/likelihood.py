@@ -56,6 +56,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "log_likelihood",
+    "sample_log_prob",
     "LikelihoodConfig",
     "LikelihoodResult",
     "bits_per_dim",
@@ -69,6 +70,7 @@ __all__ = [
     "NOISES",
     "JACOBIAN_BACKENDS",
     "TIME_VARIABLES",
+    "MAX_BLOCK_ELEMENTS",
 ]
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -81,7 +83,13 @@ TIME_VARIABLES = ("auto", "t", "log_snr")
 # trajectory's own velocity misses its displacement by more than this fraction of its path length.
 _TRAJECTORY_SPLIT_TOL = 3e-3
 # Elements of the (chunk, batch, D) cotangent block built per vectorised pass in exact mode.
-_MAX_BLOCK_ELEMENTS = 2**25
+MAX_BLOCK_ELEMENTS = _MAX_BLOCK_ELEMENTS = 2**25
+# integrate="quadrature": the trajectory is stored at all 4 quad_panels 2^quad_depth + 1 grid points, so the grid is
+# bounded (quad_depth=40 asked for 281 TB): at most 2^18 + 1 points (2 MiB per stored float64 coordinate, 1 GiB for a
+# batch of 8 rows of 64 coordinates), panels <= 4096, depth <= 16. Checked whatever ``integrate`` is.
+_MAX_QUAD_POINTS = 2**18
+_MAX_QUAD_PANELS = 4096
+_MAX_QUAD_DEPTH = 16
 
 
 class NegativeBPDWarning(UserWarning):
@@ -92,6 +100,11 @@ class NegativeBPDWarning(UserWarning):
 def _positive_int(name: str, v, lo: int = 1) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
+
+
+def _bounded_int(name: str, v, lo: int, hi: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}]; got {v!r}")
 
 
 def _positive(name: str, v) -> None:
@@ -150,6 +163,7 @@ class LikelihoodConfig:
     data_scale: Optional[float] = None
     dequantize: bool = False
     repeats: int = 1
+    create_graph: bool = False
 
     def __post_init__(self):
         for name, value, accepted in (("divergence", self.divergence, DIVERGENCES), ("noise", self.noise, NOISES),
@@ -171,6 +185,12 @@ class LikelihoodConfig:
             raise ValueError("dequantize needs the bin width of the data: pass bits (e.g. bits=8) or data_scale")
         if self.repeats > 1 and not self.dequantize:
             raise ValueError("repeats > 1 only makes sense with dequantize=True")
+        if not isinstance(self.create_graph, bool):
+            raise ValueError(f"create_graph must be True or False; got {self.create_graph!r}")
+        if self.create_graph and (self.integrate != "augmented" or self.method not in TABLEAUS):
+            raise ValueError("create_graph=True differentiates through the steps of the augmented solve: it needs "
+                             "integrate='augmented' and a built-in method "
+                             f"({', '.join(TABLEAUS)}); got integrate={self.integrate!r}, method={self.method!r}")
 
     def _check_method(self):
         if self.method not in TABLEAUS and self.method not in EXTERNAL_METHODS:
@@ -184,14 +204,19 @@ class LikelihoodConfig:
             raise ValueError(f"fixed-step method {self.method!r} needs step_size=h (h > 0)")
 
     def _check_quadrature(self):
-        if self.integrate != "quadrature":
-            return
-        if self.divergence != "exact":
+        if self.integrate == "quadrature" and self.divergence != "exact":
             raise ValueError("integrate='quadrature' is for divergence='exact' (it saves expensive trace "
                              "evaluations); a Hutchinson estimate costs about one drift evaluation anyway")
         _positive("quad_tol", self.quad_tol)
-        _positive_int("quad_panels", self.quad_panels)
-        _positive_int("quad_depth", self.quad_depth, lo=0)
+        _bounded_int("quad_panels", self.quad_panels, 1, _MAX_QUAD_PANELS)
+        _bounded_int("quad_depth", self.quad_depth, 0, _MAX_QUAD_DEPTH)
+        points = grid_size(self.quad_panels, self.quad_depth) + 1
+        if points > _MAX_QUAD_POINTS + 1:
+            raise ValueError(
+                f"the quadrature grid 4 * quad_panels * 2^quad_depth + 1 = {points} points is too large: the "
+                f"trajectory is stored at every point (points x batch x dim values); at most {_MAX_QUAD_POINTS + 1} "
+                f"(e.g. quad_panels={self.quad_panels} with quad_depth <= "
+                f"{max(0, int(math.log2(_MAX_QUAD_POINTS / (4 * self.quad_panels))))})")
 
     @classmethod
     def make(cls, config: Optional["LikelihoodConfig"] = None, **settings) -> "LikelihoodConfig":
@@ -225,6 +250,8 @@ class LikelihoodResult:
     z:        latent x_{t_prior}; shape (batch, ...) or (repeats, batch, ...) when repeats > 1.
     stderr:   (batch,) Hutchinson standard error of delta across probes (NaN for one probe);
               None for the exact divergence.
+    per_draw: (repeats, batch) log p of each dequantisation draw (probes averaged); log_prob is its mean
+              over draws. With repeats >= 2 its spread over draws gives the estimator's error per row.
     stats:    the solve's numbers (steps, accepted, rejected, method, times, ...), as ``Solution.stats``.
     """
 
@@ -239,6 +266,7 @@ class LikelihoodResult:
     probes: int = 0
     backend: str = ""
     stats: dict = field(default_factory=dict)
+    per_draw: Optional[Tensor] = None
 
     @property
     def info(self) -> dict:
@@ -360,11 +388,16 @@ class Drift:
 
 
 # -- divergence ----------------------------------------------------------------------------------
-def _vjp_chunks(backend: str, drift: Drift, x: Tensor, t: Tensor, K: int, chunk: int, make_cot, reduce):
+def _vjp_chunks(backend: str, drift: Drift, x: Tensor, t: Tensor, K: int, chunk: int, make_cot, reduce,
+                create_graph: bool = False):
     """F(x, t) and [reduce(a, b, cot, g) for each chunk [a, b) of the K cotangents], where cot = make_cot(a, b)
     has shape (b - a, *x.shape) and g[k] = cot[k]^T dF/dx. One forward pass; each chunk is one
-    vectorised backward pass, so at most ``chunk`` cotangents (and their products) exist at a time."""
+    vectorised backward pass, so at most ``chunk`` cotangents (and their products) exist at a time.
+    ``create_graph``: F and the products stay in the autograd graph (of x, when x carries one, and of the
+    network's parameters), so a result built from them can be differentiated again."""
     results = []
+    if create_graph:
+        return _vjp_chunks_graph(backend, drift, x, t, K, chunk, make_cot, reduce)
     if backend == "func":
         out, vjp_fn = torch.func.vjp(lambda y: drift(y, t), x)  # type: ignore[misc]
         for a in range(0, K, chunk):
@@ -390,6 +423,27 @@ def _vjp_chunks(backend: str, drift: Drift, x: Tensor, t: Tensor, K: int, chunk:
     return out.detach(), results
 
 
+def _vjp_chunks_graph(backend: str, drift: Drift, x: Tensor, t: Tensor, K: int, chunk: int, make_cot, reduce):
+    """``_vjp_chunks`` with ``create_graph=True``: x is used as it is when it carries a graph (a stage of a
+    differentiable solve), else as a fresh leaf; backward passes are taken with create_graph and nothing is
+    detached. Backends "autograd" (vectorised) and "loop"; "func" runs as "autograd"."""
+    results = []
+    with torch.enable_grad():
+        xr = x if x.requires_grad else x.detach().requires_grad_(True)
+        out = drift(xr, t)
+        for a in range(0, K, chunk):
+            b = min(a + chunk, K)
+            cot = make_cot(a, b)
+            if backend == "loop":
+                g = torch.stack([torch.autograd.grad(out, xr, cot[k], create_graph=True)[0] for k in range(b - a)])
+            elif b - a == 1:
+                g = torch.autograd.grad(out, xr, cot[0], create_graph=True)[0].unsqueeze(0)
+            else:
+                g = torch.autograd.grad(out, xr, cot, create_graph=True, is_grads_batched=True)[0]
+            results.append(reduce(a, b, cot, g))
+    return out, results
+
+
 class AugmentedTerm:
     """The term d/ds [x, acc] = [F, div F] dt/ds for the integration core (s = t, or lambda with ``time_map``);
     with ``divergence=None`` the term dx/ds alone (a trajectory). acc is (batch,) for the exact divergence
@@ -408,6 +462,7 @@ class AugmentedTerm:
         self.basis: Any = None
         self.chunk_size = chunk_size
         self.K = self.D if divergence == "exact" else (0 if probes is None else probes.shape[0])
+        self.create_graph = False  # True: F and div F stay differentiable (log_likelihood(create_graph=True))
 
     def _chunk(self, B: int) -> int:
         chunk = self.chunk_size
@@ -435,7 +490,7 @@ class AugmentedTerm:
                 return torch.diagonal(g.reshape(b - a, B, self.D)[:, :, a:b], dim1=0, dim2=2).sum(-1)
 
             out, parts = _vjp_chunks(backend, self.drift, x, t, self.D, self._chunk(B),
-                                     lambda a, b: self._basis(x, a, b), trace_part)
+                                     lambda a, b: self._basis(x, a, b), trace_part, self.create_graph)
             return out, torch.stack(parts).sum(0)
 
         def quad_form(a, b, cot, g):  # v_k^T (dF/dx) v_k, per probe and row
@@ -445,7 +500,7 @@ class AugmentedTerm:
         if probes is None:
             raise ValueError("the Hutchinson divergence needs probes of shape (K, *x.shape)")
         out, parts = _vjp_chunks(backend, self.drift, x, t, self.K, self._chunk(B),
-                                 lambda a, b: probes[a:b], quad_form)
+                                 lambda a, b: probes[a:b], quad_form, self.create_graph)
         return out, torch.cat(parts)  # (K, B)
 
     def divergence_at(self, x: Tensor, t: Tensor):
@@ -537,7 +592,11 @@ def _solve_augmented(term: AugmentedTerm, xs: Tensor, cfg: LikelihoodConfig, s_b
     """[x, acc] from s_bounds[0] to s_bounds[1] by the core. Returns (z, acc, stats)."""
     N = xs.shape[0]
     acc0 = xs.new_zeros((N,) if cfg.divergence == "exact" else (N, cfg.probes))
-    with torch.no_grad():
+    term.create_graph = cfg.create_graph
+    with torch.enable_grad() if cfg.create_graph else torch.no_grad(), warnings.catch_warnings():
+        # the core reads its error norm with float() (a step-size decision, not differentiated), which torch
+        # flags for a tensor in a graph
+        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
         sol = integrate(term, (xs, acc0), s_bounds, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
                         max_nfe=cfg.max_nfe, step_size=cfg.step_size, progress=progress)
     z, acc = sol.x
@@ -774,8 +833,8 @@ def _build(model, xs: Tensor, cfg: LikelihoodConfig, rows: RowNoise, t0: float, 
 class _Progress:
     """A tqdm bar of the solve's position in [t_data, t_prior] (thousandths, never moving back) with its NFE."""
 
-    def __init__(self, term: AugmentedTerm, cfg: LikelihoodConfig, show: bool):
-        self.term, self.show = term, show
+    def __init__(self, term: AugmentedTerm, cfg: LikelihoodConfig, show: bool, reverse: bool = False):
+        self.term, self.show, self.reverse = term, show, reverse
         what = "trajectory" if cfg.integrate == "quadrature" else cfg.divergence
         self.bar = tqdm(total=1000, desc=f"log-likelihood ({what})", disable=not show, leave=False,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
@@ -783,7 +842,7 @@ class _Progress:
     def __call__(self, s: float, nfe: int, stats: dict) -> None:
         t = float(self.term.time(torch.tensor(s, dtype=torch.float64))[0])
         lo, hi = self.term.t_lo, self.term.t_hi
-        done = int(1000 * min(max((t - lo) / (hi - lo), 0.0), 1.0))
+        done = int(1000 * min(max((hi - t if self.reverse else t - lo) / (hi - lo), 0.0), 1.0))
         if done > self.bar.n:
             self.bar.set_postfix_str(f"t={t:.4g} NFE {self.term.drift.nfe}", refresh=False)
             self.bar.update(done - self.bar.n)
@@ -793,7 +852,8 @@ class _Progress:
 
     def __exit__(self, kind, *exc):
         if self.show and kind is None:  # the final state, whatever tqdm's display interval let through
-            self.bar.set_postfix_str(f"t={self.term.t_hi:.4g} NFE {self.term.drift.nfe}", refresh=False)
+            end = self.term.t_lo if self.reverse else self.term.t_hi
+            self.bar.set_postfix_str(f"t={end:.4g} NFE {self.term.drift.nfe}", refresh=False)
             self.bar.update(self.bar.total - self.bar.n)
             self.bar.refresh()
         self.bar.close()
@@ -808,6 +868,7 @@ def _reduce(cfg: LikelihoodConfig, B: int, z: Tensor, acc: Tensor, prior_fn, dty
                          f"got {getattr(prior, 'shape', type(prior).__name__)}")
     R = N // B
     stderr = None
+    per_draw = prior.to(dtype) + (acc.mean(1) if acc.ndim == 2 else acc)
     if cfg.divergence == "hutchinson":  # acc: (N, K)
         stderr = acc.std(1, unbiased=True) / math.sqrt(cfg.probes) if cfg.probes > 1 else \
             torch.full_like(acc[:, 0], float("nan"))
@@ -816,7 +877,7 @@ def _reduce(cfg: LikelihoodConfig, B: int, z: Tensor, acc: Tensor, prior_fn, dty
     prior, delta = prior.to(dtype).reshape(R, B), acc.reshape(R, B)
     z = z.reshape(R, B, *z.shape[1:])
     return dict(log_prob=(prior + delta).mean(0), prior=prior.mean(0), delta=delta.mean(0),
-                z=z[0] if R == 1 else z, stderr=stderr)
+                z=z[0] if R == 1 else z, stderr=stderr, per_draw=per_draw.reshape(R, B))
 
 
 # -- main entry ----------------------------------------------------------------------------------
@@ -837,11 +898,19 @@ def log_likelihood(model, x: Tensor, config: Optional[LikelihoodConfig] = None, 
         divergence evaluations per row).
 
     Errors of the solve are ``SolverError``s (``StepBudgetError`` past max_nfe, ``NonFiniteError`` for a
-    drift or divergence that is not finite). No gradient flows back to x or the model.
+    drift or divergence that is not finite).
+
+    Gradients: by default none flows back to x or the model. With ``create_graph=True`` the solve is
+    recorded by autograd (every stage of every accepted and rejected step, and the vector-Jacobian products
+    of the divergence with create_graph), so ``log_prob`` (and ``bpd``) can be differentiated with respect
+    to x and to the network's parameters: the exact derivative of the computed value, step sizes held
+    fixed (discretise-then-differentiate). Memory grows with the number of steps; use small batches.
     """
     cfg = LikelihoodConfig.make(config, **settings)
     _check_model(model)
-    x = _check_x(x).detach()
+    x = _check_x(x)
+    if not cfg.create_graph:
+        x = x.detach()
     t0, t1 = _check_times(model.sde, cfg.t_data, cfg.t_prior)
     prior_fn = model.sde.prior_log_prob if prior_log_prob is None else prior_log_prob
     if not callable(prior_fn):
@@ -866,3 +935,44 @@ def log_likelihood(model, x: Tensor, config: Optional[LikelihoodConfig] = None, 
                  scale=_data_scale(cfg.bits, cfg.data_range, cfg.data_scale))
     return LikelihoodResult(bpd=bpd, nfe=term.drift.nfe, divergence=cfg.divergence, backend=term.backend,
                             probes=cfg.probes if cfg.divergence == "hutchinson" else 0, stats=stats, **out)
+
+
+def sample_log_prob(model, x_T: Tensor, config: Optional[LikelihoodConfig] = None, *,
+                    prior_log_prob: Optional[Callable[[Tensor], Tensor]] = None, row_offset: int = 0,
+                    progress: bool = False, **settings) -> tuple[Tensor, Tensor, dict]:
+    """Generate by the probability-flow ODE and return each sample's log-density from the same solve.
+
+    The augmented ODE d/ds [x, a] = [F, div F] dt/ds runs backwards, from x_T at t_prior to t_data with
+    a(t_prior) = 0 (s = t or the log-SNR, as in ``log_likelihood``), so a(t_data) = -int_{t_data}^{t_prior}
+    div F dt and, by the instantaneous change of variables (Chen et al. 2018),
+
+        log p_{t_data}(x_{t_data}) = log p_{t_prior}(x_T) - a(t_data).
+
+    Returns (x_0, log_prob, stats): x_0 = x_{t_data} (batch, ...), log_prob (batch,) in nats under the
+    prior ``prior_log_prob`` (default ``model.sde.prior_log_prob``: pass the exact p_T of a ground-truth
+    model), stats the solve's numbers plus nfe, prior (batch,), delta = int div F dt (batch,) and stderr
+    (Hutchinson's per-row standard error, or None). The settings are ``LikelihoodConfig``'s (divergence,
+    probes, method, rtol, atol, time_variable, create_graph, ...); dequantisation and bits do not apply.
+    ``sdekit.sample(..., log_prob=True)`` calls this.
+    """
+    cfg = LikelihoodConfig.make(config, **settings)
+    if cfg.dequantize or cfg.integrate != "augmented":
+        raise ValueError("sample_log_prob solves the augmented ODE of generated samples: dequantize and "
+                         "integrate='quadrature' do not apply")
+    _check_model(model)
+    x_T = _check_x(x_T)
+    if not cfg.create_graph:
+        x_T = x_T.detach()
+    t0, t1 = _check_times(model.sde, cfg.t_data, cfg.t_prior)
+    prior_fn = model.sde.prior_log_prob if prior_log_prob is None else prior_log_prob
+    if not callable(prior_fn):
+        raise TypeError("prior_log_prob must be a callable z -> (batch,) log-density")
+    rows = RowNoise(cfg.seed, x_T.shape[0], row_offset)
+    _check_network(model, x_T, t1)
+    term, _, s_bounds = _build(model, x_T, cfg, rows, t0, t1)
+    with _Progress(term, cfg, progress, reverse=True) as bar:
+        x0, acc, stats = _solve_augmented(term, x_T, cfg, s_bounds[::-1], bar)
+    out = _reduce(cfg, x_T.shape[0], x_T, -acc, prior_fn, x_T.dtype)
+    stats.update(nfe=term.drift.nfe, prior=out["prior"], delta=out["delta"], stderr=out["stderr"], t_data=t0,
+                 t_prior=t1, time_variable="log_snr" if term.time_map is not None else "t")
+    return x0, out["log_prob"], stats

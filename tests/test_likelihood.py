@@ -567,3 +567,70 @@ def test_quadrature_flags_rows_the_grid_cannot_resolve(vp_model):
         res = log_likelihood(model, points(gm, 3), integrate="quadrature", quad_panels=1, quad_depth=0,
                              quad_tol=1e-6)
     assert res.info["unresolved_rows"] > 0
+
+
+# -- a data set's bits/dim with its error bars (sdekit.bpd) ------------------------------------------------
+def _quantised(gm, n, a, seed, lo=-3.0, hi=3.0):
+    """n mixture samples snapped to the centres lo + a (u + 1/2) of bins of width a, inside [lo, hi]."""
+    x = gm.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    u = ((x - lo) / a - 0.5).round().clamp(0, round((hi - lo) / a) - 1)
+    return lo + a * (u + 0.5)
+
+
+def test_score_dataset_exact_is_the_per_row_likelihood_with_no_estimator_error():
+    from sdekit.bpd import score_dataset
+
+    sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=3, seed=2)
+    x = gm.sample(12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    score = score_dataset(gm.model(sde), x, rtol=1e-7, atol=1e-7)
+    assert score.divergence == "exact" and "D = 3 <= 2 K = 4" in score.reason  # 3 coordinates, 2 probes
+    res = log_likelihood(gm.model(sde), x, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(score.per_image_log_prob, res.log_prob, atol=1e-5, rtol=0)
+    torch.testing.assert_close(score.per_image, res.bpd, atol=1e-6, rtol=0)
+    assert score.bpd == pytest.approx(float(res.bpd.mean()), abs=1e-6)
+    assert score.bpd_se == pytest.approx(float(res.bpd.std() / math.sqrt(12)), rel=1e-4)
+    assert score.se_estimator == 0 and score.se_data == pytest.approx(score.bpd_se)
+    js = score.to_json()
+    assert {"bpd", "bpd_se", "n", "seconds", "per_image", "se_data", "se_estimator"} <= set(js)
+    assert js["n"] == 12 and len(js["per_image"]) == 12
+
+
+def test_score_dataset_batches_do_not_change_a_row():
+    from sdekit.bpd import score_dataset
+
+    sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=6, seed=4)
+    x = gm.sample(7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    kw = dict(divergence="hutchinson", probes=2, rtol=1e-8, atol=1e-8)
+    one = score_dataset(gm.model(sde), x, **kw)
+    three = score_dataset(gm.model(sde), x, batch=3, **kw)
+    assert one.solves == 1 and three.solves == 3
+    torch.testing.assert_close(one.per_image, three.per_image, atol=1e-6, rtol=0)  # probes from (seed, row)
+
+
+def test_score_dataset_estimator_error_is_honest():
+    """The within-image estimator error v_i (dequantisation draws and Hutchinson probes) predicts how far two
+    independent runs (seeds) of the same images land apart: E[(b_i - b'_i)^2] = 2 v_i."""
+    from sdekit.bpd import score_dataset
+
+    sde, base = SDES["vp"], sdekit.GaussianMixture.default(dim=4, seed=6)
+    gm = sdekit.GaussianMixture(base.weights, base.means, torch.tensor([0.3, 0.4, 0.5, 0.6]))
+    a = 6.0 / 16
+    x = _quantised(gm, 64, a, seed=7)
+    runs = [score_dataset(gm.model(sde), x, bits=4, data_range=(-3.0, 3.0), dequantize=True, seed=s, repeats=3,
+                          divergence="hutchinson", rtol=1e-4, atol=1e-4) for s in (0, 1)]
+    assert all(r.repeats == 3 and r.probes == 1 for r in runs)
+    observed = (runs[0].per_image - runs[1].per_image).pow(2).sum()
+    predicted = (runs[0].per_image_se.pow(2) + runs[1].per_image_se.pow(2)).sum()
+    assert 0.5 < float(observed / predicted) < 2.0
+    for r in runs:
+        assert r.se_estimator > 0 and r.se_data > 0
+        assert r.bpd_se**2 == pytest.approx(r.se_data**2 + r.se_estimator**2, rel=1e-9)
+
+
+def test_choose_divergence_by_cost():
+    from sdekit.bpd import choose_divergence
+
+    assert choose_divergence(2, 1000, 2)[0] == "exact"
+    assert choose_divergence(64, 299, 2)[0] == "hutchinson"
+    assert choose_divergence(64, 299, 2, device="cuda")[0] == "exact"  # one vectorised pass on an accelerator
+    assert choose_divergence(3072, 256, 2, device="cuda")[0] == "hutchinson"  # CIFAR-sized: too big a block

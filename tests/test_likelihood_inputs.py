@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sdekit
-from sdekit.likelihood import log_likelihood
+from sdekit.likelihood import LikelihoodConfig, log_likelihood
 
 SDE = sdekit.VPSDE()
 MODES = [dict(), dict(divergence="hutchinson", probes=2), dict(integrate="quadrature"),
@@ -81,13 +81,41 @@ def test_half_precision_data_is_refused(dtype):
         log_likelihood(model, torch.randn(3, 2).to(dtype))
 
 
+class HalfScore:
+    """Any object with .sde and .score(x, t) is a model for log_likelihood; this one answers in bfloat16.
+    (A ScoreModel casts its network's output to x's dtype since the validation layer, commit 2b41cac.)"""
+
+    sde = SDE
+
+    def score(self, x, t):
+        return (-x).to(torch.bfloat16)
+
+
 def test_half_precision_network_output_is_refused():
-    model = sdekit.ScoreModel(lambda x, t: (-x).to(torch.bfloat16), SDE, prediction="score")
     with pytest.raises(ValueError, match="returns torch.bfloat16 for torch.float32 input"):
-        log_likelihood(model, torch.randn(3, 2))
+        log_likelihood(HalfScore(), torch.randn(3, 2))
 
 
 def test_float32_data_still_works():
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1))
     res = log_likelihood(sdekit.ScoreModel(standard_normal_score, SDE, prediction="score"), x)
     assert res.log_prob.dtype == torch.float32 and (res.log_prob - exact(x)).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("integrate", ["quadrature", "augmented"])
+def test_a_quadrature_grid_deeper_than_its_bound_is_refused(integrate):
+    """issue 13 item 7: quad_depth=40 asked for a 281 TB trajectory; refused on creation, with the bounds."""
+    with pytest.raises(ValueError, match=r"quad_depth must be an integer in \[0, 16\]; got 40"):
+        LikelihoodConfig(integrate=integrate, quad_depth=40)
+
+
+def test_too_many_quadrature_panels_are_refused():
+    """issue 13 item 7: quad_panels=10**6 ran without bound."""
+    with pytest.raises(ValueError, match=r"quad_panels must be an integer in \[1, 4096\]; got 1000000"):
+        LikelihoodConfig(integrate="quadrature", quad_panels=10**6)
+    # each within its bound, together too large a grid: refused naming the grid's size and a depth that fits
+    with pytest.raises(ValueError, match=r"4 \* quad_panels \* 2\^quad_depth \+ 1 = 67108865 points .* "
+                                         r"quad_panels=4096 with quad_depth <= 4"):
+        LikelihoodConfig(integrate="quadrature", quad_panels=4096, quad_depth=12)
+    cfg = LikelihoodConfig(integrate="quadrature", quad_panels=4096, quad_depth=4)  # the largest grid: accepted
+    assert cfg.quad_depth == 4

@@ -56,7 +56,8 @@ class Solution:
 
     x: state at ts[-1] (or at t = 0 after a final denoising jump); nfe: network evaluations;
     ts: the float64 time grid; trajectory: states at every ts (when asked for); stats: solver-specific
-    numbers (e.g. accepted/rejected steps of adaptive solvers).
+    numbers (e.g. accepted/rejected steps of adaptive solvers); log_prob: each row's log-density in nats
+    (``sample(..., log_prob=True)`` only).
     """
 
     x: Tensor
@@ -64,6 +65,7 @@ class Solution:
     ts: Tensor
     trajectory: Optional[list] = None
     stats: dict = field(default_factory=dict)
+    log_prob: Optional[Tensor] = None
 
 
 class Evaluator:

@@ -55,6 +55,8 @@ def sample(
     trajectory: bool = False,
     grid_options: Optional[dict] = None,
     check_states: bool = False,
+    log_prob: bool = False,
+    likelihood: Optional[dict] = None,
     **options,
 ) -> Solution:
     """Solve the reverse-time SDE or probability-flow ODE of ``model.sde`` from x_T at t_start to t_end.
@@ -74,7 +76,13 @@ def sample(
     callback: called as callback(i, t, x) after each step; trajectory=True keeps every state.
     check_states: also check the state for NaN/Inf after every step (network outputs are always
       checked, with the step and time named; the final state is always checked).
+    log_prob: generate by the augmented probability-flow ODE with an adaptive ``solver`` (dopri5, bosh3, ...)
+      and return each sample's log-density from the same solve in ``Solution.log_prob``
+      (``sdekit.likelihood.sample_log_prob``; ``likelihood``: its LikelihoodConfig settings, e.g. rtol,
+      divergence, prior_log_prob).
     """
+    if log_prob:
+        return _sample_with_log_prob(model, x_T, solver, t_start, t_end, progress, likelihood, steps, ts, options)
     info = get(solver)
     sde = _check_inputs(info, model, x_T, options)
     if info.adaptive and steps is None and ts is None:
@@ -181,3 +189,19 @@ class _NoNoise:
     def path(self, T: float, rel_tol: float = 0.0):
         raise SolverError(f"solver {self.solver!r} follows a Brownian path, but an inversion (increasing ts) "
                           "integrates the probability-flow ODE: use a deterministic solver")
+
+
+def _sample_with_log_prob(model, x_T, solver, t_start, t_end, progress, likelihood, steps, ts, options) -> Solution:
+    """``sample(..., log_prob=True)``: the augmented probability-flow solve of ``likelihood.sample_log_prob``."""
+    if steps is not None or ts is not None or options:
+        raise ValueError("log_prob=True solves the augmented ODE adaptively: steps=, ts= and solver options do not "
+                         "apply (pass tolerances in likelihood={'rtol': ...})")
+    # local import: the likelihood builds on solvers.integrate, so solvers may not import it at module level
+    from ..likelihood import sample_log_prob
+
+    settings = dict(likelihood or {})
+    prior = settings.pop("prior_log_prob", None)
+    x0, lp, st = sample_log_prob(model, x_T, prior_log_prob=prior, progress=progress, method=solver,
+                                 t_prior=t_start, t_data=t_end, **settings)
+    return Solution(x=x0, nfe=int(st["nfe"]), ts=torch.tensor([st["t_prior"], st["t_data"]], dtype=torch.float64),
+                    stats=st, log_prob=lp)

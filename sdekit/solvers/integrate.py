@@ -191,7 +191,8 @@ def row_error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol, atol, bounds) -> 
         worst = ratio.mean(1).max()
     else:
         worst = torch.stack([ratio[:, a:b].mean(1) for a, b in bounds if b > a]).max()
-    e = math.sqrt(float(worst)) if float(worst) >= 0 else math.inf
+    worst = float(worst.detach())  # the controller's number: never part of a differentiable solve's graph
+    e = math.sqrt(worst) if worst >= 0 else math.inf
     return e if math.isfinite(e) else math.inf
 
 
