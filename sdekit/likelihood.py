@@ -881,6 +881,19 @@ def _reduce(cfg: LikelihoodConfig, B: int, z: Tensor, acc: Tensor, prior_fn, dty
 
 
 # -- main entry ----------------------------------------------------------------------------------
+def _prepare(model, x, cfg: LikelihoodConfig, prior_log_prob, row_offset: int):
+    """The checks shared by ``log_likelihood`` and ``sample_log_prob``: (x, t_data, t_prior, prior, per-row noise)."""
+    _check_model(model)
+    x = _check_x(x)
+    if not cfg.create_graph:
+        x = x.detach()
+    t0, t1 = _check_times(model.sde, cfg.t_data, cfg.t_prior)
+    prior_fn = model.sde.prior_log_prob if prior_log_prob is None else prior_log_prob
+    if not callable(prior_fn):
+        raise TypeError("prior_log_prob must be a callable z -> (batch,) log-density")
+    return x, t0, t1, prior_fn, RowNoise(cfg.seed, x.shape[0], row_offset)
+
+
 def log_likelihood(model, x: Tensor, config: Optional[LikelihoodConfig] = None, *,
                    prior_log_prob: Optional[Callable[[Tensor], Tensor]] = None, row_offset: int = 0,
                    progress: bool = False, **settings) -> LikelihoodResult:
@@ -907,15 +920,7 @@ def log_likelihood(model, x: Tensor, config: Optional[LikelihoodConfig] = None, 
     fixed (discretise-then-differentiate). Memory grows with the number of steps; use small batches.
     """
     cfg = LikelihoodConfig.make(config, **settings)
-    _check_model(model)
-    x = _check_x(x)
-    if not cfg.create_graph:
-        x = x.detach()
-    t0, t1 = _check_times(model.sde, cfg.t_data, cfg.t_prior)
-    prior_fn = model.sde.prior_log_prob if prior_log_prob is None else prior_log_prob
-    if not callable(prior_fn):
-        raise TypeError("prior_log_prob must be a callable z -> (batch,) log-density")
-    rows = RowNoise(cfg.seed, x.shape[0], row_offset)
+    x, t0, t1, prior_fn, rows = _prepare(model, x, cfg, prior_log_prob, row_offset)
     xs = dequantize(x, cfg, rows)
     _check_network(model, xs, t0)
     term, quad_map, s_bounds = _build(model, xs, cfg, rows, t0, t1)
@@ -959,15 +964,7 @@ def sample_log_prob(model, x_T: Tensor, config: Optional[LikelihoodConfig] = Non
     if cfg.dequantize or cfg.integrate != "augmented":
         raise ValueError("sample_log_prob solves the augmented ODE of generated samples: dequantize and "
                          "integrate='quadrature' do not apply")
-    _check_model(model)
-    x_T = _check_x(x_T)
-    if not cfg.create_graph:
-        x_T = x_T.detach()
-    t0, t1 = _check_times(model.sde, cfg.t_data, cfg.t_prior)
-    prior_fn = model.sde.prior_log_prob if prior_log_prob is None else prior_log_prob
-    if not callable(prior_fn):
-        raise TypeError("prior_log_prob must be a callable z -> (batch,) log-density")
-    rows = RowNoise(cfg.seed, x_T.shape[0], row_offset)
+    x_T, t0, t1, prior_fn, rows = _prepare(model, x_T, cfg, prior_log_prob, row_offset)
     _check_network(model, x_T, t1)
     term, _, s_bounds = _build(model, x_T, cfg, rows, t0, t1)
     with _Progress(term, cfg, progress, reverse=True) as bar:
