@@ -6,8 +6,6 @@ of a checkpoint on its data set (bits/dim for digits).
 """
 from __future__ import annotations
 
-import sys
-
 from .sde import SDE_NAMES, sde_from_name
 
 
@@ -97,32 +95,24 @@ def _run_likelihood(args) -> int:
     import torch
 
     import sdekit
-    from .solvers import SolverError
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.dim < 1 or (args.n is not None and args.n < 1):
-        print("error: --dim and --n must be positive", file=sys.stderr)
-        return 2
+        raise ValueError("--dim and --n must be positive")
     if args.checkpoint is not None:
         return _run_likelihood_checkpoint(args)
     args.n = 8 if args.n is None else args.n
     if args.json is not None or args.batch is not None:
-        print("error: --json and --batch apply to --checkpoint", file=sys.stderr)
-        return 2
+        raise ValueError("--json and --batch apply to --checkpoint")
     if args.dequantize or args.repeats not in (None, 1):
-        print("error: --dequantize / --repeats apply to --checkpoint on digits", file=sys.stderr)
-        return 2
+        raise ValueError("--dequantize / --repeats apply to --checkpoint on digits")
     model, x, exact_fn, exact_prior = _likelihood_problem(args)
     sde = model.sde
     prior = exact_prior if (args.prior == "exact" and exact_prior is not None) else None
     start = time.perf_counter()
-    try:
-        res = sdekit.log_likelihood(model, x, _likelihood_config(args), prior_log_prob=prior,
-                                    progress=not args.no_progress)
-    except (ValueError, SolverError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    res = sdekit.log_likelihood(model, x, _likelihood_config(args), prior_log_prob=prior,
+                                progress=not args.no_progress)  # input errors: sdekit.cli.main reports them
     elapsed = time.perf_counter() - start
     D = x[0].numel()
     cfg = res.stats
@@ -193,34 +183,26 @@ def _run_likelihood_checkpoint(args) -> int:
     from .checkpoint import load_model
     from .data import DIGITS_SCALE
     from .likelihood import LikelihoodConfig
-    from .solvers import SolverError
 
     if (args.repeats is not None and args.repeats < 1) or (args.batch is not None and args.batch < 1) \
             or (args.probes is not None and args.probes < 1):
-        print("error: --repeats, --probes and --batch must be positive", file=sys.stderr)
-        return 2
+        raise ValueError("--repeats, --probes and --batch must be positive")
     if args.repeats is not None and args.repeats > 1 and not args.dequantize:
-        print("error: --repeats > 1 needs --dequantize", file=sys.stderr)
-        return 2
+        raise ValueError("--repeats > 1 needs --dequantize")
     model, config = load_model(args.checkpoint)
     args.dtype = args.dtype or "float32"
     dtype = getattr(torch, args.dtype)
     model.net.to(dtype)  # type: ignore[attr-defined]  # a checkpoint's net is a torch module
     x, desc, digits = _checkpoint_data(config, args.split, args.n, dtype)
     if args.dequantize and not digits:
-        print("error: --dequantize applies to digits (discrete levels), not to a continuous 2-D toy set",
-              file=sys.stderr)
-        return 2
-    try:  # dequantisation (repeats draws per image) happens inside, in sdekit's one convention
-        cfg = LikelihoodConfig(noise=args.noise, seed=args.seed, method=args.method, max_nfe=args.max_nfe,
-                               integrate=args.integrate, quad_tol=args.quad_tol,
-                               data_scale=DIGITS_SCALE if digits else None, dequantize=args.dequantize)
-        score = score_dataset(model, x, cfg, divergence=args.divergence, probes=args.probes, repeats=args.repeats,
-                              rtol=args.rtol, atol=args.atol, time_variable=args.time_variable, batch=args.batch,
-                              progress=not args.no_progress)
-    except (ValueError, SolverError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise ValueError("--dequantize applies to digits (discrete levels), not to a continuous 2-D toy set")
+    # dequantisation (repeats draws per image) happens inside, in sdekit's one convention
+    cfg = LikelihoodConfig(noise=args.noise, seed=args.seed, method=args.method, max_nfe=args.max_nfe,
+                           integrate=args.integrate, quad_tol=args.quad_tol,
+                           data_scale=DIGITS_SCALE if digits else None, dequantize=args.dequantize)
+    score = score_dataset(model, x, cfg, divergence=args.divergence, probes=args.probes, repeats=args.repeats,
+                          rtol=args.rtol, atol=args.atol, time_variable=args.time_variable, batch=args.batch,
+                          progress=not args.no_progress)
     n, D = score.n, x[0].numel()
     print(f"{args.checkpoint} ({config.get('prediction')} prediction, step {config.get('step')})  {desc}")
     print(f"divergence={score.divergence}" + (f" (probes={score.probes})" if score.divergence == "hutchinson" else "")
