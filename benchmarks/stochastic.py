@@ -59,6 +59,8 @@ TIMING_PAIRS = {  # sdekit sampler -> k-diffusion sampler it corresponds to (per
     "sa_solver": "sample_dpmpp_3m_sde", "euler_maruyama": "sample_euler_ancestral", "ddpm": "sample_euler_ancestral",
     "restart": "sample_heun", "heun_churn": "sample_heun",
 }
+PATH_NOISE = {"euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "sa_solver",
+              "euler_maruyama"}  # samplers whose step noise is the Brownian path's increment (sample(noise="path"))
 KD = {"euler_ancestral": 1, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2, "dpmpp_sde": 2, "dpmpp_2m_sde": 1,
       "dpmpp_3m_sde": 1}
 DIFFUSERS = ["EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "SASolverScheduler",
@@ -105,15 +107,22 @@ def step_times(kds, batch: int, steps: int, repeats: int) -> list:
         ours = best_time(lambda name=name, kw=kw: sdekit.sample(model, x, name, steps=steps, generator=0, **kw),
                          repeats) / steps
         row = {"solver": name, "batch": batch, "sdekit_ms": 1e3 * ours, "peer": peer}
+        if name in PATH_NOISE:  # the same sampler with a fresh Gaussian per step instead of the path's increment
+            row["sdekit_step_noise_ms"] = 1e3 * best_time(
+                lambda name=name: sdekit.sample(model, x, name, steps=steps, generator=0, noise="step"), repeats) / steps
         if kds is not None:
             fn = getattr(kds, peer)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 theirs = best_time(lambda fn=fn: fn(lambda y, s: 0.1 * y, x, sig, disable=True), repeats) / steps
             row.update(kdiff_ms=1e3 * theirs, ratio=ours / theirs)
+            if "sdekit_step_noise_ms" in row:
+                row["ratio_step_noise"] = row["sdekit_step_noise_ms"] / row["kdiff_ms"]
         rows.append(row)
         print(f"  step time  {name:20s} batch {batch:6d}: sdekit {1e3 * ours:8.3f} ms"
-              + (f", k-diffusion {peer} {row['kdiff_ms']:8.3f} ms, ratio {row['ratio']:.2f}" if "ratio" in row else ""),
+              + (f" (noise='step' {row['sdekit_step_noise_ms']:8.3f} ms)" if "sdekit_step_noise_ms" in row else "")
+              + (f", k-diffusion {peer} {row['kdiff_ms']:8.3f} ms, ratio {row['ratio']:.2f}" if "ratio" in row else "")
+              + (f" ({row['ratio_step_noise']:.2f})" if "ratio_step_noise" in row else ""),
               flush=True)
     return rows
 
@@ -340,6 +349,32 @@ def plot(report, path):
     plt.close(fig)
 
 
+def plot_timing(report, path):
+    """Per-step time over k-diffusion's, per sampler and batch: path noise (default) and noise='step'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report.get("step_time", []) if "ratio" in r]
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, max(1, len(batches)), figsize=(6 * max(1, len(batches)), 3.8), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        rs = [r for r in rows if r["batch"] == batch]
+        pos = range(len(rs))
+        ax.bar([p - 0.2 for p in pos], [r["ratio"] for r in rs], 0.4, label="noise='path' (default)")
+        ax.bar([p + 0.2 for p in pos], [r.get("ratio_step_noise", r["ratio"]) for r in rs], 0.4, label="noise='step'")
+        ax.axhline(1.5, color="k", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(list(pos), [r["solver"] for r in rs], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("sdekit / k-diffusion time per step")
+        ax.set_title(f"batch {batch}, trivial network, 2-D")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: small n, 1 seed, NFE 10 and 20")
@@ -349,6 +384,8 @@ def main(argv=None):
     p.add_argument("--budgets", default=None, help="NFE budgets (default 10,20,50,100; quick: 10,20)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--no-timing", action="store_true", help="skip the noise and per-step timing tables")
+    p.add_argument("--timing-only", action="store_true", help="only the noise and per-step timing tables "
+                   "(written to DIR/stochastic_timing.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     quick = args.quick
@@ -374,6 +411,9 @@ def main(argv=None):
         print("noise:", json.dumps(report["noise"]), flush=True)
         report["step_time"] = step_times(kds, 16, 20, reps) + step_times(kds, 2000 if quick else 20000, 20,
                                                                            2 if quick else 5)
+    if args.timing_only:
+        write_report(args.out, name + "_timing", report, lambda path: plot_timing(report, path))
+        return
     units = []
     for seed in seeds:
         for dim in dims:

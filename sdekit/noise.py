@@ -117,10 +117,13 @@ def normals(keys: Tensor, stream: Union[int, Sequence[int], Tensor], n: int, dty
     shift keeps it signed, and y = (2m + 1) 2^-b (b = 24 or 52; exact, |y| < 1) gives sqrt(2) erfinv(y). The words
     are made and transformed a block of rows at a time into the output, so the work is a fixed number of passes
     over scratch that stays in cache."""
-    single = isinstance(stream, int)
-    streams = torch.as_tensor([stream] if single else stream, dtype=torch.int64).to(keys.device)
+    if isinstance(stream, int):  # one stream: xor with a scalar, no index tensor
+        out = keyed_normals(torch.bitwise_xor(keys.reshape(-1), _signed(stream)), n, dtype)
+        res = out.reshape(tuple(keys.shape) + (n,))
+        return res if res.dtype == dtype else res.to(dtype)
+    streams = torch.as_tensor(stream, dtype=torch.int64).to(keys.device)
     out = keyed_normals(torch.bitwise_xor(keys.reshape(-1, 1), streams).reshape(-1), n, dtype)
-    shape = tuple(keys.shape) + ((n,) if single else (len(streams), n))
+    shape = tuple(keys.shape) + (len(streams), n)
     res = out.reshape(shape)
     return res if res.dtype == dtype else res.to(dtype)
 
@@ -134,7 +137,7 @@ def keyed_normals(base: Tensor, n: int, dtype=torch.float32) -> Tensor:
     base = base.reshape(-1, 1)
     count = base.shape[0]
     out = torch.empty(count, n, dtype=work, device=dev)
-    step = torch.arange(q, dtype=torch.int64, device=dev).mul_(_GS)
+    step = _weyl_steps(q, dev)
     per = max(1, min(count, _BLOCK // max(q, 1)))
     zb, tb = (torch.empty(per * q, dtype=torch.int64, device=dev) for _ in range(2))
     for a in range(0, count if n else 0, per):
@@ -150,6 +153,12 @@ def keyed_normals(base: Tensor, n: int, dtype=torch.float32) -> Tensor:
             o.copy_(z.bitwise_right_shift_(11).bitwise_or_(1)).mul_(2.0**-52)
         o.erfinv_().mul_(math.sqrt(2.0))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _weyl_steps(q: int, device: torch.device) -> Tensor:
+    """j G for j = 0 .. q - 1 (int64, wrapping), kept per (q, device): a solve asks for the same q every step."""
+    return torch.arange(q, dtype=torch.int64, device=device).mul_(_GS)
 
 
 def uniforms(keys: Tensor, stream: int, n: int, dtype=torch.float64) -> Tensor:
@@ -279,6 +288,29 @@ def _float_bits(t: float) -> int:
     return struct.unpack("<q", struct.pack("<d", t))[0]
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _path_terms(T: float, rel_tol: float, t: float, max_depth: int) -> tuple:
+    """(stream keys, coefficients) of W(t)'s Levy-Ciesielski sum on [0, T] (``BrownianPath``; memoised: a grid's
+    times recur from solve to solve)."""
+    keys, coefs = [_node_key(0)], [t / math.sqrt(T)]
+    if t <= 0.0 or t >= T:
+        return tuple(keys), tuple(coefs)
+    a, b, i, k = 0.0, T, 0, 0  # node (k, i), heap index 2^k + i
+    while True:
+        w = b - a
+        if w <= rel_tol * a or k >= max_depth:  # a leaf: the bridge from a, b to t
+            keys.append(key_of(_LEAF, (1 << k) + i, _float_bits(t)))
+            coefs.append(math.sqrt(max((t - a) * (b - t) / w, 0.0)))
+            return tuple(keys), tuple(coefs)
+        m = a + 0.5 * w
+        keys.append(_node_key((1 << k) + i))
+        coefs.append(math.sqrt(w / 4) * (1.0 - abs(2 * t - a - b) / w))
+        if t == m:
+            return tuple(keys), tuple(coefs)
+        a, b, i = (a, m, 2 * i) if t < m else (m, b, 2 * i + 1)
+        k += 1
+
+
 class BrownianPath:
     """Brownian motion W on [0, T] for every row of a ``RowNoise``, consistent across any set of query times.
 
@@ -313,27 +345,6 @@ class BrownianPath:
         self._cache: OrderedDict = OrderedDict()
         self._nodes: Optional[tuple] = None  # (tag, node key -> row, the last call's node Gaussians)
 
-    def _terms(self, t: float):
-        """(stream keys, coefficients) of W(t)'s Levy-Ciesielski sum."""
-        T = self.T
-        keys, coefs = [_node_key(0)], [t / math.sqrt(T)]
-        if t <= 0.0 or t >= T:
-            return keys, coefs
-        a, b, i, k = 0.0, T, 0, 0  # node (k, i), heap index 2^k + i
-        while True:
-            w = b - a
-            if w <= self.rel_tol * a or k >= self.MAX_DEPTH:  # a leaf: the bridge from a, b to t
-                keys.append(key_of(_LEAF, (1 << k) + i, _float_bits(t)))
-                coefs.append(math.sqrt(max((t - a) * (b - t) / w, 0.0)))
-                return keys, coefs
-            m = a + 0.5 * w
-            keys.append(_node_key((1 << k) + i))
-            coefs.append(math.sqrt(w / 4) * (1.0 - abs(2 * t - a - b) / w))
-            if t == m:
-                return keys, coefs
-            a, b, i = (a, m, 2 * i) if t < m else (m, b, 2 * i + 1)
-            k += 1
-
     def __call__(self, x: Tensor, ts: Union[float, list[float], tuple[float, ...]]) -> Tensor:
         """W at time(s) ts for rows like x: shape x.shape for one time, (len(ts), *x.shape) for several."""
         single = not isinstance(ts, (list, tuple))
@@ -358,7 +369,7 @@ class BrownianPath:
         """W at ``times``: the nodes' Gaussians are drawn once per call (those of the previous call are kept, since
         neighbouring query times share the top of their paths), then summed per time in the order of its terms
         (root first), so a value never depends on the batch, the cache or the other times asked for."""
-        terms = [self._terms(t) for t in times]
+        terms = [_path_terms(self.T, self.rel_tol, t, self.MAX_DEPTH) for t in times]
         n, work, tag = x[0].numel(), _work_dtype(x.dtype), (x.shape[1:], x.dtype, x.device)
         kept = self._nodes if self._nodes is not None and self._nodes[0] == tag else (tag, {}, None)
         need = list(dict.fromkeys(k for ks, _ in terms for k in ks))

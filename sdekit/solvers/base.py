@@ -74,10 +74,11 @@ class Evaluator:
     Every method takes a scalar float64 time (or a (batch,) tensor) and the state x.
     """
 
-    def __init__(self, model: ScoreModel, noise: Optional[NoiseSource] = None):
+    def __init__(self, model: ScoreModel, noise: Optional[NoiseSource] = None, path: bool = True):
         self.model = model
         self.sde: LinearSDE = model.sde
         self.noise = noise
+        self.path = path  # False: path_noise gives fresh per-call draws (``sample(..., noise="step")``)
         self.nfe = 0
         self.step = 0
         self.stats: dict = {}  # solver-specific numbers reported in Solution.stats
@@ -131,7 +132,10 @@ class Evaluator:
 
     def path_noise(self, x: Tensor, t, s) -> Tensor:
         """(W(t) - W(s)) / sqrt(|t - s|) for the rows' Brownian paths on [0, sde.T] (``sdekit.noise.BrownianPath``):
-        an N(0, I) draw that is a function of the path, so a finer grid refines the same path."""
+        an N(0, I) draw that is a function of the path, so a finer grid refines the same path. With path=False a
+        fresh per-call draw instead (``randn_like``: one Gaussian per entry, but a new path for every grid)."""
+        if not self.path:
+            return self.randn_like(x)
         return self._noise().path(self.sde.T).standard(x, float(t), float(s))
 
     def brownian(self, x: Tensor, ts) -> Tensor:

@@ -34,7 +34,9 @@ from .registry import SolverInfo, get
 
 Tensor = torch.Tensor
 
-__all__ = ["sample"]
+__all__ = ["sample", "NOISE_KINDS"]
+
+NOISE_KINDS = ("path", "step")  # sample(noise=...)
 
 
 def sample(
@@ -49,6 +51,7 @@ def sample(
     t_end: Optional[float] = None,
     generator: Union[int, torch.Generator, None] = None,
     row_offset: int = 0,
+    noise: str = "path",
     denoise: bool = False,
     progress: bool = False,
     callback: Optional[Callable[[int, float, Tensor], None]] = None,
@@ -71,6 +74,12 @@ def sample(
       to one output interval, or two when the grid ends at sigma = 0: down to sde.eps, then the jump).
     generator: an int seed or a torch.Generator; noise is drawn per row, so a row's sample depends on
       the seed and its row index (plus ``row_offset``), never on the batch size.
+    noise: what a reverse-SDE sampler's step noise is. "path" (default): the step's increment of the row's
+      Brownian path (``sdekit.noise.BrownianPath``), so more steps with the same seed give a finer solve of the
+      same path; it costs about log2(h / 2^-12) Gaussians per entry and step (h the step's relative length).
+      "step": a fresh Gaussian per entry and step (what k-diffusion's ancestral samplers and diffusers do), about
+      torch.randn's cost, but a grid of other steps sees another path. Per-call noise (Langevin correctors,
+      churn, Restart's jumps) is fresh in both.
     denoise: end at t = 0 with the jump x <- x0(x, t_end) (one more network call and step); nothing to
       add when the grid already ends at t = 0.
     callback: called as callback(i, t, x) after each step; trajectory=True keeps every state.
@@ -100,12 +109,14 @@ def sample(
         grid_ts = torch.cat([grid_ts, grid_ts.new_zeros(1)])
     jump = not inverting and (denoise or float(sde.sigma(grid_ts[-1])) == 0.0)
 
-    noise: Optional[NoiseSource]
+    if noise not in NOISE_KINDS:
+        raise ValueError(f"noise must be one of {', '.join(NOISE_KINDS)}; got {noise!r}")
+    source: Optional[NoiseSource]
     if inverting:
-        noise = _NoNoise(solver)
+        source = _NoNoise(solver)
     else:
-        noise = RowNoise(generator, x_T.shape[0], row_offset) if (info.stochastic or generator is not None) else None
-    ev = Evaluator(model, noise)
+        source = RowNoise(generator, x_T.shape[0], row_offset) if (info.stochastic or generator is not None) else None
+    ev = Evaluator(model, source, path=noise == "path")
     # the solve starts from a copy: the caller's x_T is never handed to the network (ScoreModel refuses a
     # network that modifies its input in place, but only after the call)
     x, states = _run(info, ev, x_T.clone(), grid_ts, jump, options, progress, callback, trajectory, check_states)

@@ -164,11 +164,11 @@ def ddim_steps(ev: Evaluator, x: Tensor, ts: Tensor, eta: float):
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = sch.alpha[i], sch.sigma[i], sch.alpha[i + 1], sch.sigma[i + 1]
         x0 = ev.x0(x, ts[i])
-        eps = (x - a_t * x0) / s_t
         c = eta * s_s * math.sqrt(-math.expm1(lam[i] - lam[i + 1])) if eta > 0 and s_s > 0 else 0.0
-        x = a_s * x0 + math.sqrt(max(s_s * s_s - c * c, 0.0)) * eps
+        k = math.sqrt(max(s_s * s_s - c * c, 0.0)) / s_t  # eps = (x - a_t x0)/s_t enters as k x - k a_t x0
+        x = torch.add(x * k, x0, alpha=a_s - k * a_t)
         if c > 0:
-            x = x + c * ev.randn_like(x)
+            x.add_(ev.randn_like(x), alpha=c)
         yield x
 
 
