@@ -3,7 +3,8 @@
 Accuracy.  Random Gaussian mixtures (``accuracy_vs_nfe.random_mixture``; seeds 9401.. were never used in
 development) in 2-D and 16-D, n exact draws of p_T as the common start, each library at its strongest settings:
 
-  vp    VPSDE (beta 0.1..20, T = 1 -> t_end = 1e-3). sdekit's reverse-SDE samplers on the logsnr and karras grids
+  vp    VPSDE (beta 0.1..20, T = 1 -> t_end = 1e-3). sdekit's reverse-SDE samplers on the logsnr, karras,
+        quadratic and uniform grids
         against k-diffusion's sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
         sample_dpmpp_sde, sample_dpmpp_2m_sde (midpoint and heun), sample_dpmpp_3m_sde on its karras, exponential
         and polyexponential schedules (same end level s = sigma/alpha, exact mixture denoiser, its own noise:
@@ -59,6 +60,7 @@ TIMING_PAIRS = {  # sdekit sampler -> k-diffusion sampler it corresponds to (per
     "sa_solver": "sample_dpmpp_3m_sde", "euler_maruyama": "sample_euler_ancestral", "ddpm": "sample_euler_ancestral",
     "restart": "sample_heun", "heun_churn": "sample_heun",
 }
+GRIDS = ("logsnr", "karras", "quadratic", "uniform")  # sdekit's grids for the stochastic samplers (every one tried)
 PATH_NOISE = {"euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "sa_solver",
               "euler_maruyama"}  # samplers whose step noise is the Brownian path's increment (sample(noise="path"))
 KD = {"euler_ancestral": 1, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2, "dpmpp_sde": 2, "dpmpp_2m_sde": 1,
@@ -144,7 +146,7 @@ def sdekit_runs(gm, sde, x_T, t_end, exact, budgets, seed, jump: bool):
     for name, opts in SDEKIT:
         per = sdekit.solvers.get(name).nfe_per_step
         extra = 12 if name == "restart" else 0  # default restart interval: 2 N K = 12 calls
-        for grid in ("logsnr", "karras"):
+        for grid in GRIDS:
             for b in budgets:
                 k = max(1, (b - extra - (1 if jump else 0)) // per + (1 if jump else 0))
                 while True:
@@ -254,14 +256,16 @@ def diffusers_runs(gm, sde, x_T, exact, budgets, seed):
     return rows
 
 
-def floor_of(gm, sde, t_end, n, seed, pairs=3) -> float:
+def floor_of(gm, sde, t_end, n, seed, pairs=5) -> tuple:
+    """(median, standard deviation) of the sliced W2 between independent exact sets of n draws: the finite-sample
+    floor and the noise of one sliced-W2 value at this n."""
     vals = []
     for p in range(pairs):
         a = gm.sample_t(n, t_end, sde, generator=torch.Generator().manual_seed(seed * 100 + 2 * p), dtype=torch.float64)
         b = gm.sample_t(n, t_end, sde, generator=torch.Generator().manual_seed(seed * 100 + 2 * p + 1),
                         dtype=torch.float64)
         vals.append(sliced_w2(a, b))
-    return statistics.median(vals)
+    return statistics.median(vals), statistics.stdev(vals)
 
 
 def run_unit(problem, dim, seed, n, budgets, kds, have_diffusers):
@@ -271,7 +275,7 @@ def run_unit(problem, dim, seed, n, budgets, kds, have_diffusers):
     gen = torch.Generator().manual_seed(seed)
     x_T = gm.sample_t(n, sde.T, sde, generator=gen, dtype=torch.float32)
     exact = gm.sample_t(n, t_end, sde, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    floor = floor_of(gm, sde, t_end, n, seed)
+    floor, noise = floor_of(gm, sde, t_end, n, seed)
     rows = sdekit_runs(gm, sde, x_T, t_end, exact, budgets, seed, jump=problem == "ddpm")
     if problem == "vp" and kds is not None:
         rows += kd_runs(kds, gm, sde, x_T, exact, budgets, seed)
@@ -280,7 +284,7 @@ def run_unit(problem, dim, seed, n, budgets, kds, have_diffusers):
     for r in rows:
         if "sw2" in r:
             r["excess"] = r["sw2"] - floor
-    return {"problem": problem, "dim": dim, "seed": seed, "n": n, "floor": floor, "rows": rows,
+    return {"problem": problem, "dim": dim, "seed": seed, "n": n, "floor": floor, "floor_sd": noise, "rows": rows,
             "best": best_per_budget(rows, budgets)}
 
 
@@ -297,21 +301,29 @@ def best_per_budget(rows, budgets) -> dict:
 
 
 def ratios(units, budgets) -> dict:
-    """(sdekit best - floor) / (peer best - floor) per problem, dim and NFE: median and range over seeds."""
+    """(sdekit best - floor) / (peer best - floor) per problem, dim and NFE: median and range over seeds. A seed
+    where the peer's best lies within 2 floor standard deviations of the floor is not a ratio (it would divide
+    noise by noise): it counts in ``at_floor`` instead, with sdekit's excess in floor standard deviations."""
     out = {}
     for problem, peer in (("vp", "k-diffusion"), ("ddpm", "diffusers")):
         for dim in sorted({u["dim"] for u in units}):
             us = [u for u in units if u["problem"] == problem and u["dim"] == dim]
             for b in budgets:
-                vals = []
+                vals, at_floor = [], []
                 for u in us:
                     best = u["best"].get(str(b), {})
                     if "sdekit" in best and peer in best:
-                        den = best[peer]["excess"]
-                        vals.append(best["sdekit"]["excess"] / den if den > 0 else math.inf)
-                if vals:
-                    out.setdefault(f"{problem} {dim}-D vs {peer}", {})[str(b)] = {
-                        "median": statistics.median(vals), "min": min(vals), "max": max(vals), "seeds": len(vals)}
+                        den, sd = best[peer]["excess"], u.get("floor_sd", 0.0)
+                        if den > 2 * sd:
+                            vals.append(best["sdekit"]["excess"] / den)
+                        else:
+                            at_floor.append(best["sdekit"]["excess"] / sd if sd > 0 else math.nan)
+                if vals or at_floor:
+                    cell = {"seeds": len(vals) + len(at_floor), "at_floor": len(at_floor),
+                            "sdekit_excess_in_sd_at_floor": at_floor}
+                    if vals:
+                        cell.update(median=statistics.median(vals), min=min(vals), max=max(vals))
+                    out.setdefault(f"{problem} {dim}-D vs {peer}", {})[str(b)] = cell
     return out
 
 
@@ -428,7 +440,9 @@ def main(argv=None):
                     json.dump(report, fh, indent=1, default=float)
     print("ratios (sdekit best - floor) / (peer best - floor):")
     for k, v in report["ratios"].items():
-        print(" ", k, {b: f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]" for b, r in v.items()})
+        print(" ", k, {b: (f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]" if "median" in r else "")
+                       + (f" ({r['at_floor']} of {r['seeds']} at the floor)" if r["at_floor"] else "")
+                       for b, r in v.items()})
     write_report(args.out, name, report, lambda path: plot(report, path))
 
 
