@@ -111,22 +111,24 @@ def heun_churn(ev: Evaluator, x, ts, *, s_churn: float = 10.0, s_tmin: float = 0
     step from s^ to s_{i+1} (Euler if s_{i+1} = 0)."""
     sde = ev.sde
     alpha, sigma = sde.alpha(ts), sde.sigma(ts)
-    s = sigma / alpha
-    s_top = float(s[0])
+    s = (sigma / alpha).tolist()
     n = len(ts) - 1
+    gammas = [min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s_i <= s_tmax else 0.0 for s_i in s[:-1]]
+    s_hat = [min(s_i * (1 + g), s[0]) for s_i, g in zip(s[:-1], gammas)]  # s(t_start) caps the churn
+    churned = [i for i in range(n) if s_hat[i] > s[i]]
+    t_hat, a_hat = list(ts[:-1]), alpha[:-1].tolist()
+    if churned:  # the churned times and their alphas, in one call for the whole grid
+        lam = torch.tensor([-2 * math.log(s_hat[i]) for i in churned], dtype=torch.float64)
+        th = sde.t_from_log_snr(lam)
+        for i, t, a in zip(churned, th, sde.alpha(th).tolist()):
+            t_hat[i], a_hat[i] = t, a
+    a_list = alpha.tolist()
     for i in range(n):
-        s_i = float(s[i])
-        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s_i <= s_tmax else 0.0
-        s_hat = min(s_i * (1 + gamma), s_top)
-        y = x / float(alpha[i])
-        if s_hat > s_i:
-            y = y + math.sqrt(s_hat**2 - s_i**2) * s_noise * ev.randn_like(y)
-            t_hat = sde.t_from_log_snr(torch.tensor(-2 * math.log(s_hat), dtype=torch.float64))
-        else:
-            t_hat = ts[i]
-        a_hat = float(sde.alpha(t_hat))
-        d = ev.eps(y * a_hat, t_hat)
-        ds = float(s[i + 1]) - s_hat
-        d2 = ev.eps((y + ds * d) * float(alpha[i + 1]), ts[i + 1])
-        x = (y + ds * 0.5 * (d + d2)) * float(alpha[i + 1])
+        y = x / a_list[i]
+        if s_hat[i] > s[i]:
+            y = y + math.sqrt(s_hat[i] ** 2 - s[i] ** 2) * s_noise * ev.randn_like(y)
+        d = ev.eps(y * a_hat[i], t_hat[i])
+        ds = s[i + 1] - s_hat[i]
+        d2 = ev.eps((y + ds * d) * a_list[i + 1], ts[i + 1])
+        x = (y + ds * 0.5 * (d + d2)) * a_list[i + 1]
         yield x
