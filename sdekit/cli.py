@@ -244,7 +244,8 @@ def _add_compare(sub):
     p = sub.add_parser("compare", help="solver accuracy against NFE on an exact Gaussian-mixture score or a checkpoint "
                        "(leaderboard; results.json, results.csv, error_vs_nfe.png)")
     p.add_argument("--solvers", type=_name_list, default=None,
-                   help="comma-separated solver names (default: every deterministic fixed-step solver)")
+                   help="comma-separated solver names (default: every deterministic fixed-step solver; stochastic "
+                   "ones, e.g. dpmpp_2m_sde,euler_ancestral, are measured by their law and pathwise error)")
     p.add_argument("--nfe", type=_int_list, default=None,
                    help="NFE budgets, turned into per-solver step counts (default 5,10,15,20,30,50,100)")
     p.add_argument("--steps", type=_int_list, default=None, help="raw step counts for every solver (instead of --nfe)")
@@ -258,7 +259,10 @@ def _add_compare(sub):
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="compare on a trained checkpoint (x_T from its prior) against a dopri5 reference of it")
     p.add_argument("--ref-steps", type=_int("--ref-steps", 1, MAX_STEPS), default=2000,
-                   help="RK4 steps of the float64 mixture reference")
+                   help="RK4 steps of the float64 mixture reference, and steps of each stochastic solver's "
+                   "same-path reference")
+    p.add_argument("--no-pathwise", action="store_true",
+                   help="stochastic solvers: skip the pathwise error (and its fine same-path reference solves)")
     p.add_argument("--ref-tol", type=_real("--ref-tol", 0.0, 1.0, lo_open=True), default=1e-10,
                    help="dopri5 rtol = atol of the --checkpoint reference")
     p.add_argument("--tune-n", type=_positive_int, default=256,
@@ -296,7 +300,7 @@ def _run_compare(args) -> int:
 
     import torch
 
-    from sdekit.compare import DEFAULT_NFE, compare
+    from sdekit.compare import DEFAULT_NFE, SLICED, compare
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -310,21 +314,28 @@ def _run_compare(args) -> int:
         res = compare(model, x_T, solvers=args.solvers, nfe=args.nfe or DEFAULT_NFE, steps=args.steps,
                       grids=args.grids, seed=args.seed, n=args.n, dim=args.dim or 2, sde=args.sde or "vp",
                       progress=not args.no_progress, ref_steps=args.ref_steps, ref_tol=args.ref_tol,
-                      tune_n=args.tune_n, tune_options=tune_options)
+                      tune_n=args.tune_n, tune_options=tune_options, pathwise=not args.no_pathwise)
     except ValueError as err:
         args.usage_error(str(err))
     paths = res.save(args.out)
     meta = res.meta
+    endpoint = any(r.metric != SLICED for r in res)
+    law = any(r.metric == SLICED for r in res)
     print(f"{source}; {meta['n']} rows x_T (seed {meta['seed']}), {meta['dtype']}")
     if args.full:
-        print(res.table())  # ends with the reference line
-    else:
+        print(res.table())  # ends with the reference line and the stochastic rows' notes
+    elif endpoint:
         print(f"reference: {meta['reference']['method']}; its own error estimate "
               f"{meta['reference'].get('error_estimate', float('nan')):.2e}")
-    for statistic in ("median", "p90", "rms"):
+    for statistic in ("median", "p90", "rms") if endpoint else ():
         print()
         print(res.leaderboard(statistic=statistic).table())
-    if meta.get("flipped"):
+    if law:
+        print()
+        print(res.leaderboard(statistic="excess").table())
+        if not args.full:
+            print("\n".join(res.law_notes()))
+    if meta.get("flipped") and endpoint:
         print("\nflipped: fraction of rows that end in another mixture component than the reference")
     print(f"\nwrote {', '.join(paths)}" + ("" if args.full else " (every row: --full)"))
     if not any(math.isfinite(r.error) for r in res):
