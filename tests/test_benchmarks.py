@@ -50,3 +50,20 @@ def test_accuracy_vs_nfe_runs_and_checks_its_goal(tmp_path):
     summary = report["summary"]["vp"]["2"]["6"]["median"]["untuned"]
     assert "goal_met_median_over_seeds" in summary  # NFE <= 6 is a goal budget: checked, never assumed
     assert "ratios sdekit_best / peer_best" in done.stdout
+
+
+def test_strong_order_benchmark_measures_order_one_on_a_gaussian(tmp_path):
+    """A small run of benchmarks/strong_order.py: on the one-Gaussian problem (linear score, no mode to switch)
+    Euler-Maruyama and the DPM-Solver++(2M) SDE converge pathwise at order about 1, torchsde's Euler-Maruyama
+    beside them; the fine solves of all samplers are one strong solution."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "strong_order.py"), "--seeds", "9501", "--rows", "16",
+           "--ref-steps", "512", "--problems", "gaussian", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "strong_order.json").read_text())
+    assert (tmp_path / "strong_order.png").stat().st_size > 0
+    summary = report["summary"]
+    for key in ("Gaussian 2-D sdekit euler_maruyama", "Gaussian 2-D sdekit dpmpp_2m_sde", "Gaussian 2-D torchsde euler"):
+        assert 0.75 < summary[key]["median"] < 1.35, (key, summary[key])
+    gauss = [u for u in report["units"] if u["problem"] == "Gaussian 2-D"][0]
+    assert gauss["fine"]["max_distance_between_fine_solves"] < 0.01
