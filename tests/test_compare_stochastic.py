@@ -63,7 +63,7 @@ def test_excess_se_is_calibrated_over_seeds(source):
 
 
 def test_excess_and_mode_error_shrink_with_steps():
-    res = compare(solvers="euler_maruyama,dpmpp_2m_sde", steps=(4, 40), grids=("logsnr",), n=2000, pathwise=False,
+    res = compare(solvers="euler_maruyama,dpmpp_2m_sde", steps=(3, 40), grids=("logsnr",), n=2000, pathwise=False,
                   progress=False)
     floor = res.meta["law"]["mode_err_floor"]
     for solver in ("euler_maruyama", "dpmpp_2m_sde"):
