@@ -257,25 +257,32 @@ def diffusers_runs(gm, sde, x_T, exact, budgets, seed):
 
 
 def floor_of(gm, sde, t_end, n, seed, pairs=5) -> tuple:
-    """(median, standard deviation) of the sliced W2 between independent exact sets of n draws: the finite-sample
-    floor and the noise of one sliced-W2 value at this n."""
-    vals = []
+    """(median, standard deviation) of the sliced W2 between independent exact sets of n draws, and the median
+    mode-weight error between them: the finite-sample floors, and the noise of one sliced-W2 value at this n."""
+    vals, modes = [], []
     for p in range(pairs):
         a = gm.sample_t(n, t_end, sde, generator=torch.Generator().manual_seed(seed * 100 + 2 * p), dtype=torch.float64)
         b = gm.sample_t(n, t_end, sde, generator=torch.Generator().manual_seed(seed * 100 + 2 * p + 1),
                         dtype=torch.float64)
-        vals.append(sliced_w2(a, b))
-    return statistics.median(vals), statistics.stdev(vals)
+        m = law_metrics(gm, sde, t_end, a, b)
+        vals.append(m["sw2"])
+        modes.append(m["mode_err"])
+    return statistics.median(vals), statistics.stdev(vals), statistics.median(modes)
+
+
+def problem_of(problem: str, dim: int, seed: int):
+    """(mixture, SDE, t_end) of a unit."""
+    gm = random_mixture(dim, seed)
+    sde = sdekit.VPSDE() if problem == "vp" else sdekit.DiscreteVPSDE.linear(1000, 1e-4, 0.02)
+    return gm, sde, (sde.eps if problem == "vp" else 0.0)
 
 
 def run_unit(problem, dim, seed, n, budgets, kds, have_diffusers):
-    gm = random_mixture(dim, seed)
-    sde = sdekit.VPSDE() if problem == "vp" else sdekit.DiscreteVPSDE.linear(1000, 1e-4, 0.02)
-    t_end = sde.eps if problem == "vp" else 0.0
+    gm, sde, t_end = problem_of(problem, dim, seed)
     gen = torch.Generator().manual_seed(seed)
     x_T = gm.sample_t(n, sde.T, sde, generator=gen, dtype=torch.float32)
     exact = gm.sample_t(n, t_end, sde, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    floor, noise = floor_of(gm, sde, t_end, n, seed)
+    floor, noise, mode_floor = floor_of(gm, sde, t_end, n, seed)
     rows = sdekit_runs(gm, sde, x_T, t_end, exact, budgets, seed, jump=problem == "ddpm")
     if problem == "vp" and kds is not None:
         rows += kd_runs(kds, gm, sde, x_T, exact, budgets, seed)
@@ -284,17 +291,19 @@ def run_unit(problem, dim, seed, n, budgets, kds, have_diffusers):
     for r in rows:
         if "sw2" in r:
             r["excess"] = r["sw2"] - floor
-    return {"problem": problem, "dim": dim, "seed": seed, "n": n, "floor": floor, "floor_sd": noise, "rows": rows,
-            "best": best_per_budget(rows, budgets)}
+    return {"problem": problem, "dim": dim, "seed": seed, "n": n, "floor": floor, "floor_sd": noise,
+            "mode_floor": mode_floor, "rows": rows, "best": best_per_budget(rows, budgets),
+            "best_by_mode": best_per_budget(rows, budgets, "mode_err")}
 
 
-def best_per_budget(rows, budgets) -> dict:
+def best_per_budget(rows, budgets, key: str = "sw2") -> dict:
+    """Per NFE budget and library, the setting with the lowest ``key`` (sw2 or mode_err) within the budget."""
     out = {}
     for b in budgets:
         for lib in ("sdekit", "k-diffusion", "diffusers"):
-            cand = [r for r in rows if r["library"] == lib and r.get("nfe", 1e9) <= b and math.isfinite(r.get("sw2", math.nan))]
+            cand = [r for r in rows if r["library"] == lib and r.get("nfe", 1e9) <= b and math.isfinite(r.get(key, math.nan))]
             if cand:
-                r = min(cand, key=lambda r: r["sw2"])
+                r = min(cand, key=lambda r: r[key])
                 out.setdefault(str(b), {})[lib] = {k: r[k] for k in ("solver", "setting", "nfe", "sw2", "excess",
                                                                     "mode_err")}
     return out
@@ -361,6 +370,60 @@ def plot(report, path):
     plt.close(fig)
 
 
+def mode_ratios(units, budgets) -> dict:
+    """(sdekit best mode error - its floor) / (peer best - floor), each side's best setting by mode error: median
+    and range over seeds (a seed whose peer lies within its floor counts in ``at_floor``)."""
+    out = {}
+    for problem, peer in (("vp", "k-diffusion"), ("ddpm", "diffusers")):
+        for dim in sorted({u["dim"] for u in units}):
+            for b in budgets:
+                vals, at_floor = [], 0
+                for u in units:
+                    best = u["best_by_mode"].get(str(b), {}) if u["problem"] == problem and u["dim"] == dim else {}
+                    if "sdekit" in best and peer in best:
+                        den = best[peer]["mode_err"] - u["mode_floor"]
+                        if den > 0:
+                            vals.append((best["sdekit"]["mode_err"] - u["mode_floor"]) / den)
+                        else:
+                            at_floor += 1
+                if vals or at_floor:
+                    cell = {"seeds": len(vals) + at_floor, "at_floor": at_floor}
+                    if vals:
+                        cell.update(median=statistics.median(vals), min=min(vals), max=max(vals))
+                    out.setdefault(f"{problem} {dim}-D vs {peer}", {})[str(b)] = cell
+    return out
+
+
+def resummarize(path: str) -> dict:
+    """Recompute every unit's best settings (by sliced W2 and by mode error), floors and both ratio tables from a
+    saved report's rows (the mode-error floor is recomputed from the unit's seeds if the report predates it)."""
+    with open(path) as fh:
+        report = json.load(fh)
+    budgets = report["budgets"]
+    for u in report["units"]:
+        if "mode_floor" not in u:
+            gm, sde, t_end = problem_of(u["problem"], u["dim"], u["seed"])
+            u["floor"], u["floor_sd"], u["mode_floor"] = floor_of(gm, sde, t_end, u["n"], u["seed"])
+            for r in u["rows"]:
+                if "sw2" in r:
+                    r["excess"] = r["sw2"] - u["floor"]
+        u["best"] = best_per_budget(u["rows"], budgets)
+        u["best_by_mode"] = best_per_budget(u["rows"], budgets, "mode_err")
+    report["ratios"] = ratios(report["units"], budgets)
+    report["mode_ratios"] = mode_ratios(report["units"], budgets)
+    return report
+
+
+def print_ratios(report) -> None:
+    for title, key in (("sliced W2: (sdekit best - floor) / (peer best - floor)", "ratios"),
+                       ("mode weights: (sdekit best - floor) / (peer best - floor)", "mode_ratios")):
+        print(title + ":")
+        for k, v in report.get(key, {}).items():
+            print(" ", k, {b: (f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]" if "median" in r else "")
+                           + (f" ({r['at_floor']} of {r['seeds']} at the floor)" if r["at_floor"] else "")
+                           for b, r in v.items()})
+
+
 def plot_timing(report, path):
     """Per-step time over k-diffusion's, per sampler and batch: path noise (default) and noise='step'."""
     import matplotlib
@@ -398,8 +461,16 @@ def main(argv=None):
     p.add_argument("--no-timing", action="store_true", help="skip the noise and per-step timing tables")
     p.add_argument("--timing-only", action="store_true", help="only the noise and per-step timing tables "
                    "(written to DIR/stochastic_timing.json)")
+    p.add_argument("--resummarize", metavar="JSON", help="recompute the best settings and ratio tables of a saved "
+                   "report (and its plot) instead of running")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.resummarize:
+        report = resummarize(args.resummarize)
+        print_ratios(report)
+        stem = os.path.splitext(args.resummarize)[0]
+        write_report(os.path.dirname(stem) or ".", os.path.basename(stem), report, lambda path: plot(report, path))
+        return
     quick = args.quick
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if quick else None]
     n = args.n or (500 if quick else 10_000)
@@ -438,11 +509,8 @@ def main(argv=None):
                 os.makedirs(args.out, exist_ok=True)
                 with open(os.path.join(args.out, name + ".json"), "w") as fh:
                     json.dump(report, fh, indent=1, default=float)
-    print("ratios (sdekit best - floor) / (peer best - floor):")
-    for k, v in report["ratios"].items():
-        print(" ", k, {b: (f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]" if "median" in r else "")
-                       + (f" ({r['at_floor']} of {r['seeds']} at the floor)" if r["at_floor"] else "")
-                       for b, r in v.items()})
+    report["mode_ratios"] = mode_ratios(units, budgets)
+    print_ratios(report)
     write_report(args.out, name, report, lambda path: plot(report, path))
 
 
