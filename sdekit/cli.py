@@ -360,6 +360,9 @@ def _add_sample(sub):
     p.add_argument("--guidance", type=_real("--guidance"), default=0.0,
                    help="classifier-free guidance weight w (with --label)")
     p.add_argument("--denoise", action="store_true", help="finish with the jump to t = 0")
+    p.add_argument("--noise", choices=("path", "step"), default="path",
+                   help="stochastic solvers: the rows' Brownian-path increments (default; more steps refine the "
+                        "same path) or a fresh Gaussian per step (faster)")
     p.add_argument("--out", default="samples.png", help="PNG to write (a grid for images, a scatter for 2-D)")
     p.add_argument("--save", default=None, help="also write the samples to this .safetensors file")
     p.add_argument("--threads", type=_THREADS, default=1, help="torch threads (default 1: small tensors)")
@@ -434,7 +437,7 @@ def _run_sample(args) -> int:
     x_T = RowNoise(args.seed, args.n).randn(shape, _X_T_STREAM, dtype=torch.float32) * model.sde.prior_std()
     start = time.perf_counter()
     with torch.no_grad():
-        sol = sample(model, x_T, args.solver, args.steps, grid=args.grid, generator=args.seed,
+        sol = sample(model, x_T, args.solver, args.steps, grid=args.grid, generator=args.seed, noise=args.noise,
                      denoise=args.denoise, progress=True)
     elapsed = time.perf_counter() - start
     title += f"\n{args.solver}, {args.grid} grid, {args.steps} steps, NFE {sol.nfe}"

@@ -1,4 +1,5 @@
 """`sdekit sample` and `sdekit info` end to end on tiny settings."""
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -17,6 +18,21 @@ def test_sample_builtin_mixture(tmp_path):
     assert png.stat().st_size > 1000
     x = load_file(str(st))["samples"]
     assert x.shape == (50, 2) and torch.isfinite(x).all()
+
+
+def test_sample_noise_kinds(tmp_path):
+    """--noise step: per-row fresh step noise (rows do not depend on --n), not the Brownian path's increments."""
+    out = {}
+    for noise, n in (("path", 12), ("step", 12), ("step", 5)):
+        st = tmp_path / f"{noise}{n}.safetensors"
+        assert main(["sample", "--solver", "euler_ancestral", "--n", str(n), "--steps", "6", "--noise", noise,
+                     "--out", str(tmp_path / "s.png"), "--save", str(st)]) == 0
+        out[noise, n] = load_file(str(st))["samples"]
+    assert torch.equal(out["step", 12][:5], out["step", 5])
+    assert not torch.allclose(out["step", 12], out["path", 12])
+    with pytest.raises(SystemExit) as bad:  # argparse's choices: usage error, exit 2
+        main(["sample", "--noise", "fresh", "--out", str(tmp_path / "bad.png")])
+    assert bad.value.code == 2
 
 
 def test_sample_from_a_trained_checkpoint_with_guidance(tmp_path, capsys):
