@@ -353,17 +353,19 @@ def plot(report, path):
                 v = [u["best"][str(b)][lib]["excess"] for u in us if lib in u["best"].get(str(b), {})]
                 if v:
                     xs.append(b)
-                    med.append(max(statistics.median(v), 1e-5))
-                    lo.append(max(min(v), 1e-5))
-                    hi.append(max(max(v), 1e-5))
+                    med.append(statistics.median(v))
+                    lo.append(min(v))
+                    hi.append(max(v))
             if xs:
                 ax.errorbar(xs, med, yerr=[[m - a for m, a in zip(med, lo)], [b - m for m, b in zip(med, hi)]],
                             fmt=style, label=lib, capsize=3)
+        sd = statistics.median(u.get("floor_sd", 0.0) for u in us)
+        ax.axhspan(-2 * sd, 2 * sd, color="gray", alpha=0.2, label="floor +- 2 sd (noise at this n)")
+        ax.axhline(0.0, color="gray", lw=0.8)
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_title(f"{problem}, {dim}-D ({len(us)} mixtures)")
         ax.set_xlabel("NFE")
-        ax.set_ylabel("sliced W2 - floor (best setting)")
+        ax.set_ylabel("sliced W2 - floor (best setting; median, range)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
