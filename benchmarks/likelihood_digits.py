@@ -12,8 +12,10 @@ bin width 1/8, draws from (seed, row)); both libraries then score those same poi
 dequantisation), so their values differ only by the solver and the Hutchinson probes.
 
 Methods (each over ``--seeds`` seeds: probes and dequantisation draws):
-  sdekit      ``sdekit.bpd.score_dataset`` defaults: all rows in one solve, dopri5 in log-SNR at rtol = atol =
+  sdekit      ``sdekit.bpd.score_dataset`` defaults: all rows in one solve, dopri5 in t at rtol = atol =
               DATASET_TOL, Hutchinson with 2 Rademacher probes in one solve (one draw per image here)
+  sdekit 1 probe  the same with one probe: k-diffusion's estimator (one Rademacher probe per image), so the
+              two differ in the solver alone; the default's second probe halves the estimator's variance
   k-diffusion ``k_diffusion.sampling.log_likelihood`` default call: dopri5 (torchdiffeq) in sigma, rtol = atol =
               1e-4, one Rademacher probe, all rows in one batch (torchdiffeq's RMS norm over the whole batch)
 plus, once (seed 0), a bias study on ``--ref-rows`` of the rows (``bias_study``): the tight reference is sdekit's
@@ -148,17 +150,18 @@ def run(args):
         if ref_rows and seed == 0:
             bias, ref = bias_study(model, x[::max(1, x.shape[0] // ref_rows)][:ref_rows], args.ref_tol, DATASET_TOL)
             ref_idx = torch.arange(0, x.shape[0], max(1, x.shape[0] // ref_rows))[:ref_rows]
-        start = time.perf_counter()
-        score = score_dataset(model, x, LikelihoodConfig(data_scale=DIGITS_SCALE, seed=seed))
-        t_ours = time.perf_counter() - start
-        row = {"seed": seed, "method": "sdekit", "bpd": score.bpd, "bpd_se": score.bpd_se,
-               "se_estimator": score.se_estimator, "nfe": score.nfe, "time_s": t_ours,
-               "per_image_s": t_ours / x.shape[0], "cpu_s": score.cpu_seconds, "divergence": score.divergence,
-               "probes": score.probes, "rtol": score.rtol}
-        if ref is not None:
-            row["mean_err_ref_rows"] = float((score.per_image[ref_idx] - ref).mean())
-        rows.append(row)
-        print(row, flush=True)
+        for method, probes in (("sdekit", None), ("sdekit 1 probe", 1)):
+            start = time.perf_counter()
+            score = score_dataset(model, x, LikelihoodConfig(data_scale=DIGITS_SCALE, seed=seed), probes=probes)
+            t_ours = time.perf_counter() - start
+            row = {"seed": seed, "method": method, "bpd": score.bpd, "bpd_se": score.bpd_se,
+                   "se_estimator": score.se_estimator, "nfe": score.nfe, "time_s": t_ours,
+                   "per_image_s": t_ours / x.shape[0], "cpu_s": score.cpu_seconds, "divergence": score.divergence,
+                   "probes": score.probes, "rtol": score.rtol}
+            if ref is not None:
+                row["mean_err_ref_rows"] = float((score.per_image[ref_idx] - ref).mean())
+            rows.append(row)
+            print(row, flush=True)
         if kds is not None and not args.no_kdiffusion:
             torch.manual_seed(seed)  # k-diffusion draws its probe from the global generator
             start, cpu = time.perf_counter(), time.process_time()
@@ -179,7 +182,7 @@ def run(args):
 
 def summary(rows):
     out = {}
-    for m in ("sdekit", "k-diffusion"):
+    for m in ("sdekit", "sdekit 1 probe", "k-diffusion"):
         r = [row for row in rows if row["method"] == m]
         if not r:
             continue
@@ -192,11 +195,13 @@ def summary(rows):
         errs = [row["mean_err_ref_rows"] for row in r if "mean_err_ref_rows" in row]
         if errs:
             out[m]["mean_err_ref_rows"] = errs[0]
-    if len(out) == 2:
-        out["time_ratio_sdekit_over_kdiffusion"] = out["sdekit"]["per_image_s_median"] / \
-            out["k-diffusion"]["per_image_s_median"]
-        out["cpu_time_ratio_sdekit_over_kdiffusion"] = out["sdekit"]["cpu_per_image_s_median"] / \
-            out["k-diffusion"]["cpu_per_image_s_median"]
+    if "k-diffusion" in out:
+        for m, tag in (("sdekit", ""), ("sdekit 1 probe", "_1_probe")):
+            if m in out:
+                out[f"time_ratio_sdekit{tag}_over_kdiffusion"] = out[m]["per_image_s_median"] / \
+                    out["k-diffusion"]["per_image_s_median"]
+                out[f"cpu_time_ratio_sdekit{tag}_over_kdiffusion"] = out[m]["cpu_per_image_s_median"] / \
+                    out["k-diffusion"]["cpu_per_image_s_median"]
     return out
 
 
@@ -207,7 +212,7 @@ def plot(rows, title, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for m, marker in (("sdekit", "o"), ("k-diffusion", "s")):
+    for m, marker in (("sdekit", "o"), ("sdekit 1 probe", "^"), ("k-diffusion", "s")):
         r = [row for row in rows if row["method"] == m]
         if r:
             ax.scatter([row["per_image_s"] for row in r], [row["bpd"] for row in r], marker=marker, s=60, label=m)
