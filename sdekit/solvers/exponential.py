@@ -319,6 +319,15 @@ def _ms_update(x: Tensor, x0_t: Tensor, points: List[Tuple[float, Tensor]], l_t:
     return x + (a_s * B) * corr
 
 
+def final_order(order: int, i: int, n: int, lower_order_final: bool) -> int:
+    """The order of step i of n of a multistep solver: ``order``, or with ``lower_order_final`` at most n - i (the
+    last step first order, the one before at most second), as UniPC and diffusers' multistep schedulers do.
+    Extrapolating a history across the large last steps of uniform and quadratic grids is what it avoids
+    (measured: 20 uniform steps, 3M error 0.79 -> 0.04; for dpmpp_2m_sde on a DDPM table at 10 NFE, uniform
+    grid, the sliced-W2 excess 0.53 -> 0.08)."""
+    return min(order, n - i) if lower_order_final else order
+
+
 def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, corrector: bool,
                lower_order_final: bool, noise: bool = False, afs: bool = False):
     """Multistep predictor (order p uses the last p model outputs) with an optional UniC corrector.
@@ -327,10 +336,9 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
     predicts x_{i+1} from x_i, m_i and the previous p - 1 outputs (fewer during warm-up); with ``corrector`` the
     next step first evaluates m_{i+1} at the predicted x_{i+1}, then redoes step i with (l_{i+1}, m_{i+1}) as an
     extra point (UniC: no extra network call; m_{i+1} stays in the history). The last step is predictor only.
-    ``lower_order_final``: step i uses order at most n - i (the last step is first order, the one before at most
-    second), as UniPC does; it keeps the large final steps of uniform/quadratic grids stable (measured: 20
-    uniform steps, 3M error 0.79 -> 0.04) at the price of the asymptotic order, which needs
-    lower_order_final=False (global order = registered order). ``noise``: the noise form, run as the data form
+    ``lower_order_final``: lower orders on the last steps (``final_order``), which keeps the large final steps of
+    uniform/quadratic grids stable at the price of the asymptotic order, which needs lower_order_final=False
+    (global order = registered order). ``noise``: the noise form, run as the data form
     on the mirrored schedule (alpha <-> sigma, l -> -l; module docstring). ``afs``: m_0 = gaussian_prediction
     (no network call at t_0; an approximation)."""
     if variant not in ("bh1", "bh2"):
@@ -362,9 +370,7 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
             x = sch.alpha[i + 1] * x0
             yield x
             continue
-        p = min(order, len(hist))
-        if lower_order_final:
-            p = min(p, n - i)
+        p = final_order(min(order, len(hist)), i, n, lower_order_final)
         pts = hist[len(hist) - p:-1][::-1]  # the p - 1 most recent previous points, newest first
         last = (i, x, pts)
         x = _ms_update(x, m, pts, lam_half[i], lam_half[i + 1], sigma[i], alpha[i + 1], sigma[i + 1], variant)

@@ -30,12 +30,12 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .base import Evaluator
-from .exponential import Schedule, check_flag, phi
+from .exponential import Schedule, check_flag, final_order, phi
 from .registry import register
 
 Tensor = torch.Tensor
 
-__all__ = ["exp_weights", "ancestral_split", "final_order"]
+__all__ = ["exp_weights", "ancestral_split"]
 
 
 def _check_unit(name: str, value: float, top: float = 1.0) -> float:
@@ -74,14 +74,6 @@ def ancestral_split(s_t: float, s_s: float, eta: float) -> Tuple[float, float]:
         return s_s, 0.0
     up = min(s_s, eta * math.sqrt(max(s_s * s_s * (s_t * s_t - s_s * s_s) / (s_t * s_t), 0.0)))
     return math.sqrt(max(s_s * s_s - up * up, 0.0)), up
-
-
-def final_order(order: int, i: int, n: int, lower_order_final: bool) -> int:
-    """The order of step i of n: ``order``, or with ``lower_order_final`` at most n - i (the last step first
-    order, the one before at most second), as diffusers' multistep schedulers do by default. Extrapolating an
-    x0 history across the large last steps of uniform and quadratic grids is what it avoids: on a DDPM table at
-    10 NFE, uniform grid, it takes the sliced-W2 excess of dpmpp_2m_sde from 0.53 to DDPM-like levels."""
-    return min(order, n - i) if lower_order_final else order
 
 
 def _check_grid(ts: Tensor, name: str) -> None:

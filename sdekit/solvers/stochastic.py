@@ -16,6 +16,7 @@ import math
 import torch
 
 from .base import Evaluator
+from .exponential import Schedule
 from .registry import register
 
 
@@ -109,26 +110,22 @@ def heun_churn(ev: Evaluator, x, ts, *, s_churn: float = 10.0, s_tmin: float = 0
     gamma_i = min(s_churn/N, sqrt(2) - 1) for s_i in [s_tmin, s_tmax], s^ = (1 + gamma_i) s_i (capped at
     s(t_start), since the SDE has no time beyond it), y^ = y_i + sqrt(s^2 - s_i^2) s_noise z, then one Heun
     step from s^ to s_{i+1} (Euler if s_{i+1} = 0)."""
-    sde = ev.sde
-    alpha, sigma = sde.alpha(ts), sde.sigma(ts)
-    s = (sigma / alpha).tolist()
+    sch = Schedule(ev.sde, ts)
+    s = [sg / a if a > 0 else math.inf for a, sg in zip(sch.alpha, sch.sigma)]
     n = len(ts) - 1
     gammas = [min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s_i <= s_tmax else 0.0 for s_i in s[:-1]]
     s_hat = [min(s_i * (1 + g), s[0]) for s_i, g in zip(s[:-1], gammas)]  # s(t_start) caps the churn
     churned = [i for i in range(n) if s_hat[i] > s[i]]
-    t_hat, a_hat = list(ts[:-1]), alpha[:-1].tolist()
-    if churned:  # the churned times and their alphas, in one call for the whole grid
-        lam = torch.tensor([-2 * math.log(s_hat[i]) for i in churned], dtype=torch.float64)
-        th = sde.t_from_log_snr(lam)
-        for i, t, a in zip(churned, th, sde.alpha(th).tolist()):
-            t_hat[i], a_hat[i] = t, a
-    a_list = alpha.tolist()
+    t_hat, a_hat = list(ts[:-1]), sch.alpha[:-1]
+    # the churned times and their alphas, in one call for the whole grid (half log-SNR l = -log s)
+    for i, (t, a, _) in zip(churned, sch.at_ls([-math.log(s_hat[i]) for i in churned]) if churned else ()):
+        t_hat[i], a_hat[i] = t, a
     for i in range(n):
-        y = x / a_list[i]
+        y = x / sch.alpha[i]
         if s_hat[i] > s[i]:
             y = y + math.sqrt(s_hat[i] ** 2 - s[i] ** 2) * s_noise * ev.randn_like(y)
         d = ev.eps(y * a_hat[i], t_hat[i])
         ds = s[i + 1] - s_hat[i]
-        d2 = ev.eps((y + ds * d) * a_list[i + 1], ts[i + 1])
-        x = (y + ds * 0.5 * (d + d2)) * a_list[i + 1]
+        d2 = ev.eps((y + ds * d) * sch.alpha[i + 1], ts[i + 1])
+        x = (y + ds * 0.5 * (d + d2)) * sch.alpha[i + 1]
         yield x
