@@ -309,10 +309,16 @@ def best_per_budget(rows, budgets, key: str = "sw2") -> dict:
     return out
 
 
-def ratios(units, budgets) -> dict:
-    """(sdekit best - floor) / (peer best - floor) per problem, dim and NFE: median and range over seeds. A seed
-    where the peer's best lies within 2 floor standard deviations of the floor is not a ratio (it would divide
-    noise by noise): it counts in ``at_floor`` instead, with sdekit's excess in floor standard deviations."""
+def ratios(units, budgets, by: str = "sw2") -> dict:
+    """(sdekit best - floor) / (peer best - floor) per problem, dim and NFE, each side's best setting by ``by``
+    ("sw2": the sliced W2 above its floor; "mode_err": the mode-weight error above its floor): median and range over
+    seeds. A seed where the peer's best lies within 2 floor standard deviations of the floor (for mode_err, whose
+    noise is not estimated: at or below its floor) is not a ratio (it would divide noise by noise): it counts in
+    ``at_floor`` instead, with sdekit's excess in floor standard deviations (NaN without one)."""
+    if by == "sw2":
+        best_key, excess, noise = "best", lambda u, e: e["excess"], lambda u: u.get("floor_sd", 0.0)
+    else:
+        best_key, excess, noise = "best_by_mode", lambda u, e: e["mode_err"] - u["mode_floor"], lambda u: 0.0
     out = {}
     for problem, peer in (("vp", "k-diffusion"), ("ddpm", "diffusers")):
         for dim in sorted({u["dim"] for u in units}):
@@ -320,13 +326,13 @@ def ratios(units, budgets) -> dict:
             for b in budgets:
                 vals, at_floor = [], []
                 for u in us:
-                    best = u["best"].get(str(b), {})
+                    best = u[best_key].get(str(b), {})
                     if "sdekit" in best and peer in best:
-                        den, sd = best[peer]["excess"], u.get("floor_sd", 0.0)
+                        den, sd = excess(u, best[peer]), noise(u)
                         if den > 2 * sd:
-                            vals.append(best["sdekit"]["excess"] / den)
+                            vals.append(excess(u, best["sdekit"]) / den)
                         else:
-                            at_floor.append(best["sdekit"]["excess"] / sd if sd > 0 else math.nan)
+                            at_floor.append(excess(u, best["sdekit"]) / sd if sd > 0 else math.nan)
                 if vals or at_floor:
                     cell = {"seeds": len(vals) + len(at_floor), "at_floor": len(at_floor),
                             "sdekit_excess_in_sd_at_floor": at_floor}
@@ -372,30 +378,6 @@ def plot(report, path):
     plt.close(fig)
 
 
-def mode_ratios(units, budgets) -> dict:
-    """(sdekit best mode error - its floor) / (peer best - floor), each side's best setting by mode error: median
-    and range over seeds (a seed whose peer lies within its floor counts in ``at_floor``)."""
-    out = {}
-    for problem, peer in (("vp", "k-diffusion"), ("ddpm", "diffusers")):
-        for dim in sorted({u["dim"] for u in units}):
-            for b in budgets:
-                vals, at_floor = [], 0
-                for u in units:
-                    best = u["best_by_mode"].get(str(b), {}) if u["problem"] == problem and u["dim"] == dim else {}
-                    if "sdekit" in best and peer in best:
-                        den = best[peer]["mode_err"] - u["mode_floor"]
-                        if den > 0:
-                            vals.append((best["sdekit"]["mode_err"] - u["mode_floor"]) / den)
-                        else:
-                            at_floor += 1
-                if vals or at_floor:
-                    cell = {"seeds": len(vals) + at_floor, "at_floor": at_floor}
-                    if vals:
-                        cell.update(median=statistics.median(vals), min=min(vals), max=max(vals))
-                    out.setdefault(f"{problem} {dim}-D vs {peer}", {})[str(b)] = cell
-    return out
-
-
 def resummarize(path: str) -> dict:
     """Recompute every unit's best settings (by sliced W2 and by mode error), floors and both ratio tables from a
     saved report's rows (the mode-error floor is recomputed from the unit's seeds if the report predates it)."""
@@ -412,7 +394,7 @@ def resummarize(path: str) -> dict:
         u["best"] = best_per_budget(u["rows"], budgets)
         u["best_by_mode"] = best_per_budget(u["rows"], budgets, "mode_err")
     report["ratios"] = ratios(report["units"], budgets)
-    report["mode_ratios"] = mode_ratios(report["units"], budgets)
+    report["mode_ratios"] = ratios(report["units"], budgets, "mode_err")
     return report
 
 
@@ -511,7 +493,7 @@ def main(argv=None):
                 os.makedirs(args.out, exist_ok=True)
                 with open(os.path.join(args.out, name + ".json"), "w") as fh:
                     json.dump(report, fh, indent=1, default=float)
-    report["mode_ratios"] = mode_ratios(units, budgets)
+    report["mode_ratios"] = ratios(units, budgets, "mode_err")
     print_ratios(report)
     write_report(args.out, name, report, lambda path: plot(report, path))
 
