@@ -35,6 +35,7 @@ import time
 import torch
 
 import sdekit
+from sdekit.compare import per_row_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -45,6 +46,11 @@ PATH_SAMPLERS = {"euler_maruyama": 1.0, "euler_ancestral": 1.0, "dpmpp_2s_ancest
                  "dpmpp_2m_sde": 1.0, "dpmpp_3m_sde": 1.0, "sa_solver": 1.0}  # sampler -> theoretical strong order
 TORCHSDE = {"euler": 1.0, "srk": 1.5}
 STEPS = (16, 32, 64, 128, 256)
+PROBLEMS = {  # --problems name -> (label, mixture from the seed)
+    "mixture": ("mixture 2-D", lambda seed: random_mixture(2, seed)),
+    "gaussian": ("Gaussian 2-D", lambda seed: sdekit.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64),
+                                                                      0.5)),
+}
 
 
 def slope(steps, errs) -> float:
@@ -56,10 +62,10 @@ def slope(steps, errs) -> float:
 
 
 def median_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Median over rows of |a - b| / sqrt(D): the RMS would be ruled by the few rows that start near a boundary
-    between modes and end in another mode at some step counts (a finite-step effect the order says nothing about)."""
-    d = (a - b).reshape(a.shape[0], -1)
-    return float((d.pow(2).sum(1) / d.shape[1]).sqrt().median())
+    """Median over rows of |a - b| / sqrt(D) (``compare.per_row_error``): the RMS would be ruled by the few rows
+    that start near a boundary between modes and end in another mode at some step counts (a finite-step effect the
+    order says nothing about)."""
+    return float(per_row_error(a, b).median())
 
 
 def sdekit_orders(gm, sde, x_T, seed: int, ref_steps: int) -> tuple[dict, dict]:
@@ -139,9 +145,13 @@ def main(argv=None):
     p.add_argument("--seeds", default="9501,9502,9503")
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--ref-steps", type=int, default=4096)
-    p.add_argument("--problems", default="mixture,gaussian", help="mixture (random 2-D mixture), gaussian (one)")
+    p.add_argument("--problems", default="mixture,gaussian", help="comma-separated: mixture (a random 2-D mixture), "
+                   "gaussian (one isotropic Gaussian)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
+    unknown = sorted(set(args.problems.split(",")) - set(PROBLEMS))
+    if unknown:
+        p.error(f"unknown problem(s) {unknown}; accepted: {', '.join(PROBLEMS)}")
     torch.set_num_threads(1)
     sde = sdekit.VPSDE()
     units = []
@@ -152,13 +162,9 @@ def main(argv=None):
     except ImportError:
         have_torchsde = False
     for seed in [int(s) for s in args.seeds.split(",")]:
-        problems = {"mixture 2-D": lambda seed=seed: random_mixture(2, seed),
-                    "Gaussian 2-D": lambda: sdekit.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64), 0.5)}
-        wanted = args.problems.split(",")
-        for problem, make in problems.items():
-            if problem.split()[0].lower() not in wanted:
-                continue
-            gm = make()
+        for key in args.problems.split(","):
+            problem, make = PROBLEMS[key]
+            gm = make(seed)
             x_T = gm.sample_t(args.rows, sde.T, sde, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
             unit = {"problem": problem, "seed": seed}
             unit["sdekit"], unit["fine"] = sdekit_orders(gm, sde, x_T, seed, args.ref_steps)
