@@ -94,6 +94,8 @@ def sample(
         return _sample_with_log_prob(model, x_T, solver, t_start, t_end, progress, likelihood, steps, ts, options)
     info = get(solver)
     sde = _check_inputs(info, model, x_T, options)
+    if noise not in NOISE_KINDS:
+        raise ValueError(f"noise must be one of {', '.join(NOISE_KINDS)}; got {noise!r}")
     if info.adaptive and steps is None and ts is None:
         low = sde.eps if t_end is None else min(float(t_end), sde.T if t_start is None else float(t_start))
         steps = 2 if float(sde.sigma(low)) == 0.0 and low < sde.eps else 1
@@ -109,8 +111,6 @@ def sample(
         grid_ts = torch.cat([grid_ts, grid_ts.new_zeros(1)])
     jump = not inverting and (denoise or float(sde.sigma(grid_ts[-1])) == 0.0)
 
-    if noise not in NOISE_KINDS:
-        raise ValueError(f"noise must be one of {', '.join(NOISE_KINDS)}; got {noise!r}")
     source: Optional[NoiseSource]
     if inverting:
         source = _NoNoise(solver)
