@@ -67,7 +67,8 @@ def test_tuning_is_cached_per_model_and_settings(tuned_case):
     _, model, tg = tuned_case
     before = model.net.calls
     again = tune(model, "unipc_3", 6, shape=(2,), n=128, generator=5, max_evals=80, ref_steps=200)
-    assert again is tg and model.net.calls == before
+    assert model.net.calls == before  # the same content and settings: no network call
+    assert again is not tg and torch.equal(again.ts, tg.ts) and again.validation == tg.validation  # a copy
     assert torch.equal(tune_grid(model, "unipc_3", 6, shape=(2,), n=128, generator=5, max_evals=80,
                                  ref_steps=200), tg.ts)
 

@@ -33,11 +33,21 @@ Generalisation. A second, independent prior draw of ``n`` rows (with its own ref
 tuned grid against the starting grid; the tuned grid is kept only if it wins there, so a tuned grid
 is never worse than the best named grid on fresh draws of the problem it was tuned for (up to that
 draw's noise). The cost is counted in network calls (each a batch of ``n`` rows) and returned.
-Results are cached per model object and settings.
+
+Caching. A result is cached per model and settings only when the model's content can be fingerprinted: an
+``nn.Module`` network, whose parameters and buffers are hashed (with the SDE's tensors and numbers and the
+prediction type) on every call, so a model whose weights changed (a training step, ``load_state_dict``, an
+edit through ``.data``) is tuned anew. A plain-function network is never cached (its behaviour cannot be
+fingerprinted). Every call returns its own copy: editing a returned ``TunedGrid.ts`` leaves the cache intact.
+Tuning runs under ``torch.no_grad()``.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import math
+import numbers
 import weakref
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -66,7 +76,8 @@ class TunedGrid:
     ts: float64 times t_start > ... > t_end (pass as ``sample(..., ts=ts)``); start_grid: the named grid
     tuning started from (and ``ts`` equals it when tuning did not win on the validation draw);
     nfe: network calls spent tuning (each a batch of ``n`` rows, references included);
-    calibration / validation: {"tuned": {...}, "start": {...}} per-row error quantiles on each draw."""
+    calibration / validation: {"tuned": {...}, "start": {...}} per-row error quantiles on each draw;
+    seed: the calibration draw's seed (the validation draw's is derived from it)."""
 
     ts: Tensor
     solver: str
@@ -78,6 +89,7 @@ class TunedGrid:
     objective: str
     calibration: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
+    seed: Optional[int] = None
 
 
 def row_errors(x: Tensor, x_ref: Tensor) -> Tensor:
@@ -195,6 +207,73 @@ def _check(model, solver, steps, n, objective, max_evals, shape, sde, t_end):
         raise ValueError(f"shape must give one row's shape, e.g. shape=(2,) or (1, 8, 8); got {shape!r}")
 
 
+def _check_more(generator, ref_steps, start_grids, dtype) -> None:
+    from .grids import GRIDS
+
+    if isinstance(generator, bool) or not isinstance(generator, (numbers.Integral, torch.Generator, type(None))):
+        raise TypeError(f"generator must be an int seed, a torch.Generator or None (a fresh seed, reported in "
+                        f"TunedGrid.seed); got {type(generator).__name__}")
+    if isinstance(ref_steps, bool) or not isinstance(ref_steps, int) or ref_steps < 2:
+        raise ValueError(f"ref_steps must be an integer >= 2 (rk4 steps of the reference solve); got {ref_steps!r}")
+    if isinstance(start_grids, str) or not len(start_grids):
+        raise ValueError(f"start_grids must be a non-empty sequence of grid names, e.g. {START_GRIDS}; "
+                         f"got {start_grids!r}")
+    unknown = [g for g in start_grids if g not in GRIDS]
+    if unknown:
+        raise ValueError(f"unknown start grid(s) {unknown}; accepted: {', '.join(GRIDS)}")
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
+
+
+def _seed_of(generator) -> int:
+    if generator is None:  # a fresh seed, drawn from torch's global generator (so torch.manual_seed fixes it)
+        return int(torch.randint(0, 2**31 - 1, (1,)).item())
+    return int(generator) if not isinstance(generator, torch.Generator) else int(generator.initial_seed())
+
+
+def _fingerprint(model: ScoreModel) -> Optional[str]:
+    """A hash of what the model computes: the network's parameters and buffers, the tensors and numbers held
+    by its modules and by the objects they hold (a mixture, a schedule), the SDE's, and the prediction type;
+    None for a network that is not an ``nn.Module``."""
+    if not isinstance(model.net, torch.nn.Module):
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((type(model).__name__, model.prediction, getattr(model, "ratio", None),
+                   getattr(model, "max_value", None))).encode())
+    for name, t in model.net.state_dict(keep_vars=True).items():
+        _hash_tensor(h, name, t)
+    for mod in model.net.modules():
+        _hash_fields(h, mod, depth=1)
+    _hash_fields(h, model.sde, depth=1)
+    return h.hexdigest()
+
+
+def _hash_fields(h, obj, depth: int) -> None:
+    """Hash the tensors among ``obj``'s attributes, its numbers too unless it is a module (whose counters and
+    flags are not what it computes), and (``depth`` levels down) those of the plain objects it holds (a mixture,
+    a schedule); modules' parameters and buffers are in the state dict, submodules are walked apart."""
+    h.update(type(obj).__name__.encode())
+    module = isinstance(obj, torch.nn.Module)
+    for name, v in sorted(vars(obj).items()):
+        if isinstance(v, Tensor):
+            _hash_tensor(h, name, v)
+        elif module:
+            pass
+        elif isinstance(v, (numbers.Number, str, type(None))):
+            h.update(repr((name, v)).encode())
+        elif isinstance(v, (list, tuple)) and all(isinstance(u, (numbers.Number, str)) for u in v):
+            h.update(repr((name, v)).encode())
+        elif depth > 0 and hasattr(v, "__dict__") and not isinstance(v, (torch.nn.Module, type)) \
+                and not callable(v):
+            _hash_fields(h, v, depth - 1)
+
+
+def _hash_tensor(h, name: str, t: Tensor) -> None:
+    t = t.detach()
+    h.update(repr((name, str(t.dtype), tuple(t.shape))).encode())
+    h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+
+
 def tune(
     model: ScoreModel,
     solver: str,
@@ -202,7 +281,7 @@ def tune(
     *,
     shape: Optional[Sequence[int]] = None,
     n: int = 256,
-    generator: Union[int, torch.Generator] = 0,
+    generator: Union[int, torch.Generator, None] = 0,
     t_start: Optional[float] = None,
     t_end: Optional[float] = None,
     objective: str = "balanced",
@@ -215,36 +294,51 @@ def tune(
 ) -> TunedGrid:
     """Tune a ``steps``-step time grid for ``model`` and ``solver`` (see the module docstring).
 
-    shape: one row's shape (the prior draws are (n, *shape)); generator: an int seed; the calibration
-    draw uses it and the validation draw an independent stream derived from it. t_start / t_end: as in
+    shape: one row's shape (the prior draws are (n, *shape)); generator: an int seed (or a torch.Generator: its
+    initial seed; or None: a fresh seed from torch's global generator, returned in ``TunedGrid.seed``); the
+    calibration draw uses it and the validation draw an independent stream derived from it. t_start / t_end: as in
     ``sample`` (defaults sde.T and sde.eps). objective: "balanced" (median and 90th percentile),
     "median" or "p90". max_evals: solves spent by the optimiser (default 50 per step: Powell needs
     about one line search of ~15 solves per free point per sweep; measured on 16-D mixtures, 20 steps of
     unipc_3 reached 0.26x the best named grid's median with 300 solves and 0.18x with 1000). ref_steps: rk4 log-SNR steps of the
-    reference. dtype: of the solves (default: the network's parameters' dtype, float64 for a function).
+    reference. start_grids: the named grids tuning may start from. dtype: of the solves, float32 or float64
+    (default: the network's parameters' dtype, float32 for a half-precision network, float64 for a function).
+    cache: reuse an earlier result for the same model content and settings (module docstring).
     solver_options go to the solver."""
     shape = tuple(shape) if shape is not None else None
     max_evals = 50 * int(steps) if max_evals is None and int(steps) == steps else max_evals
     _check(model, solver, steps, n, objective, max_evals, shape, getattr(model, "sde", None), t_end)
     assert max_evals is not None  # None only with non-integer steps, which _check refuses
+    _check_more(generator, ref_steps, start_grids, dtype)
     sde = model.sde
     t_start = float(sde.T if t_start is None else t_start)
     t_end = float(sde.eps if t_end is None else t_end)
-    seed = int(generator) if not isinstance(generator, torch.Generator) else int(generator.initial_seed())
-    key = (solver, int(steps), shape, int(n), seed, t_start, t_end, objective, int(max_evals), int(ref_steps),
-           tuple(start_grids), str(dtype), tuple(sorted(solver_options.items())))
-    cached = _CACHE.setdefault(model, {}) if cache else {}
+    seed = _seed_of(generator)
+    fingerprint = _fingerprint(model) if cache else None
+    key = (fingerprint, solver, int(steps), shape, int(n), seed, t_start, t_end, objective, int(max_evals),
+           int(ref_steps), tuple(start_grids), str(dtype), tuple(sorted(solver_options.items())))
+    cached = _CACHE.setdefault(model, {}) if fingerprint is not None else {}
     if key in cached:
-        return cached[key]
+        return copy.deepcopy(cached[key])
+    with torch.no_grad():
+        result = _tune(model, solver, int(steps), shape, int(n), seed, t_start, t_end, objective, int(max_evals),
+                       ref_steps, start_grids, dtype, solver_options)
+    for old in [k for k in cached if k[0] != fingerprint]:  # results for older weights are never asked for again
+        del cached[old]
+    cached[key] = result
+    return copy.deepcopy(result)
+
+
+def _tune(model, solver, steps, shape, n, seed, t_start, t_end, objective, max_evals, ref_steps, start_grids,
+          dtype, solver_options) -> TunedGrid:
     net_dtype, device = _net_dtype_device(model)
-    dtype = dtype or net_dtype
+    dtype = dtype or (net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32)
     cal = _Problem(model, solver, _prior_draw(model, shape, n, seed, dtype, device), ref_steps, solver_options,
                    t_start, t_end)
     val = _Problem(model, solver, _prior_draw(model, shape, n, seed + 7919, dtype, device), ref_steps,
                    solver_options, t_start, t_end)
-    result = _optimise(model, solver, int(steps), cal, val, objective, int(max_evals), start_grids, t_start, t_end)
-    cached[key] = result
-    return result
+    result = _optimise(model, solver, steps, cal, val, objective, max_evals, start_grids, t_start, t_end)
+    return dataclasses.replace(result, seed=seed)
 
 
 def _optimise(model, solver, steps, cal, val, objective, max_evals, start_grids, t_start, t_end) -> TunedGrid:
