@@ -158,3 +158,20 @@ def test_tune_refuses_bad_settings_by_name(counted, kwargs, error, match):
     with pytest.raises(error, match=match):
         sdekit.tune(model, "dpmpp_2m", **{**_TUNE, **kwargs})
     assert net.calls == 0
+
+
+# --- the Brownian path's resolution ------------------------------------------------------------------------------
+
+def test_a_grid_finer_than_the_brownian_path_warns_and_step_noise_does_not():
+    sde = sdekit.VPSDE()
+    model = _mixture().model(sde)
+    x_T = torch.randn(2, 2, dtype=torch.float64)
+    ts = torch.tensor([1.0, 0.5, 0.5 - 2.0**-15, 0.1], dtype=torch.float64)  # one step of 2^-15 at t = 0.5
+    with pytest.warns(UserWarning, match="Brownian path's resolution"):
+        sdekit.sample(model, x_T, "euler_maruyama", ts=ts, generator=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sdekit.sample(model, x_T, "euler_maruyama", ts=ts, generator=0, noise="step")
+        sdekit.sample(model, x_T, "euler_maruyama", steps=500, generator=0)  # coarse: no warning
+        sdekit.sample(model, x_T, "heun", ts=ts)  # deterministic: no path
