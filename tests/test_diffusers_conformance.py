@@ -213,3 +213,52 @@ def test_threshold_settings_refused_at_construction():
                 {"clip_sample": True, "clip_sample_range": -1}):
         with pytest.raises(ValueError, match=next(iter(k for k in bad if k not in ("thresholding", "clip_sample")))):
             SdekitScheduler.from_config(base, solver="dpmpp_2m", **bad)
+
+
+# -- 4. grids diffusers lays out ---------------------------------------------------------------------------------
+def _sigma_loop(sched, model, x, steps):
+    """A loop whose exact network is evaluated at the time of the scheduler's sigma (so a scheduler that calls the
+    network at a rounded timestep is compared on its own sigmas)."""
+    from sdekit.interop import times_from_sigmas
+
+    sched.set_timesteps(steps)
+    for i, tau in enumerate(sched.timesteps):
+        t = times_from_sigmas(model.sde, sched.sigmas[i:i + 1])[0]
+        x = sched.step(model.eps(x.double(), t).to(x.dtype), tau, x).prev_sample
+    return x
+
+
+GRID_CONFIGS = [{"use_exponential_sigmas": True}, {"use_lu_lambdas": True}, {"lambda_min_clipped": -5.1},
+                {"use_karras_sigmas": True}]
+try:
+    import scipy  # noqa: F401  (diffusers' beta sigmas need it)
+    GRID_CONFIGS.append({"use_beta_sigmas": True})
+except ImportError:
+    pass
+
+
+@pytest.mark.parametrize("config", GRID_CONFIGS)
+def test_sigma_families_equal_dpmsolver_multistep(config):
+    """Exponential, beta and Lu-lambda sigmas and lambda_min_clipped take diffusers' sigmas; dpmpp_2m on them
+    equals DPMSolverMultistepScheduler (network evaluated at each sigma's time)."""
+    sde, model = _mixture()
+    base = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, **config)
+    ours = SdekitScheduler.from_config(base.config, solver="dpmpp_2m", solver_options={"lower_order_final": False})
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    ref, got = _sigma_loop(base, model, x, 10), _sigma_loop(ours, model, x, 10)
+    assert len(ours.timesteps) == len(base.timesteps)
+    torch.testing.assert_close(ours.sigmas, base.sigmas, rtol=1e-4, atol=1e-7)  # float32 sigmas via float64 times
+    torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("solver,grid_scheduler", [("dpmpp_2m", None), ("unipc_2", None), ("ddim", None)])
+def test_as_many_steps_as_the_table(solver, grid_scheduler):
+    """set_timesteps(num_train_timesteps): every table step once (diffusers' multistep layouts repeat one rounded
+    timestep, a zero-length step, which is dropped), ending at t = 0."""
+    sched = SdekitScheduler(num_train_timesteps=50, solver=solver, grid_scheduler=grid_scheduler)
+    sched.set_timesteps(50)
+    expected = list(range(49, -1, -1)) if solver == "ddim" else list(range(49, 0, -1))
+    assert sched.timesteps.tolist() == expected and float(sched.ts[-1]) == 0.0
+    sde, model = _mixture()
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert bool(torch.isfinite(_loop(sched, sdekit.GaussianMixture.default(dim=4).model(sched.sde), x, 50)).all())

@@ -170,8 +170,8 @@ def test_refusals():
         SdekitScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler().config)
     with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
         SdekitScheduler.from_config(base, rescale_betas_zero_snr=True)
-    with pytest.raises(ValueError, match="use_lu_lambdas"):
-        SdekitScheduler.from_config(diffusers.DPMSolverMultistepScheduler(use_lu_lambdas=True).config)
+    with pytest.raises(ValueError, match="interpolation_type"):
+        SdekitScheduler.from_config(diffusers.EulerDiscreteScheduler(interpolation_type="log_linear").config)
     sched = SdekitScheduler.from_config(base, solver="dpmpp_2m")
     x = torch.zeros(1, 2)
     sched.set_timesteps(4)

@@ -24,6 +24,7 @@ the identity); half-precision pipelines are stepped in float32 and handed back i
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Optional, Union
 
@@ -36,7 +37,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..parameterization import ScoreModel, ThresholdedModel, threshold_x0
 from ..solvers.base import Evaluator, SolverError
-from ..solvers.discrete import SCHEDULERS, diffusers_grid
+from ..solvers.discrete import _CLASS_NAMES, SCHEDULERS, diffusers_grid
 from ..solvers.registry import available, get
 from .diffusers_config import check_config, read_config
 from .diffusers_models import sde_from_scheduler, times_from_sigmas
@@ -160,7 +161,9 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                  dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0, clip_sample: bool = False,
                  clip_sample_range: float = 1.0, rescale_betas_zero_snr: bool = False,
                  timestep_spacing: Optional[str] = None, steps_offset: int = 0, final_sigmas_type: str = "zero",
-                 use_karras_sigmas: bool = False, set_alpha_to_one: bool = True, solver: str = "dpmpp_2m",
+                 use_karras_sigmas: bool = False, set_alpha_to_one: bool = True, use_exponential_sigmas: bool = False,
+                 use_beta_sigmas: bool = False, use_lu_lambdas: bool = False, lambda_min_clipped: float = -math.inf,
+                 solver: str = "dpmpp_2m",
                  solver_options: Optional[dict] = None, grid_scheduler: Optional[str] = None):
         self.spec = check_config(dict(self.config))
         self.sde = sde_from_scheduler(dict(self.config))
@@ -213,7 +216,9 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         given = [v is not None for v in (num_inference_steps, timesteps, sigmas)]
         if sum(given) != 1:
             raise ValueError("pass exactly one of num_inference_steps, timesteps, sigmas")
-        if num_inference_steps is not None:
+        if num_inference_steps is not None and self._from_diffusers(int(num_inference_steps)):
+            ts = self._diffusers_sigmas_grid(int(num_inference_steps))
+        elif num_inference_steps is not None:
             ts = diffusers_grid(self.sde, int(num_inference_steps), **self.grid_options)
         else:
             calls = self.sde.step_time(torch.as_tensor(timesteps, dtype=torch.float64)) if timesteps is not None \
@@ -231,6 +236,40 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = len(self.timesteps)
         self._begin_index = None
         self._reset()
+
+    def _from_diffusers(self, steps: int) -> bool:
+        """Whether the grid comes from diffusers' own scheduler: sigma families ``grid="diffusers"`` does not lay
+        out, or as many steps as the table has (diffusers then drops the repeated rounded timesteps)."""
+        cfg = self.config
+        return bool(cfg["use_exponential_sigmas"] or cfg["use_beta_sigmas"] or cfg["use_lu_lambdas"]
+                    or math.isfinite(cfg["lambda_min_clipped"])
+                    or (SCHEDULERS[str(self.grid_options["scheduler"])][0] == "k+1" and steps >= self.sde.N))
+
+    def _diffusers_sigmas_grid(self, steps: int) -> Tensor:
+        """The times of the sigmas diffusers' ``grid_scheduler`` class sets for this config (``times_from_sigmas``;
+        a repeated final sigma, diffusers' zero-length last step, is dropped as in ``grid="diffusers"``)."""
+        import diffusers
+
+        layout = str(self.grid_options["scheduler"])
+        name = {v: k for k, v in _CLASS_NAMES.items()}[layout]
+        cls = getattr(diffusers, name)
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        cfg = {k: v for k, v in self.config.items() if k in accepted and not k.startswith("_") and v is not None}
+        if "final_sigmas_type" in accepted:
+            cfg["final_sigmas_type"] = self.grid_options["final_sigmas_type"]
+        try:
+            ref = cls(**cfg)
+            ref.set_timesteps(steps)
+        except (ValueError, ImportError) as err:  # e.g. beta sigmas need scipy
+            raise ValueError(f"{name} cannot lay out {steps} steps for this config: {err}") from err
+        ts = times_from_sigmas(self.sde, ref.sigmas) if getattr(ref, "sigmas", None) is not None else \
+            torch.cat([self.sde.step_time(torch.as_tensor(ref.timesteps, dtype=torch.float64)),
+                       torch.zeros(1, dtype=torch.float64)])
+        tau = ts * self.sde.N - 1  # float32 sigmas of table steps: snap to the exact step times
+        ts = torch.where((tau - tau.round()).abs() < 1e-3, self.sde.step_time(tau.round()), ts)
+        ts = torch.where(ts < self.sde.step_time(0) / 2, torch.zeros_like(ts), ts)
+        keep = torch.cat([torch.ones(1, dtype=torch.bool), ts[1:] < ts[:-1]])
+        return ts[keep]
 
     def _reset(self):
         self._run = None  # (solver generator, pipeline-output net, evaluator, noise) once stepping starts
