@@ -262,3 +262,15 @@ def test_as_many_steps_as_the_table(solver, grid_scheduler):
     sde, model = _mixture()
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert bool(torch.isfinite(_loop(sched, sdekit.GaussianMixture.default(dim=4).model(sched.sde), x, 50)).all())
+
+
+@pytest.mark.parametrize("cls_name", ["DPMSolverSDEScheduler", "SASolverScheduler", "EulerAncestralDiscreteScheduler",
+                                      "KDPM2DiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler",
+                                      "DEISMultistepScheduler", "HeunDiscreteScheduler"])
+def test_configs_of_beta_table_schedulers_load(cls_name):
+    """The config of every beta-table scheduler diffusers lists as compatible loads (its solver settings are
+    superseded by the sdekit solver) and steps a pipeline's loop."""
+    sched = SdekitScheduler.from_config(getattr(diffusers, cls_name)().config, solver="unipc_2")
+    sde, model = _mixture()
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert bool(torch.isfinite(_loop(sched, model, x, 6)).all())

@@ -14,7 +14,8 @@ A config (``scheduler.config``, or a plain dict such as a ``scheduler_config.jso
             use_lu_lambdas, lambda_min_clipped -> the grid SdekitScheduler takes from diffusers' own scheduler
             (``diffusers_equivalent``, whose ``grid="diffusers"`` does not lay them out, refuses them).
   solver    how diffusers' own scheduler steps (solver_order, algorithm_type, solver_type, lower_order_final,
-            euler_at_final, disable_corrector, predict_x0, solver_p, skip_prk_steps): superseded by the sdekit
+            euler_at_final, disable_corrector, predict_x0, solver_p, skip_prk_steps, noise_sampler_seed,
+            predictor_order, corrector_order, tau_func): superseded by the sdekit
             solver (``diffusers_equivalent`` reads them to name the same algorithm).
   refused   anything else that changes the maths: rescale_betas_zero_snr=True (alphabar_N = 0, which
             DiscreteVPSDE cannot hold), flow matching (FlowMatch* schedulers, use_flow_sigmas,
@@ -52,7 +53,8 @@ MODEL_FIELDS = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule"
 GRID_FIELDS = {"timestep_spacing", "steps_offset", "final_sigmas_type", "use_karras_sigmas", "set_alpha_to_one",
                "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "lambda_min_clipped"}
 SOLVER_FIELDS = {"solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
-                 "disable_corrector", "predict_x0", "solver_p", "skip_prk_steps",
+                 "disable_corrector", "predict_x0", "solver_p", "skip_prk_steps", "noise_sampler_seed",
+                 "predictor_order", "corrector_order", "tau_func",
                  "solver", "solver_options", "grid_scheduler"}  # the last three: SdekitScheduler's own
 # fields accepted only at the value that leaves the maths unchanged
 INERT_DEFAULTS = {

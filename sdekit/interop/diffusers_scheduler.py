@@ -13,10 +13,19 @@ state it yields is ``prev_sample``. A solver that asks twice in one step, at ano
 ``afs=True``) is stopped with ``SolverError``: only solvers with one network call per step at the current state
 fit a pipeline (``eligible_solvers()``). UniPC's corrector reuses the next step's call, so it fits.
 
+The sample the pipeline hands over may differ from the last ``prev_sample`` (inpainting blends, callbacks that edit
+latents): it is copied into the solver's state tensor before the generator resumes, so the step starts from it and
+the solver keeps its history of model outputs, as diffusers' multistep schedulers do (the network's output was
+computed there; the pipeline-output net checks that the solver asks at exactly that state). Stochastic solvers run
+with ``noise="step"``: each step's Gaussians are drawn from the generator the pipeline passes to ``step``.
+
 The grid is ``grid="diffusers"`` laid out as the diffusers scheduler ``grid_scheduler`` would (default: the
 one whose algorithm the solver is: dpmsolver_multistep for dpmpp_*/dpm_solver_*m, unipc_multistep for unipc_*,
 ddim, ddpm; dpmsolver_multistep otherwise), with the config's timestep_spacing, steps_offset,
-final_sigmas_type (set_alpha_to_one for the ddim/ddpm layouts) and use_karras_sigmas. A grid that ends at
+final_sigmas_type (set_alpha_to_one for the ddim/ddpm layouts) and use_karras_sigmas; exponential, beta and
+Lu-lambda sigmas, lambda_min_clipped and as many steps as the table has are the sigmas of diffusers' own
+``grid_scheduler`` class for the config (the network then gets the fractional timestep of each sigma, where
+diffusers rounds it; a repeated sigma, diffusers' zero-length step, is dropped). A grid that ends at
 sigma = 0 ends with sdekit's x0 jump from the last timestep, as ``sdekit.sample`` does. The network sees the
 timestep t N - 1 of each grid time: diffusers' integer timesteps on integer grids, fractional ones for Karras
 sigmas (where diffusers rounds them). The state is the VP state (init_noise_sigma = 1, scale_model_input is
