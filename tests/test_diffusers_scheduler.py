@@ -74,8 +74,9 @@ def test_ddim_pipeline_with_eta_and_thresholding():
     ref = _images(pipe, diffusers.DDIMScheduler.from_config(base.config), steps=8)
     ours = _images(pipe, SdekitScheduler.from_config(base.config, solver="ddim"), steps=8)
     assert abs(ours - ref).max() < 1e-5
-    with pytest.raises(ValueError, match="eta"):
-        _images(pipe, SdekitScheduler.from_config(base.config, solver="ddim"), steps=8, eta=1.0)
+    with pytest.raises(ValueError, match="solver_options fixes eta"):
+        _images(pipe, SdekitScheduler.from_config(base.config, solver="ddim", solver_options={"eta": 0.5}), steps=8,
+                eta=1.0)
     # thresholding: DDIM's own update keeps the unclipped eps, so compare with DPM-Solver++ (consistent x0)
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=base)
     pipe.set_progress_bar_config(disable=True)
@@ -169,14 +170,10 @@ def test_refusals():
         SdekitScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler().config)
     with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
         SdekitScheduler.from_config(base, rescale_betas_zero_snr=True)
-    with pytest.raises(ValueError, match="use_lu_lambdas"):
-        SdekitScheduler.from_config(diffusers.DPMSolverMultistepScheduler(use_lu_lambdas=True).config)
+    with pytest.raises(ValueError, match="interpolation_type"):
+        SdekitScheduler.from_config(diffusers.EulerDiscreteScheduler(interpolation_type="log_linear").config)
     sched = SdekitScheduler.from_config(base, solver="dpmpp_2m")
-    sched.set_timesteps(4)
     x = torch.zeros(1, 2)
-    out = sched.step(torch.zeros(1, 2), sched.timesteps[0], x).prev_sample
-    with pytest.raises(sdekit.solvers.SolverError, match="changed the sample"):
-        sched.step(torch.zeros(1, 2), sched.timesteps[1], out + 1)
     sched.set_timesteps(4)
     sched.step(torch.zeros(1, 2), sched.timesteps[0], x)
     with pytest.raises(ValueError, match="next on the grid"):

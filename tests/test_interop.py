@@ -253,8 +253,6 @@ def test_dpmsolver_with_thresholding_matches_diffusers():
 @pytest.mark.parametrize("cls_name,config,match", [
     ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}, "flow-matching"),
     ("DDIMScheduler", {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
-    ("DPMSolverMultistepScheduler", {"use_exponential_sigmas": True}, "use_exponential_sigmas"),
-    ("DPMSolverMultistepScheduler", {"lambda_min_clipped": -5.1}, "lambda_min_clipped"),
     ("LCMScheduler", {}, "consistency"),
     ("EDMEulerScheduler", {}, "from_denoiser"),
 ])
@@ -267,6 +265,20 @@ def test_scheduler_settings_sdekit_cannot_honour_are_refused(cls_name, config, m
         from_diffusers(_tiny_unet(diffusers), sched)
     with pytest.raises(ValueError, match="unknown to sdekit"):
         from_diffusers(_tiny_unet(diffusers), {**diffusers.DDPMScheduler().config, "snr_shift_scale": 3.0})
+
+
+@pytest.mark.parametrize("config", [{"use_exponential_sigmas": True}, {"lambda_min_clipped": -5.1},
+                                    {"use_lu_lambdas": True}])
+def test_grid_settings_without_a_sdekit_grid(config):
+    """Sigma families only SdekitScheduler lays out (from diffusers' own set_timesteps): the model is built,
+    diffusers_equivalent (grid="diffusers") refuses them by name."""
+    diffusers = pytest.importorskip("diffusers")
+    from sdekit.interop import diffusers_equivalent, from_diffusers
+
+    sched = diffusers.DPMSolverMultistepScheduler(**config)
+    from_diffusers(_tiny_unet(diffusers), sched)
+    with pytest.raises(ValueError, match=next(iter(config))):
+        diffusers_equivalent(sched, 8)
 
 
 @pytest.mark.parametrize("cls_name,config", [("DDIMScheduler", {"steps_offset": 1}),

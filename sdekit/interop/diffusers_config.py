@@ -10,14 +10,16 @@ A config (``scheduler.config``, or a plain dict such as a ``scheduler_config.jso
             dynamic_thresholding_ratio, sample_max_value, clip_sample, clip_sample_range -> ThresholdedModel
             (thresholding wins over clip_sample, as in diffusers).
   grid      where the steps go: timestep_spacing, steps_offset, final_sigmas_type, use_karras_sigmas,
-            set_alpha_to_one -> ``grid="diffusers"`` options.
+            set_alpha_to_one -> ``grid="diffusers"`` options; use_exponential_sigmas, use_beta_sigmas,
+            use_lu_lambdas, lambda_min_clipped -> the grid SdekitScheduler takes from diffusers' own scheduler
+            (``diffusers_equivalent``, whose ``grid="diffusers"`` does not lay them out, refuses them).
   solver    how diffusers' own scheduler steps (solver_order, algorithm_type, solver_type, lower_order_final,
-            euler_at_final, disable_corrector, predict_x0, solver_p, skip_prk_steps): superseded by the sdekit
+            euler_at_final, disable_corrector, predict_x0, solver_p, skip_prk_steps, noise_sampler_seed,
+            predictor_order, corrector_order, tau_func): superseded by the sdekit
             solver (``diffusers_equivalent`` reads them to name the same algorithm).
   refused   anything else that changes the maths: rescale_betas_zero_snr=True (alphabar_N = 0, which
             DiscreteVPSDE cannot hold), flow matching (FlowMatch* schedulers, use_flow_sigmas,
-            prediction_type="flow_prediction"), sigma families the ``diffusers`` grid does not reproduce
-            (exponential, beta, Lu lambdas, lambda_min_clipped, ...), EDM-preconditioned and consistency
+            prediction_type="flow_prediction"), interpolation_type="log_linear", EDM-preconditioned and consistency
             schedulers, and every field not named here.
 
 Flow matching (``check_flow_config``): a FlowMatchEulerDiscreteScheduler or FlowMatchHeunDiscreteScheduler config
@@ -48,14 +50,15 @@ VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_
 MODEL_FIELDS = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
                 "variance_type", "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "clip_sample",
                 "clip_sample_range", "rescale_betas_zero_snr"}
-GRID_FIELDS = {"timestep_spacing", "steps_offset", "final_sigmas_type", "use_karras_sigmas", "set_alpha_to_one"}
+GRID_FIELDS = {"timestep_spacing", "steps_offset", "final_sigmas_type", "use_karras_sigmas", "set_alpha_to_one",
+               "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "lambda_min_clipped"}
 SOLVER_FIELDS = {"solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
-                 "disable_corrector", "predict_x0", "solver_p", "skip_prk_steps",
+                 "disable_corrector", "predict_x0", "solver_p", "skip_prk_steps", "noise_sampler_seed",
+                 "predictor_order", "corrector_order", "tau_func",
                  "solver", "solver_options", "grid_scheduler"}  # the last three: SdekitScheduler's own
 # fields accepted only at the value that leaves the maths unchanged
 INERT_DEFAULTS = {
-    "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False,
-    "interpolation_type": "linear", "lambda_min_clipped": -math.inf, "sigma_min": None, "sigma_max": None,
+    "interpolation_type": "linear", "sigma_min": None, "sigma_max": None,
     "timestep_type": "discrete", "invert_sigmas": False,
     # flow matching, inert unless use_flow_sigmas
     "use_flow_sigmas": False, "flow_shift": 1.0, "use_dynamic_shifting": False, "time_shift_type": "exponential",
@@ -150,6 +153,16 @@ def check_config(cfg: dict) -> DiffusersSpec:
     vtype = cfg.get("variance_type")
     if vtype not in VARIANCE_TYPES:
         problems.append(f"variance_type={vtype!r} (accepted: {', '.join(map(str, VARIANCE_TYPES))})")
+    if cfg.get("thresholding", False):
+        ratio, top = cfg.get("dynamic_thresholding_ratio", 0.995), cfg.get("sample_max_value", 1.0)
+        if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
+            problems.append(f"dynamic_thresholding_ratio={ratio!r} (accepted: a quantile in (0, 1])")
+        if not (isinstance(top, (int, float)) and top > 0.0):
+            problems.append(f"sample_max_value={top!r} (accepted: a number > 0)")
+    elif cfg.get("clip_sample", False):
+        top = cfg.get("clip_sample_range", 1.0)
+        if not (isinstance(top, (int, float)) and top > 0.0):
+            problems.append(f"clip_sample_range={top!r} (accepted: a number > 0)")
     if problems:
         raise ValueError(f"scheduler config {name or ''} has setting(s) sdekit cannot honour: " + "; ".join(problems))
     threshold: Optional[tuple[Optional[float], float]] = None

@@ -13,10 +13,19 @@ state it yields is ``prev_sample``. A solver that asks twice in one step, at ano
 ``afs=True``) is stopped with ``SolverError``: only solvers with one network call per step at the current state
 fit a pipeline (``eligible_solvers()``). UniPC's corrector reuses the next step's call, so it fits.
 
+The sample the pipeline hands over may differ from the last ``prev_sample`` (inpainting blends, callbacks that edit
+latents): it is copied into the solver's state tensor before the generator resumes, so the step starts from it and
+the solver keeps its history of model outputs, as diffusers' multistep schedulers do (the network's output was
+computed there; the pipeline-output net checks that the solver asks at exactly that state). Stochastic solvers run
+with ``noise="step"``: each step's Gaussians are drawn from the generator the pipeline passes to ``step``.
+
 The grid is ``grid="diffusers"`` laid out as the diffusers scheduler ``grid_scheduler`` would (default: the
 one whose algorithm the solver is: dpmsolver_multistep for dpmpp_*/dpm_solver_*m, unipc_multistep for unipc_*,
 ddim, ddpm; dpmsolver_multistep otherwise), with the config's timestep_spacing, steps_offset,
-final_sigmas_type (set_alpha_to_one for the ddim/ddpm layouts) and use_karras_sigmas. A grid that ends at
+final_sigmas_type (set_alpha_to_one for the ddim/ddpm layouts) and use_karras_sigmas; exponential, beta and
+Lu-lambda sigmas, lambda_min_clipped and as many steps as the table has are the sigmas of diffusers' own
+``grid_scheduler`` class for the config (the network then gets the fractional timestep of each sigma, where
+diffusers rounds it; a repeated sigma, diffusers' zero-length step, is dropped). A grid that ends at
 sigma = 0 ends with sdekit's x0 jump from the last timestep, as ``sdekit.sample`` does. The network sees the
 timestep t N - 1 of each grid time: diffusers' integer timesteps on integer grids, fractional ones for Karras
 sigmas (where diffusers rounds them). The state is the VP state (init_noise_sigma = 1, scale_model_input is
@@ -24,6 +33,8 @@ the identity); half-precision pipelines are stepped in float32 and handed back i
 """
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Optional, Union
 
 import numpy as np
@@ -33,9 +44,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..parameterization import ScoreModel, ThresholdedModel
+from ..parameterization import ScoreModel, ThresholdedModel, threshold_x0
 from ..solvers.base import Evaluator, SolverError
-from ..solvers.discrete import SCHEDULERS, diffusers_grid
+from ..solvers.discrete import _CLASS_NAMES, SCHEDULERS, diffusers_grid
 from ..solvers.registry import available, get
 from .diffusers_config import check_config, read_config
 from .diffusers_models import sde_from_scheduler, times_from_sigmas
@@ -95,12 +106,46 @@ class _PipelineOutput:
 
 class _StepNoise:
     """Noise for stochastic solvers: drawn with the generator the pipeline passes to ``step`` (as diffusers'
-    schedulers do), so the draws follow the pipeline's seed, not sdekit's per-row streams."""
+    schedulers do), so the draws follow the pipeline's seed, not sdekit's per-row streams; ``given`` (DDIM's
+    ``variance_noise``) is used instead of the step's draw."""
 
     generator = None
+    given: Optional[Tensor] = None
 
     def randn_like(self, x: Tensor) -> Tensor:
+        if self.given is not None:
+            z, self.given = self.given, None
+            return z.to(device=x.device, dtype=x.dtype).expand_as(x)
         return randn_tensor(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+
+
+class _DDIMClippedX0(ScoreModel):
+    """DDIMScheduler's thresholding: the step takes the thresholded x0 c(x0) but keeps the network's eps,
+
+        x_s = alpha_s c(x0) + sqrt(sigma_s^2 - c_s^2) eps + c_s z,   eps = (x_t - alpha_t x0)/sigma_t,
+
+    (c_s: ddim's noise level for ``eta``). sdekit's ddim steps as x_s = k x_t + (alpha_s - k alpha_t) X + c_s z with
+    k = sqrt(sigma_s^2 - c_s^2)/sigma_t and X its x0; so this model answers X = (alpha_s c(x0) - k alpha_t x0) /
+    (alpha_s - k alpha_t) at each time t of ``ts`` (s the next one), which makes that step DDIMScheduler's."""
+
+    def __init__(self, model: ScoreModel, threshold: tuple, ts: Tensor, eta: float):
+        super().__init__(model.net, model.sde, model.prediction)
+        self.model, self.clip = model, ThresholdedModel(model, *threshold)
+        a, s = model.sde.alpha(ts).tolist(), model.sde.sigma(ts).tolist()
+        self.ts, self.coef = ts, []
+        for i in range(len(ts) - 1):
+            c = eta * s[i + 1] * math.sqrt(-math.expm1(2 * math.log(a[i] * s[i + 1] / (s[i] * a[i + 1])))) \
+                if eta > 0 and s[i + 1] > 0 else 0.0
+            k = math.sqrt(max(s[i + 1] ** 2 - c * c, 0.0)) / s[i]
+            self.coef.append((a[i + 1], k * a[i]))
+
+    def predict(self, x: Tensor, t, kind: str) -> Tensor:
+        if kind != "x0":
+            raise SolverError(f"ddim asked for {kind}; DDIM's clipping is defined on its x0 step only")
+        i = int((self.ts[:-1] - float(torch.as_tensor(t).reshape(-1)[0])).abs().argmin())
+        a_s, ka = self.coef[i]
+        raw = self.model.predict(x, t, "x0")
+        return (a_s * threshold_x0(raw, self.clip.ratio, self.clip.max_value) - ka * raw) / (a_s - ka)
 
 
 class SdekitScheduler(SchedulerMixin, ConfigMixin):
@@ -125,7 +170,9 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                  dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0, clip_sample: bool = False,
                  clip_sample_range: float = 1.0, rescale_betas_zero_snr: bool = False,
                  timestep_spacing: Optional[str] = None, steps_offset: int = 0, final_sigmas_type: str = "zero",
-                 use_karras_sigmas: bool = False, set_alpha_to_one: bool = True, solver: str = "dpmpp_2m",
+                 use_karras_sigmas: bool = False, set_alpha_to_one: bool = True, use_exponential_sigmas: bool = False,
+                 use_beta_sigmas: bool = False, use_lu_lambdas: bool = False, lambda_min_clipped: float = -math.inf,
+                 solver: str = "dpmpp_2m",
                  solver_options: Optional[dict] = None, grid_scheduler: Optional[str] = None):
         self.spec = check_config(dict(self.config))
         self.sde = sde_from_scheduler(dict(self.config))
@@ -178,7 +225,9 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         given = [v is not None for v in (num_inference_steps, timesteps, sigmas)]
         if sum(given) != 1:
             raise ValueError("pass exactly one of num_inference_steps, timesteps, sigmas")
-        if num_inference_steps is not None:
+        if num_inference_steps is not None and self._from_diffusers(int(num_inference_steps)):
+            ts = self._diffusers_sigmas_grid(int(num_inference_steps))
+        elif num_inference_steps is not None:
             ts = diffusers_grid(self.sde, int(num_inference_steps), **self.grid_options)
         else:
             calls = self.sde.step_time(torch.as_tensor(timesteps, dtype=torch.float64)) if timesteps is not None \
@@ -197,11 +246,46 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._reset()
 
+    def _from_diffusers(self, steps: int) -> bool:
+        """Whether the grid comes from diffusers' own scheduler: sigma families ``grid="diffusers"`` does not lay
+        out, or as many steps as the table has (diffusers then drops the repeated rounded timesteps)."""
+        cfg = self.config
+        return bool(cfg["use_exponential_sigmas"] or cfg["use_beta_sigmas"] or cfg["use_lu_lambdas"]
+                    or math.isfinite(cfg["lambda_min_clipped"])
+                    or (SCHEDULERS[str(self.grid_options["scheduler"])][0] == "k+1" and steps >= self.sde.N))
+
+    def _diffusers_sigmas_grid(self, steps: int) -> Tensor:
+        """The times of the sigmas diffusers' ``grid_scheduler`` class sets for this config (``times_from_sigmas``;
+        a repeated final sigma, diffusers' zero-length last step, is dropped as in ``grid="diffusers"``)."""
+        import diffusers
+
+        layout = str(self.grid_options["scheduler"])
+        name = {v: k for k, v in _CLASS_NAMES.items()}[layout]
+        cls = getattr(diffusers, name)
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        cfg = {k: v for k, v in self.config.items() if k in accepted and not k.startswith("_") and v is not None}
+        if "final_sigmas_type" in accepted:
+            cfg["final_sigmas_type"] = self.grid_options["final_sigmas_type"]
+        try:
+            ref = cls(**cfg)
+            ref.set_timesteps(steps)
+        except (ValueError, ImportError) as err:  # e.g. beta sigmas need scipy
+            raise ValueError(f"{name} cannot lay out {steps} steps for this config: {err}") from err
+        ts = times_from_sigmas(self.sde, ref.sigmas) if getattr(ref, "sigmas", None) is not None else \
+            torch.cat([self.sde.step_time(torch.as_tensor(ref.timesteps, dtype=torch.float64)),
+                       torch.zeros(1, dtype=torch.float64)])
+        tau = ts * self.sde.N - 1  # float32 sigmas of table steps: snap to the exact step times
+        ts = torch.where((tau - tau.round()).abs() < 1e-3, self.sde.step_time(tau.round()), ts)
+        ts = torch.where(ts < self.sde.step_time(0) / 2, torch.zeros_like(ts), ts)
+        keep = torch.cat([torch.ones(1, dtype=torch.bool), ts[1:] < ts[:-1]])
+        return ts[keep]
+
     def _reset(self):
         self._run = None  # (solver generator, pipeline-output net, evaluator, noise) once stepping starts
         self._step_index = None
         self._returned = None
         self._x = None
+        self._eta = None
 
     @property
     def step_index(self):
@@ -219,18 +303,39 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         """The identity: the network takes the VP state."""
         return sample
 
+    def _row_times(self, timesteps, batch: int) -> Tensor:
+        t = self.sde.step_time(torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1))
+        return t.expand(batch) if t.numel() == 1 else t
+
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """x_t = alpha(t) x0 + sigma(t) n at the times of ``timesteps`` (t = (timestep + 1)/N)."""
-        t = self.sde.step_time(torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1))
-        if t.numel() == 1:
-            t = t.expand(original_samples.shape[0])
-        return self.sde.perturb(original_samples, t, noise)
+        return self.sde.perturb(original_samples, self._row_times(timesteps, original_samples.shape[0]), noise)
+
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """The v-prediction target v = alpha(t) n - sigma(t) x0 (Salimans & Ho 2022) at ``timesteps``."""
+        t = self._row_times(timesteps, sample.shape[0])
+        shape = (-1,) + (1,) * (sample.ndim - 1)
+        a, s = (f(t).reshape(shape).to(sample.device, sample.dtype) for f in (self.sde.alpha, self.sde.sigma))
+        return a * noise - s * sample
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """abar_n of the beta table (float32, as diffusers' schedulers hold it)."""
+        return self.sde.alphas_cumprod.to(torch.float32)
+
+    @property
+    def betas(self) -> Tensor:
+        return self.sde.betas.to(torch.float32)
+
+    @property
+    def alphas(self) -> Tensor:
+        return (1 - self.sde.betas).to(torch.float32)
 
     def __len__(self):
         return self.config.num_train_timesteps
 
     # -- stepping ----------------------------------------------------------------------------------------
-    def _start(self, timestep, sample: Tensor) -> int:
+    def _start(self, timestep, sample: Tensor, eta: Optional[float], clipped: Optional[bool]) -> int:
         assert self.ts is not None and self.timesteps is not None  # step checks that set_timesteps ran
         if self._begin_index is not None:
             index = self._begin_index
@@ -242,33 +347,68 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         ts = self.ts[index:]
         jump = float(self.sde.sigma(ts[-1])) == 0.0
         run_ts = ts[:-1] if jump else ts
+        options = self._solver_options(eta)
         net = _PipelineOutput(self.config["solver"])  # config is a FrozenDict: item and attribute access agree
         model = ScoreModel(net, self.sde, self.spec.prediction)
         if self.spec.threshold is not None:
-            model = ThresholdedModel(model, *self.spec.threshold)
+            if self.config["solver"] == "ddim" and not clipped:
+                model = _DDIMClippedX0(model, self.spec.threshold, run_ts, float(options.get("eta", 0.0)))
+            else:
+                model = ThresholdedModel(model, *self.spec.threshold)
         noise = _StepNoise()
-        ev = Evaluator(model, noise)
-        gen = self.solver.fn(ev, self._x, run_ts, **(self.config["solver_options"] or {})) if len(run_ts) > 1 else None
+        # noise="step" (path=False): each step's noise is one draw from the pipeline's generator, as diffusers'
+        ev = Evaluator(model, noise, path=False)
+        gen = self.solver.fn(ev, self._x, run_ts, **options) if len(run_ts) > 1 else None
         self._run = (gen, net, ev, noise)
+        self._eta = eta
         return index
 
-    def step(self, model_output: Tensor, timestep, sample: Tensor, generator: Optional[torch.Generator] = None,
-             return_dict: bool = True, eta: Optional[float] = None, use_clipped_model_output: Optional[bool] = None):
+    def _solver_options(self, eta: Optional[float]) -> dict:
+        """solver_options, with the pipeline's ``eta`` as ddim's eta (DDIM's eta in diffusers' step) unless
+        solver_options fixes it; another solver refuses a non-zero eta (pipelines pass eta=0.0 by default)."""
+        options = dict(self.config["solver_options"] or {})
+        if eta is None:
+            return options
+        eta = float(eta)
+        if self.config["solver"] == "ddim":
+            if "eta" in options and float(options["eta"]) != eta:
+                raise ValueError(f"the pipeline passes eta={eta} but solver_options fixes eta={options['eta']}; "
+                                 "drop eta from solver_options to take the pipeline's")
+            options["eta"] = eta
+        elif eta != 0.0:
+            raise ValueError(f"eta={eta} is DDIM's noise level (diffusers' DDIMScheduler.step); solver "
+                             f"{self.config['solver']!r} does not take it: use solver='ddim' or set the solver's own "
+                             f"options in solver_options ({', '.join(self.solver.options) or 'none'})")
+        return options
+
+    def step(self, model_output: Tensor, timestep, sample: Tensor, eta: Optional[float] = None,
+             use_clipped_model_output: Optional[bool] = None, generator: Optional[torch.Generator] = None,
+             variance_noise: Optional[Tensor] = None, return_dict: bool = True):
         """One solver step from ``sample`` at ``timestep`` with the network output the pipeline computed there.
 
-        ``eta`` (passed by DDIM pipelines) must equal the solver's (set it with solver_options); with thresholding
-        the solvers derive eps from the thresholded x0 (``use_clipped_model_output=True``; False is refused)."""
+        The signature is DDIMScheduler.step's (a torch.Generator as the fourth positional argument is taken as
+        ``generator``, DDPMScheduler.step's order). ``sample`` may differ from the previous step's
+        ``prev_sample`` (inpainting blends, callbacks that edit latents): the solver steps from it and keeps its
+        history of model outputs, as diffusers' multistep schedulers do (a corrector, UniPC's or SA-Solver's,
+        then corrects the previous step from its own state, as diffusers' UniPC does).
+        ``eta``: DDIM's eta (solver ddim; others accept 0 only). ``use_clipped_model_output`` (ddim with
+        thresholding or clip_sample): False/None keeps the network's eps beside the clipped x0, as
+        DDIMScheduler; True derives eps from the clipped x0 (what every other solver does).
+        ``variance_noise``: the step's noise instead of a draw from ``generator``."""
+        if isinstance(eta, torch.Generator):  # DDPMScheduler.step(model_output, timestep, sample, generator)
+            generator, eta = eta, None
         if self.ts is None:
             raise ValueError("call set_timesteps before step")
         assert self.timesteps is not None  # set with ts by set_timesteps
-        self._check_step_kwargs(eta, use_clipped_model_output)
         work = sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
         if self._run is None:
-            self._x = sample.to(work)
-            self._step_index = self._start(timestep, sample)
-        elif sample is not self._returned and not torch.equal(sample, self._returned):
-            raise SolverError("the pipeline changed the sample between steps (inpainting-style blending?); an sdekit "
-                              "solver carries its own history and needs the sample it returned")
+            self._x = sample.to(work, copy=True)  # the solver's state never aliases the pipeline's tensors
+            self._step_index = self._start(timestep, sample, eta, use_clipped_model_output)
+        else:
+            if (eta is not None or self._eta is not None) and eta != self._eta:
+                raise ValueError(f"eta changed from {self._eta} to {eta} during the solve")
+            if sample is not self._returned and not torch.equal(sample, self._returned):
+                self._x.copy_(sample)  # the solver resumes from its state tensor: step from the given sample
         i = self._step_index
         if i >= len(self.timesteps):
             raise ValueError(f"step called {i + 1} times on a grid of {len(self.timesteps)} timesteps")
@@ -278,7 +418,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         if self.spec.learned_variance and out.shape[1] == 2 * sample.shape[1]:
             out = out[:, : sample.shape[1]]
         gen, net, ev, noise = self._run
-        noise.generator = generator
+        noise.generator, noise.given = generator, variance_noise
         t = float(self.ts[i])
         net.load(self._x, out.to(work), t)
         if i == len(self.timesteps) - 1 and float(self.sde.sigma(self.ts[-1])) == 0.0:
@@ -289,17 +429,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self._x, self._step_index = x, i + 1
         if self._step_index == len(self.timesteps) and gen is not None:
             gen.close()
-        self._returned = x.to(sample.dtype)
+        self._returned = x.to(sample.dtype, copy=True)
         if not return_dict:
             return (self._returned,)
         return SchedulerOutput(prev_sample=self._returned)
-
-    def _check_step_kwargs(self, eta, use_clipped_model_output):
-        if eta is not None:
-            own = float((self.config.solver_options or {}).get("eta", self.solver.options.get("eta", 0.0)))
-            if float(eta) != own:
-                raise ValueError(f"the pipeline passes eta={eta} but solver {self.config.solver!r} runs with eta={own}; "
-                                 "set it with solver_options={'eta': ...} (solvers with an eta option: ddim)")
-        if use_clipped_model_output is False and self.spec.threshold is not None:
-            raise ValueError("sdekit derives eps from the thresholded x0 (use_clipped_model_output=True); "
-                             "use_clipped_model_output=False is not offered")
