@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from typing import Optional
 
 from .checkpoint import LIMITS
@@ -26,6 +27,14 @@ MAX_SAMPLE_NUMEL = 1 << 28  # sample: --n times the numbers in one sample (1 GiB
 MAX_CHANNELS = 1024
 _VE_SIGMA_MIN = 0.01  # sdekit train --sde ve
 _TOY_N_POINTS = 20000  # sdekit train --n-points
+# upper ends of the flags that have no natural one: far beyond any useful value, small enough that a typo is
+# refused at once instead of running for years (train --steps 10^12) or overflowing (1e300)
+MAX_TRAIN_STEPS = 10**9
+MAX_SCALE = 1e3  # --guidance (both signs), --shift
+MAX_SIGMA = 1e5  # --sigma-max of a VE SDE
+MAX_LR = 10.0
+MAX_GRAD_CLIP = 1e6
+MAX_TUNE_EVALS = 100_000
 
 
 def _int(name: str, lo=None, hi=None):
@@ -74,21 +83,21 @@ def _add_train(sub):
     p.add_argument("--sde", default=None, choices=tuple(SDE_NAMES), help="default vp")
     p.add_argument("--path", default=None, choices=tuple(PATH_NAMES),
                    help="a flow-matching path instead of an SDE (alpha(1) = 0), e.g. rectified_flow")
-    p.add_argument("--shift", type=_real("--shift", 0.0, lo_open=True), default=None,
+    p.add_argument("--shift", type=_real("--shift", 0.0, MAX_SCALE, lo_open=True), default=None,
                    help="with --path: SD3 time shift of the path (TimeShift)")
     p.add_argument("--weighting", default=None,
                    choices=("simple", "likelihood", "min_snr", "native", "flow_matching"),
                    help="default simple (flow_matching with --path)")
     p.add_argument("--time-sampling", default=None, choices=("uniform", "logit_normal"),
                    help="training times: uniform (default) or SD3's logit-normal")
-    p.add_argument("--steps", type=_int("--steps", 0), default=2000,
+    p.add_argument("--steps", type=_int("--steps", 0, MAX_TRAIN_STEPS), default=2000,
                    help="total optimisation steps (including resumed ones)")
     p.add_argument("--batch-size", type=_int("--batch-size", 1, LIMITS["batch_size"]), default=None, help="default 128")
-    p.add_argument("--lr", type=_real("--lr", 0.0, lo_open=True), default=None,
+    p.add_argument("--lr", type=_real("--lr", 0.0, MAX_LR, lo_open=True), default=None,
                    help="AdamW learning rate (default 2e-3 toys, 1e-3 digits)")
     p.add_argument("--ema-decay", type=arg(fraction, "--ema-decay"), default=None, help="in [0, 1]; default 0.999")
-    p.add_argument("--grad-clip", type=_real("--grad-clip", 0.0), default=None, help="0: no clipping; default 1.0")
-    p.add_argument("--warmup", type=_int("--warmup", 0), default=None, help="default 100")
+    p.add_argument("--grad-clip", type=_real("--grad-clip", 0.0, MAX_GRAD_CLIP), default=None, help="0: no clipping; default 1.0")
+    p.add_argument("--warmup", type=_int("--warmup", 0, MAX_TRAIN_STEPS), default=None, help="default 100")
     p.add_argument("--seed", type=_SEED, default=None,
                    help="data and training seed (default 0; a resume takes the checkpoint's)")
     p.add_argument("--out", required=True, help="checkpoint directory (config.json, *.safetensors, loss.png)")
@@ -97,11 +106,12 @@ def _add_train(sub):
     p.add_argument("--channels", type=_int("--channels", 1, MAX_CHANNELS), default=None,
                    help="U-Net base width (32, even) / MLP width (128)")
     p.add_argument("--conditional", action="store_true", help="class-conditional net (null class for guidance)")
-    p.add_argument("--sigma-max", type=_real("--sigma-max", _VE_SIGMA_MIN, lo_open=True), default=None,
+    p.add_argument("--sigma-max", type=_real("--sigma-max", _VE_SIGMA_MIN, MAX_SIGMA, lo_open=True), default=None,
                    help="VE only (default 10 toys, 20 digits)")
     p.add_argument("--n-points", type=_int("--n-points", 1, MAX_TOY_POINTS), default=None,
                    help=f"size of a toy training set (default {_TOY_N_POINTS}; a resume takes the checkpoint's)")
-    p.add_argument("--ckpt-every", type=_int("--ckpt-every", 1), default=None, help="also checkpoint every N steps")
+    p.add_argument("--ckpt-every", type=_int("--ckpt-every", 1, MAX_TRAIN_STEPS), default=None,
+                   help="also checkpoint every N steps")
     p.add_argument("--threads", type=_THREADS, default=None, help="torch threads (default 1 for toys)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(usage_error=p.error)
@@ -299,7 +309,7 @@ def _add_compare(sub):
                    help="dopri5 rtol = atol of the --checkpoint reference")
     p.add_argument("--tune-n", type=_positive_int, default=256,
                    help="with --grids ...,tuned: prior rows per tuning draw")
-    p.add_argument("--tune-evals", type=_int("--tune-evals", 1), default=None,
+    p.add_argument("--tune-evals", type=_int("--tune-evals", 1, MAX_TUNE_EVALS), default=None,
                    help="with --grids ...,tuned: optimiser solves per grid")
     p.add_argument("--out", default="sdekit-compare", help="output directory (default ./sdekit-compare)")
     p.add_argument("--full", "--verbose", dest="full", action="store_true", help="also print every row")
@@ -390,8 +400,9 @@ def _add_sample(sub):
     p.add_argument("--n", type=_int("--n", 1, MAX_ROWS), default=64,
                    help="number of samples (row i is the same for any --n > i)")
     p.add_argument("--seed", type=_SEED, default=0)
-    p.add_argument("--label", type=_int("--label", 0), default=None, help="class to sample (class-conditional checkpoints)")
-    p.add_argument("--guidance", type=_real("--guidance"), default=0.0,
+    p.add_argument("--label", type=_int("--label", 0, LIMITS["classes"] - 1), default=None,
+                   help="class to sample (class-conditional checkpoints)")
+    p.add_argument("--guidance", type=_real("--guidance", -MAX_SCALE, MAX_SCALE), default=0.0,
                    help="classifier-free guidance weight w (with --label)")
     p.add_argument("--denoise", action="store_true", help="finish with the jump to t = 0")
     p.add_argument("--noise", choices=("path", "step"), default="path",
@@ -502,10 +513,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside training's own handler: unwinds like Ctrl-C, so claims and temporary files are released."""
+
+    signum = signal.SIGTERM
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated("terminated by SIGTERM")
+
+
 def main(argv=None) -> int:
     """Run one subcommand. Bad input of any kind ends in "sdekit <cmd>: error: ..." on stderr and exit code 2
-    (argparse's own errors exit 2 as well); SIGINT / SIGTERM end training cleanly with 128 + the signal."""
+    (argparse's own errors exit 2 as well); SIGINT / SIGTERM end the command cleanly with 128 + the signal
+    (training finishes its step and saves first)."""
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command][1](args)
     except USER_ERRORS as err:
@@ -515,6 +541,9 @@ def main(argv=None) -> int:
         signum = getattr(err, "signum", signal.SIGINT)
         print(f"sdekit {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 128 + int(signum)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ MAX_DIM = 4096  # --dim of the built-in mixture (as compare's)
 MAX_PROBES = 4096
 MAX_REPEATS = 1024
 MAX_NFE = 10**9
+MAX_QUAD_TOL = 1e3  # nats
 
 
 def _int(name: str, lo=None, hi=None):
@@ -63,7 +64,7 @@ def _add_likelihood(sub):
     p.add_argument("--integrate", default="augmented", choices=("augmented", "quadrature"),
                    help="quadrature (exact divergence): solve the trajectory alone, then integrate each row's "
                         "divergence by adaptive quadrature (fewer trace evaluations)")
-    p.add_argument("--quad-tol", type=_real("--quad-tol", 0.0, lo_open=True), default=0.1,
+    p.add_argument("--quad-tol", type=_real("--quad-tol", 0.0, MAX_QUAD_TOL, lo_open=True), default=0.1,
                    help="with --integrate quadrature: tolerance (nats)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--prior", default="exact", choices=("exact", "sde"),

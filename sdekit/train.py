@@ -100,7 +100,7 @@ def data_fingerprint(data: Tensor, y: Optional[Tensor] = None) -> str:
             continue
         t = t.detach().to("cpu").contiguous()
         h.update(f"{tuple(t.shape)} {t.dtype};".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
 
 
@@ -375,9 +375,10 @@ class Trainer:
         self = cls(net, sde, data, config["prediction"], y=y, meta=config.get("data"), **hp)
         stored_sha = train_cfg.get("data_sha256")
         if check_data and stored_sha is not None and stored_sha != self.data_sha256:
-            raise ValueError(f"resuming {path} on data that differs from its training set ({tuple(data.shape)} rows "
-                             f"given; the checkpoint records data {config.get('data')}): rebuild the same data "
-                             "(same set, size and seed), or pass check_data=False to continue on new data")
+            raise ValueError(f"resuming {path} on data that differs from its training set (given: data of shape "
+                             f"{tuple(data.shape)}, {'with' if y is not None else 'no'} labels; the checkpoint records "
+                             f"{config.get('data')}): rebuild the same data and labels (same set, size and seed), "
+                             "or pass check_data=False to continue on new data")
         load_state_strict(_Holder(self.ema), ema_t, path / WEIGHT_FILES["ema"])
         self.ema = {k: v.clone() for k, v in ema_t.items()}
         # optimizer: hyper-parameters from JSON, moments from safetensors
