@@ -90,17 +90,14 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.step, self.out_dir = signum, step, out_dir
 
 
-def data_fingerprint(data: Tensor, y: Optional[Tensor] = None) -> str:
-    """sha256 of the training set (shape, dtype and bytes of ``data`` and of the labels ``y``): a checkpoint
-    records it, and a resume on other data is refused instead of silently training on it."""
-    h = hashlib.sha256()
-    for t in (data, y):
-        if t is None:
-            h.update(b"none;")
-            continue
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{tuple(t.shape)} {t.dtype};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+def data_fingerprint(data: Optional[Tensor]) -> Optional[str]:
+    """sha256 of a tensor's shape, dtype and bytes (None for None): a checkpoint records that of its training
+    data and labels, and a resume on other data is refused instead of silently training on it."""
+    if data is None:
+        return None
+    t = data.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{tuple(t.shape)} {t.dtype};".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
 
 
@@ -153,14 +150,15 @@ class Trainer:
             raise ValueError(f"labels must have shape (N,) = ({data.shape[0]},); got {tuple(y.shape)}")
         self.net, self.sde, self.prediction = net, sde, prediction
         self.data = data
-        self.conditional = getattr(net, "num_classes", None) is not None and y is not None
+        self.net_conditional = getattr(net, "num_classes", None) is not None
+        self.conditional = self.net_conditional and y is not None
         self.y = y
         self.hparams = _hparams(batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas,
                                 grad_clip=grad_clip, ema_decay=ema_decay, warmup=warmup, weighting=weighting,
                                 importance=importance, gamma=gamma, p_uncond=p_uncond, seed=seed,
                                 time_sampling=time_sampling)
         self.meta = dict(meta or {})
-        self._data_sha256: Optional[str] = None  # data_fingerprint(data, y), computed on first use
+        self._fingerprints: Optional[tuple] = None  # data_fingerprint of data and y, computed on first use
         self.overwrite = bool(overwrite)
         self._ckpt_ids: dict = {}  # real path -> id of the checkpoint this trainer resumed from or last wrote
         self.model = ScoreModel(net, sde, prediction)
@@ -307,18 +305,19 @@ class Trainer:
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
                   for g in self.optimizer.state_dict()["param_groups"]]
         last = self.losses[-1] if self.losses else None
-        return {"train": {**self.hparams, "steps_done": self.step_count, "data_sha256": self.data_sha256,
+        return {"train": {**self.hparams, "steps_done": self.step_count, "data_sha256": self.fingerprints[0],
+                          "labels_sha256": self.fingerprints[1],
                           "seconds": self.seconds if math.isfinite(self.seconds) else None,
                           "last_loss": last if last is not None and math.isfinite(last) else None,
                           "optimizer": {"type": "AdamW", "param_groups": groups}},
                 "data": self.meta}
 
     @property
-    def data_sha256(self) -> str:
-        """``data_fingerprint`` of the training data and labels (what a checkpoint records)."""
-        if self._data_sha256 is None:
-            self._data_sha256 = data_fingerprint(self.data, self.y)
-        return self._data_sha256
+    def fingerprints(self) -> tuple:
+        """(``data_fingerprint`` of the data, of the labels): what a checkpoint records."""
+        if self._fingerprints is None:
+            self._fingerprints = (data_fingerprint(self.data), data_fingerprint(self.y))
+        return self._fingerprints
 
     def _replaces(self, out_dir):
         """What a save to out_dir may replace: the checkpoint this trainer resumed from or last wrote
@@ -373,12 +372,14 @@ class Trainer:
             raise ValueError(f"checkpoint file {cfg_file}: {e}") from None
         load_state_strict(net, model_t, path / WEIGHT_FILES["model"])
         self = cls(net, sde, data, config["prediction"], y=y, meta=config.get("data"), **hp)
-        stored_sha = train_cfg.get("data_sha256")
-        if check_data and stored_sha is not None and stored_sha != self.data_sha256:
-            raise ValueError(f"resuming {path} on data that differs from its training set (given: data of shape "
-                             f"{tuple(data.shape)}, {'with' if y is not None else 'no'} labels; the checkpoint records "
-                             f"{config.get('data')}): rebuild the same data and labels (same set, size and seed), "
-                             "or pass check_data=False to continue on new data")
+        # the labels matter only to a class-conditional net
+        checks = [("data", "data_sha256", 0)] + ([("labels", "labels_sha256", 1)] if self.net_conditional else [])
+        for what, key, i in checks if check_data else ():
+            if key in train_cfg and train_cfg[key] != self.fingerprints[i]:
+                raise ValueError(f"resuming {path} on {what} that differ from its training set (given: data of shape "
+                                 f"{tuple(data.shape)}, {'with' if y is not None else 'no'} labels; the checkpoint "
+                                 f"records {config.get('data')}): rebuild the same data and labels (same set, size "
+                                 "and seed), or pass check_data=False to continue on new data")
         load_state_strict(_Holder(self.ema), ema_t, path / WEIGHT_FILES["ema"])
         self.ema = {k: v.clone() for k, v in ema_t.items()}
         # optimizer: hyper-parameters from JSON, moments from safetensors

@@ -232,13 +232,23 @@ def test_library_resume_on_other_data_is_refused(tmp_path):
     data = toy_data("moons", 40, seed=1)
     train(MLP(dim=2, width=8, depth=2), VPSDE(), data, steps=1, out_dir=tmp_path / "t", batch_size=4,
           progress=False)
-    with pytest.raises(ValueError, match="differs from its training set"):
+    with pytest.raises(ValueError, match="differ from its training set"):
         Trainer.resume(tmp_path / "t", toy_data("moons", 40, seed=2))
-    with pytest.raises(ValueError, match="differs from its training set"):
+    with pytest.raises(ValueError, match="differ from its training set"):
         train(None, None, toy_data("moons", 41, seed=1), steps=2, out_dir=tmp_path / "t", resume=True,
               progress=False)
     assert Trainer.resume(tmp_path / "t", toy_data("moons", 40, seed=2), check_data=False).step_count == 1
     assert Trainer.resume(tmp_path / "t", data.clone()).step_count == 1
+    # labels count for a class-conditional net only
+    x, y = toy_data("moons", 40, seed=1, labels=True)
+    train(MLP(dim=2, width=8, depth=2, num_classes=2), VPSDE(), x, y=y, steps=1, out_dir=tmp_path / "c",
+          batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="labels that differ"):
+        Trainer.resume(tmp_path / "c", x, 1 - y)
+    with pytest.raises(ValueError, match="labels that differ"):
+        Trainer.resume(tmp_path / "c", x)
+    assert Trainer.resume(tmp_path / "c", x, y.clone()).step_count == 1
+    assert Trainer.resume(tmp_path / "t", data, y).step_count == 1  # unconditional: labels are not used
 
 
 # -- load_model is for inference -----------------------------------------------------------------------------
