@@ -39,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from .likelihood import MAX_BLOCK_ELEMENTS, LikelihoodConfig, bits_per_dim, log_likelihood
+from .likelihood import MAX_BLOCK_ELEMENTS, LikelihoodConfig, _check_model, _check_x, bits_per_dim, log_likelihood
 
 Tensor = torch.Tensor
 
@@ -126,6 +126,8 @@ def score_dataset(model, x: Tensor, config: Optional[LikelihoodConfig] = None, *
     time_variable the config's. batch: rows per solve (default: all n in one solve);
     row i always draws its probes and dequantisation from (seed, i), whatever the batching.
     """
+    _check_model(model)  # before any work (a ThresholdedModel is refused by name)
+    x = _check_x(x)
     base = LikelihoodConfig.make(config, **settings)
     n = x.shape[0]
     if n < 1:

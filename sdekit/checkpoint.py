@@ -33,6 +33,12 @@ point leaves P intact (before step 5), P missing with the complete ``.old`` besi
 two renames: readers use it, the next writer renames it back), or the new P (after). Readers take
 the lock shared when the lock file exists, so they never mix files of two checkpoints.
 
+One run per directory (``claim``): a trainer writing into P first creates ``D/.P.claim`` with
+``O_CREAT | O_EXCL`` holding "<pid> <host>", and removes it when it ends; a second run into P finds the
+file and is refused before its first step (``DirectoryClaimed``). A claim whose process is gone (same
+host, no such pid: a SIGKILL) is stale and taken over; the check and the take-over run under the
+exclusive flock above, so two runs never both take one stale claim.
+
 Loading reads only JSON and safetensors (which parses a JSON header plus raw buffers), checks the
 format version and every checksum on the very bytes it then parses, bounds every size in the config
 before anything is allocated (``LIMITS``), and raises ``ValueError`` naming the file and the
@@ -47,6 +53,7 @@ import math
 import os
 import secrets
 import shutil
+import socket
 import stat
 from pathlib import Path
 from typing import Optional
@@ -87,11 +94,15 @@ _WRITE_CHUNK = 1 << 20
 
 __all__ = ["FORMAT_VERSION", "LIMITS", "ANY", "CheckpointConflict", "sde_to_spec", "sde_from_spec",
            "save_checkpoint", "build_checkpoint", "commit_checkpoint", "read_checkpoint", "load_model",
-           "checkpoint_id", "check_config_serialisable", "read_config"]
+           "checkpoint_id", "check_config_serialisable", "read_config", "claim", "DirectoryClaimed"]
 
 
 class CheckpointConflict(ValueError):
     """A save would replace a checkpoint it was not allowed to (see ``save_checkpoint(replaces=...)``)."""
+
+
+class DirectoryClaimed(ValueError):
+    """Another live run holds the claim on a checkpoint directory (see ``claim``)."""
 
 
 # -- SDE specs -------------------------------------------------------------------------------------
@@ -332,6 +343,87 @@ def _locked(target: Path, exclusive: bool):
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+_CLAIMS: dict[Path, int] = {}  # claims held by this process: real path -> nesting depth
+
+
+def _claim_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.claim"
+
+
+def _claim_owner(file: Path) -> Optional[tuple[int, str]]:
+    """(pid, host) written in a claim file, or None for a missing or unreadable one."""
+    try:
+        pid, host = file.read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _take_claim(target: Path) -> None:
+    """Create the claim file of ``target`` (the exclusive flock held), taking over a stale one."""
+    file = _claim_path(target)
+    me = (os.getpid(), socket.gethostname())
+    for _ in range(2):
+        try:
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except FileExistsError:
+            owner = _claim_owner(file)
+            if owner is not None and owner[1] != me[1]:
+                raise DirectoryClaimed(
+                    f"{target} is claimed by process {owner[0]} on host {owner[1]} ({file}); if that run has ended, "
+                    "delete the file") from None
+            if owner is not None and owner[0] != me[0] and _alive(owner[0]):
+                raise DirectoryClaimed(
+                    f"{target} is in use by another run (process {owner[0]}, claim file {file}); wait for it to end "
+                    "or write to another directory") from None
+            os.unlink(file)  # stale: its process is gone (or an earlier process with this pid left it)
+            continue
+        try:
+            os.write(fd, f"{me[0]} {me[1]}\n".encode())
+        finally:
+            os.close(fd)
+        return
+    raise DirectoryClaimed(f"could not claim {target} ({file} keeps coming back)")
+
+
+@contextlib.contextmanager
+def claim(path):
+    """Hold ``path`` (a checkpoint directory) for this process for the duration of the block: one run per
+    directory (module docstring). Re-entrant within a process; the claim is released (its file removed)
+    when the outermost block exits, however it exits. Raises ``DirectoryClaimed`` (a ValueError) if a live
+    process holds it. Creates the parent directory if needed, as a save would."""
+    target = Path(os.path.realpath(path))
+    if target in _CLAIMS:
+        _CLAIMS[target] += 1
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target, exclusive=True):
+            _take_claim(target)
+        _CLAIMS[target] = 1
+    try:
+        yield target
+    finally:
+        _CLAIMS[target] -= 1
+        if not _CLAIMS[target]:
+            del _CLAIMS[target]
+            file = _claim_path(target)
+            with _locked(target, exclusive=True):
+                if _claim_owner(file) == (os.getpid(), socket.gethostname()):
+                    os.unlink(file)
 
 
 def _leftovers(target: Path, kind: str) -> list:
@@ -663,7 +755,11 @@ def load_state_strict(module: torch.nn.Module, tensors: dict, file) -> None:
 
 
 def load_model(path, use_ema: bool = True, device=None, sde: Optional[LinearSDE] = None) -> tuple[ScoreModel, dict]:
-    """Rebuild (ScoreModel, config) from a checkpoint directory; the net is in eval mode.
+    """Rebuild (ScoreModel, config) from a checkpoint directory, for inference: the net is in eval mode
+    (dropout off) and its parameters do not require grad, so sampling builds no autograd graph. To train or
+    fine-tune it, call ``model.net.train().requires_grad_(True)`` (``Trainer.resume`` continues a run with
+    its own net and optimizer and is not affected). Gradients with respect to x (likelihoods, guidance) flow
+    as usual.
 
     use_ema: load the EMA weights when the checkpoint has them (what one samples from), else the raw
     weights. sde: override the stored SDE (needed only for a custom SDE, which is not serialised).
@@ -687,7 +783,7 @@ def load_model(path, use_ema: bool = True, device=None, sde: Optional[LinearSDE]
             raise ValueError(f"checkpoint file {path / CONFIG_NAME}: {e}") from None
     if device is not None:
         net = net.to(device)
-    net.eval()
+    net.eval().requires_grad_(False)
     return ScoreModel(net, sde, prediction=config["prediction"]), config
 
 

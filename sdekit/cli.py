@@ -7,9 +7,10 @@ stays fast). Register a new command by adding its pair to ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
+import threading
+from typing import Optional
 
 from .checkpoint import LIMITS
 from .cli_likelihood import _add_likelihood, _run_likelihood
@@ -17,15 +18,23 @@ from .data import MAX_TOY_POINTS
 from .sde import PATH_NAMES, SDE_NAMES, LinearSDE, path_from_name, sde_from_name
 from .solvers.base import SolverError
 from .solvers.grids import MAX_STEPS
-from .validate import INT64, arg, fraction, integer, real
+from .validate import INT64, ROWS, THREADS, arg, fraction, integer, real, writable_dir, writable_file
 
 # user-input errors of any subcommand: one "sdekit <cmd>: error: ..." line and exit code 2, never a traceback
 USER_ERRORS = (ValueError, SolverError, OSError)
-MAX_ROWS = 1 << 20  # --n of sample and compare
-MAX_THREADS = 1024
+MAX_ROWS = ROWS[1]  # --n of sample and compare
 MAX_SAMPLE_NUMEL = 1 << 28  # sample: --n times the numbers in one sample (1 GiB of float32)
 MAX_CHANNELS = 1024
 _VE_SIGMA_MIN = 0.01  # sdekit train --sde ve
+_TOY_N_POINTS = 20000  # sdekit train --n-points
+# upper ends of the flags that have no natural one: far beyond any useful value, small enough that a typo is
+# refused at once instead of running for years (train --steps 10^12) or overflowing (1e300)
+MAX_TRAIN_STEPS = 10**9
+MAX_SCALE = 1e3  # --guidance (both signs), --shift
+MAX_SIGMA = 1e5  # --sigma-max of a VE SDE
+MAX_LR = 10.0
+MAX_GRAD_CLIP = 1e6
+MAX_TUNE_EVALS = 100_000
 
 
 def _int(name: str, lo=None, hi=None):
@@ -37,20 +46,7 @@ def _real(name: str, lo=None, hi=None, **kw):
 
 
 _SEED = _int("--seed", *INT64)
-_THREADS = _int("--threads", 1, MAX_THREADS)
-
-
-def _writable_file(path: str, flag: str, suffixes=None) -> None:
-    """Refuse, before any work, an output file whose directory is missing, that names a directory, or whose
-    extension (``suffixes``, without the dot) cannot be written."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
-    if not os.path.isdir(parent):
-        raise ValueError(f"{flag} {path!r}: directory {parent!r} does not exist")
-    ext = os.path.splitext(path)[1].lstrip(".").lower()
-    if suffixes is not None and ext and ext not in suffixes:
-        raise ValueError(f"{flag} {path!r}: cannot write .{ext} files; accepted: {', '.join(sorted(suffixes))}")
+_THREADS = _int("--threads", *THREADS)
 
 
 # -- info --------------------------------------------------------------------------------------
@@ -87,33 +83,35 @@ def _add_train(sub):
     p.add_argument("--sde", default=None, choices=tuple(SDE_NAMES), help="default vp")
     p.add_argument("--path", default=None, choices=tuple(PATH_NAMES),
                    help="a flow-matching path instead of an SDE (alpha(1) = 0), e.g. rectified_flow")
-    p.add_argument("--shift", type=_real("--shift", 0.0, lo_open=True), default=None,
+    p.add_argument("--shift", type=_real("--shift", 0.0, MAX_SCALE, lo_open=True), default=None,
                    help="with --path: SD3 time shift of the path (TimeShift)")
     p.add_argument("--weighting", default=None,
                    choices=("simple", "likelihood", "min_snr", "native", "flow_matching"),
                    help="default simple (flow_matching with --path)")
     p.add_argument("--time-sampling", default=None, choices=("uniform", "logit_normal"),
                    help="training times: uniform (default) or SD3's logit-normal")
-    p.add_argument("--steps", type=_int("--steps", 0), default=2000,
+    p.add_argument("--steps", type=_int("--steps", 0, MAX_TRAIN_STEPS), default=2000,
                    help="total optimisation steps (including resumed ones)")
     p.add_argument("--batch-size", type=_int("--batch-size", 1, LIMITS["batch_size"]), default=None, help="default 128")
-    p.add_argument("--lr", type=_real("--lr", 0.0, lo_open=True), default=None,
+    p.add_argument("--lr", type=_real("--lr", 0.0, MAX_LR, lo_open=True), default=None,
                    help="AdamW learning rate (default 2e-3 toys, 1e-3 digits)")
     p.add_argument("--ema-decay", type=arg(fraction, "--ema-decay"), default=None, help="in [0, 1]; default 0.999")
-    p.add_argument("--grad-clip", type=_real("--grad-clip", 0.0), default=None, help="0: no clipping; default 1.0")
-    p.add_argument("--warmup", type=_int("--warmup", 0), default=None, help="default 100")
-    p.add_argument("--seed", type=_SEED, default=None, help="default 0")
+    p.add_argument("--grad-clip", type=_real("--grad-clip", 0.0, MAX_GRAD_CLIP), default=None, help="0: no clipping; default 1.0")
+    p.add_argument("--warmup", type=_int("--warmup", 0, MAX_TRAIN_STEPS), default=None, help="default 100")
+    p.add_argument("--seed", type=_SEED, default=None,
+                   help="data and training seed (default 0; a resume takes the checkpoint's)")
     p.add_argument("--out", required=True, help="checkpoint directory (config.json, *.safetensors, loss.png)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out if there is one")
     p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out (a new run)")
     p.add_argument("--channels", type=_int("--channels", 1, MAX_CHANNELS), default=None,
                    help="U-Net base width (32, even) / MLP width (128)")
     p.add_argument("--conditional", action="store_true", help="class-conditional net (null class for guidance)")
-    p.add_argument("--sigma-max", type=_real("--sigma-max", _VE_SIGMA_MIN, lo_open=True), default=None,
+    p.add_argument("--sigma-max", type=_real("--sigma-max", _VE_SIGMA_MIN, MAX_SIGMA, lo_open=True), default=None,
                    help="VE only (default 10 toys, 20 digits)")
-    p.add_argument("--n-points", type=_int("--n-points", 1, MAX_TOY_POINTS), default=20000,
-                   help="size of a toy training set")
-    p.add_argument("--ckpt-every", type=_int("--ckpt-every", 1), default=None, help="also checkpoint every N steps")
+    p.add_argument("--n-points", type=_int("--n-points", 1, MAX_TOY_POINTS), default=None,
+                   help=f"size of a toy training set (default {_TOY_N_POINTS}; a resume takes the checkpoint's)")
+    p.add_argument("--ckpt-every", type=_int("--ckpt-every", 1, MAX_TRAIN_STEPS), default=None,
+                   help="also checkpoint every N steps")
     p.add_argument("--threads", type=_THREADS, default=None, help="torch threads (default 1 for toys)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(usage_error=p.error)
@@ -122,19 +120,53 @@ def _add_train(sub):
 _TRAIN_DEFAULTS = {"batch_size": 128, "weighting": "simple", "ema_decay": 0.999, "grad_clip": 1.0, "warmup": 100}
 
 
-def _check_resume_data(args) -> bool:
-    """Whether this run resumes a checkpoint; a resume on other data is a usage error."""
+def _resumed_data(args) -> Optional[dict]:
+    """The data description recorded by the checkpoint this run resumes, or None for a new run. A resume
+    on another data set is a usage error."""
     from .checkpoint import checkpoint_id, read_config
 
     if not (args.resume and checkpoint_id(args.out) is not None):
-        return False
+        return None
     try:
-        stored = (read_config(args.out).get("data") or {}).get("name")
+        stored = read_config(args.out).get("data") or {}
     except (OSError, ValueError, AttributeError):
-        stored = None  # load_model / Trainer.resume report a corrupt file precisely
-    if stored is not None and stored != args.data:
-        args.usage_error(f"{args.out} was trained on {stored!r}, not {args.data!r}; use another --out or the same --data")
-    return True
+        return {}  # load_model / Trainer.resume report a corrupt file precisely
+    if not isinstance(stored, dict):
+        return {}
+    if stored.get("name") is not None and stored.get("name") != args.data:
+        args.usage_error(f"{args.out} was trained on {stored['name']!r}, not {args.data!r}; use another --out or the "
+                         "same --data")
+    return stored
+
+
+def _train_data(args, stored: Optional[dict]):
+    """(data set, seed) of the run. A new run takes --n-points and --seed (defaults 20000 and 0); a resume
+    rebuilds the checkpoint's own training set from what its config records, and refuses a given flag
+    that differs from it (the data would differ from the one the optimizer state was trained on)."""
+    from sdekit.data import load_dataset
+
+    n, seed = args.n_points, args.seed
+    if args.data == "digits" and n is not None:
+        args.usage_error("--n-points sets the size of a toy set; the digits are a fixed set")
+    if stored is not None:
+        for flag, given, key in (("--n-points", n, "n"), ("--seed", seed, "seed")):
+            recorded = stored.get(key)
+            if given is not None and recorded is not None and given != recorded:
+                args.usage_error(f"{flag} {given} differs from the {key} = {recorded} that {args.out} was trained "
+                                 f"with; a resume continues on the checkpoint's own data: drop {flag} (or give "
+                                 f"{recorded}), or start a new run (another --out, or --force)")
+        n = stored.get("n") if n is None else n
+        seed = stored.get("seed") if seed is None else seed
+        if args.data != "digits" and (n is None or seed is None):
+            args.usage_error(f"{args.out} does not record the size and seed of its training set; give --n-points "
+                             "and --seed as in the original run")
+    n = _TOY_N_POINTS if n is None else n
+    seed = 0 if seed is None else seed
+    try:
+        n, seed = integer("--n-points", n, 1, MAX_TOY_POINTS), integer("--seed", seed, *INT64)
+    except ValueError as err:  # a recorded value out of range: the config was edited
+        args.usage_error(f"{args.out}: {err}")
+    return load_dataset(args.data, n=n, seed=seed), seed
 
 
 def _train_model(args, resuming: bool, ds, seed: int, hparams: dict):
@@ -174,25 +206,35 @@ def _train_model(args, resuming: bool, ds, seed: int, hparams: dict):
 
 
 def _run_train(args) -> int:
+    import contextlib
+
+    from sdekit.checkpoint import claim
+    from sdekit.distributed import init_process_group
+
+    writable_dir(args.out, "--out", whole=True)
+    rank, world = init_process_group()  # under torchrun: DistributedDataParallel over the ranks
+    # one run per --out, claimed before any work (rank 0 writes the checkpoints, so rank 0 claims)
+    with claim(args.out) if rank == 0 else contextlib.nullcontext():
+        return _train_claimed(args, rank, world)
+
+
+def _train_claimed(args, rank: int, world: int) -> int:
     import torch
 
-    from sdekit.data import load_dataset
-    from sdekit.distributed import init_process_group
     from sdekit.train import train
 
     digits = args.data == "digits"
-    resuming = _check_resume_data(args)
+    stored = _resumed_data(args)
+    resuming = stored is not None
     threads = args.threads if args.threads is not None else (None if digits else 1)
     if threads:
         torch.set_num_threads(threads)
-    rank, world = init_process_group()  # under torchrun: DistributedDataParallel over the ranks
-    seed = 0 if args.seed is None else args.seed
-    ds = load_dataset(args.data, n=args.n_points, seed=seed)
+    ds, seed = _train_data(args, stored)
     hparams = {k: getattr(args, k) for k in (*_TRAIN_DEFAULTS, "lr", "seed", "time_sampling")
                if getattr(args, k) is not None}
     net, sde = _train_model(args, resuming, ds, seed, hparams)
     if not resuming:
-        hparams = {**_TRAIN_DEFAULTS, "lr": 1e-3 if digits else 2e-3, "seed": 0, **hparams}
+        hparams = {**_TRAIN_DEFAULTS, "lr": 1e-3 if digits else 2e-3, "seed": seed, **hparams}
     try:
         trainer = train(net, sde, ds.x, args.prediction, steps=args.steps, out_dir=args.out, resume=args.resume,
                         y=ds.y, progress=not args.no_progress, ckpt_every=args.ckpt_every, overwrite=args.force,
@@ -267,7 +309,7 @@ def _add_compare(sub):
                    help="dopri5 rtol = atol of the --checkpoint reference")
     p.add_argument("--tune-n", type=_positive_int, default=256,
                    help="with --grids ...,tuned: prior rows per tuning draw")
-    p.add_argument("--tune-evals", type=_int("--tune-evals", 1), default=None,
+    p.add_argument("--tune-evals", type=_int("--tune-evals", 1, MAX_TUNE_EVALS), default=None,
                    help="with --grids ...,tuned: optimiser solves per grid")
     p.add_argument("--out", default="sdekit-compare", help="output directory (default ./sdekit-compare)")
     p.add_argument("--full", "--verbose", dest="full", action="store_true", help="also print every row")
@@ -306,8 +348,10 @@ def _run_compare(args) -> int:
         torch.set_num_threads(args.threads)
     if args.nfe is not None and args.steps is not None:
         args.usage_error("give --nfe or --steps, not both")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        args.usage_error(f"--out {args.out!r} is a file; give a directory")
+    try:
+        writable_dir(args.out, "--out")  # before the work, not after it
+    except ValueError as err:
+        args.usage_error(str(err))
     tune_options = {} if args.tune_evals is None else {"max_evals": args.tune_evals}
     try:
         model, x_T, source = _compare_problem(args)
@@ -356,8 +400,9 @@ def _add_sample(sub):
     p.add_argument("--n", type=_int("--n", 1, MAX_ROWS), default=64,
                    help="number of samples (row i is the same for any --n > i)")
     p.add_argument("--seed", type=_SEED, default=0)
-    p.add_argument("--label", type=_int("--label", 0), default=None, help="class to sample (class-conditional checkpoints)")
-    p.add_argument("--guidance", type=_real("--guidance"), default=0.0,
+    p.add_argument("--label", type=_int("--label", 0, LIMITS["classes"] - 1), default=None,
+                   help="class to sample (class-conditional checkpoints)")
+    p.add_argument("--guidance", type=_real("--guidance", -MAX_SCALE, MAX_SCALE), default=0.0,
                    help="classifier-free guidance weight w (with --label)")
     p.add_argument("--denoise", action="store_true", help="finish with the jump to t = 0")
     p.add_argument("--noise", choices=("path", "step"), default="path",
@@ -406,9 +451,9 @@ def _run_sample(args) -> int:
         raise ValueError("--guidance applies to a class: give --label too")
     if args.checkpoint is None and args.label is not None:
         raise ValueError("--label needs a class-conditional --checkpoint (the built-in mixture has no classes)")
-    _writable_file(args.out, "--out", _image_formats())
+    writable_file(args.out, "--out", _image_formats())
     if args.save:
-        _writable_file(args.save, "--save")
+        writable_file(args.save, "--save")
     density = None
     if args.checkpoint is None:
         sde = VPSDE()
@@ -468,10 +513,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside training's own handler: unwinds like Ctrl-C, so claims and temporary files are released."""
+
+    signum = signal.SIGTERM
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated("terminated by SIGTERM")
+
+
 def main(argv=None) -> int:
     """Run one subcommand. Bad input of any kind ends in "sdekit <cmd>: error: ..." on stderr and exit code 2
-    (argparse's own errors exit 2 as well); SIGINT / SIGTERM end training cleanly with 128 + the signal."""
+    (argparse's own errors exit 2 as well); SIGINT / SIGTERM end the command cleanly with 128 + the signal
+    (training finishes its step and saves first)."""
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command][1](args)
     except USER_ERRORS as err:
@@ -481,6 +541,9 @@ def main(argv=None) -> int:
         signum = getattr(err, "signum", signal.SIGINT)
         print(f"sdekit {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 128 + int(signum)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,35 @@ of a checkpoint on its data set (bits/dim for digits).
 """
 from __future__ import annotations
 
+import argparse
+
+from .likelihood import ADAPTIVE_METHODS
 from .sde import SDE_NAMES, sde_from_name
+from .validate import INT64, ROWS, THREADS, arg, integer, real, writable_file
+
+MAX_DIM = 4096  # --dim of the built-in mixture (as compare's)
+MAX_PROBES = 4096
+MAX_REPEATS = 1024
+MAX_NFE = 10**9
+MAX_QUAD_TOL = 1e3  # nats
+
+
+def _int(name: str, lo=None, hi=None):
+    return arg(integer, name, int, lo=lo, hi=hi)
+
+
+def _real(name: str, lo=None, hi=None, **kw):
+    return arg(real, name, float, lo=lo, hi=hi, **kw)
+
+
+def _method(text: str) -> str:
+    """--method: an adaptive method (the command has no step size to give a fixed-step one)."""
+    if text not in ADAPTIVE_METHODS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an adaptive method; the command chooses its steps by rtol/atol and has no step size "
+            f"for a fixed-step one (use sdekit.log_likelihood(..., method=..., step_size=h) for that). "
+            f"Choose from {', '.join(ADAPTIVE_METHODS)}")
+    return text
 
 
 def _add_likelihood(sub):
@@ -15,34 +43,37 @@ def _add_likelihood(sub):
         help="log-likelihood through the probability-flow ODE (default: a built-in Gaussian mixture, vs the exact value)",
     )
     p.add_argument("--sde", default="vp", choices=tuple(SDE_NAMES))
-    p.add_argument("--dim", type=int, default=2, help="mixture dimension (GaussianMixture.default(dim))")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--dim", type=_int("--dim", 1, MAX_DIM), default=2, help="mixture dimension (GaussianMixture.default(dim))")
+    p.add_argument("--n", type=_int("--n", *ROWS), default=None,
                    help="rows to score: default 8 exact samples of the mixture, or the whole split of --checkpoint")
     p.add_argument("--divergence", default="auto", choices=("auto", "exact", "hutchinson"),
                    help="auto: exact for the mixture; for --checkpoint by cost (D <= 2 K: exact, else K-probe "
                         "Hutchinson; see sdekit.bpd.choose_divergence)")
-    p.add_argument("--probes", type=int, default=None,
+    p.add_argument("--probes", type=_int("--probes", 1, MAX_PROBES), default=None,
                    help="Hutchinson probes carried in one solve (default 1; with --checkpoint 1 per draw with "
                         "--dequantize, else 2)")
     p.add_argument("--noise", default="rademacher", choices=("rademacher", "gaussian"))
-    p.add_argument("--method", default="dopri5")
-    p.add_argument("--rtol", type=float, default=None,
+    p.add_argument("--method", type=_method, default="dopri5",
+                   help=f"adaptive ODE method: {', '.join(ADAPTIVE_METHODS)}")
+    p.add_argument("--rtol", type=_real("--rtol", 0.0, 1.0, lo_open=True), default=None,
                    help="default 1e-5 for the mixture, sdekit.bpd.DATASET_TOL (1e-3) for --checkpoint")
-    p.add_argument("--atol", type=float, default=None, help="as --rtol")
+    p.add_argument("--atol", type=_real("--atol", 0.0, 1.0, lo_open=True), default=None, help="as --rtol")
     p.add_argument("--time-variable", default=None, choices=("auto", "t", "log_snr"),
                    help="integration variable (default auto: log-SNR for a DDPM table, t otherwise)")
-    p.add_argument("--max-nfe", type=int, default=100_000, help="budget in network calls per solve")
+    p.add_argument("--max-nfe", type=_int("--max-nfe", 1, MAX_NFE), default=100_000, help="budget in network calls per solve")
     p.add_argument("--integrate", default="augmented", choices=("augmented", "quadrature"),
                    help="quadrature (exact divergence): solve the trajectory alone, then integrate each row's "
                         "divergence by adaptive quadrature (fewer trace evaluations)")
-    p.add_argument("--quad-tol", type=float, default=0.1, help="with --integrate quadrature: tolerance (nats)")
+    p.add_argument("--quad-tol", type=_real("--quad-tol", 0.0, MAX_QUAD_TOL, lo_open=True), default=0.1,
+                   help="with --integrate quadrature: tolerance (nats)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--prior", default="exact", choices=("exact", "sde"),
                    help="exact: the mixture's p_T as the prior; sde: the SDE's N(0, s^2 I), reporting the prior gap")
     p.add_argument("--dtype", default=None, choices=("float64", "float32"),
                    help="default: float64 for the built-in mixture, float32 (the weights' own) for --checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (small solves run best on one)")
+    p.add_argument("--seed", type=_int("--seed", 0, INT64[1] - 1), default=0,
+                   help="seeds the mixture, its samples (seed + 1), probes and dequantisation")
+    p.add_argument("--threads", type=_int("--threads", *THREADS), default=1, help="torch threads (small solves run best on one)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="score a trained checkpoint on its data set instead of the built-in mixture")
     p.add_argument("--split", default="test", choices=("test", "train"),
@@ -50,10 +81,10 @@ def _add_likelihood(sub):
                         "test = a fresh draw (seed + 1)")
     p.add_argument("--dequantize", action="store_true",
                    help="digits: add u ~ U(-1/16, 1/16) per pixel (bits/dim is then an upper bound on the code length)")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=_int("--repeats", 1, MAX_REPEATS), default=None,
                    help="dequantization draws per image (with --dequantize; default 2, so the estimator's error "
                         "can be measured within each image)")
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--batch", type=_int("--batch", *ROWS), default=None,
                    help="with --checkpoint: rows per ODE solve (default: all in one solve; the per-row step "
                         "controller holds every row to its own tolerance)")
     p.add_argument("--json", default=None, metavar="PATH",
@@ -96,10 +127,7 @@ def _run_likelihood(args) -> int:
 
     import sdekit
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.dim < 1 or (args.n is not None and args.n < 1):
-        raise ValueError("--dim and --n must be positive")
+    torch.set_num_threads(args.threads)
     if args.checkpoint is not None:
         return _run_likelihood_checkpoint(args)
     args.n = 8 if args.n is None else args.n
@@ -163,7 +191,7 @@ def _checkpoint_data(config: dict, split: str, n, dtype):
         seed = int(data.get("seed", 0)) + (1 if split == "test" else 0)
         x = toy_data(name, int(data.get("n", 20000)), seed=seed)
     else:
-        raise SystemExit(f"sdekit likelihood: the checkpoint's data set {name!r} is unknown (digits or a 2-D toy set)")
+        raise ValueError(f"the checkpoint's data set {name!r} is unknown (digits or a 2-D toy set)")
     n = x.shape[0] if n is None else n
     stride = max(1, x.shape[0] // n)
     idx = torch.arange(0, x.shape[0], stride)[:n]
@@ -184,9 +212,8 @@ def _run_likelihood_checkpoint(args) -> int:
     from .data import DIGITS_SCALE
     from .likelihood import LikelihoodConfig
 
-    if (args.repeats is not None and args.repeats < 1) or (args.batch is not None and args.batch < 1) \
-            or (args.probes is not None and args.probes < 1):
-        raise ValueError("--repeats, --probes and --batch must be positive")
+    if args.json is not None:
+        writable_file(args.json, "--json")  # now, not after the solve
     if args.repeats is not None and args.repeats > 1 and not args.dequantize:
         raise ValueError("--repeats > 1 needs --dequantize")
     model, config = load_model(args.checkpoint)

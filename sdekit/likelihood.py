@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from .data import dequantize as dequantize_bins
 from .noise import RowNoise
+from .parameterization import ThresholdedModel
 from .quadrature import adaptive_boole, boole, grid_size
 from .sde import DiscreteVPSDE, LinearSDE
 from .solvers.base import NonFiniteError, SolverError
@@ -71,6 +72,7 @@ __all__ = [
     "JACOBIAN_BACKENDS",
     "TIME_VARIABLES",
     "MAX_BLOCK_ELEMENTS",
+    "ADAPTIVE_METHODS",
 ]
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -78,6 +80,11 @@ INTEGRATORS = ("augmented", "quadrature")
 NOISES = ("rademacher", "gaussian")
 JACOBIAN_BACKENDS = ("auto", "func", "autograd", "loop")
 TIME_VARIABLES = ("auto", "t", "log_snr")
+# torchdiffeq's fixed-grid methods: without step_size they would take one step per interval, silently
+_FIXED_EXTERNAL = ("heun3", "explicit_adams", "implicit_adams")
+# the methods that choose their own steps (no step_size needed): the CLI offers only these
+ADAPTIVE_METHODS = tuple(n for n, t in TABLEAUS.items() if t.adaptive) + \
+    tuple(m for m in EXTERNAL_METHODS if m not in _FIXED_EXTERNAL)
 
 # integrate="quadrature": a panel is halved before any divergence evaluation when Boole's rule on the
 # trajectory's own velocity misses its displacement by more than this fraction of its path length.
@@ -193,15 +200,15 @@ class LikelihoodConfig:
                              f"({', '.join(TABLEAUS)}); got integrate={self.integrate!r}, method={self.method!r}")
 
     def _check_method(self):
+        fixed = [n for n, t in TABLEAUS.items() if not t.adaptive] + list(_FIXED_EXTERNAL)
         if self.method not in TABLEAUS and self.method not in EXTERNAL_METHODS:
-            adaptive = [n for n, t in TABLEAUS.items() if t.adaptive] + list(EXTERNAL_METHODS)
-            fixed = [n for n, t in TABLEAUS.items() if not t.adaptive]
-            raise ValueError(f"unknown method {self.method!r}; accepted: adaptive {', '.join(adaptive)}; "
+            raise ValueError(f"unknown method {self.method!r}; accepted: adaptive {', '.join(ADAPTIVE_METHODS)}; "
                              f"fixed-step (need step_size=h) {', '.join(fixed)}")
         if self.step_size is not None:
             _positive("step_size", self.step_size)
-        elif self.method in TABLEAUS and not TABLEAUS[self.method].adaptive:
-            raise ValueError(f"fixed-step method {self.method!r} needs step_size=h (h > 0)")
+        elif self.method in fixed:
+            raise ValueError(f"fixed-step method {self.method!r} needs step_size=h (h > 0); or an adaptive method: "
+                             f"{', '.join(ADAPTIVE_METHODS)}")
 
     def _check_quadrature(self):
         if self.integrate == "quadrature" and self.divergence != "exact":
@@ -723,6 +730,15 @@ def _resolve_time_variable(name: str, sde, t0: float, t1: float, prefer_lambda: 
 
 # -- validation ----------------------------------------------------------------------------------
 def _check_model(model):
+    """A model log_likelihood can integrate; a ``ThresholdedModel`` is refused by name (see below)."""
+    if isinstance(model, ThresholdedModel):
+        # clipping x0 makes the drift a non-smooth function of x whose divergence is not that of any density's
+        # flow: ~170 nats per 8x8 image away from the unthresholded model's value, with no error raised
+        raise ValueError(
+            f"the model is a ThresholdedModel ({model!r}): its x0 prediction is clipped or thresholded, a sampling "
+            "heuristic that is not a density model, so its likelihood would be silently wrong. Score the model it "
+            "wraps instead: pass model.model, or build it with from_diffusers(unet, scheduler, threshold=False) "
+            "(diffusers' schedulers clip by default: clip_sample=True)")
     if not (hasattr(model, "sde") and callable(getattr(model, "score", None))):
         raise TypeError(
             f"model must be a sdekit.ScoreModel (or any object with .sde and .score(x, t)); got {type(model).__name__}"

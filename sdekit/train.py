@@ -15,6 +15,7 @@ stores is validated before the first step. The step is:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -27,8 +28,8 @@ from typing import Any, Callable, Iterator, Optional, cast
 
 import torch
 
-from .checkpoint import (ANY, LIMITS, LOSS_PLOT_NAME, WEIGHT_FILES, build_checkpoint,
-                         check_config_serialisable, check_replaces, checkpoint_id, commit_checkpoint, load_state_strict,
+from .checkpoint import (ANY, LIMITS, LOSS_PLOT_NAME, WEIGHT_FILES, build_checkpoint, check_config_serialisable,
+                         claim, check_replaces, checkpoint_id, commit_checkpoint, load_state_strict,
                          read_checkpoint, sde_from_spec, sde_to_spec)
 from .distributed import world
 from .losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
@@ -89,6 +90,17 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.step, self.out_dir = signum, step, out_dir
 
 
+def data_fingerprint(data: Optional[Tensor]) -> Optional[str]:
+    """sha256 of a tensor's shape, dtype and bytes (None for None): a checkpoint records that of its training
+    data and labels, and a resume on other data is refused instead of silently training on it."""
+    if data is None:
+        return None
+    t = data.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{tuple(t.shape)} {t.dtype};".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
 def _seed_word(v: int) -> int:
     """A derived seed torch accepts: as is inside [-2^63, 2^64), else reduced mod 2^64."""
     return v if INT64[0] <= v < 2**64 else v % 2**64
@@ -138,13 +150,15 @@ class Trainer:
             raise ValueError(f"labels must have shape (N,) = ({data.shape[0]},); got {tuple(y.shape)}")
         self.net, self.sde, self.prediction = net, sde, prediction
         self.data = data
-        self.conditional = getattr(net, "num_classes", None) is not None and y is not None
+        self.net_conditional = getattr(net, "num_classes", None) is not None
+        self.conditional = self.net_conditional and y is not None
         self.y = y
         self.hparams = _hparams(batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas,
                                 grad_clip=grad_clip, ema_decay=ema_decay, warmup=warmup, weighting=weighting,
                                 importance=importance, gamma=gamma, p_uncond=p_uncond, seed=seed,
                                 time_sampling=time_sampling)
         self.meta = dict(meta or {})
+        self._fingerprints: Optional[tuple] = None  # data_fingerprint of data and y, computed on first use
         self.overwrite = bool(overwrite)
         self._ckpt_ids: dict = {}  # real path -> id of the checkpoint this trainer resumed from or last wrote
         self.model = ScoreModel(net, sde, prediction)
@@ -208,14 +222,23 @@ class Trainer:
     def run(self, steps: int, progress: bool = True, out_dir=None, ckpt_every: Optional[int] = None,
             desc: str = "train") -> list[float]:
         """Train ``steps`` more steps, with a tqdm bar showing the running loss; checkpoint every
-        ``ckpt_every`` steps and at the end when ``out_dir`` is given."""
-        from tqdm.auto import tqdm
-
+        ``ckpt_every`` steps and at the end when ``out_dir`` is given; a live run already writing to
+        ``out_dir`` is refused (``sdekit.checkpoint.DirectoryClaimed``) before the first step."""
         steps = integer("steps", steps, 0)
         if ckpt_every is not None:
             ckpt_every = integer("ckpt_every", ckpt_every, 1)
         if out_dir is not None:
             self.check_can_save(out_dir)  # before the first step, not after the last
+        # one run per checkpoint directory: a second trainer writing there is refused now (checkpoint.claim)
+        held = claim(out_dir) if out_dir is not None and self.rank == 0 else contextlib.nullcontext()
+        with held:
+            if out_dir is not None:
+                self.check_can_save(out_dir)  # again under the claim: a run that ended meanwhile may have saved
+            return self._run(steps, progress, out_dir, ckpt_every, desc)
+
+    def _run(self, steps: int, progress: bool, out_dir, ckpt_every: Optional[int], desc: str) -> list[float]:
+        from tqdm.auto import tqdm
+
         start = time.perf_counter()
         bar = tqdm(range(steps), desc=desc, disable=not progress or self.rank != 0, dynamic_ncols=True)
         avg = None
@@ -282,11 +305,19 @@ class Trainer:
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
                   for g in self.optimizer.state_dict()["param_groups"]]
         last = self.losses[-1] if self.losses else None
-        return {"train": {**self.hparams, "steps_done": self.step_count,
+        return {"train": {**self.hparams, "steps_done": self.step_count, "data_sha256": self.fingerprints[0],
+                          "labels_sha256": self.fingerprints[1],
                           "seconds": self.seconds if math.isfinite(self.seconds) else None,
                           "last_loss": last if last is not None and math.isfinite(last) else None,
                           "optimizer": {"type": "AdamW", "param_groups": groups}},
                 "data": self.meta}
+
+    @property
+    def fingerprints(self) -> tuple:
+        """(``data_fingerprint`` of the data, of the labels): what a checkpoint records."""
+        if self._fingerprints is None:
+            self._fingerprints = (data_fingerprint(self.data), data_fingerprint(self.y))
+        return self._fingerprints
 
     def _replaces(self, out_dir):
         """What a save to out_dir may replace: the checkpoint this trainer resumed from or last wrote
@@ -313,8 +344,12 @@ class Trainer:
         return Path(out_dir)
 
     @classmethod
-    def resume(cls, path, data: Tensor, y: Optional[Tensor] = None) -> "Trainer":
-        """Rebuild a trainer from a checkpoint directory so training continues exactly."""
+    def resume(cls, path, data: Tensor, y: Optional[Tensor] = None, check_data: bool = True) -> "Trainer":
+        """Rebuild a trainer from a checkpoint directory so training continues exactly.
+
+        data, y: the training set, which must be the checkpoint's: its ``data_fingerprint`` is compared with the
+        one recorded (checkpoints written before it was recorded are not checked); other data is refused with
+        ValueError unless ``check_data=False`` (continue the run, optimizer included, on new data)."""
         from .nets import build_net
 
         path = Path(path)
@@ -337,6 +372,14 @@ class Trainer:
             raise ValueError(f"checkpoint file {cfg_file}: {e}") from None
         load_state_strict(net, model_t, path / WEIGHT_FILES["model"])
         self = cls(net, sde, data, config["prediction"], y=y, meta=config.get("data"), **hp)
+        # the labels matter only to a class-conditional net
+        checks = [("data", "data_sha256", 0)] + ([("labels", "labels_sha256", 1)] if self.net_conditional else [])
+        for what, key, i in checks if check_data else ():
+            if key in train_cfg and train_cfg[key] != self.fingerprints[i]:
+                raise ValueError(f"resuming {path} on {what} that differ from its training set (given: data of shape "
+                                 f"{tuple(data.shape)}, {'with' if y is not None else 'no'} labels; the checkpoint "
+                                 f"records {config.get('data')}): rebuild the same data and labels (same set, size "
+                                 "and seed), or pass check_data=False to continue on new data")
         load_state_strict(_Holder(self.ema), ema_t, path / WEIGHT_FILES["ema"])
         self.ema = {k: v.clone() for k, v in ema_t.items()}
         # optimizer: hyper-parameters from JSON, moments from safetensors
@@ -379,10 +422,14 @@ class Trainer:
         self._ckpt_ids[os.path.realpath(path)] = ckpt_id
         return self
 
-    def resume_conflicts(self, net=None, sde=None, prediction=None, **hparams) -> list:
+    def resume_conflicts(self, net=None, sde=None, prediction=None, meta=None, **hparams) -> list:
         """The settings given for a resumed run that differ from this (resumed) trainer's, as
-        "name: checkpoint X, given Y" lines; None means "not given"."""
+        "name: checkpoint X, given Y" lines; None means "not given". ``meta`` (the data's description)
+        conflicts on any key both record with different values."""
         diffs = []
+        for k, v in sorted((meta or {}).items()):
+            if k in self.meta and self.meta[k] != v:
+                diffs.append(f"data {k}: checkpoint {self.meta[k]!r}, given {v!r}")
         if prediction is not None and prediction != self.prediction:
             diffs.append(f"prediction: checkpoint {self.prediction!r}, given {prediction!r}")
         if sde is not None:
@@ -481,19 +528,20 @@ def _umask() -> int:
 def train(net: Optional[torch.nn.Module], sde: Optional[LinearSDE], data: Tensor, prediction: Optional[str] = None,
           steps: int = 1000,
           out_dir=None, resume: bool = False, y: Optional[Tensor] = None, progress: bool = True,
-          ckpt_every: Optional[int] = None, overwrite: bool = False, **hparams) -> Trainer:
+          ckpt_every: Optional[int] = None, overwrite: bool = False, check_data: bool = True, **hparams) -> Trainer:
     """Train until ``steps`` total steps. With ``resume=True`` and a checkpoint in ``out_dir``,
     continue it: net/sde/prediction/hparams then come from the checkpoint (``net``, ``sde`` may be
     None), and any of them given with a different value is refused (ValueError naming each).
     Otherwise a new run (prediction defaults to "eps"), which refuses to replace a checkpoint in
     ``out_dir`` unless ``overwrite=True``. Writes the checkpoint and loss.png to ``out_dir`` when
-    given. Returns the Trainer."""
+    given. A resume checks that ``data``/``y`` are the checkpoint's training set (``Trainer.resume``,
+    ``check_data``) and that ``meta`` agrees with the data description it recorded. Returns the Trainer."""
     steps = integer("steps", steps, 0)
     if ckpt_every is not None:
         integer("ckpt_every", ckpt_every, 1)
     if resume and out_dir is not None and checkpoint_id(out_dir) is not None:
-        trainer = Trainer.resume(out_dir, data, y=y)
-        diffs = trainer.resume_conflicts(net, sde, prediction, **{k: v for k, v in hparams.items() if k != "meta"})
+        trainer = Trainer.resume(out_dir, data, y=y, check_data=check_data)
+        diffs = trainer.resume_conflicts(net, sde, prediction, **hparams)
         if diffs:
             raise ValueError(f"resuming {out_dir} with settings that differ from its checkpoint: "
                              + "; ".join(diffs) + ". Resume with the stored settings, or start a new run "

@@ -8,6 +8,10 @@ integers here (``True`` is not a step count), and a float is an integer only if 
 (``steps=3.0`` is 3, ``steps=1.5`` is refused, never truncated). Every range is closed unless an
 ``open`` end is named; every real must be finite unless ``finite=False``.
 
+Output paths (``writable_file``, ``writable_dir``) are checked the same way before any work: the
+location is probed by creating (and removing) a file there, so a missing directory, a read-only file
+system or a path that names the wrong kind of thing is refused in the first second, not after the solve.
+
 This module imports nothing of the package.
 """
 from __future__ import annotations
@@ -15,11 +19,15 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
+import tempfile
 from typing import Any, Callable, Optional
 
-__all__ = ["integer", "real", "fraction", "arg", "INT64"]
+__all__ = ["integer", "real", "fraction", "arg", "writable_file", "writable_dir", "INT64", "THREADS", "ROWS"]
 
 INT64 = (-(2**63), 2**63 - 1)  # what torch.Generator.manual_seed and int64 tensors hold
+THREADS = (1, 1024)  # torch.set_num_threads: below 1 is an error, far above the cores crashes OpenMP
+ROWS = (1, 1 << 20)  # rows (--n, --batch) a command draws or scores
 
 
 def _range(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
@@ -80,3 +88,54 @@ def arg(check: Callable[..., Any], name: str, parse: Callable[[str], Any] = floa
 
     convert.__name__ = name  # argparse names the type in some messages
     return convert
+
+
+def _probe(directory: str, name: str, path: str) -> None:
+    """Create and remove a file in ``directory``; ValueError naming ``name`` and ``path`` if that fails."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".sdekit-probe-", dir=directory)
+    except OSError as err:
+        raise ValueError(f"{name} {path!r} cannot be written: {err.strerror or err} ({directory})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def writable_file(path: str, name: str, suffixes=None) -> str:
+    """``path`` if a file can be written there: refused (ValueError naming ``name``) when it names a directory,
+    its directory is missing, its extension is not in ``suffixes`` (without the dot; None: any), or a probe
+    file cannot be created beside it (an existing file must also open for appending; it is not changed)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{name} {path!r} is a directory; give a file name")
+    if not os.path.isdir(parent):
+        raise ValueError(f"{name} {path!r}: directory {parent!r} does not exist")
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if suffixes is not None and ext and ext not in suffixes:
+        raise ValueError(f"{name} {path!r}: cannot write .{ext} files; accepted: {', '.join(sorted(suffixes))}")
+    if os.path.lexists(path):
+        try:  # O_NONBLOCK: a FIFO without a reader is refused instead of blocking
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NONBLOCK", 0)))
+        except OSError as err:
+            raise ValueError(f"{name} {path!r} cannot be written: {err.strerror or err}") from None
+    _probe(parent, name, path)
+    return path
+
+
+def writable_dir(path: str, name: str, whole: bool = False) -> str:
+    """``path`` if it is a directory that files can be written into, or can be created as one: refused
+    (ValueError naming ``name``) when it or an ancestor is not a directory, or when a probe file cannot be
+    created in it (or in its nearest existing ancestor). ``whole=True``: a directory written as a whole
+    beside it and renamed into place (a checkpoint), so the probe goes to its parent. Nothing is created."""
+    path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name} {path!r} is a file; give a directory")
+    here = os.path.abspath(path)
+    if whole:
+        here = os.path.dirname(here)
+    while not os.path.lexists(here):
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        raise ValueError(f"{name} {path!r}: {here!r} is not a directory")
+    _probe(here, name, path)
+    return path

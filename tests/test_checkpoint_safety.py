@@ -82,7 +82,7 @@ def test_an_exception_at_any_filesystem_call_rolls_back(ck, monkeypatch, exc):
         k += 1
         count = [0]
 
-        def wrap(fn):
+        def wrap(fn, count=count, k=k):
             def call(*a, **kw):
                 count[0] += 1
                 if count[0] == k:

@@ -474,8 +474,9 @@ def test_cli_likelihood_prints_estimate_beside_exact(capsys):
     assert err < 1e-4
     assert cli.main(["likelihood", "--n", "2", "--prior", "sde", "--divergence", "hutchinson", "--probes", "4"]) == 0
     assert "prior gap" in capsys.readouterr().out
-    assert cli.main(["likelihood", "--rtol", "-1"]) == 2
-    assert "rtol" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # range-checked by argparse, before any work
+        cli.main(["likelihood", "--rtol", "-1"])
+    assert refused.value.code == 2 and "argument --rtol" in capsys.readouterr().err
     assert cli.main(["likelihood", "--n", "3", "--dim", "4", "--integrate", "quadrature", "--quad-tol", "1e-3",
                      "--rtol", "1e-7", "--atol", "1e-7"]) == 0
     out = capsys.readouterr().out
