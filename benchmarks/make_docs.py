@@ -11,7 +11,9 @@ The page is ``docs/benchmarks.template.md`` with each placeholder replaced:
 
 FORMAT is a Python format spec (``.2f``, ``.1e``, ``,d``). A float needs one, so that no precision is
 chosen by accident; a pair (lo, hi) is written ``lo-hi`` and a list ``a / b / c``, each element formatted.
-Every results file must be read by some placeholder (``unused_results`` lists those that are not).
+The ``.txt`` files there are transcripts of ``sdekit likelihood`` runs, parsed by ``transcripts``.
+Every results file (``.json``, ``.txt``) must be read by some placeholder (``unused_results`` lists those
+that are not).
 
     python benchmarks/make_docs.py           # rewrite docs/benchmarks.md
     python benchmarks/make_docs.py --check   # exit 1 if docs/benchmarks.md is out of date
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -42,11 +45,13 @@ class Results:
         self.cache: dict[str, Any] = {}
 
     def __call__(self, name: str) -> Any:
+        """The parsed JSON file ``name``, or the text of a ``.txt`` transcript."""
         if name not in self.cache:
             path = self.directory / name
             if not path.is_file():
                 raise FileNotFoundError(f"results file {name!r} not found under {self.directory}")
-            self.cache[name] = json.loads(path.read_text())
+            text = path.read_text()
+            self.cache[name] = text if name.endswith(".txt") else json.loads(text)
         return self.cache[name]
 
     def lookup(self, name: str, path: str) -> Any:
@@ -57,7 +62,8 @@ class Results:
         return node
 
     def all_files(self) -> list[str]:
-        return sorted(p.relative_to(self.directory).as_posix() for p in self.directory.rglob("*.json"))
+        paths = [*self.directory.rglob("*.json"), *self.directory.rglob("*.txt")]
+        return sorted(p.relative_to(self.directory).as_posix() for p in paths)
 
 
 def _step(node: Any, segment: str, where: str) -> Any:
@@ -143,6 +149,12 @@ def _goal_count(data: dict, stat: str, mode: str) -> dict[str, Any]:
             "miss_span": span(v for *_, v in misses) if misses else (float("nan"),) * 2}
 
 
+def _peer_family(setting: dict) -> str:
+    """A peer's winning setting without its options: 'UniPC[bh2,...],linspace' -> 'UniPC', 'lms' on 'karras'."""
+    name = re.split(r"[\[(,]", setting["solver"])[0]
+    return name if setting["grid"] in ("-", "") or setting["solver"] != name else f"{name} ({setting['grid']})"
+
+
 def _peer_settings(data: dict, peer: str) -> int:
     return len({(r["solver"], r["grid"]) for u in data["units"] if u["peer"] == peer
                 for r in u["rows"] if r["library"] == peer})
@@ -158,6 +170,8 @@ def accuracy(results: Results) -> dict[str, Any]:
     rms = [c["rms"][m]["per_seed"] for *_, c in _acc_cells(data) for m in ("untuned", "tuned")]
     grids = Counter(u["ratios"][b][s]["untuned"]["sdekit"]["grid"] for u in units for b in budgets
                     for s in ("median", "p90"))
+    peers = Counter((u["peer"], _peer_family(u["ratios"][b][s]["untuned"]["peer"])) for u in units
+                    for b in budgets for s in ("median", "p90"))
     return {
         "acc.minutes": data["time_s"] / 60,
         "acc.seeds": span(data["settings"]["seeds"]), "acc.n_seeds": len(data["settings"]["seeds"]),
@@ -178,6 +192,7 @@ def accuracy(results: Results) -> dict[str, Any]:
         "acc.tuned_rms_span": span(v for seeds in rms[1::2] for v in seeds),
         "acc.winning_grids": ", ".join(f"{g} ({n})" for g, n in grids.most_common()),
         "acc.winner_cells": sum(grids.values()),
+        "acc.peer_winners": ", ".join(f"{lib} {name} ({n})" for (lib, name), n in peers.most_common(4)),
         **_objectives(results, data),
     }
 
@@ -313,6 +328,27 @@ def likelihood_digits(results: Results) -> dict[str, Any]:
     }
 
 
+TRANSCRIPT = re.compile(r"^\$ (?P<command>.+?)\n(?:(?!\$ ).*\n)*?bits/dim (?P<bpd>[\d.]+) \+- (?P<se>[\d.]+) "
+                        r"\(standard error over (?P<n>\d+) images\)\nNFE (?P<nfe>\d+) \((?P<solves>\d+) solves\)"
+                        r"\s+time (?P<time>[\d.]+) s", re.MULTILINE)
+
+
+def transcripts(results: Results) -> dict[str, Any]:
+    """The exact digits likelihood from the command line: each ``$ sdekit likelihood ...`` in the .txt
+    transcripts with the bits/dim, SE, NFE and time it printed."""
+    out = {}
+    for name in ("digits_cli_likelihood.txt", "digits_quadrature.txt"):
+        rows = [[f"`{m['command'].replace('sdekit likelihood --checkpoint runs/digits_results/main_eps ', '')}`",
+                 f"{m['bpd']} +- {m['se']}", m["n"], m["nfe"], m["solves"], m["time"]]
+                for m in TRANSCRIPT.finditer(results(name))]
+        if not rows:
+            raise ValueError(f"no 'sdekit likelihood' run found in {name}")
+        out[f"cli.{name.removesuffix('.txt')}"] = table(
+            ["arguments after `sdekit likelihood --checkpoint runs/digits_results/main_eps`", "bits/dim +- SE",
+             "images", "NFE", "solves", "time (s)"], rows)
+    return out
+
+
 # ---------------------------------------------------------------- stochastic samplers, law error
 
 def _ratio_cell(cell: dict) -> str:
@@ -345,12 +381,17 @@ def stochastic(results: Results) -> dict[str, Any]:
     samplers = {lib: sorted({r["solver"] for u in data["units"] for r in u["rows"] if r["library"] == lib})
                 for lib in ("sdekit", "k-diffusion", "diffusers")}
     floors = [u["floor_sd"] for u in data["units"]]
+    low = str(min(data["budgets"]))
+    small = [u["best"][low] for u in data["units"] if u["dim"] == min(data["settings"]["dims"])]
     big_floors = [u["floor"] for u in big["units"]]
     return {
         "sto.dims": dims(data["settings"]["dims"]), "sto.n": data["settings"]["n"], "sto.seeds": span(data["settings"]["seeds"]),
         "sto.samplers": ", ".join(f"{lib}: {len(s)}" for lib, s in samplers.items()),
         "sto.table": _stochastic_table(data),
         "sto.floor_sd": span(floors),
+        "sto.low_budget": low, "sto.low_dim": min(data["settings"]["dims"]),
+        "sto.mode_err_sdekit": span(b["sdekit"]["mode_err"] for b in small),
+        "sto.mode_err_peer": span(v["mode_err"] for b in small for k, v in b.items() if k != "sdekit"),
         "big.n": big["settings"]["n"], "big.units": len(big["units"]),
         "big.floor": span(big_floors), "big.floor_sd": span(u["floor_sd"] for u in big["units"]),
         "big.table": _stochastic_table(big),
@@ -395,7 +436,13 @@ def strong_order(results: Results) -> dict[str, Any]:
                          f"{cells[sampler]['max']:.2f}]" for cells in problems.values()]
             + [fmt(sorted({cells[sampler]["theory"] for cells in problems.values()}), "g")] for sampler in samplers]
     unit = data["units"][0]
+    gaussian = [u for u in data["units"] if u["problem"].startswith("Gaussian")]
+    finest = {f"{lib} {name}": statistics.median(u[lib][name]["errors"][-1] for u in gaussian)
+              for lib in ("sdekit", "torchsde") for name in unit[lib]}
+    best_sdekit = min((k for k in finest if k.startswith("sdekit")), key=finest.__getitem__)
     return {
+        "so.finest_steps": data["settings"]["steps"][-1], "so.srk_err": finest["torchsde srk"],
+        "so.best_sdekit": best_sdekit.split()[1], "so.best_sdekit_err": finest[best_sdekit],
         "so.rows": data["settings"]["rows"], "so.ref_steps": data["settings"]["ref_steps"],
         "so.steps": span(data["settings"]["steps"]), "so.seeds": span(u["seed"] for u in data["units"]),
         "so.n_seeds": len({u["seed"] for u in data["units"]}),
@@ -483,7 +530,7 @@ def sample_memory(results: Results) -> dict[str, Any]:
 
 
 SECTIONS: list[Callable[[Results], dict[str, Any]]] = [
-    accuracy, quick_runs, overhead, likelihood, likelihood_digits, stochastic, stochastic_quick, strong_order,
+    accuracy, quick_runs, overhead, likelihood, likelihood_digits, transcripts, stochastic, stochastic_quick, strong_order,
     flow_matching, digits, distributed, sample_memory,
 ]
 
