@@ -292,8 +292,9 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         """As diffusers' ``from_config``, but every field of ``config`` (and of kwargs) is checked first: one that
         would change the maths and that sdekit does not honour raises ValueError instead of being dropped."""
         if config is not None:
-            cfg = {**read_config(config), **kwargs}
-            if is_scheduler_flow_config(cfg):
+            given = read_config(config)
+            cfg = {**given, **kwargs}
+            if is_scheduler_flow_config(given) or kwargs.get("prediction_type") == "flow_prediction":
                 kwargs = {**kwargs, "prediction_type": kwargs.get("prediction_type", "flow_prediction")}
                 check_scheduler_flow_config({**cfg, **kwargs}, _ddpm_defaults())
             else:
