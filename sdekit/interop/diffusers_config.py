@@ -84,6 +84,7 @@ SCHEDULER_FLOW_DEFAULTS = {"shift": 1.0, "use_dynamic_shifting": False, "base_sh
                            "shift_terminal": None, "invert_sigmas": False, "stochastic_sampling": False}
 FLOW_GRID_FIELDS = {"shift", "use_dynamic_shifting", "time_shift_type", "shift_terminal", "use_karras_sigmas",
                     "use_exponential_sigmas", "use_beta_sigmas"} | FLOW_DYNAMIC_FIELDS
+EDM_MARKERS = {"sigma_data", "sigma_schedule"}  # fields only EDM-preconditioned schedulers have
 _REFUSED_CLASSES = {
     "EDM": "is EDM-preconditioned (time is sigma, c_skip/c_out scalings): wrap its denoiser with "
            "sdekit.interop.from_denoiser instead",
@@ -145,6 +146,8 @@ def check_config(cfg: dict) -> DiffusersSpec:
     if name.startswith("FlowMatch") or cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction" \
             or (FLOW_MARKERS & set(cfg) and not own):
         raise ValueError(f"scheduler {name or 'config'} {FLOW_MESSAGE}")
+    if not name and EDM_MARKERS & set(cfg):  # an in-memory config has no _class_name: EDM's own fields mark it
+        name = "EDMEulerScheduler/EDMDPMSolverMultistepScheduler config"
     for prefix, why in _REFUSED_CLASSES.items():
         if name.startswith(prefix):
             raise ValueError(f"scheduler {name} {why}")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..parameterization import ScoreModel, ThresholdedModel, threshold_x0
-from ..sde import RectifiedFlow
+from ..sde import DiscreteVPSDE, LinearSDE, RectifiedFlow
 from ..solvers.base import Evaluator, SolverError
 from ..solvers.discrete import _CLASS_NAMES, SCHEDULERS, diffusers_grid
 from ..solvers.driver import sample
@@ -241,7 +241,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self.flow = prediction_type == "flow_prediction"
         if self.flow:
             self.spec = check_scheduler_flow_config(dict(self.config), _ddpm_defaults())
-            self.sde = RectifiedFlow(eps=1.0 / num_train_timesteps)
+            self.sde: LinearSDE = RectifiedFlow(eps=1.0 / num_train_timesteps)
             if grid_scheduler is not None:
                 raise ValueError(f"grid_scheduler={grid_scheduler!r}: a flow-matching config's grid is "
                                  "FlowMatchEulerDiscreteScheduler's (its shift and sigma options)")
@@ -306,9 +306,11 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     # -- the grid ----------------------------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps=None, sigmas=None,
                       mu: Optional[float] = None):
-        """The grid for ``num_inference_steps`` steps (diffusers' layout, module docstring), or explicit
-        integer ``timesteps`` or diffusers ``sigmas`` (sigma/alpha), descending, one per network call; the end
-        (t = 0 or the first table step) is appended as final_sigmas_type says. Flow-matching configs: what
+        """The grid for ``num_inference_steps`` steps (diffusers' layout, module docstring), or explicit integer
+        ``timesteps``, descending, one per network call, the end (t = 0 or the first table step) appended as
+        final_sigmas_type says (DDPMScheduler's and DPMSolverMultistepScheduler's convention), or diffusers
+        ``sigmas`` (sigma/alpha), descending, whose last is the end (EulerDiscreteScheduler's: K + 1 sigmas for K
+        network calls, usually ending at 0). Flow-matching configs: what
         FlowMatchEulerDiscreteScheduler.set_timesteps takes (``mu``: the dynamic shift; ``sigmas`` are shifted as
         there). With ``grid_ts``: that grid, and ``num_inference_steps`` must be its number of steps."""
         taus = None
@@ -325,7 +327,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self._check_start(ts)
         self.ts = ts
         if taus is None:
-            tau = ts[:-1] * self.sde.N - 1 if not self.flow else ts[:-1] * self.config["num_train_timesteps"]
+            tau = ts[:-1] * self._table.N - 1 if not self.flow else ts[:-1] * self.config["num_train_timesteps"]
             integral = not self.flow and bool(((tau - tau.round()).abs() < 1e-9).all())
             taus = tau.round().to(torch.int64) if integral else tau.to(torch.float32)
         self.timesteps = taus.to(device)
@@ -341,10 +343,11 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps is not None and self._from_diffusers(int(num_inference_steps)):
             return self._diffusers_sigmas_grid(int(num_inference_steps))
         if num_inference_steps is not None:
-            return diffusers_grid(self.sde, int(num_inference_steps), **self.grid_options)
-        calls = self.sde.step_time(torch.as_tensor(timesteps, dtype=torch.float64)) if timesteps is not None \
-            else times_from_sigmas(self.sde, sigmas)
-        end = 0.0 if self.grid_options["final_sigmas_type"] == "zero" else float(self.sde.step_time(0))
+            return diffusers_grid(self._table, int(num_inference_steps), **self.grid_options)
+        if sigmas is not None:  # EulerDiscreteScheduler's convention: the last sigma is the end, not a call
+            return times_from_sigmas(self._table, sigmas)
+        calls = self._table.step_time(torch.as_tensor(timesteps, dtype=torch.float64))
+        end = 0.0 if self.grid_options["final_sigmas_type"] == "zero" else float(self._table.step_time(0))
         return torch.cat([calls, torch.tensor([end], dtype=torch.float64)]) if float(calls[-1]) > end else calls
 
     def _flow_grid(self, num_inference_steps, timesteps, sigmas, mu) -> tuple[Tensor, Tensor]:
@@ -354,7 +357,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
 
         cls = diffusers.FlowMatchEulerDiscreteScheduler
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        ref = cls(**{k: v for k, v in self.config.items() if k in accepted})
+        ref: Any = cls(**{k: v for k, v in self.config.items() if k in accepted})
         ref.set_timesteps(num_inference_steps, sigmas=sigmas, mu=mu, timesteps=timesteps)
         ts = ref.sigmas.to(torch.float64).cpu()
         check_grid(self.sde, ts)
@@ -392,7 +395,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         cfg = self.config
         return bool(cfg["use_exponential_sigmas"] or cfg["use_beta_sigmas"] or cfg["use_lu_lambdas"]
                     or math.isfinite(cfg["lambda_min_clipped"])
-                    or (SCHEDULERS[str(self.grid_options["scheduler"])][0] == "k+1" and steps >= self.sde.N))
+                    or (SCHEDULERS[str(self.grid_options["scheduler"])][0] == "k+1" and steps >= self._table.N))
 
     def _diffusers_sigmas_grid(self, steps: int) -> Tensor:
         """The times of the sigmas diffusers' ``grid_scheduler`` class sets for this config (``times_from_sigmas``;
@@ -411,14 +414,21 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
             ref.set_timesteps(steps)
         except (ValueError, ImportError) as err:  # e.g. beta sigmas need scipy
             raise ValueError(f"{name} cannot lay out {steps} steps for this config: {err}") from err
-        ts = times_from_sigmas(self.sde, ref.sigmas) if getattr(ref, "sigmas", None) is not None else \
-            torch.cat([self.sde.step_time(torch.as_tensor(ref.timesteps, dtype=torch.float64)),
+        ts = times_from_sigmas(self._table, ref.sigmas) if getattr(ref, "sigmas", None) is not None else \
+            torch.cat([self._table.step_time(torch.as_tensor(ref.timesteps, dtype=torch.float64)),
                        torch.zeros(1, dtype=torch.float64)])
-        tau = ts * self.sde.N - 1  # float32 sigmas of table steps: snap to the exact step times
-        ts = torch.where((tau - tau.round()).abs() < 1e-3, self.sde.step_time(tau.round()), ts)
-        ts = torch.where(ts < self.sde.step_time(0) / 2, torch.zeros_like(ts), ts)
+        tau = ts * self._table.N - 1  # float32 sigmas of table steps: snap to the exact step times
+        ts = torch.where((tau - tau.round()).abs() < 1e-3, self._table.step_time(tau.round()), ts)
+        ts = torch.where(ts < self._table.step_time(0) / 2, torch.zeros_like(ts), ts)
         keep = torch.cat([torch.ones(1, dtype=torch.bool), ts[1:] < ts[:-1]])
         return ts[keep]
+
+    @property
+    def _table(self) -> DiscreteVPSDE:
+        """The DDPM table (a flow-matching scheduler has none)."""
+        if not isinstance(self.sde, DiscreteVPSDE):
+            raise AttributeError("a flow-matching SdekitScheduler has no beta table (betas, alphas, alphas_cumprod)")
+        return self.sde
 
     def _reset(self):
         self._run = None  # (solver generator, pipeline-output net, evaluator, noise) once stepping starts
@@ -446,7 +456,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     def _row_times(self, timesteps, batch: int) -> Tensor:
         tau = torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1)
         if not self.flow:
-            t = self.sde.step_time(tau)
+            t = self._table.step_time(tau)
         else:  # the grid's sigma where the timestep is on the grid (custom timesteps need not be sigma N)
             t = tau / self.config["num_train_timesteps"]
             if self.timesteps is not None and self.ts is not None:
@@ -477,15 +487,15 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     @property
     def alphas_cumprod(self) -> Tensor:
         """abar_n of the beta table (float32, as diffusers' schedulers hold it)."""
-        return self.sde.alphas_cumprod.to(torch.float32)
+        return self._table.alphas_cumprod.to(torch.float32)
 
     @property
     def betas(self) -> Tensor:
-        return self.sde.betas.to(torch.float32)
+        return self._table.betas.to(torch.float32)
 
     @property
     def alphas(self) -> Tensor:
-        return (1 - self.sde.betas).to(torch.float32)
+        return (1 - self._table.betas).to(torch.float32)
 
     def __len__(self):
         return self.config.num_train_timesteps
