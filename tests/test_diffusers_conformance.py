@@ -327,3 +327,23 @@ def test_edm_euler_config_is_refused_by_name():
         SdekitScheduler.from_config(diffusers.EDMEulerScheduler().config, solver="euler")
     with pytest.raises(ValueError, match="EDM-preconditioned"):
         SdekitScheduler.from_config(diffusers.EDMEulerScheduler(), solver="euler")
+
+
+@pytest.mark.parametrize("steps,begin", [(1, 0), (6, 5), (6, 0)])
+def test_ddim_clipping_on_the_final_jump_and_one_step_grids(steps, begin):
+    """DDIM with clip_sample ending at sigma = 0: the last step is alpha_0 c(x0) (DDIMScheduler's with
+    set_alpha_to_one), also on a one-step grid and from a late start (img2img at low strength), where no DDIM
+    coefficient of a next step exists."""
+    sde, model = _mixture()
+    base = diffusers.DDIMScheduler(num_train_timesteps=1000, clip_sample=True, clip_sample_range=0.5)
+    x = 2 * torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for sched in (diffusers.DDIMScheduler.from_config(base.config), SdekitScheduler.from_config(base.config,
+                                                                                               solver="ddim")):
+        sched.set_timesteps(steps)
+        y = x
+        for tau in sched.timesteps[begin:]:
+            y = sched.step(model.eps(y.double(), (float(tau) + 1) / sde.N).float(), tau, y).prev_sample
+        outs.append(y)
+    # float32 alphas_cumprod in diffusers, amplified by x0 = (x - sigma eps)/alpha near t = T (as above)
+    torch.testing.assert_close(outs[1], outs[0], rtol=2e-4, atol=2e-4)

@@ -155,10 +155,13 @@ class _DDIMClippedX0(ScoreModel):
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
         if kind != "x0":
             raise SolverError(f"ddim asked for {kind}; DDIM's clipping is defined on its x0 step only")
-        i = int((self.ts[:-1] - float(torch.as_tensor(t).reshape(-1)[0])).abs().argmin())
-        a_s, ka = self.coef[i]
         raw = self.model.predict(x, t, "x0")
-        return (a_s * threshold_x0(raw, self.clip.ratio, self.clip.max_value) - ka * raw) / (a_s - ka)
+        clipped = threshold_x0(raw, self.clip.ratio, self.clip.max_value)
+        d = (self.ts[:-1] - float(torch.as_tensor(t).reshape(-1)[0])).abs()
+        if d.numel() == 0 or float(d.min()) > 1e-12 * max(1.0, float(self.ts[0])):
+            return clipped  # the x0 jump from the last grid time (sigma = 0 next): x_s = alpha_s c(x0)
+        a_s, ka = self.coef[int(d.argmin())]
+        return (a_s * clipped - ka * raw) / (a_s - ka)
 
 
 def _velocity_of_a_gaussian(x: Tensor, t: Tensor) -> Tensor:
