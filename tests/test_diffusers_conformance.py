@@ -274,3 +274,76 @@ def test_configs_of_beta_table_schedulers_load(cls_name):
     sde, model = _mixture()
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert bool(torch.isfinite(_loop(sched, model, x, 6)).all())
+
+
+# -- 5. custom timesteps and sigmas, as diffusers' schedulers take them ------------------------------------------
+def _pipeline_loop(sched, model, x, generator=None, **grid):
+    """A pipeline's loop (init_noise_sigma, scale_model_input) with an exact eps network evaluated at the time of
+    the scheduler's sigma; ``grid``: set_timesteps' keywords."""
+    from sdekit.interop import times_from_sigmas
+
+    sched.set_timesteps(**grid)
+    # Euler's state is x / alpha; its init_noise_sigma (sigma_max, not sqrt(sigma_max^2 + 1), with these sigmas)
+    # would start it from another VP state, so the same start is scaled here exactly
+    euler = isinstance(sched, diffusers.EulerDiscreteScheduler)
+    x = x * (float(sched.sigmas[0]) ** 2 + 1) ** 0.5 if euler else x * sched.init_noise_sigma
+    for i, tau in enumerate(sched.timesteps):
+        sigmas = getattr(sched, "sigmas", None)  # DDPMScheduler has none: integer timestep n is t = (n + 1)/N
+        t = times_from_sigmas(model.sde, sigmas[i:i + 1])[0] if sigmas is not None else (float(tau) + 1) / model.sde.N
+        inp = sched.scale_model_input(x, tau)
+        kw = {} if generator is None else {"generator": generator}
+        x = sched.step(model.eps(inp.double(), t).to(x.dtype), tau, x, **kw).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("cls_name,solver,grid", [
+    ("DDPMScheduler", "ddpm", {"timesteps": [999, 700, 420, 200, 60, 5]}),
+    ("DPMSolverMultistepScheduler", "dpmpp_2m", {"timesteps": [961, 801, 641, 481, 321, 161, 1]}),
+    ("EulerDiscreteScheduler", "ddim", {"sigmas": [80.0, 20.0, 6.0, 1.5, 0.4, 0.05, 0.0]}),
+])
+def test_custom_timesteps_and_sigmas_equal_diffusers(cls_name, solver, grid):
+    """set_timesteps(timesteps=...) (DDPM, DPM-Solver multistep) and (sigmas=...) (Euler: K + 1 sigmas, the last the
+    end) lay out diffusers' grid; the solver that is that scheduler's algorithm then gives its result (DDPM with the
+    same generator draw for draw; Euler on its 1/alpha-scaled state is DDIM)."""
+    sde, model = _mixture()
+    base = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    ref_sched = getattr(diffusers, cls_name).from_config(base.config)
+    ours = SdekitScheduler.from_config(base.config, solver=solver, solver_options=(
+        {"lower_order_final": False} if solver == "dpmpp_2m" else {}))
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    gen = (lambda: torch.Generator().manual_seed(7)) if solver == "ddpm" else (lambda: None)
+    ref = _pipeline_loop(ref_sched, model, x, gen(), **grid)
+    got = _pipeline_loop(ours, model, x, gen(), **grid)
+    assert len(ours.timesteps) == len(ref_sched.timesteps)
+    torch.testing.assert_close(ours.timesteps.to(torch.float64), ref_sched.timesteps.to(torch.float64),
+                               rtol=0, atol=1e-2 if "sigmas" in grid else 0)  # Euler: log sigma interpolated
+    torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_edm_euler_config_is_refused_by_name():
+    """EDMEulerScheduler is in _compatibles (diffusers lists every Karras scheduler) but is EDM-preconditioned (time
+    is sigma, c_skip/c_out scalings, no beta table): from_config refuses it with the reason and the way that works."""
+    with pytest.raises(ValueError, match="EDMEulerScheduler.* is EDM-preconditioned.*from_denoiser"):
+        SdekitScheduler.from_config(diffusers.EDMEulerScheduler().config, solver="euler")
+    with pytest.raises(ValueError, match="EDM-preconditioned"):
+        SdekitScheduler.from_config(diffusers.EDMEulerScheduler(), solver="euler")
+
+
+@pytest.mark.parametrize("steps,begin", [(1, 0), (6, 5), (6, 0)])
+def test_ddim_clipping_on_the_final_jump_and_one_step_grids(steps, begin):
+    """DDIM with clip_sample ending at sigma = 0: the last step is alpha_0 c(x0) (DDIMScheduler's with
+    set_alpha_to_one), also on a one-step grid and from a late start (img2img at low strength), where no DDIM
+    coefficient of a next step exists."""
+    sde, model = _mixture()
+    base = diffusers.DDIMScheduler(num_train_timesteps=1000, clip_sample=True, clip_sample_range=0.5)
+    x = 2 * torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for sched in (diffusers.DDIMScheduler.from_config(base.config), SdekitScheduler.from_config(base.config,
+                                                                                               solver="ddim")):
+        sched.set_timesteps(steps)
+        y = x
+        for tau in sched.timesteps[begin:]:
+            y = sched.step(model.eps(y.double(), (float(tau) + 1) / sde.N).float(), tau, y).prev_sample
+        outs.append(y)
+    # float32 alphas_cumprod in diffusers, amplified by x0 = (x - sigma eps)/alpha near t = T (as above)
+    torch.testing.assert_close(outs[1], outs[0], rtol=2e-4, atol=2e-4)

@@ -166,8 +166,13 @@ def test_refusals():
         SdekitScheduler.from_config(base, solver="unipc_2", solver_options={"afs": True})
     with pytest.raises(ValueError, match="unknown option"):
         SdekitScheduler.from_config(base, solver="unipc_2", solver_options={"order": 3})
-    with pytest.raises(ValueError, match="flow-matching"):
-        SdekitScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler().config)
+    with pytest.raises(ValueError, match="flow-matching"):  # diffusers' flow sigmas on a DPM-Solver grid
+        SdekitScheduler.from_config(diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True,
+                                                                          prediction_type="flow_prediction").config)
+    with pytest.raises(ValueError, match="stochastic_sampling"):
+        SdekitScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True).config)
+    with pytest.raises(ValueError, match="shift=3.0 .a flow-matching setting"):
+        SdekitScheduler.from_config(base, shift=3.0)
     with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
         SdekitScheduler.from_config(base, rescale_betas_zero_snr=True)
     with pytest.raises(ValueError, match="interpolation_type"):

@@ -29,8 +29,9 @@ is the rectified-flow path x_s = (1 - s) x0 + s n with the velocity network v(x,
             diffusers' shifted sigmas).
   inert     base_shift, max_shift, base_image_seq_len, max_image_seq_len, time_shift_type: read only by dynamic
             shifting, which is off.
-  refused   use_dynamic_shifting=True (the shift depends on each call's image size, which a path cannot know:
-            pass the config with use_dynamic_shifting=False and shift=exp(mu) for the size sampled),
+  dynamic   use_dynamic_shifting=True with ``mu`` (``from_diffusers(..., mu=)``, the pipeline's calculate_shift for
+            the image size): shift = exp(mu) ("exponential") or mu ("linear"); refused without mu.
+  refused
             shift_terminal, invert_sigmas, stochastic_sampling, use_karras/exponential/beta_sigmas (grids
             ``diffusers_equivalent`` would not reproduce), and every field not named here. Other flow configs
             (use_flow_sigmas, prediction_type="flow_prediction" on DPM-Solver/UniPC) are refused by name.
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 __all__ = ["DiffusersSpec", "FlowSpec", "read_config", "check_config", "check_flow_config", "is_flow_scheduler",
-           "PREDICTION_TYPES"]
+           "check_scheduler_flow_config", "is_scheduler_flow_config", "PREDICTION_TYPES"]
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -55,7 +56,7 @@ GRID_FIELDS = {"timestep_spacing", "steps_offset", "final_sigmas_type", "use_kar
 SOLVER_FIELDS = {"solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
                  "disable_corrector", "predict_x0", "solver_p", "skip_prk_steps", "noise_sampler_seed",
                  "predictor_order", "corrector_order", "tau_func",
-                 "solver", "solver_options", "grid_scheduler"}  # the last three: SdekitScheduler's own
+                 "solver", "solver_options", "grid_scheduler", "grid_ts"}  # the last four: SdekitScheduler's own
 # fields accepted only at the value that leaves the maths unchanged
 INERT_DEFAULTS = {
     "interpolation_type": "linear", "sigma_min": None, "sigma_max": None,
@@ -69,14 +70,21 @@ FLOW_MARKERS = {"shift", "base_shift", "max_shift", "base_image_seq_len", "max_i
 
 FLOW_MESSAGE = ("is a flow-matching (rectified-flow) model: x_t = (1 - t) x0 + t n with a velocity network, not a "
                 "DDPM beta table, and is refused here rather than read as a DDPM eps model. "
-                "sdekit.interop.from_diffusers reads FlowMatchEulerDiscreteScheduler and "
-                "FlowMatchHeunDiscreteScheduler configs (sdekit.RectifiedFlow, prediction='velocity')")
+                "sdekit.interop.from_diffusers and SdekitScheduler.from_config read FlowMatchEulerDiscreteScheduler "
+                "and FlowMatchHeunDiscreteScheduler configs (sdekit.RectifiedFlow, prediction='velocity')")
 FLOW_SCHEDULERS = {"FlowMatchEulerDiscreteScheduler": "euler", "FlowMatchHeunDiscreteScheduler": "heun"}
 FLOW_MODEL_FIELDS = {"num_train_timesteps", "shift"}
 FLOW_DYNAMIC_FIELDS = {"base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "time_shift_type"}
 FLOW_INERT_DEFAULTS = {"use_dynamic_shifting": False, "shift_terminal": None, "invert_sigmas": False,
                        "stochastic_sampling": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
                        "use_beta_sigmas": False}
+# SdekitScheduler's flow-matching fields (FlowMatchEulerDiscreteScheduler's, at its defaults)
+SCHEDULER_FLOW_DEFAULTS = {"shift": 1.0, "use_dynamic_shifting": False, "base_shift": 0.5, "max_shift": 1.15,
+                           "base_image_seq_len": 256, "max_image_seq_len": 4096, "time_shift_type": "exponential",
+                           "shift_terminal": None, "invert_sigmas": False, "stochastic_sampling": False}
+FLOW_GRID_FIELDS = {"shift", "use_dynamic_shifting", "time_shift_type", "shift_terminal", "use_karras_sigmas",
+                    "use_exponential_sigmas", "use_beta_sigmas"} | FLOW_DYNAMIC_FIELDS
+EDM_MARKERS = {"sigma_data", "sigma_schedule"}  # fields only EDM-preconditioned schedulers have
 _REFUSED_CLASSES = {
     "EDM": "is EDM-preconditioned (time is sigma, c_skip/c_out scalings): wrap its denoiser with "
            "sdekit.interop.from_denoiser instead",
@@ -123,20 +131,34 @@ def _same(value, default) -> bool:
     return value == default
 
 
+def _has_table(cfg: dict) -> bool:
+    """Whether ``cfg`` has beta-table fields (a DDPM scheduler's config)."""
+    return bool(set(cfg) & (MODEL_FIELDS - {"num_train_timesteps"}))
+
+
 def check_config(cfg: dict) -> DiffusersSpec:
     """Raise ValueError for every field of ``cfg`` that sdekit cannot honour (naming it, and what is accepted);
     return the model-defining part. Fields starting with "_" (``_class_name``, ``_diffusers_version``) are
-    metadata; ``_class_name`` is checked for flow-matching, EDM and consistency schedulers."""
+    metadata; ``_class_name`` is checked for flow-matching, EDM and consistency schedulers. A SdekitScheduler's
+    own config holds the flow-matching fields too: on a DDPM table they must keep their inert defaults."""
     name = str(cfg.get("_class_name") or "")
+    own = name == "SdekitScheduler" or _has_table(cfg)  # flow fields beside a beta table: checked one by one
     if name.startswith("FlowMatch") or cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction" \
-            or FLOW_MARKERS & set(cfg):
+            or (FLOW_MARKERS & set(cfg) and not own):
         raise ValueError(f"scheduler {name or 'config'} {FLOW_MESSAGE}")
+    if not name and EDM_MARKERS & set(cfg):  # an in-memory config has no _class_name: EDM's own fields mark it
+        name = "EDMEulerScheduler/EDMDPMSolverMultistepScheduler config"
     for prefix, why in _REFUSED_CLASSES.items():
         if name.startswith(prefix):
             raise ValueError(f"scheduler {name} {why}")
     problems = []
     for key, value in cfg.items():
         if key.startswith("_") or key in MODEL_FIELDS | GRID_FIELDS | SOLVER_FIELDS:
+            continue
+        if own and key in SCHEDULER_FLOW_DEFAULTS:
+            if key not in FLOW_DYNAMIC_FIELDS and not _same(value, SCHEDULER_FLOW_DEFAULTS[key]):
+                problems.append(f"{key}={value!r} (a flow-matching setting: it applies with "
+                                "prediction_type='flow_prediction' only)")
             continue
         if key in INERT_DEFAULTS:
             if not _same(value, INERT_DEFAULTS[key]):
@@ -182,6 +204,7 @@ class FlowSpec:
     shift: float
     num_train_timesteps: int
     scheduler: str
+    dynamic: bool = False  # the shift came from ``mu`` (use_dynamic_shifting): the training sigmas are unshifted
 
 
 def is_flow_scheduler(cfg: dict) -> bool:
@@ -189,20 +212,25 @@ def is_flow_scheduler(cfg: dict) -> bool:
     return str(cfg.get("_class_name") or "") in FLOW_SCHEDULERS
 
 
-def check_flow_config(cfg: dict) -> FlowSpec:
+def check_flow_config(cfg: dict, mu: Optional[float] = None) -> FlowSpec:
     """Raise ValueError for every field of a FlowMatch Euler/Heun config sdekit cannot honour (module docstring),
-    naming it; return the FlowSpec."""
+    naming it; return the FlowSpec. ``mu``: the dynamic shift a pipeline computes for its image size (its
+    ``calculate_shift``), required with use_dynamic_shifting=True: the shift is then exp(mu) (time_shift_type
+    "exponential") or mu ("linear"), diffusers' time_shift(mu, 1, t) written as SD3's shift."""
     name = str(cfg.get("_class_name") or "")
     if name not in FLOW_SCHEDULERS:
         raise ValueError(f"expected a config of {' or '.join(FLOW_SCHEDULERS)}; got {name or 'a config without _class_name'}")
     problems = []
+    dynamic = bool(cfg.get("use_dynamic_shifting", False))
     for key, value in cfg.items():
         if key.startswith("_") or key in FLOW_MODEL_FIELDS or key in FLOW_DYNAMIC_FIELDS:
             continue
+        if key == "use_dynamic_shifting" and dynamic and mu is not None:
+            continue
         if key in FLOW_INERT_DEFAULTS:
             if not _same(value, FLOW_INERT_DEFAULTS[key]):
-                why = ("the shift would depend on each call's image size, which a path cannot know: pass the config "
-                       "with use_dynamic_shifting=False and shift=exp(mu) for the size you sample"
+                why = ("the shift depends on each call's image size: pass mu= (the pipeline's calculate_shift for "
+                       "the size you sample), or the config with use_dynamic_shifting=False and shift=exp(mu)"
                        if key == "use_dynamic_shifting" else "a grid or sampler setting sdekit does not reproduce")
                 problems.append(f"{key}={value!r} (accepted: {FLOW_INERT_DEFAULTS[key]!r} only; {why})")
             continue
@@ -212,6 +240,76 @@ def check_flow_config(cfg: dict) -> FlowSpec:
         problems.append(f"shift={shift!r} (accepted: a finite number > 0)")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         problems.append(f"num_train_timesteps={n!r} (accepted: an integer >= 2)")
+    if mu is not None and not dynamic:
+        problems.append(f"mu={mu!r} (the dynamic shift, read only with use_dynamic_shifting=True; this config's "
+                        f"shift is {shift!r})")
+    elif dynamic and mu is not None:
+        kind = cfg.get("time_shift_type", "exponential")
+        if not (isinstance(mu, (int, float)) and math.isfinite(mu)) or kind not in ("exponential", "linear") \
+                or (kind == "linear" and mu <= 0):
+            problems.append(f"mu={mu!r} with time_shift_type={kind!r} (accepted: a finite mu, > 0 for 'linear'; "
+                            "time_shift_type 'exponential' or 'linear')")
+        else:
+            shift = math.exp(mu) if kind == "exponential" else float(mu)
     if problems:
         raise ValueError(f"scheduler config {name} has setting(s) sdekit cannot honour: " + "; ".join(problems))
-    return FlowSpec(cfg, float(shift), int(n), FLOW_SCHEDULERS[name])
+    return FlowSpec(cfg, float(shift), int(n), FLOW_SCHEDULERS[name], dynamic)
+
+
+def is_scheduler_flow_config(cfg: dict) -> bool:
+    """Whether SdekitScheduler steps ``cfg`` on the rectified-flow path: a FlowMatch Euler/Heun config, or
+    prediction_type="flow_prediction" without diffusers' use_flow_sigmas grid (which is refused)."""
+    if cfg.get("use_flow_sigmas"):
+        return False
+    name = str(cfg.get("_class_name") or "")
+    return is_flow_scheduler(cfg) or cfg.get("prediction_type") == "flow_prediction" \
+        or bool(FLOW_MARKERS & set(cfg) and name != "SdekitScheduler" and not _has_table(cfg))  # in-memory
+    # configs have no _class_name: FlowMatch fields without a beta table mark one
+
+
+def check_scheduler_flow_config(cfg: dict, ddpm_defaults: dict) -> DiffusersSpec:
+    """Raise ValueError for every field of a flow-matching config SdekitScheduler cannot honour, naming it; return
+    the spec (prediction "velocity"). Taken: num_train_timesteps (timestep = sigma N), the grid fields of
+    FlowMatchEulerDiscreteScheduler (shift, use_dynamic_shifting with ``mu`` at set_timesteps, time_shift_type,
+    base/max shift and image lengths, shift_terminal, Karras/exponential/beta sigmas: its own set_timesteps lays them
+    out). Refused: invert_sigmas, stochastic_sampling, and the beta-table fields (``ddpm_defaults``: SdekitScheduler's
+    defaults, which a FlowMatch config leaves alone) at any other value."""
+    name = str(cfg.get("_class_name") or "")
+    if name and name not in FLOW_SCHEDULERS and name != "SdekitScheduler":
+        raise ValueError(f"scheduler {name} is not a FlowMatch Euler/Heun config; SdekitScheduler reads the "
+                         "flow-matching grid of those two only (for DPM-Solver/UniPC with use_flow_sigmas, pass a "
+                         "FlowMatchEulerDiscreteScheduler config with shift=flow_shift)")
+    refused = {"invert_sigmas": "sigmas run from 0 to 1, the path reversed",
+               "stochastic_sampling": "FlowMatchEuler's re-noising of x0 with fresh noise each step is its own "
+                                      "sampler: run a stochastic sdekit solver (e.g. 'ddpm', 'dpmpp_2m_sde') instead"}
+    problems = []
+    for key, value in cfg.items():
+        if key.startswith("_") or key in SOLVER_FIELDS | FLOW_GRID_FIELDS | {"num_train_timesteps", "prediction_type"}:
+            continue
+        if key in refused:
+            if value:
+                problems.append(f"{key}={value!r} ({refused[key]})")
+        elif key in ddpm_defaults:
+            if not _same(value, ddpm_defaults[key]):
+                problems.append(f"{key}={value!r} (a DDPM beta-table setting; a flow-matching config has none)")
+        else:
+            problems.append(f"{key}={value!r} (unknown to sdekit)")
+    shift, n = cfg.get("shift", 1.0), cfg.get("num_train_timesteps", 1000)
+    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+        problems.append(f"shift={shift!r} (accepted: a finite number > 0)")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        problems.append(f"num_train_timesteps={n!r} (accepted: an integer >= 2)")
+    if cfg.get("time_shift_type", "exponential") not in ("exponential", "linear"):
+        problems.append(f"time_shift_type={cfg['time_shift_type']!r} (accepted: 'exponential', 'linear')")
+    end = cfg.get("shift_terminal")
+    if end is not None and not (isinstance(end, (int, float)) and 0.0 < end < 1.0):
+        problems.append(f"shift_terminal={end!r} (accepted: None or a number in (0, 1))")
+    if cfg.get("prediction_type", "flow_prediction") != "flow_prediction":
+        problems.append(f"prediction_type={cfg['prediction_type']!r} (a flow-matching network predicts the velocity: "
+                        "'flow_prediction')")
+    if sum(bool(cfg.get(k)) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")) > 1:
+        problems.append("more than one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
+    if problems:
+        raise ValueError(f"flow-matching scheduler config {name} has setting(s) sdekit cannot honour: "
+                         + "; ".join(problems))
+    return DiffusersSpec(cfg, "velocity", False, None)

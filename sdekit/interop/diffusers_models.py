@@ -128,6 +128,8 @@ def flow_path_from_scheduler(spec: FlowSpec) -> LinearSDE:
     base = RectifiedFlow(eps=1.0 / spec.num_train_timesteps)
     if spec.shift == 1.0:
         return base
+    if spec.dynamic:  # diffusers shifts the unshifted training sigmas once: sigmas = tau(linspace(1, 1/N, n))
+        return TimeShift(base, spec.shift, eps=base.eps)
     return TimeShift(base, spec.shift, eps=float(time_shift(base.eps, spec.shift)))
 
 
@@ -158,7 +160,7 @@ def _split_conditioning(unet, conditioning: dict, guidance_scale):
 
 
 def from_diffusers(unet, scheduler, *, guidance_scale: Optional[float] = None, threshold: bool = True,
-                   **conditioning) -> ScoreModel:
+                   mu: Optional[float] = None, **conditioning) -> ScoreModel:
     """ScoreModel for a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` trained with ``scheduler`` (a
     scheduler, its config or a dict).
 
@@ -169,11 +171,19 @@ def from_diffusers(unet, scheduler, *, guidance_scale: Optional[float] = None, t
     threshold: apply the config's ``thresholding`` / ``clip_sample`` to the x0 prediction (``ThresholdedModel``);
       False keeps the network's own prediction (what a likelihood needs).
     A FlowMatchEuler/HeunDiscreteScheduler gives the rectified-flow path and prediction "velocity" (module
-    docstring; the network may be any module called as net(x, timestep=..., **conditioning)).
+    docstring; the network may be any module called as net(x, timestep=..., **conditioning)); ``mu``: its dynamic
+    shift (use_dynamic_shifting=True), as the pipeline computes it for the image size. A flow-matching
+    ``SdekitScheduler`` gives the unshifted RectifiedFlow whose time is diffusers' sigma, the scheduler's own time
+    (its shift lives in its grid), so a grid tuned on this model is that scheduler's ``grid_ts``.
     Raises ValueError for config settings sdekit cannot honour (``diffusers_config``)."""
     cfg = read_config(scheduler)
     if is_flow_scheduler(cfg):
-        return _flow_model(unet, check_flow_config(cfg), conditioning, guidance_scale)
+        return _flow_model(unet, check_flow_config(cfg, mu), conditioning, guidance_scale)
+    if cfg.get("_class_name") == "SdekitScheduler" and cfg.get("prediction_type") == "flow_prediction":
+        n = int(cfg.get("num_train_timesteps", 1000))
+        return _flow_model(unet, FlowSpec(cfg, 1.0, n, "euler"), conditioning, guidance_scale)
+    if mu is not None:
+        raise ValueError("mu is the dynamic shift of flow-matching configs; this scheduler has a DDPM beta table")
     spec = check_config(cfg)
     sde = sde_from_scheduler(scheduler)
     cond, uncond = _split_conditioning(unet, conditioning, guidance_scale)
@@ -257,7 +267,7 @@ _EQUIVALENTS = {  # scheduler name (grid_options_from) -> (cfg, steps) -> (sdeki
 }
 
 
-def diffusers_equivalent(scheduler, steps: int) -> dict:
+def diffusers_equivalent(scheduler, steps: int, mu: Optional[float] = None) -> dict:
     """Keywords for ``sdekit.sample`` that run the same algorithm as ``scheduler`` (a diffusers scheduler
     object) with ``steps`` inference steps: solver, steps, ``grid="diffusers"`` with the scheduler's timestep
     spacing, offset, final sigma and Karras sigmas, and the order options that reproduce its order lowering::
@@ -268,10 +278,11 @@ def diffusers_equivalent(scheduler, steps: int) -> dict:
     Same algorithm, same grid: the deterministic ones agree with diffusers' own loop to float32 rounding.
     DDPM is the same update with sdekit's own noise (equal in distribution, not per draw); Euler is DDIM
     (Euler in sigma/alpha) on the sdekit (VP) state, which diffusers scales by 1/alpha. Raises ValueError for
-    a scheduler or setting with no exact sdekit counterpart."""
+    a scheduler or setting with no exact sdekit counterpart. ``mu``: a flow-matching config's dynamic shift (as for
+    ``from_diffusers``; the model must be built with the same mu)."""
     cfg = read_config(scheduler)
     if is_flow_scheduler(cfg):
-        return _flow_equivalent(check_flow_config(cfg), steps)
+        return _flow_equivalent(check_flow_config(cfg, mu), steps)
     check_config(cfg)
     opts = grid_options_from(scheduler)
     name = opts["scheduler"]

@@ -33,9 +33,10 @@ the identity); half-precision pipelines are stepped in float32 and handed back i
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -45,10 +46,14 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..parameterization import ScoreModel, ThresholdedModel, threshold_x0
+from ..sde import DiscreteVPSDE, LinearSDE, RectifiedFlow
 from ..solvers.base import Evaluator, SolverError
 from ..solvers.discrete import _CLASS_NAMES, SCHEDULERS, diffusers_grid
+from ..solvers.driver import sample
+from ..solvers.grids import check_grid
 from ..solvers.registry import available, get
-from .diffusers_config import check_config, read_config
+from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, check_config, check_scheduler_flow_config,
+                               is_scheduler_flow_config, read_config)
 from .diffusers_models import sde_from_scheduler, times_from_sigmas
 
 Tensor = torch.Tensor
@@ -71,6 +76,14 @@ def _layout_for(solver: str) -> str:
     if solver in ("ddim", "ddpm"):
         return solver
     return "dpmsolver_multistep"
+
+
+def _as_times(grid) -> Tensor:
+    """float64 times of a grid: a TunedGrid (its ``ts``), a tensor, an array or a list of floats."""
+    grid = getattr(grid, "ts", grid)
+    if isinstance(grid, Tensor):
+        return grid.detach().to(torch.float64).cpu().reshape(-1)
+    return torch.as_tensor(np.asarray(grid, dtype=np.float64)).reshape(-1)
 
 
 class _PipelineOutput:
@@ -142,10 +155,44 @@ class _DDIMClippedX0(ScoreModel):
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
         if kind != "x0":
             raise SolverError(f"ddim asked for {kind}; DDIM's clipping is defined on its x0 step only")
-        i = int((self.ts[:-1] - float(torch.as_tensor(t).reshape(-1)[0])).abs().argmin())
-        a_s, ka = self.coef[i]
         raw = self.model.predict(x, t, "x0")
-        return (a_s * threshold_x0(raw, self.clip.ratio, self.clip.max_value) - ka * raw) / (a_s - ka)
+        clipped = threshold_x0(raw, self.clip.ratio, self.clip.max_value)
+        d = (self.ts[:-1] - float(torch.as_tensor(t).reshape(-1)[0])).abs()
+        if d.numel() == 0 or float(d.min()) > 1e-12 * max(1.0, float(self.ts[0])):
+            return clipped  # the x0 jump from the last grid time (sigma = 0 next): x_s = alpha_s c(x0)
+        a_s, ka = self.coef[int(d.argmin())]
+        return (a_s * clipped - ka * raw) / (a_s - ka)
+
+
+def _velocity_of_a_gaussian(x: Tensor, t: Tensor) -> Tensor:
+    """E[n - x0 | x_t] on the rectified-flow path for data N(0, c^2 I), c = 1/2: (t - (1 - t) c^2) x / v_t with
+    v_t = (1 - t)^2 c^2 + t^2 (finite at t = 1, where x_t is pure noise)."""
+    t = t.reshape(-1, *([1] * (x.ndim - 1)))
+    return (t - (1 - t) * 0.25) * x / ((1 - t) ** 2 * 0.25 + t ** 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _pure_noise_problem(solver: str, options: tuple) -> Optional[str]:
+    """Why ``solver`` (with ``options``) cannot start at pure noise (alpha = 0: a flow-matching grid's sigma = 1),
+    or None: found by solving from t = 1 on the rectified-flow path with an exact Gaussian velocity, with the
+    step noise SdekitScheduler uses. The solver's own refusal (noise-form updates divide by alpha) or a
+    non-finite result names it."""
+    model = ScoreModel(_velocity_of_a_gaussian, RectifiedFlow(eps=1e-3), "velocity")
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = torch.tensor([1.0, 0.7, 0.4, 0.1], dtype=torch.float64)
+    try:
+        out = sample(model, x, solver, ts=ts, generator=0, noise="step" if get(solver).stochastic else "path",
+                     **dict(options)).x
+    except (ValueError, ArithmeticError, SolverError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None if bool(torch.isfinite(out).all()) else "its states become non-finite"
+
+
+def _ddpm_defaults() -> dict:
+    """SdekitScheduler's beta-table and grid fields at their defaults (what a flow-matching config leaves alone)."""
+    params = inspect.signature(SdekitScheduler.__init__).parameters
+    own = {"self", "solver", "solver_options", "grid_scheduler", "grid_ts", "prediction_type"}
+    return {k: p.default for k, p in params.items() if k not in own and k not in SCHEDULER_FLOW_DEFAULTS}
 
 
 class SdekitScheduler(SchedulerMixin, ConfigMixin):
@@ -157,10 +204,26 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     solver: a name from ``eligible_solvers()``; solver_options: its keyword options (e.g.
       {"lower_order_final": False}, {"eta": 1.0} for ddim);
     grid_scheduler: whose timesteps to lay out (ddim, ddpm, dpmsolver_multistep, unipc_multistep, deis_multistep,
-      euler, heun; default from the solver).
+      euler, heun; default from the solver);
+    grid_ts: a fixed sdekit grid, times t_0 > ... > t_K on ``self.sde`` (e.g. ``sdekit.tune(...).ts`` or
+      ``make_grid(sched.sde, K, "karras")``): ``set_timesteps(K)`` then lays out exactly these K steps, one network
+      call each, and the pipeline takes the steps ``sdekit.sample(model, x_T, solver, ts=grid_ts)`` takes (a grid
+      ending at sigma = 0 ends with its x0 jump). Tune on ``from_diffusers(net, sched)`` (this scheduler), whose
+      model has the same time.
+
+    Flow matching (prediction_type="flow_prediction", set by ``from_config`` on a FlowMatchEulerDiscreteScheduler or
+    FlowMatchHeunDiscreteScheduler config): the network's output is the velocity d x/d sigma = n - x0 on sdekit's
+    ``RectifiedFlow`` (``self.sde``) whose time is diffusers' sigma, x_t = (1 - t) x0 + t n; the grid is the sigmas
+    of FlowMatchEulerDiscreteScheduler's own set_timesteps for the config (shift, use_dynamic_shifting with ``mu``
+    passed to set_timesteps as SD3/Flux pipelines do, time_shift_type, shift_terminal, Karras/exponential/beta
+    sigmas, custom ``sigmas``/``timesteps``), timesteps = sigma N, and ``self.sigmas`` holds those flow sigmas
+    (not sigma/alpha). ``euler`` then is FlowMatchEulerDiscreteScheduler's step. A solver that cannot start at pure
+    noise (sigma = 1: noise-form and Adams-in-sigma/alpha updates divide by alpha) is refused at set_timesteps,
+    naming why; it runs on grids that start below it (image-to-image).
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler",
+                                                                  "FlowMatchHeunDiscreteScheduler"]
     order = 1
 
     @register_to_config
@@ -172,11 +235,29 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                  timestep_spacing: Optional[str] = None, steps_offset: int = 0, final_sigmas_type: str = "zero",
                  use_karras_sigmas: bool = False, set_alpha_to_one: bool = True, use_exponential_sigmas: bool = False,
                  use_beta_sigmas: bool = False, use_lu_lambdas: bool = False, lambda_min_clipped: float = -math.inf,
-                 solver: str = "dpmpp_2m",
-                 solver_options: Optional[dict] = None, grid_scheduler: Optional[str] = None):
-        self.spec = check_config(dict(self.config))
-        self.sde = sde_from_scheduler(dict(self.config))
+                 shift: float = 1.0, use_dynamic_shifting: bool = False, base_shift: float = 0.5,
+                 max_shift: float = 1.15, base_image_seq_len: int = 256, max_image_seq_len: int = 4096,
+                 time_shift_type: str = "exponential", shift_terminal: Optional[float] = None,
+                 invert_sigmas: bool = False, stochastic_sampling: bool = False,
+                 solver: str = "dpmpp_2m", solver_options: Optional[dict] = None,
+                 grid_scheduler: Optional[str] = None, grid_ts: Optional[list] = None):
+        self.flow = prediction_type == "flow_prediction"
+        if self.flow:
+            self.spec = check_scheduler_flow_config(dict(self.config), _ddpm_defaults())
+            self.sde: LinearSDE = RectifiedFlow(eps=1.0 / num_train_timesteps)
+            if grid_scheduler is not None:
+                raise ValueError(f"grid_scheduler={grid_scheduler!r}: a flow-matching config's grid is "
+                                 "FlowMatchEulerDiscreteScheduler's (its shift and sigma options)")
+        else:
+            self.spec = check_config({**self.config, "_class_name": "SdekitScheduler"})
+            self.sde = sde_from_scheduler(dict(self.config))
         self.solver = self._check_solver(solver, solver_options or {})
+        self._fixed_ts: Optional[Tensor] = None
+        if grid_ts is not None:
+            self._fixed_ts = check_grid(self.sde, _as_times(grid_ts))
+            if not bool((self._fixed_ts[1:] < self._fixed_ts[:-1]).all()):
+                raise ValueError("grid_ts must be decreasing (noise to data): t_0 > ... > t_K")
+            self.register_to_config(grid_ts=self._fixed_ts.tolist())  # a plain list: the config stays JSON
         layout = grid_scheduler or _layout_for(solver)
         if layout not in SCHEDULERS:
             raise ValueError(f"unknown grid_scheduler {layout!r}; accepted: {', '.join(SCHEDULERS)}")
@@ -214,37 +295,102 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         """As diffusers' ``from_config``, but every field of ``config`` (and of kwargs) is checked first: one that
         would change the maths and that sdekit does not honour raises ValueError instead of being dropped."""
         if config is not None:
-            check_config({**read_config(config), **kwargs})
+            given = read_config(config)
+            cfg = {**given, **kwargs}
+            if is_scheduler_flow_config(given) or kwargs.get("prediction_type") == "flow_prediction":
+                kwargs = {**kwargs, "prediction_type": kwargs.get("prediction_type", "flow_prediction")}
+                check_scheduler_flow_config({**cfg, **kwargs}, _ddpm_defaults())
+            else:
+                check_config(cfg)
+        if kwargs.get("grid_ts") is not None:
+            kwargs["grid_ts"] = _as_times(kwargs["grid_ts"]).tolist()
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # -- the grid ----------------------------------------------------------------------------------------
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps=None, sigmas=None):
-        """The grid for ``num_inference_steps`` steps (diffusers' layout, module docstring), or explicit
-        integer ``timesteps`` or diffusers ``sigmas`` (sigma/alpha), descending, one per network call; the end
-        (t = 0 or the first table step) is appended as final_sigmas_type says."""
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps=None, sigmas=None,
+                      mu: Optional[float] = None):
+        """The grid for ``num_inference_steps`` steps (diffusers' layout, module docstring), or explicit integer
+        ``timesteps``, descending, one per network call, the end (t = 0 or the first table step) appended as
+        final_sigmas_type says (DDPMScheduler's and DPMSolverMultistepScheduler's convention), or diffusers
+        ``sigmas`` (sigma/alpha), descending, whose last is the end (EulerDiscreteScheduler's: K + 1 sigmas for K
+        network calls, usually ending at 0). Flow-matching configs: what
+        FlowMatchEulerDiscreteScheduler.set_timesteps takes (``mu``: the dynamic shift; ``sigmas`` are shifted as
+        there). With ``grid_ts``: that grid, and ``num_inference_steps`` must be its number of steps."""
+        taus = None
+        if self._fixed_ts is not None:
+            ts = self._fixed_grid(num_inference_steps, timesteps, sigmas, mu)
+        elif self.flow:
+            ts, taus = self._flow_grid(num_inference_steps, timesteps, sigmas, mu)
+        else:
+            if mu is not None:
+                raise ValueError("mu is the dynamic shift of flow-matching configs; this scheduler steps a DDPM table")
+            ts = self._table_grid(num_inference_steps, timesteps, sigmas)
+        if len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError(f"the grid must be strictly decreasing with at least one step; got {ts.tolist()}")
+        self._check_start(ts)
+        self.ts = ts
+        if taus is None:
+            tau = ts[:-1] * self._table.N - 1 if not self.flow else ts[:-1] * self.config["num_train_timesteps"]
+            integral = not self.flow and bool(((tau - tau.round()).abs() < 1e-9).all())
+            taus = tau.round().to(torch.int64) if integral else tau.to(torch.float32)
+        self.timesteps = taus.to(device)
+        self.sigmas = (ts if self.flow else self.sde.sigma(ts) / self.sde.alpha(ts)).to(torch.float32)
+        self.num_inference_steps = len(self.timesteps)
+        self._begin_index = None
+        self._reset()
+
+    def _table_grid(self, num_inference_steps, timesteps, sigmas) -> Tensor:
         given = [v is not None for v in (num_inference_steps, timesteps, sigmas)]
         if sum(given) != 1:
             raise ValueError("pass exactly one of num_inference_steps, timesteps, sigmas")
         if num_inference_steps is not None and self._from_diffusers(int(num_inference_steps)):
-            ts = self._diffusers_sigmas_grid(int(num_inference_steps))
-        elif num_inference_steps is not None:
-            ts = diffusers_grid(self.sde, int(num_inference_steps), **self.grid_options)
-        else:
-            calls = self.sde.step_time(torch.as_tensor(timesteps, dtype=torch.float64)) if timesteps is not None \
-                else times_from_sigmas(self.sde, sigmas)
-            end = 0.0 if self.grid_options["final_sigmas_type"] == "zero" else float(self.sde.step_time(0))
-            ts = torch.cat([calls, torch.tensor([end], dtype=torch.float64)]) if float(calls[-1]) > end else calls
-        if len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
-            raise ValueError(f"the grid must be strictly decreasing with at least one step; got {ts.tolist()}")
-        self.ts = ts
-        tau = ts[:-1] * self.sde.N - 1
-        integral = bool(((tau - tau.round()).abs() < 1e-9).all())
-        self.timesteps = (tau.round().to(torch.int64) if integral else tau.to(torch.float32)).to(device)
-        a = self.sde.alpha(ts)
-        self.sigmas = (self.sde.sigma(ts) / a).to(torch.float32)
-        self.num_inference_steps = len(self.timesteps)
-        self._begin_index = None
-        self._reset()
+            return self._diffusers_sigmas_grid(int(num_inference_steps))
+        if num_inference_steps is not None:
+            return diffusers_grid(self._table, int(num_inference_steps), **self.grid_options)
+        if sigmas is not None:  # EulerDiscreteScheduler's convention: the last sigma is the end, not a call
+            return times_from_sigmas(self._table, sigmas)
+        calls = self._table.step_time(torch.as_tensor(timesteps, dtype=torch.float64))
+        end = 0.0 if self.grid_options["final_sigmas_type"] == "zero" else float(self._table.step_time(0))
+        return torch.cat([calls, torch.tensor([end], dtype=torch.float64)]) if float(calls[-1]) > end else calls
+
+    def _flow_grid(self, num_inference_steps, timesteps, sigmas, mu) -> tuple[Tensor, Tensor]:
+        """FlowMatchEulerDiscreteScheduler's sigmas (the times, float64 of its float32 values) and timesteps for this
+        config and these arguments; its own checks (mu with dynamic shifting, lengths) apply."""
+        import diffusers
+
+        cls = diffusers.FlowMatchEulerDiscreteScheduler
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        ref: Any = cls(**{k: v for k, v in self.config.items() if k in accepted})
+        ref.set_timesteps(num_inference_steps, sigmas=sigmas, mu=mu, timesteps=timesteps)
+        ts = ref.sigmas.to(torch.float64).cpu()
+        check_grid(self.sde, ts)
+        return ts, ref.timesteps.to(torch.float32)
+
+    def _fixed_grid(self, num_inference_steps, timesteps, sigmas, mu) -> Tensor:
+        assert self._fixed_ts is not None
+        steps = len(self._fixed_ts) - 1
+        if timesteps is not None or sigmas is not None:
+            raise ValueError("this scheduler's grid is grid_ts; set_timesteps takes num_inference_steps only (drop "
+                             "grid_ts to pass timesteps or sigmas)")
+        if num_inference_steps is not None and int(num_inference_steps) != steps:
+            raise ValueError(f"grid_ts has {steps} steps (network calls); the pipeline asked for "
+                             f"num_inference_steps={num_inference_steps}: pass num_inference_steps={steps}")
+        return self._fixed_ts.clone()
+
+    def _check_start(self, ts: Tensor):
+        """A grid that starts at pure noise (alpha = 0) needs a solver that can step from there."""
+        if float(self.sde.alpha(ts[:1])) != 0.0:
+            return
+        solver, options = self.config["solver"], dict(self.config["solver_options"] or {})
+        try:
+            why = _pure_noise_problem(solver, tuple(sorted(options.items())))
+        except TypeError:  # unhashable option values: probe uncached
+            why = _pure_noise_problem.__wrapped__(solver, tuple(sorted(options.items())))
+        if why is not None:
+            able = [n for n in eligible_solvers() if _pure_noise_problem(n, ()) is None]
+            raise ValueError(f"solver {solver!r} cannot start at pure noise (alpha = 0 at t = {float(ts[0]):g}, where "
+                             f"this grid starts): {why}. Solvers that can: {', '.join(able)} (or start the grid "
+                             "below it)")
 
     def _from_diffusers(self, steps: int) -> bool:
         """Whether the grid comes from diffusers' own scheduler: sigma families ``grid="diffusers"`` does not lay
@@ -252,7 +398,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         cfg = self.config
         return bool(cfg["use_exponential_sigmas"] or cfg["use_beta_sigmas"] or cfg["use_lu_lambdas"]
                     or math.isfinite(cfg["lambda_min_clipped"])
-                    or (SCHEDULERS[str(self.grid_options["scheduler"])][0] == "k+1" and steps >= self.sde.N))
+                    or (SCHEDULERS[str(self.grid_options["scheduler"])][0] == "k+1" and steps >= self._table.N))
 
     def _diffusers_sigmas_grid(self, steps: int) -> Tensor:
         """The times of the sigmas diffusers' ``grid_scheduler`` class sets for this config (``times_from_sigmas``;
@@ -271,14 +417,21 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
             ref.set_timesteps(steps)
         except (ValueError, ImportError) as err:  # e.g. beta sigmas need scipy
             raise ValueError(f"{name} cannot lay out {steps} steps for this config: {err}") from err
-        ts = times_from_sigmas(self.sde, ref.sigmas) if getattr(ref, "sigmas", None) is not None else \
-            torch.cat([self.sde.step_time(torch.as_tensor(ref.timesteps, dtype=torch.float64)),
+        ts = times_from_sigmas(self._table, ref.sigmas) if getattr(ref, "sigmas", None) is not None else \
+            torch.cat([self._table.step_time(torch.as_tensor(ref.timesteps, dtype=torch.float64)),
                        torch.zeros(1, dtype=torch.float64)])
-        tau = ts * self.sde.N - 1  # float32 sigmas of table steps: snap to the exact step times
-        ts = torch.where((tau - tau.round()).abs() < 1e-3, self.sde.step_time(tau.round()), ts)
-        ts = torch.where(ts < self.sde.step_time(0) / 2, torch.zeros_like(ts), ts)
+        tau = ts * self._table.N - 1  # float32 sigmas of table steps: snap to the exact step times
+        ts = torch.where((tau - tau.round()).abs() < 1e-3, self._table.step_time(tau.round()), ts)
+        ts = torch.where(ts < self._table.step_time(0) / 2, torch.zeros_like(ts), ts)
         keep = torch.cat([torch.ones(1, dtype=torch.bool), ts[1:] < ts[:-1]])
         return ts[keep]
+
+    @property
+    def _table(self) -> DiscreteVPSDE:
+        """The DDPM table (a flow-matching scheduler has none)."""
+        if not isinstance(self.sde, DiscreteVPSDE):
+            raise AttributeError("a flow-matching SdekitScheduler has no beta table (betas, alphas, alphas_cumprod)")
+        return self.sde
 
     def _reset(self):
         self._run = None  # (solver generator, pipeline-output net, evaluator, noise) once stepping starts
@@ -304,12 +457,28 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     def _row_times(self, timesteps, batch: int) -> Tensor:
-        t = self.sde.step_time(torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1))
+        tau = torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1)
+        if not self.flow:
+            t = self._table.step_time(tau)
+        else:  # the grid's sigma where the timestep is on the grid (custom timesteps need not be sigma N)
+            t = tau / self.config["num_train_timesteps"]
+            if self.timesteps is not None and self.ts is not None:
+                d = (tau[:, None] - self.timesteps.to(torch.float64).cpu()[None]).abs()
+                hit = d.min(dim=1)
+                t = torch.where(hit.values < 1e-4, self.ts[hit.indices], t)
         return t.expand(batch) if t.numel() == 1 else t
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """x_t = alpha(t) x0 + sigma(t) n at the times of ``timesteps`` (t = (timestep + 1)/N)."""
+        """x_t = alpha(t) x0 + sigma(t) n at the times of ``timesteps`` (t = (timestep + 1)/N; flow matching: t the
+        grid's sigma of the timestep, else timestep/N, so x_t = (1 - t) x0 + t n)."""
         return self.sde.perturb(original_samples, self._row_times(timesteps, original_samples.shape[0]), noise)
+
+    def scale_noise(self, sample: Tensor, timestep, noise: Optional[Tensor] = None) -> Tensor:
+        """FlowMatchEulerDiscreteScheduler's name and argument order for ``add_noise`` (its image-to-image
+        pipelines call it): x_t = alpha(t) sample + sigma(t) noise."""
+        if noise is None:
+            raise ValueError("scale_noise needs the noise tensor")
+        return self.add_noise(sample, noise, timestep)
 
     def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """The v-prediction target v = alpha(t) n - sigma(t) x0 (Salimans & Ho 2022) at ``timesteps``."""
@@ -321,15 +490,15 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     @property
     def alphas_cumprod(self) -> Tensor:
         """abar_n of the beta table (float32, as diffusers' schedulers hold it)."""
-        return self.sde.alphas_cumprod.to(torch.float32)
+        return self._table.alphas_cumprod.to(torch.float32)
 
     @property
     def betas(self) -> Tensor:
-        return self.sde.betas.to(torch.float32)
+        return self._table.betas.to(torch.float32)
 
     @property
     def alphas(self) -> Tensor:
-        return (1 - self.sde.betas).to(torch.float32)
+        return (1 - self._table.betas).to(torch.float32)
 
     def __len__(self):
         return self.config.num_train_timesteps
