@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Evaluator, RowNoise, StepBudgetError, StepSizeError
+from .base import Evaluator, RowNoise, StepBudgetError, StepSizeError, check_positive_alpha, check_sampling
 from .integrate import TABLEAUS, TORCHDIFFEQ_PREFIX, ProbabilityFlow, check_tolerances, integrate, solve_steps
 from .registry import register
 
@@ -195,6 +195,8 @@ def torchsde_sde(ev: Evaluator, x, ts, *, method: str = "euler", dt=None):
     solver's grid. ``dt`` defaults to the smallest gap of ``ts``; each gap is split into equal steps."""
     import torchsde
 
+    check_sampling(ev, ts)
+    check_positive_alpha(ev, ts, "the reverse SDE's f and g are infinite there")
     sde_type = "stratonovich" if method in ("reversible_heun", "midpoint", "heun", "log_ode") else "ito"
     levy = "space-time" if method == "srk" else "none"
     shape = x.shape
