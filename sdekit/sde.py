@@ -194,7 +194,8 @@ class LinearSDE(SDE):
     """dx = f(t) x dt + g(t) dw with closed-form Gaussian marginals.
 
     A custom SDE subclasses this and gives only ``f(t)`` and ``g(t)`` (float64 tensor in; out a tensor of t's
-    shape, or a Python number or 0-d tensor for a constant: every result is made a float64 tensor of t's shape). alpha, sigma, lambda and t(lambda) are then derived numerically: the integrals
+    shape, or a Python number or 0-d tensor for a constant: every result is made a float64 tensor of t's
+    shape). alpha, sigma, lambda and t(lambda) are then derived numerically: the integrals
     int f and int g^2/alpha^2 by composite 8-point Gauss-Legendre quadrature on a cached grid of
     ``n_grid`` intervals, and t(lambda) by bisection on the monotone lambda. Built-in SDEs override
     ``_log_alpha``, ``_sigma`` and ``_t_from_log_snr`` with closed forms.
