@@ -772,6 +772,12 @@ class PolynomialPath(AffinePath):
     """flow_matching's ``PolynomialConvexScheduler(n)`` in sdekit's time: alpha = (1 - t)^n, sigma = 1 - alpha.
 
     alpha' = -n (1 - t)^{n-1} = -sigma';  t(lambda) = 1 - sigmoid(lambda/2)^{1/n}.
+
+    At t = T with n > 1, alpha' = sigma' = 0: the velocity u = alpha' x0 + sigma' eps is 0 for every x, so a velocity
+    network's output there determines no x0, eps or score (det = alpha sigma' - sigma alpha' = 0; the limit t -> T
+    needs the network below T). Solvers in t on the velocity (euler, heun_t, rk4, dopri5) start at T; solvers that
+    need x0, eps or the score refuse t = T by name before any network call and run from t_start < T (1 - 1e-3:
+    alpha = 1e-6 there, so x_T ~ N(0, I) is still exact to that level).
     """
 
     def __init__(self, n: float = 2.0, eps: float = 1e-3):

@@ -55,6 +55,10 @@ K' equations; ``_ms_weights``; UniPC's variant "bh1", B(h) = h, has no finite li
 midpoints are placed from the step's end (l_s - (1 - r) h, = -inf: t = T), and
 phi_k(-inf) = 0. The noise form cannot start there: x_t = sigma_t eps at alpha_t = 0, so eps(x_t, T) = x_t/sigma_t
 for every model and (alpha_s/alpha_t) is infinite; start those solvers below T (t_start < sde.T).
+
+An inversion that ends at alpha_s = 0 (l_s = -inf, h = -inf) takes its last step as the data-form step's limit,
+x_s = (sigma_s/sigma_t)(x_t - alpha_t x0_t) = sigma_s eps_t (``to_pure_noise``; alpha_s (1 - e^{-h}) alone is 0 * inf),
+first order like the first step from alpha = 0: the 2M weight 1/(2r) has no finite limit there.
 """
 from __future__ import annotations
 

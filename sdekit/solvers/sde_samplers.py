@@ -21,6 +21,12 @@ by O(h^{3/2}) per step with mean zero, so the schemes converge pathwise (strong 
 additive), and a solve with more steps is a finer solve of the same path. Ancestral samplers put the noise of
 [t, s] at the end of the step (k-diffusion's convention); Restart's forward jumps use fresh per-call draws
 (``Evaluator.randn_like``), the same number whatever the step count.
+
+Pure noise.  On a flow path (alpha(T) = 0, s_T = inf, l_T = -inf) every sampler here starts at T by its update's
+limit, written so that no float is 0 * inf: the ancestral split at s_t = inf is s_up = eta s_s, the Euler/ancestral
+step y_t + (s_down - s_t) eps is x0_t + s_down x_t/sigma_t, single-step midpoints l_t + r h lie at t = T itself, and
+the exponential weights h' phi_{k+1}(-h') tend to 1/k! (``exp_weights``): the first step is DDIM/DDPM's from pure
+noise, x_s = alpha_s x0(x_T) + sigma_s (sqrt(1 - eta^2) eps_T + eta z) in the ancestral case.
 """
 from __future__ import annotations
 
