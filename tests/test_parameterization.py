@@ -165,3 +165,25 @@ def test_where_a_conversion_is_undefined_is_said_without_a_network_call():
     vp = sdekit.ScoreModel(net, sdekit.VPSDE(), "score")
     assert all(vp.undefined(k, t) is None for k in PREDICTIONS for t in (1e-3, 0.5, 1.0))
     assert not calls
+
+
+@pytest.mark.parametrize("weighting", ["likelihood", "flow_matching"])
+def test_a_network_editing_t_in_place_does_not_change_the_training_loss(weighting):
+    """dsm_loss hands the network a copy of its times (it handed the tensor it then converts with)."""
+    sde = sdekit.RectifiedFlow() if weighting == "flow_matching" else sdekit.VPSDE()
+    exact = sdekit.GaussianMixture.default(2).model(sde, "velocity" if weighting == "flow_matching" else "score")
+
+    def net(in_place):
+        def fn(x, t):
+            if in_place:
+                t *= 999
+                return exact.net(x, t / 999)
+            return exact.net(x, t)
+        return fn
+
+    x0 = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0.1, 0.9, 8, dtype=torch.float64)
+    noise = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    losses = [sdekit.dsm_loss(sdekit.ScoreModel(net(p), sde, exact.prediction), x0, t=t.clone(), noise=noise,
+                              weighting=weighting) for p in (True, False)]
+    assert torch.equal(losses[0], losses[1])
