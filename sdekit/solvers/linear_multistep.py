@@ -123,7 +123,7 @@ def _eps_multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, weights: Ca
 
 def _check_ab_order(ev: Evaluator, order):
     if not isinstance(order, int) or isinstance(order, bool) or order not in ADAMS_BASHFORTH:
-        raise refuse(ev, f"needs order in {sorted(ADAMS_BASHFORTH)}; got {order!r}")
+        raise refuse(ev, f"needs a valid order (order must be one of {sorted(ADAMS_BASHFORTH)}); got {order!r}")
 
 
 @register("ipndm", order=2, nfe_per_step=1)
