@@ -114,6 +114,7 @@ from .noise import RowNoise
 from .parameterization import ScoreModel
 from .plotting import save_figure
 from .sde import SDE_NAMES, LinearSDE, sde_from_name
+from .solvers.base import NotApplicableError
 
 Tensor = torch.Tensor
 
@@ -948,8 +949,10 @@ def _tuned_grid(prob: _Problem, solver: str, steps: int) -> tuple[Tensor, int]:
     return tuned.ts, int(tuned.nfe)
 
 
-def _measure(prob: _Problem, name: str, grid: str, k: Optional[int], tol: Optional[float]) -> CompareRow:
-    """One solve and its statistics (a NaN row, with a warning, when the solver fails)."""
+def _measure(prob: _Problem, name: str, grid: str, k: Optional[int], tol: Optional[float]) -> Union[CompareRow, str]:
+    """One solve and its statistics (a NaN row, with a warning, when the solver fails); the reason, a string, when
+    the solver refuses the problem before any network call (``NotApplicableError``: a noise-form solver on a flow
+    path, which starts at alpha = 0, say)."""
     from . import solvers
 
     deterministic = _is_deterministic(solvers.get(name))
@@ -965,6 +968,8 @@ def _measure(prob: _Problem, name: str, grid: str, k: Optional[int], tol: Option
     t0 = time.perf_counter()
     try:
         sol = solvers.sample(prob.model, prob.x_T, name, **kwargs)
+    except NotApplicableError as err:  # refused before any work: skipped, reported in meta["skipped"]
+        return str(err)
     except solvers.SolverError as err:  # NaN / budget: report, keep going
         warnings.warn(f"{name} ({grid}, steps={k}, tol={tol}) failed: {err}", stacklevel=2)
         nan = float("nan")
@@ -1021,6 +1026,19 @@ def _check_reference(results: CompareResults) -> None:
         if est * 10 > min(errs):
             warnings.warn(f"the reference's error estimate {est:.2e} is not ten times below the smallest "
                           f"reported error {min(errs):.2e}; raise ref_steps (or lower ref_tol)", stacklevel=2)
+
+
+def _report_skipped(results: CompareResults, skipped: dict, n_runs: int) -> None:
+    """meta["skipped"]: {"solver (grid)": why} for the runs a solver refused (e.g. noise-form solvers on a flow path,
+    which cannot start at alpha = 0), with one warning; every run refused is an error."""
+    results.meta["skipped"] = skipped
+    if not skipped:
+        return
+    if not len(results):
+        raise ValueError(f"every run was refused by its solver ({n_runs} runs): " + "; ".join(
+            f"{k}: {v}" for k, v in skipped.items()))
+    warnings.warn(f"compare skipped {len(skipped)} solver/grid pair(s) that refuse this problem: "
+                  + ", ".join(skipped) + " (reasons in meta['skipped'])", stacklevel=3)
 
 
 def _solver_info(name: str):
@@ -1096,12 +1114,18 @@ def compare(
         _prepare_stochastic(prob, stochastic, meta, pathwise, ref_steps)
 
     results = CompareResults(meta=meta)
+    skipped: dict[str, str] = {}
     for run in tqdm(runs, desc="compare", disable=not progress):
-        results.append(_measure(prob, *run))
+        row = _measure(prob, *run)
+        if isinstance(row, str):
+            skipped.setdefault(f"{run[0]} ({run[1]})", row)
+            continue
+        results.append(row)
         if verbose:
             r = results[-1]
             print(f"{r.solver:<16} {_grid_label(r):<9} {r.steps} {r.nfe} median {_fmt(r.median, '.3e')} "
                   f"rms {r.error:.3e}" + (f" excess {r.excess:.3e}" if r.excess is not None else ""))
+    _report_skipped(results, skipped, len(runs))
     _check_reference(results)
     _check_path_references(results)
     if out is not None:

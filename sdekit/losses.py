@@ -162,7 +162,8 @@ def dsm_loss(model: ScoreModel, x0: Tensor, weighting: str = "simple", y: Option
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     xt = sde.perturb(x0, t, noise)
-    tt = (t.expand(n) if t.ndim == 0 else t).to(device=x0.device, dtype=x0.dtype)
+    # a copy: a network that edits its t in place (t *= 999) must not change the t of the conversion below
+    tt = (t.expand(n) if t.ndim == 0 else t).to(device=x0.device, dtype=x0.dtype).clone()
     out = model.net(xt, tt) if y is None else model.net(xt, tt, y)
     if out.shape != x0.shape:
         raise ValueError(f"network returned shape {tuple(out.shape)}; expected {tuple(x0.shape)}")

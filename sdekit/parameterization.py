@@ -156,12 +156,21 @@ class ScoreModel:
 
     ``prediction`` names what the network outputs ("score", "eps", "v", "x0" or the flow-matching
     "velocity" u = alpha' x0 + sigma' eps). ``t`` reaches the
-    network as a (batch,) tensor in x's dtype. Solvers ask for what they need (score, eps or x0) and
+    network as a (batch,) tensor in x's dtype, a fresh one per call: a network may edit it in place
+    (``t *= 999``, a common "to timesteps" idiom) without touching sdekit's state or a later call; an in-place
+    edit of x is refused (x is the solver's state). Solvers ask for what they need (score, eps or x0) and
     never see the network or its prediction type.
-    """
 
-    # ((time, batch, dtype, device), (batch,) time tensor for the network)
-    _t_cache: tuple[Optional[tuple], Optional[Tensor]] = (None, None)
+    Where a conversion is undefined. Each conversion is affine in (x, output) with coefficients in alpha, sigma,
+    alpha', sigma' (and f, g); ``undefined(kind, t)`` says where one is not finite, and the solvers refuse such a
+    time before any network call (``sdekit.solvers.base.NotApplicableError``) instead of returning NaN. The cases:
+    x0, eps, score or v from a velocity network need det = alpha sigma' - sigma alpha' != 0, which fails at t = T
+    on ``PolynomialPath`` with n > 1 (alpha'(T) = sigma'(T) = 0: u(x, T) = 0 for every x, so the network's output
+    there carries nothing of x0; the limit t -> T of the conversion needs the network below T, not at T). Such a
+    solve starts below T (x_T ~ N(0, I) is then still exact to within alpha(t_start)) or uses a solver that
+    integrates the velocity itself (euler, heun_t, rk4, dopri5). x0 from eps or score needs alpha > 0 (any
+    flow path at T), and the velocity from eps or score needs finite f and g (not at alpha = 0).
+    """
 
     def __init__(self, net: Callable[..., Tensor], sde: LinearSDE, prediction: str = "eps"):
         self.net = net
@@ -172,14 +181,31 @@ class ScoreModel:
         """(validated time for the conversion, (batch,) times in x's dtype for the network)."""
         if _is_scalar(t):
             v = self.sde._check_scalar(t)
-            key = (v, x.shape[0], x.dtype, x.device)
-            if self._t_cache[0] != key:  # solvers ask several predictions at one time: build it once
-                self._t_cache = (key, torch.full((x.shape[0],), v, dtype=x.dtype, device=x.device))
-            return v, self._t_cache[1]
+            # a new tensor per call (about a microsecond): nothing the network does to it can reach a later call
+            return v, torch.full((x.shape[0],), v, dtype=x.dtype, device=x.device)
         t = self.sde.check_time(t)
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},); got {tuple(t.shape)}")
-        return t, t.to(device=x.device, dtype=x.dtype)
+        return t, t.to(device=x.device, dtype=x.dtype, copy=True)  # never the caller's tensor
+
+    def undefined(self, kind: str, t: float) -> Optional[str]:
+        """None if this model's ``kind`` is defined at the scalar time t, else why not (class docstring). Exact
+        and free of network calls: the conversion is affine in (x, output), so it is defined iff converting
+        x = output = 1 gives a finite number."""
+        check_prediction(kind)
+        if kind == self.prediction:
+            return None
+        one = torch.ones(1, 1, dtype=torch.float64)
+        with torch.no_grad():
+            out = convert(one, self.prediction, kind, one, float(self.sde._check_scalar(t)), self.sde)
+        if bool(torch.isfinite(out).all()):
+            return None
+        if self.prediction == "velocity":
+            return (f"which a 'velocity' network cannot give on {self.sde!r}: alpha sigma' - sigma alpha' = 0 there "
+                    "(the velocity is 0 for every x); start below that time (t_start < it) or use a solver that "
+                    "integrates the velocity itself (euler, heun_t, rk4, dopri5)")
+        return (f"which a {self.prediction!r} network cannot give on {self.sde!r} (alpha = 0, or f and g infinite, "
+                "there); start below that time (t_start < it)")
 
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
         """The network's output at (x, t) expressed as ``kind``."""
@@ -333,6 +359,13 @@ class ThresholdedModel(ScoreModel):
         self.model = model
         self.ratio = None if ratio is None else float(ratio)
         self.max_value = float(max_value)
+
+    def undefined(self, kind: str, t: float) -> Optional[str]:
+        """The wrapped model's x0, then x0 -> ``kind`` (``ScoreModel.undefined``)."""
+        why = self.model.undefined("x0", t)
+        if why is None and kind != "x0":
+            why = ScoreModel(self.net, self.sde, "x0").undefined(kind, t)
+        return why
 
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
         check_prediction(kind)

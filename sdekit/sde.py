@@ -159,6 +159,31 @@ class SDE:
         return f"{type(self).__name__}(T={self.T}, eps={self.eps})"
 
 
+def _coerce(fn, name: str):
+    """``fn(self, t)`` whose result is a float64 tensor of t's shape on t's device, whatever number or tensor
+    ``fn`` returns (a TypeError naming the method for anything else)."""
+
+    def coerced(self, t):
+        out = fn(self, t)
+        if isinstance(out, Tensor) and out.dtype == torch.float64 and isinstance(t, Tensor) and out.shape == t.shape:
+            return out  # the built-ins' case: no copy
+        like = t if isinstance(t, Tensor) else torch.as_tensor(t, dtype=torch.float64)
+        try:
+            out = torch.as_tensor(out, dtype=torch.float64, device=like.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{type(self).__name__}.{name}(t) must return a number or a tensor; got "
+                            f"{type(out).__name__}") from err
+        try:
+            return out.expand(like.shape) if out.shape != like.shape else out
+        except RuntimeError as err:
+            raise ValueError(f"{type(self).__name__}.{name}(t) returned shape {tuple(out.shape)} for t of shape "
+                             f"{tuple(like.shape)}; it must return a scalar or t's shape") from err
+
+    coerced._coerced = True  # type: ignore[attr-defined]
+    coerced.__name__, coerced.__doc__, coerced.__wrapped__ = fn.__name__, fn.__doc__, fn  # type: ignore[attr-defined]
+    return coerced
+
+
 # Gauss-Legendre nodes on [0, 1] for the numerical schedule of custom SDEs (degree-15 exact).
 _GL_X_NP, _GL_W_NP = np.polynomial.legendre.leggauss(8)
 _GL_X = torch.tensor((_GL_X_NP + 1) / 2, dtype=torch.float64)
@@ -168,8 +193,9 @@ _GL_W = torch.tensor(_GL_W_NP / 2, dtype=torch.float64)
 class LinearSDE(SDE):
     """dx = f(t) x dt + g(t) dw with closed-form Gaussian marginals.
 
-    A custom SDE subclasses this and gives only ``f(t)`` and ``g(t)`` (float64 tensor in, float64
-    tensor out). alpha, sigma, lambda and t(lambda) are then derived numerically: the integrals
+    A custom SDE subclasses this and gives only ``f(t)`` and ``g(t)`` (float64 tensor in; out a tensor of t's
+    shape, or a Python number or 0-d tensor for a constant: every result is made a float64 tensor of t's
+    shape). alpha, sigma, lambda and t(lambda) are then derived numerically: the integrals
     int f and int g^2/alpha^2 by composite 8-point Gauss-Legendre quadrature on a cached grid of
     ``n_grid`` intervals, and t(lambda) by bisection on the monotone lambda. Built-in SDEs override
     ``_log_alpha``, ``_sigma`` and ``_t_from_log_snr`` with closed forms.
@@ -177,6 +203,15 @@ class LinearSDE(SDE):
 
     n_grid: int = 512
     _grid_cache = None  # (nodes, int f, int g^2/alpha^2), built on first use
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass's own ``f`` and ``g`` may return a Python number, a tensor of another dtype or a 0-d tensor
+        for every t: they are wrapped to return a float64 tensor of t's shape (``_coerce``)."""
+        super().__init_subclass__(**kwargs)
+        for name in ("f", "g"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_coerced", False):
+                setattr(cls, name, _coerce(fn, name))
 
     # -- what a subclass gives ---------------------------------------------------------------
     def f(self, t: Tensor) -> Tensor:
@@ -737,6 +772,12 @@ class PolynomialPath(AffinePath):
     """flow_matching's ``PolynomialConvexScheduler(n)`` in sdekit's time: alpha = (1 - t)^n, sigma = 1 - alpha.
 
     alpha' = -n (1 - t)^{n-1} = -sigma';  t(lambda) = 1 - sigmoid(lambda/2)^{1/n}.
+
+    At t = T with n > 1, alpha' = sigma' = 0: the velocity u = alpha' x0 + sigma' eps is 0 for every x, so a velocity
+    network's output there determines no x0, eps or score (det = alpha sigma' - sigma alpha' = 0; the limit t -> T
+    needs the network below T). Solvers in t on the velocity (euler, heun_t, rk4, dopri5) start at T; solvers that
+    need x0, eps or the score refuse t = T by name before any network call and run from t_start < T (1 - 1e-3:
+    alpha = 1e-6 there, so x_T ~ N(0, I) is still exact to that level).
     """
 
     def __init__(self, n: float = 2.0, eps: float = 1e-3):

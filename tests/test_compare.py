@@ -397,3 +397,20 @@ def test_cli_on_a_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--checkpoint", str(ck), "--dim", "3", "--out", str(out), "--no-progress"])
     assert exit_info.value.code == 2 and "come from the checkpoint" in capsys.readouterr().err
+
+
+def test_compare_on_a_flow_path_skips_the_solvers_that_cannot_start_at_pure_noise():
+    """The default solver set on a flow path (alpha(T) = 0): the noise-form solvers refuse the grid before any work
+    and are reported in meta["skipped"] with their reason, by name; the others are measured (compare used to abort)."""
+    with pytest.warns(UserWarning, match="skipped"):
+        res = compare(sde=sdekit.RectifiedFlow(), n=16, nfe=(8,), grids=("logsnr",), ref_steps=100, progress=False)
+    skipped = res.meta["skipped"]
+    ran = {r.solver for r in res}
+    assert {"dpm_solver_1", "ipndm", "heun"} <= {k.split()[0] for k in skipped}
+    assert all(k.split()[0] in why for k, why in skipped.items())
+    assert {"ddim", "dpmpp_2m", "unipc_3", "euler", "rk4"} <= ran
+    assert ran | {k.split()[0] for k in skipped} == set(default_solvers())
+    assert all(math.isfinite(r.error) and r.error < 1.0 for r in res)
+    with pytest.raises(ValueError, match="every run was refused"):
+        compare(sde=sdekit.RectifiedFlow(), solvers="dpm_solver_1", n=8, nfe=(8,), grids=("logsnr",), ref_steps=20,
+                progress=False)

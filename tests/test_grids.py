@@ -210,3 +210,20 @@ def test_diffusers_grid_errors():
     # class names are accepted too
     assert torch.equal(grids.make_grid(sde, 5, "diffusers", scheduler="UniPCMultistepScheduler"),
                        grids.make_grid(sde, 5, "diffusers", scheduler="unipc_multistep"))
+
+
+# -- every grid at 1, 2 and 3 steps (issue 21, item 8: diffusers' steps=1 gave [999], a negative-stride array) -------
+@pytest.mark.parametrize("grid", list(grids.GRIDS))
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_every_grid_builds_at_one_two_and_three_steps(grid, steps):
+    """On a DDPM table (where every grid applies) each grid gives a strictly decreasing grid of at most ``steps``
+    intervals inside [0, T], and a solve on it finishes; every diffusers scheduler is walked."""
+    sde = sdekit.DiscreteVPSDE.linear(1000)
+    options = [{"scheduler": s} for s in SCHEDULERS] if grid == "diffusers" else [{}]
+    model = sdekit.GaussianMixture.default(2).model(sde)
+    for opts in options:
+        ts = grids.make_grid(sde, steps, grid, **opts)
+        assert 2 <= len(ts) <= steps + 1 and bool((ts[1:] < ts[:-1]).all()), (opts, ts)
+        assert 0.0 <= float(ts[-1]) and float(ts[0]) <= sde.T
+        sol = sample(model, torch.zeros(3, 2, dtype=torch.float64), "ddim", steps, grid=grid, grid_options=opts)
+        assert bool(torch.isfinite(sol.x).all())

@@ -59,7 +59,8 @@ def test_increasing_explicit_ts_and_the_refusals():
     ts = torch.linspace(sde.eps, 0.5, 6, dtype=torch.float64)
     sol = sample(model, x, "heun", ts=ts, trajectory=True)
     assert torch.equal(sol.ts, ts) and len(sol.trajectory) == 6
-    with pytest.raises(SolverError, match="(draws noise|follows a Brownian path).*deterministic solver"):
+    with pytest.raises(SolverError,
+                       match="euler_maruyama.*(draws noise|follows a Brownian path|reverse SDE).*deterministic solver"):
         sample(model, x, "euler_maruyama", ts=ts, generator=0)
     with pytest.raises(ValueError, match="cannot start at sigma = 0"):
         sample(model, x, "heun", steps=4, t_start=0.0, t_end=0.5)

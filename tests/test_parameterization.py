@@ -89,3 +89,101 @@ def test_bad_prediction_names_and_shapes():
         bad.score(x, 0.5)
     with pytest.raises(ValueError, match=r"\[0, T\]"):
         sdekit.ScoreModel(lambda x, t: x, sde).score(x, 2.0)
+
+
+# -- a network never reaches sdekit's state through a tensor it is handed (issue 21, item 3) ---------------------------
+class _Timesteps(torch.nn.Module):
+    """An exact eps network that turns t into "timesteps", in place (``t *= 999``) or not."""
+
+    def __init__(self, model, in_place):
+        super().__init__()
+        self.model, self.in_place = model, in_place
+
+    def forward(self, x, t):
+        if self.in_place:
+            t *= 999
+        else:
+            t = t * 999
+        return self.model.eps(x, t / 999)
+
+
+@pytest.mark.parametrize("solver", ["heun", "rk4", "dpmpp_2m", "unipc_3"])
+def test_a_network_editing_t_in_place_changes_nothing(solver):
+    """Each call hands the network its own time tensor: an in-place ``t *= 999`` cannot reach a later call (the
+    cached tensor made heun and rk4 end 22-30 away from the same network written without it)."""
+    sde = sdekit.VPSDE()
+    exact = sdekit.GaussianMixture.default(2).model(sde)
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ends = [sdekit.sample(sdekit.ScoreModel(_Timesteps(exact, p), sde, "eps"), x, solver, 12).x for p in (True, False)]
+    assert torch.equal(ends[0], ends[1])
+
+
+def test_per_row_times_reach_the_network_as_a_copy():
+    sde = sdekit.VPSDE()
+    model = sdekit.ScoreModel(lambda x, t: x * t.mul_(2)[:, None], sde, "eps")
+    t = torch.full((3,), 0.25, dtype=torch.float64)
+    x = torch.ones(3, 2, dtype=torch.float64)
+    first, again = model.eps(x, t), model.eps(x, t)
+    assert torch.equal(t, torch.full((3,), 0.25, dtype=torch.float64)) and torch.equal(first, again)
+
+
+def test_guidance_hands_the_network_fresh_condition_tensors():
+    """ClassifierFreeGuidance's cond reaches the network inside a new batched tensor: a network that edits its
+    condition in place changes neither the stored cond nor a later call."""
+    cond = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+
+    def net(x, t, c):
+        out = x * c + t[:, None]
+        c.mul_(-5.0)
+        t.mul_(7.0)
+        return out
+
+    guided = sdekit.ClassifierFreeGuidance(net, cond, torch.zeros(1, 1, dtype=torch.float64), 1.5)
+    model = sdekit.ScoreModel(guided, sdekit.VPSDE(), "eps")
+    x = torch.ones(2, 1, dtype=torch.float64)
+    first, again = model.eps(x, 0.5), model.eps(x, 0.5)
+    assert torch.equal(first, again) and torch.equal(cond, torch.tensor([[1.0], [2.0]], dtype=torch.float64))
+
+
+def test_where_a_conversion_is_undefined_is_said_without_a_network_call():
+    """``undefined(kind, t)``: x0/eps/score from a velocity network at t = T on PolynomialPath (alpha' = sigma' = 0),
+    x0 from an eps network at alpha = 0; defined everywhere else."""
+    calls = []
+
+    def net(x, t):
+        calls.append(1)
+        return x
+
+    poly = sdekit.ScoreModel(net, sdekit.PolynomialPath(), "velocity")
+    for kind in ("x0", "eps", "score", "v"):
+        assert "PolynomialPath" in poly.undefined(kind, 1.0) and poly.undefined(kind, 0.5) is None
+    assert poly.undefined("velocity", 1.0) is None
+    rf = sdekit.ScoreModel(net, sdekit.RectifiedFlow(), "velocity")
+    assert all(rf.undefined(k, 1.0) is None for k in PREDICTIONS)
+    eps_rf = sdekit.ScoreModel(net, sdekit.RectifiedFlow(), "eps")
+    assert eps_rf.undefined("x0", 1.0) is not None and eps_rf.undefined("x0", 0.9) is None
+    vp = sdekit.ScoreModel(net, sdekit.VPSDE(), "score")
+    assert all(vp.undefined(k, t) is None for k in PREDICTIONS for t in (1e-3, 0.5, 1.0))
+    assert not calls
+
+
+@pytest.mark.parametrize("weighting", ["likelihood", "flow_matching"])
+def test_a_network_editing_t_in_place_does_not_change_the_training_loss(weighting):
+    """dsm_loss hands the network a copy of its times (it handed the tensor it then converts with)."""
+    sde = sdekit.RectifiedFlow() if weighting == "flow_matching" else sdekit.VPSDE()
+    exact = sdekit.GaussianMixture.default(2).model(sde, "velocity" if weighting == "flow_matching" else "score")
+
+    def net(in_place):
+        def fn(x, t):
+            if in_place:
+                t *= 999
+                return exact.net(x, t / 999)
+            return exact.net(x, t)
+        return fn
+
+    x0 = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0.1, 0.9, 8, dtype=torch.float64)
+    noise = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    losses = [sdekit.dsm_loss(sdekit.ScoreModel(net(p), sde, exact.prediction), x0, t=t.clone(), noise=noise,
+                              weighting=weighting) for p in (True, False)]
+    assert torch.equal(losses[0], losses[1])

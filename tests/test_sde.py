@@ -210,3 +210,40 @@ def test_mismatched_shapes_are_refused():
         sde.perturb(torch.zeros(3, 2), 0.5, torch.zeros(3, 3))
     with pytest.raises(ValueError, match=r"shape \(batch,\)"):
         sde.perturb(torch.zeros(3, 2), torch.full((4,), 0.5), torch.zeros(3, 2))
+
+
+# -- a custom LinearSDE whose f and g return Python numbers (issue 21, item 10) ---------------------------------------
+class _Constant(sdekit.LinearSDE):
+    """dx = -x/2 dt + dw with f and g given as plain floats: alpha = e^{-t/2}, sigma^2 = 1 - e^{-t}."""
+
+    def f(self, t):
+        return -0.5
+
+    def g(self, t):
+        return 1
+
+
+def test_f_and_g_may_return_python_numbers():
+    sde = _Constant()
+    t = torch.tensor([0.1, 0.5, 1.0], dtype=torch.float64)
+    assert torch.allclose(sde.alpha(t), torch.exp(-t / 2), atol=1e-10)
+    assert torch.allclose(sde.sigma(t), torch.sqrt(-torch.expm1(-t)), atol=1e-10)
+    assert sde.f(t).dtype == torch.float64 and sde.g(t).shape == t.shape
+    x = torch.ones(3, 2, dtype=torch.float64)
+    assert torch.allclose(sde.drift(x, t), -0.5 * x)
+    model = sdekit.GaussianMixture.default(2).model(sde)
+    for solver in ("dpmpp_2m", "euler_maruyama", "heun"):
+        sol = sdekit.sample(model, torch.randn(4, 2, dtype=torch.float64), solver, 8, generator=0)
+        assert bool(torch.isfinite(sol.x).all())
+
+
+def test_f_returning_something_else_is_a_named_type_error():
+    class Bad(sdekit.LinearSDE):
+        def f(self, t):
+            return "x"
+
+        def g(self, t):
+            return torch.ones_like(t)
+
+    with pytest.raises(TypeError, match=r"Bad\.f\(t\)"):
+        Bad().alpha(0.5)

@@ -167,7 +167,8 @@ def test_stochastic_samplers_match_mixture(name, steps, options):
     sde = SDES["vp"]
     gm = two_modes()
     n = 3000
-    x = solvers.sample(gm.model(sde), start(sde, n=n, seed=1), name, steps=steps, grid="uniform" if name != "heun_churn" else "karras",
+    x = solvers.sample(gm.model(sde), start(sde, n=n, seed=1), name, steps=steps,
+                       grid="uniform" if name != "heun_churn" else "karras",
                        generator=7, **options).x
     # mode weights: binomial standard error
     left = float((x[:, 0] < 0).double().mean())
@@ -214,3 +215,32 @@ def test_every_solver_runs_everywhere(name, kind, shape, dtype, steps):
     sol = solvers.sample(gm.model(sde), x, name, generator=0, **kwargs)
     assert sol.x.shape == x.shape and sol.x.dtype == dtype
     assert bool(torch.isfinite(sol.x).all()) and sol.nfe >= 1
+
+
+# -- option ranges, walked over the registry (issue 21, item 10) ----------------------------------------------------
+def _numeric_options():
+    for name in solvers.available():
+        for opt, default in solvers.get(name).options.items():
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                yield name, opt
+
+
+@pytest.mark.parametrize("name,opt", list(_numeric_options()))
+def test_every_numeric_option_out_of_range_is_refused_before_any_work(name, opt):
+    """A negative or NaN value of any numeric option (eta, s_noise, snr, rtol, max_nfe, orders, ...) raises a
+    ValueError naming the solver or the option before the network is called: none of them is squared away or
+    silently truncated (pc with snr = -1 used to run as snr = 1)."""
+    calls = []
+    exact = sdekit.GaussianMixture.default(2).model(sdekit.VPSDE())
+    model = sdekit.ScoreModel(lambda x, t: calls.append(1) or exact.net(x, t), exact.sde, exact.prediction)
+    steps = None if solvers.get(name).adaptive else 4
+    for bad in (-1, -0.5, math.nan):
+        with pytest.raises((ValueError, solvers.SolverError)) as err:
+            solvers.sample(model, torch.zeros(2, 2, dtype=torch.float64), name, steps, generator=0, **{opt: bad})
+        assert not calls and (name in str(err.value) or opt in str(err.value)), str(err.value)
+
+
+def test_pc_refuses_a_negative_snr_by_name():
+    model = sdekit.GaussianMixture.default(2).model(sdekit.VPSDE())
+    with pytest.raises(ValueError, match="'pc'.*snr"):
+        solvers.sample(model, torch.zeros(2, 2, dtype=torch.float64), "pc", 4, generator=0, snr=-1)

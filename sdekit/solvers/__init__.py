@@ -5,7 +5,7 @@ Solver modules register themselves on import: ode, stochastic, exponential, disc
 linear_multistep, adaptive_dpm, sde_samplers.
 """
 from . import grids
-from .base import NonFiniteError, RowNoise, Solution, SolverError, StepBudgetError
+from .base import NonFiniteError, NotApplicableError, RowNoise, Solution, SolverError, StepBudgetError
 from .driver import sample
 from .registry import SOLVERS, available, get, register
 
@@ -15,5 +15,5 @@ from . import sde_samplers  # noqa: E402,F401
 
 __all__ = [
     "sample", "available", "get", "register", "SOLVERS", "grids",
-    "Solution", "RowNoise", "SolverError", "NonFiniteError", "StepBudgetError",
+    "Solution", "RowNoise", "SolverError", "NonFiniteError", "StepBudgetError", "NotApplicableError",
 ]

@@ -60,7 +60,7 @@ def _adaptive(ev: Evaluator, x: Tensor, ts: Tensor, order: int, rtol: float, ato
     _check(rtol, atol, max_nfe, h_init)
     rs = _PAIRS[order]
     sch = Schedule(ev.sde, ts)
-    check_finite_start(sch, f"adaptive DPM-Solver-{order - 1}{order} (noise form)")
+    check_finite_start(ev, sch, f"adaptive DPM-Solver-{order - 1}{order} (noise form)")
     stats = ev.stats
     stats.update(accepted=0, rejected=0)
     h_try = float(h_init)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Evaluator, RowNoise, StepBudgetError, StepSizeError
+from .base import (Evaluator, RowNoise, StepBudgetError, StepSizeError, check_positive_alpha, check_sampling,
+                   refuse)
 from .integrate import TABLEAUS, TORCHDIFFEQ_PREFIX, ProbabilityFlow, check_tolerances, integrate, solve_steps
 from .registry import register
 
@@ -44,6 +45,11 @@ class _BudgetedDrift:
         # integrators probe outside [t_end, t_start] (initial step-size selection, overshooting stages):
         # hold the time at the edge of [0, T] there; only states inside the interval are returned
         return self.ev.pf_drift(x, t.to(torch.float64).clamp(0.0, self.ev.sde.T))
+
+
+def _check_budget(ev: Evaluator, max_nfe) -> None:
+    if isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < 1:
+        raise refuse(ev, f"needs max_nfe an integer >= 1; got {max_nfe!r}")
 
 
 def core_ode(ev: Evaluator, x, ts, *, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
@@ -74,6 +80,7 @@ def torchdiffeq_ode(ev: Evaluator, x, ts, *, method: str = "dopri5", rtol: float
                     max_nfe: int = 100_000, step_size=None):
     """The probability-flow ODE through ``torchdiffeq.odeint(method=...)`` behind the core's interface
     (budget, per-row error norm, landing on every ts); ``step_size`` for its fixed-step methods."""
+    _check_budget(ev, max_nfe)
     sol = integrate(ProbabilityFlow(ev), x, ts, method=TORCHDIFFEQ_PREFIX + method, rtol=rtol, atol=atol,
                     max_nfe=max_nfe, step_size=step_size)
     ev.stats.update(sol.stats, method=method)
@@ -92,6 +99,7 @@ def scipy_ode(ev: Evaluator, x, ts, *, method: str = "RK45", rtol: float = 1e-5,
     from scipy.integrate import solve_ivp
 
     check_tolerances(rtol, atol)
+    _check_budget(ev, max_nfe)
     shape, dtype, device = x.shape, x.dtype, x.device
     drift = _BudgetedDrift(ev, max_nfe)
 
@@ -195,6 +203,8 @@ def torchsde_sde(ev: Evaluator, x, ts, *, method: str = "euler", dt=None):
     solver's grid. ``dt`` defaults to the smallest gap of ``ts``; each gap is split into equal steps."""
     import torchsde
 
+    check_sampling(ev, ts)
+    check_positive_alpha(ev, ts, "the reverse SDE's f and g are infinite there")
     sde_type = "stratonovich" if method in ("reversible_heun", "midpoint", "heun", "log_ode") else "ito"
     levy = "space-time" if method == "srk" else "none"
     shape = x.shape

@@ -24,7 +24,8 @@ from ..sde import LinearSDE
 
 Tensor = torch.Tensor
 
-__all__ = ["Solution", "Evaluator", "RowNoise", "SolverError", "NonFiniteError", "StepBudgetError", "StepSizeError"]
+__all__ = ["Solution", "Evaluator", "RowNoise", "SolverError", "NonFiniteError", "StepBudgetError", "StepSizeError",
+           "NotApplicableError", "refuse", "option", "check_sampling", "check_positive_alpha"]
 
 
 class SolverError(RuntimeError):
@@ -41,6 +42,48 @@ class StepBudgetError(SolverError):
 
 class StepSizeError(SolverError):
     """An adaptive solve's step size underflowed (the tolerances cannot be met there)."""
+
+
+class NotApplicableError(SolverError, ValueError):
+    """A solver refused its input before any network call: it does not apply to this path, grid or direction
+    (alpha = 0 on a flow path, an inversion with noise, a time where the model cannot give what it needs), or an
+    option is out of range. Both a ``SolverError`` and a ``ValueError``; the message names the solver."""
+
+
+def refuse(ev, why: str) -> NotApplicableError:
+    """The ``NotApplicableError`` for the solver running on ``ev`` (its registry name, set by the registry):
+    ``raise refuse(ev, "...")``."""
+    name = getattr(ev, "solver", None) or "this solver"
+    return NotApplicableError(f"solver {name!r} " + why if name != "this solver" else f"{name} " + why)
+
+
+def option(ev, name: str, value, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
+           hi_open: bool = False) -> float:
+    """A real solver option in [lo, hi] (open where asked), finite, as a float; else ``refuse`` naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, bool) or not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) \
+            or (hi_open and v == hi):
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise refuse(ev, f"needs {name} in {lb}{lo}, {hi}{rb} (finite); got {value!r}")
+    return v
+
+
+def check_sampling(ev, ts) -> None:
+    """Refuse an increasing grid (inversion) for a solver of the reverse SDE, before any network call."""
+    if float(ts[-1]) > float(ts[0]):
+        raise refuse(ev, "samples the reverse SDE; an inversion (increasing ts) needs a deterministic solver")
+
+
+def check_positive_alpha(ev, ts, why: str) -> None:
+    """Refuse a grid that visits alpha = 0 (a flow path at t = T), where ``why`` (the solver's step) is undefined."""
+    for t in ts.tolist():
+        if ev.sde.schedule(t)[0] == 0.0:
+            raise refuse(ev, f"cannot start at alpha = 0 (t = {t:.6g} on {ev.sde!r}): {why}; start below that time "
+                             "(t_start < it) or use a sampler that starts from pure noise (euler_ancestral, "
+                             "dpmpp_2m_sde, sa_solver, ddpm, ddim with eta > 0)")
 
 
 class NoiseSource(Protocol):
@@ -82,9 +125,28 @@ class Evaluator:
         self.nfe = 0
         self.step = 0
         self.stats: dict = {}  # solver-specific numbers reported in Solution.stats
+        self.solver = ""  # the registry name of the solver running (set by the registry; named in refusals)
+        self._defined: dict = {}  # (t, kind) -> None or why the model cannot give kind at t
 
     # -- model -----------------------------------------------------------------------------
+    def require(self, kind: str, times) -> None:
+        """Refuse (``NotApplicableError``, before any network call) if the model cannot give ``kind`` at one of
+        ``times`` (``ScoreModel.undefined``: e.g. x0 from a velocity network where alpha' = sigma' = 0)."""
+        for t in times:
+            why = self._why(float(t), kind)
+            if why is not None:
+                raise refuse(self, f"needs the model's {kind} at t = {float(t):.6g}, {why}")
+
+    def _why(self, t: float, kind: str):
+        key = (t, kind)
+        if key not in self._defined:
+            undefined = getattr(self.model, "undefined", None)  # duck-typed models: no check
+            self._defined[key] = None if undefined is None else undefined(kind, t)
+        return self._defined[key]
+
     def _predict(self, x: Tensor, t, kind: str) -> Tensor:
+        if isinstance(t, float) or (isinstance(t, Tensor) and t.ndim == 0):
+            self.require(kind, (t,))  # a time where the conversion is 0/0: refused before the network call
         out = self.model.predict(x, t, kind)
         self.nfe += 1
         # one reduction instead of isfinite + all: a sum is finite iff every entry is (barring an

@@ -134,7 +134,9 @@ def diffusers_timesteps(scheduler: str, n_train: int, steps: int, spacing: str |
         tau = np.arange(N, 0, -N / k).round() - 1
     if count == "k+1" and spacing != "trailing":
         tau = tau[:-1]
-    return np.ascontiguousarray(tau, dtype=np.float64)
+    # a fresh array: a reversed view of one element keeps its negative stride through ascontiguousarray, which
+    # torch.from_numpy refuses (steps=1 gave diffusers' [999] as such a view)
+    return np.array(tau, dtype=np.float64, copy=True)
 
 
 def _karras(s_max: float, s_min: float, k: int, rho: float = 7.0) -> np.ndarray:

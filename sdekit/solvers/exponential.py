@@ -55,6 +55,10 @@ K' equations; ``_ms_weights``; UniPC's variant "bh1", B(h) = h, has no finite li
 midpoints are placed from the step's end (l_s - (1 - r) h, = -inf: t = T), and
 phi_k(-inf) = 0. The noise form cannot start there: x_t = sigma_t eps at alpha_t = 0, so eps(x_t, T) = x_t/sigma_t
 for every model and (alpha_s/alpha_t) is infinite; start those solvers below T (t_start < sde.T).
+
+An inversion that ends at alpha_s = 0 (l_s = -inf, h = -inf) takes its last step as the data-form step's limit,
+x_s = (sigma_s/sigma_t)(x_t - alpha_t x0_t) = sigma_s eps_t (``to_pure_noise``; alpha_s (1 - e^{-h}) alone is 0 * inf),
+first order like the first step from alpha = 0: the 2M weight 1/(2r) has no finite limit there.
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ from typing import List, Tuple
 
 import torch
 
-from .base import Evaluator
+from .base import Evaluator, option, refuse
 from .registry import register
 
 Tensor = torch.Tensor
@@ -135,14 +139,16 @@ def gaussian_prediction(x: Tensor, alpha: float, sigma: float, kind: str) -> Ten
     return ((alpha if kind == "x0" else sigma) / (alpha * alpha + sigma * sigma)) * x
 
 
-def check_finite_start(sch: Schedule, what: str) -> None:
-    """ValueError if the grid visits alpha = 0 (t = T on a flow-matching path), where ``what`` (a noise-form update,
-    whose coefficients divide by alpha) is undefined; the data-form solvers start there."""
+def check_finite_start(ev: Evaluator, sch: Schedule, what: str) -> None:
+    """``NotApplicableError`` (a ValueError naming the solver, before any network call) if the grid visits
+    alpha = 0 (t = T on a flow-matching path), where ``what`` (a noise-form update, whose coefficients divide by
+    alpha) is undefined; the data-form solvers start there."""
     if any(a == 0.0 for a in sch.alpha):
         t = float(sch.ts[sch.alpha.index(0.0)])
-        raise ValueError(f"the grid visits alpha = 0 (t = {t:.6g}), where {what} divides by alpha: start below it "
-                         "(t_start < that time) or use a data-form solver (ddim, dpmpp_2m, dpmpp_3m, unipc_2, unipc_3, "
-                         "dpmpp_2s) or one in t (euler, heun_t, rk4)")
+        raise refuse(ev, f"cannot run on this grid of {ev.sde!r}: it visits alpha = 0 (t = {t:.6g}), where {what} "
+                         "divides by alpha: start below it (t_start < that time) or use a data-form solver (ddim, "
+                         "dpmpp_2m, dpmpp_3m, unipc_2, unipc_3, dpmpp_2s, euler_ancestral, dpmpp_2m_sde) or one in t "
+                         "(euler, heun_t, rk4)")
 
 
 def check_flag(name: str, value):
@@ -154,11 +160,9 @@ def check_flag(name: str, value):
 # -- DDIM ---------------------------------------------------------------------------------------------
 def ddim_steps(ev: Evaluator, x: Tensor, ts: Tensor, eta: float):
     """The DDIM update in its general alpha/sigma form (shared by ddim, ddpm and the discrete samplers)."""
-    eta = float(eta)
-    if not (0.0 <= eta <= 1.0) or not math.isfinite(eta):
-        raise ValueError(f"ddim needs 0 <= eta <= 1 (0: deterministic DDIM, 1: DDPM ancestral); got {eta}")
+    eta = option(ev, "eta (0: deterministic DDIM, 1: DDPM ancestral)", eta, 0.0, 1.0)
     if eta > 0 and float(ts[-1]) > float(ts[0]):
-        raise ValueError(f"ddim with eta = {eta} draws noise; an inversion (increasing ts) needs eta = 0")
+        raise refuse(ev, f"with eta = {eta} draws noise; an inversion (increasing ts) needs eta = 0")
     sch = Schedule(ev.sde, ts)
     lam = [2 * v for v in sch.l]
     for i in range(len(ts) - 1):
@@ -190,7 +194,7 @@ def dpm_solver_1(ev: Evaluator, x: Tensor, ts: Tensor):
     """DPM-Solver-1 (Lu et al. 2022, eq. 3.7): x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps(x_t, t).
     Equal to deterministic DDIM."""
 
-    check_finite_start(Schedule(ev.sde, ts), "DPM-Solver-1 (noise form)")
+    check_finite_start(ev, Schedule(ev.sde, ts), "DPM-Solver-1 (noise form)")
 
     def step(x, sch, i):
         return _eps_first_order(x, ev.eps(x, ts[i]), sch.alpha[i], sch.alpha[i + 1], sch.sigma[i + 1], sch.h(i))
@@ -203,11 +207,25 @@ def x0_jump(ev: Evaluator, x: Tensor, sch: Schedule, i: int) -> Tensor:
     return sch.alpha[i + 1] * ev.x0(x, sch.ts[i])
 
 
+def to_pure_noise(x: Tensor, x0: Tensor, sch: Schedule, i: int) -> Tensor:
+    """The step to alpha_s = 0 (t = T on a flow path: the last step of an inversion, h = -inf):
+    x_s = (sigma_s/sigma_t)(x_t - alpha_t x0_t) = sigma_s eps_t, the limit of the data-form update (DDIM) as
+    alpha_s -> 0. First order, as the first step of a solve from alpha = 0 is: a history extrapolated over an
+    infinite step in l has no finite limit in the 2M weights (1/(2r) -> inf)."""
+    return (sch.sigma[i + 1] / sch.sigma[i]) * (x - sch.alpha[i] * x0)
+
+
 def _single_steps(ev: Evaluator, x: Tensor, ts: Tensor, step):
-    """Apply ``step(x, sch, i) -> x_{i+1}`` along the grid; a step that ends at sigma = 0 is the x0 jump."""
+    """Apply ``step(x, sch, i) -> x_{i+1}`` along the grid; a step that ends at sigma = 0 is the x0 jump, one that
+    ends at alpha = 0 ``to_pure_noise``."""
     sch = Schedule(ev.sde, ts)
     for i in range(len(ts) - 1):
-        x = x0_jump(ev, x, sch, i) if sch.sigma[i + 1] == 0 else step(x, sch, i)
+        if sch.sigma[i + 1] == 0:
+            x = x0_jump(ev, x, sch, i)
+        elif sch.alpha[i + 1] == 0:
+            x = to_pure_noise(x, ev.x0(x, ts[i]), sch, i)
+        else:
+            x = step(x, sch, i)
         yield x
 
 
@@ -241,7 +259,7 @@ def dpm_solver_step(ev: Evaluator, x: Tensor, t, a_t: float, a_s: float, s_s: fl
 def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: List[float]):
     """DPM-Solver-2 (rs = [r1]) and DPM-Solver-3 (rs = [r1, r2]) along the grid: the higher-order solution of
     ``dpm_solver_step``."""
-    check_finite_start(Schedule(ev.sde, ts), "single-step DPM-Solver (noise form)")
+    check_finite_start(ev, Schedule(ev.sde, ts), "single-step DPM-Solver (noise form)")
 
     def step(x, sch, i):
         h = sch.h(i)
@@ -342,15 +360,20 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
     on the mirrored schedule (alpha <-> sigma, l -> -l; module docstring). ``afs``: m_0 = gaussian_prediction
     (no network call at t_0; an approximation)."""
     if variant not in ("bh1", "bh2"):
-        raise ValueError(f"variant must be 'bh1' or 'bh2'; got {variant!r}")
+        raise refuse(ev, f"needs variant 'bh1' or 'bh2'; got {variant!r}")
     check_flag("lower_order_final", lower_order_final)
     check_flag("afs", afs)
+    check_flag("corrector", corrector)
     sch = Schedule(ev.sde, ts)
     if noise:  # mirrored schedule: the data-form update below is then the noise form
-        check_finite_start(sch, "the noise-form multistep update")
+        check_finite_start(ev, sch, "the noise-form multistep update")
         kind, alpha, sigma, lam_half = "eps", sch.sigma, sch.alpha, [-v for v in sch.l]
     else:
         kind, alpha, sigma, lam_half = "x0", sch.alpha, sch.sigma, sch.l
+        if variant == "bh1" and corrector and sch.alpha[0] == 0.0:
+            raise refuse(ev, f"with variant 'bh1' cannot start at alpha = 0 (t = {float(ts[0]):.6g} on {ev.sde!r}): "
+                             "B(h) = h is infinite on the first step, so its corrector has no finite limit; use "
+                             "variant='bh2' or start below that time")
     n = len(ts) - 1
     hist: List[Tuple[float, Tensor]] = []  # (l_j, m_j), oldest first
     last = None  # (j, x_j, points used by the predictor) of the previous step, for the corrector
@@ -368,6 +391,10 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
         if sch.sigma[i + 1] == 0:  # x0_jump, from the output at hand
             x0 = m if kind == "x0" else (x_eval - sch.sigma[i] * m) / sch.alpha[i]
             x = sch.alpha[i + 1] * x0
+            yield x
+            continue
+        if sch.alpha[i + 1] == 0:  # an inversion's last step, to pure noise
+            x = to_pure_noise(x, m, sch, i)
             yield x
             continue
         p = final_order(min(order, len(hist)), i, n, lower_order_final)

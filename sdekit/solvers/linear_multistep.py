@@ -30,7 +30,7 @@ from typing import Callable, List, Sequence
 import numpy as np
 import torch
 
-from .base import Evaluator
+from .base import Evaluator, refuse
 from .exponential import Schedule, check_finite_start, check_flag, gaussian_prediction, x0_jump
 from .registry import register
 
@@ -98,7 +98,7 @@ def _eps_multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, weights: Ca
     check_flag("afs", afs)
     check_flag("lower_order_final", lower_order_final)
     sch = Schedule(ev.sde, ts)
-    check_finite_start(sch, "an Adams step in s = sigma/alpha")
+    check_finite_start(ev, sch, "an Adams step in s = sigma/alpha")
     s = [sg / a for a, sg in zip(sch.alpha, sch.sigma)]
     times = ts.tolist()
     n = len(times) - 1
@@ -121,9 +121,9 @@ def _eps_multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, weights: Ca
         yield x
 
 
-def _check_ab_order(order):
+def _check_ab_order(ev: Evaluator, order):
     if not isinstance(order, int) or isinstance(order, bool) or order not in ADAMS_BASHFORTH:
-        raise ValueError(f"order must be one of {sorted(ADAMS_BASHFORTH)}; got {order!r}")
+        raise refuse(ev, f"needs a valid order (order must be one of {sorted(ADAMS_BASHFORTH)}); got {order!r}")
 
 
 @register("ipndm", order=2, nfe_per_step=1)
@@ -155,7 +155,7 @@ def lms(ev: Evaluator, x: Tensor, ts: Tensor, *, order: int = 4, afs: bool = Fal
         x_{i+1} = (alpha_{i+1}/alpha_i) x_i + alpha_{i+1} sum_j c_ij eps_{i-j},  c_ij = int_{s_i}^{s_{i+1}} ell_j(s) ds,
     ell_j the Lagrange basis in s through the last k = min(i + 1, order) nodes; 1 NFE/step, global order
     ``order`` (1..4; the registry records the default). afs=True: analytic first step (an approximation)."""
-    _check_ab_order(order)
+    _check_ab_order(ev, order)
     return _eps_multistep(ev, x, ts, order, _ab_in_s, afs=afs)
 
 

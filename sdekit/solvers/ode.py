@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Evaluator
+from .base import Evaluator, refuse
 from .registry import register
 
 
@@ -64,12 +64,12 @@ def heun(ev: Evaluator, x, ts):
     in x: x_{i+1} = (alpha_{i+1}/alpha_i) x_i + alpha_{i+1} (s_{i+1} - s_i) * (mean of the slopes)."""
     sde = ev.sde
     times = ts.tolist()
+    if any(sde.schedule(t)[0] == 0.0 for t in times):  # s = sigma/alpha is infinite at pure noise (flow paths at T)
+        raise refuse(ev, f"(EDM, in s = sigma/alpha) cannot step through alpha = 0 on {sde!r}: start below it "
+                         "(t_start < T) or use heun_t, euler, rk4 or a data-form solver (ddim, dpmpp_2m, unipc_3)")
     for i in range(len(times) - 1):
         a0, s0, _, _ = sde.schedule(times[i])
         a1, s1, _, _ = sde.schedule(times[i + 1])
-        if a0 == 0.0 or a1 == 0.0:  # s = sigma/alpha is infinite at pure noise (t = T on a flow-matching path)
-            raise ValueError("heun (EDM, in s = sigma/alpha) cannot step through alpha = 0: start below it "
-                             "(t_start < T) or use heun_t, euler, rk4 or a data-form solver (ddim, dpmpp_2m, unipc_3)")
         ratio, step = a1 / a0, a1 * (s1 / a1 - s0 / a0)
         d = ev.eps(x, times[i])
         x_euler = torch.add(x * ratio, d, alpha=step)

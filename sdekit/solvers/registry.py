@@ -45,7 +45,7 @@ def register(name: str, *, order: float, nfe_per_step: float = 1, stochastic: bo
         params = inspect.signature(fn).parameters
         options = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
         options.update(fixed_options)
-        bound = fn if not fixed_options else _bind(fn, fixed_options)
+        bound = _named(fn if not fixed_options else _bind(fn, fixed_options), name)
         SOLVERS[name] = SolverInfo(name, bound, stochastic, order, nfe_per_step, adaptive, family, options)
         return fn
 
@@ -59,6 +59,21 @@ def _bind(fn, fixed):
     bound.__name__ = fn.__name__
     bound.__doc__ = fn.__doc__
     return bound
+
+
+def _named(fn, name: str):
+    """``fn`` that first tells the evaluator the solver's registry name (so that refusals name it)."""
+
+    def named(ev, x, ts, **options):
+        try:
+            ev.solver = name
+        except AttributeError:  # a stand-in evaluator without attributes
+            pass
+        return fn(ev, x, ts, **options)
+
+    named.__name__ = fn.__name__
+    named.__doc__ = fn.__doc__
+    return named
 
 
 def get(name: str) -> SolverInfo:

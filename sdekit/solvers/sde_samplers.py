@@ -21,6 +21,12 @@ by O(h^{3/2}) per step with mean zero, so the schemes converge pathwise (strong 
 additive), and a solve with more steps is a finer solve of the same path. Ancestral samplers put the noise of
 [t, s] at the end of the step (k-diffusion's convention); Restart's forward jumps use fresh per-call draws
 (``Evaluator.randn_like``), the same number whatever the step count.
+
+Pure noise.  On a flow path (alpha(T) = 0, s_T = inf, l_T = -inf) every sampler here starts at T by its update's
+limit, written so that no float is 0 * inf: the ancestral split at s_t = inf is s_up = eta s_s, the Euler/ancestral
+step y_t + (s_down - s_t) eps is x0_t + s_down x_t/sigma_t, single-step midpoints l_t + r h lie at t = T itself, and
+the exponential weights h' phi_{k+1}(-h') tend to 1/k! (``exp_weights``): the first step is DDIM/DDPM's from pure
+noise, x_s = alpha_s x0(x_T) + sigma_s (sqrt(1 - eta^2) eps_T + eta z) in the ancestral case.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .base import Evaluator
+from .base import Evaluator, option, refuse
 from .exponential import Schedule, check_flag, final_order, phi
 from .registry import register
 
@@ -38,24 +44,52 @@ Tensor = torch.Tensor
 __all__ = ["exp_weights", "ancestral_split"]
 
 
-def _check_unit(name: str, value: float, top: float = 1.0) -> float:
-    value = float(value)
-    if not (0.0 <= value <= top) or not math.isfinite(value):
-        raise ValueError(f"{name} must lie in [0, {top}]; got {value}")
-    return value
+def _noise_options(ev: Evaluator, eta, s_noise, top: float = 1.0):
+    """eta in [0, top] and s_noise >= 0 (a negative s_noise would flip z, a sign the law cannot show), finite."""
+    return option(ev, "eta", eta, 0.0, top), option(ev, "s_noise", s_noise, 0.0)
+
+
+def _hphi(k: int, hp: float) -> float:
+    """h' phi_{k+1}(-h'), and its limit 1/k! as h' -> inf (a step from alpha = 0: phi_{k+1}(-z) ~ 1/(k! z))."""
+    return 1.0 / math.factorial(k) if hp == math.inf else hp * phi(k + 1, -hp)
 
 
 def exp_weights(us: Sequence[float], h: float, eta: float) -> List[float]:
     """Weights b_m with int_0^h (1 + eta) e^{-(1 + eta)(h - u)} P(l_t + u) du = sum_m b_m P(l_t + u_m h) for every
     polynomial P of degree < len(us) (u_m distinct; u = 0 is x0_t): b = V^{-T} w, V[m, k] = u_m^k / k!,
-    w_k = h' phi_{k+1}(-h'), h' = (1 + eta) h."""
+    w_k = h' phi_{k+1}(-h'), h' = (1 + eta) h.
+
+    The limits at alpha = 0 (l = -inf): a point at u = -inf (a history point at t = T) gets b = 0, as its Lagrange
+    basis vanishes on [0, 1] when its node runs off; on a step from l_t = -inf (h = inf) w_k -> 1/k!, the weight
+    e^{-h'(1 - u)} concentrating at u = 1, so the update integrates the polynomial's value at the step's end."""
     hp = (1.0 + eta) * h
-    K = len(us)
-    w = torch.tensor([hp * phi(k + 1, -hp) for k in range(K)], dtype=torch.float64)
-    if K == 1:
-        return w.tolist()
-    V = torch.tensor([[u**k / math.factorial(k) for k in range(K)] for u in us], dtype=torch.float64)
-    return torch.linalg.solve(V.T, w).tolist()
+    keep = [m for m, u in enumerate(us) if math.isfinite(u)]
+    K = len(keep)
+    w = torch.tensor([_hphi(k, hp) for k in range(K)], dtype=torch.float64)
+    if K <= 1:
+        b = w.tolist()
+    else:
+        V = torch.tensor([[us[m] ** k / math.factorial(k) for k in range(K)] for m in keep], dtype=torch.float64)
+        b = torch.linalg.solve(V.T, w).tolist()
+    out = dict(zip(keep, b))
+    return [out.get(m, 0.0) for m in range(len(us))]
+
+
+def _u(l_m: float, l_t: float, l_s: float) -> float:
+    """(l_m - l_t)/(l_s - l_t), the position of a point in the step l_t -> l_s: 0 and 1 at the ends exactly (also
+    when l_t = -inf), -inf for a point at l = -inf before a finite step."""
+    if l_m == l_t:
+        return 0.0
+    if l_m == l_s:
+        return 1.0
+    return (l_m - l_t) / (l_s - l_t)
+
+
+def _noise_and_ratio(sch: Schedule, i: int, eta: float, s_noise: float) -> Tuple[float, float]:
+    """s_noise sigma_s sqrt(1 - e^{-2 eta h}) and (sigma_s/sigma_t) e^{-eta h} of step i; eta h = 0 for eta = 0 even
+    on a step from alpha = 0 (h = inf)."""
+    eh = eta * sch.h(i) if eta > 0 else 0.0
+    return s_noise * sch.sigma[i + 1] * math.sqrt(-math.expm1(-2 * eh)), (sch.sigma[i + 1] / sch.sigma[i]) * math.exp(-eh)
 
 
 def _sde_update(x: Tensor, points: List[Tuple[float, Tensor]], weights, ratio: float, a_s: float,
@@ -69,18 +103,23 @@ def _sde_update(x: Tensor, points: List[Tuple[float, Tensor]], weights, ratio: f
 
 def ancestral_split(s_t: float, s_s: float, eta: float) -> Tuple[float, float]:
     """(s_down, s_up) of an ancestral step s_t -> s_s in VE coordinates (k-diffusion's ``get_ancestral_step``):
-    s_up = min(s_s, eta sqrt(s_s^2 (s_t^2 - s_s^2) / s_t^2)), s_down = sqrt(s_s^2 - s_up^2)."""
+    s_up = min(s_s, eta s_s sqrt(1 - s_s^2 / s_t^2)), s_down = sqrt(s_s^2 - s_up^2); at s_t = inf (alpha_t = 0)
+    s_up = eta s_s: the DDPM posterior's noise from pure noise."""
     if eta == 0.0 or s_s == 0.0:
         return s_s, 0.0
-    up = min(s_s, eta * math.sqrt(max(s_s * s_s * (s_t * s_t - s_s * s_s) / (s_t * s_t), 0.0)))
+    up = min(s_s, eta * s_s * math.sqrt(max(1.0 - (s_s / s_t) ** 2, 0.0)))
     return math.sqrt(max(s_s * s_s - up * up, 0.0)), up
 
 
-def _check_grid(ts: Tensor, name: str) -> None:
-    if float(ts[-1]) > float(ts[0]):
-        from .base import SolverError
+def _ve(alpha: float, sigma: float) -> float:
+    """s = sigma/alpha, infinite at alpha = 0."""
+    return sigma / alpha if alpha > 0 else math.inf
 
-        raise SolverError(f"{name} samples the reverse SDE; an inversion (increasing ts) needs a deterministic solver")
+
+def _check_grid(ev: Evaluator, ts: Tensor, name: str = "") -> None:
+    """Refuse an inversion (the reverse SDE has no increasing-time form), before any network call."""
+    if float(ts[-1]) > float(ts[0]):
+        raise refuse(ev, "samples the reverse SDE; an inversion (increasing ts) needs a deterministic solver")
 
 
 # -- ancestral samplers ----------------------------------------------------------------------------------------
@@ -91,8 +130,12 @@ def euler_ancestral(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s
 
         (s_down, s_up) = ancestral_split(s_t, s_s, eta),  y_s = y_t + (s_down - s_t) eps(x_t, t) + s_noise s_up z,
 
-    x_s = alpha_s y_s; z the step's Brownian increment. eta = 1: the reverse SDE's variance; eta = 0: Euler on the ODE."""
+    x_s = alpha_s y_s; z the step's Brownian increment. eta = 1: the reverse SDE's variance; eta = 0: Euler on the ODE.
+    From alpha_t = 0 (a flow path at T, s_t = inf) the step is its limit y_s = x0_t + s_down eps_t with
+    eps_t = x_t/sigma_t (y_t + (s_down - s_t) eps = x0 + s_down eps for every alpha_t > 0): DDIM/DDPM from pure noise."""
     def deterministic(x, sch, i, s_t, down):
+        if sch.alpha[i] == 0.0:
+            return ev.x0(x, ts[i]) + (down / sch.sigma[i]) * x
         return x / sch.alpha[i] + (down - s_t) * ev.eps(x, ts[i])
 
     return _ancestral(ev, x, ts, eta, s_noise, "euler_ancestral", deterministic)
@@ -102,12 +145,12 @@ def _ancestral(ev: Evaluator, x: Tensor, ts: Tensor, eta, s_noise, name: str, de
     """The ancestral step shared by euler_ancestral and dpmpp_2s_ancestral: in y = x/alpha, s = sigma/alpha, the deterministic
     part ``deterministic(x, sch, i, s_t, s_down) -> y`` to s_down, then s_noise s_up z (z the path's
     increment over the step), then x_s = alpha_s y_s."""
-    eta, s_noise = _check_unit("eta", eta), float(s_noise)
-    _check_grid(ts, name)
+    eta, s_noise = _noise_options(ev, eta, s_noise)
+    _check_grid(ev, ts)
     sch = Schedule(ev.sde, ts)
     for i in range(len(ts) - 1):
         a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
-        s_t, s_s = sch.sigma[i] / a_t, sch.sigma[i + 1] / a_s
+        s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
         down, up = ancestral_split(s_t, s_s, eta)
         y = deterministic(x, sch, i, s_t, down)
         if up > 0:
@@ -122,9 +165,14 @@ def dpmpp_2s_ancestral(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0
     ``sample_dpmpp_2s_ancestral``): with l_d = -log s_down, h = l_d - l_t and l_m = l_t + h/2,
 
         u = (sigma_m/sigma_t) x_t + alpha_m (1 - e^{-h/2}) x0(x_t, t),
-        y_s = (s_down/s_t) y_t + (1 - e^{-h}) x0(u, t_m) + s_noise s_up z,   x_s = alpha_s y_s."""
+        y_s = (s_down/s_t) y_t + (1 - e^{-h}) x0(u, t_m) + s_noise s_up z,   x_s = alpha_s y_s.
+
+    From alpha_t = 0 (h = inf) the midpoint is t = T itself (l_d - h/2 = -inf), u = x_t, and the step is its limit
+    y_s = x0_t + s_down x_t/sigma_t ((s_down/s_t) y_t = s_down x_t/sigma_t): euler_ancestral's first step."""
     def deterministic(x, sch, i, s_t, down):
         x0 = ev.x0(x, ts[i])
+        if sch.alpha[i] == 0.0:
+            return x0 + (down / sch.sigma[i]) * x
         if down == 0.0:
             return x0
         h = math.log(s_t / down)
@@ -145,17 +193,27 @@ def dpmpp_sde(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_noise
                           y_s = (s_d2/s_t) y_t + (1 - s_d2/s_t) D + s_noise s_u2 z_{[t, s]},
 
     (s_d, s_u) = ancestral_split of each stage; the z are the path's increments over [m, t] and [s, t] (correlated,
-    as with k-diffusion's Brownian tree)."""
-    eta, s_noise = _check_unit("eta", eta), float(s_noise)
-    if not 0.0 < r <= 1.0:
-        raise ValueError(f"r must lie in (0, 1]; got {r}")
-    _check_grid(ts, "dpmpp_sde")
+    as with k-diffusion's Brownian tree).
+
+    From alpha_t = 0 (h = inf) stage 1 ends at l_s - (1 - r) h = -inf, t = T itself, so D = x0_t and the step is
+    its limit y_s = x0_t + s_d2 x_t/sigma_t + s_noise s_u2 z (euler_ancestral's first step; one network call)."""
+    eta, s_noise = _noise_options(ev, eta, s_noise)
+    r = option(ev, "r", r, 0.0, 1.0, lo_open=True)
+    _check_grid(ev, ts)
     sch = Schedule(ev.sde, ts)
     fac = 1.0 / (2.0 * r)
     for i in range(len(ts) - 1):
         a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
-        s_t, s_s = sch.sigma[i] / a_t, sch.sigma[i + 1] / a_s
+        s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
         x0 = ev.x0(x, ts[i])
+        if a_t == 0.0:
+            d2, u2 = ancestral_split(s_t, s_s, eta)
+            y = x0 + (d2 / sch.sigma[i]) * x
+            if u2 > 0:
+                y = y + (s_noise * u2) * ev.path_noise(x, ts[i], ts[i + 1])
+            x = a_s * y
+            yield x
+            continue
         y = x / a_t
         h = sch.l[i + 1] - sch.l[i]
         tm, am, sm = sch.at_l(sch.l[i] + r * h)
@@ -177,9 +235,9 @@ def _multistep_sde(ev: Evaluator, x: Tensor, ts: Tensor, order: int, eta: float,
                    solver_type: str = "taylor", lower_order_final: bool = True):
     """Multistep data-prediction update of the eta-family (module docstring) through the last ``order`` x0's
     (at most n - i of them at step i of n with ``lower_order_final``, ``final_order``)."""
-    eta, s_noise = _check_unit("eta", eta), float(s_noise)
+    eta, s_noise = _noise_options(ev, eta, s_noise)
     if solver_type not in ("taylor", "midpoint"):
-        raise ValueError(f"solver_type must be 'taylor' or 'midpoint'; got {solver_type!r}")
+        raise refuse(ev, f"needs solver_type 'taylor' or 'midpoint'; got {solver_type!r}")
     check_flag("lower_order_final", lower_order_final)
     sch = Schedule(ev.sde, ts)
     hist: List[Tuple[float, Tensor]] = []
@@ -189,15 +247,14 @@ def _multistep_sde(ev: Evaluator, x: Tensor, ts: Tensor, order: int, eta: float,
         hist = (hist + [(sch.l[i], x0)])[-order:]
         h = sch.h(i)
         pts = hist[::-1][:final_order(order, i, n, lower_order_final)]  # newest (l_t) first
-        us = [(l_m - sch.l[i]) / h for l_m, _ in pts]
-        if solver_type == "midpoint" and len(pts) == 2:
+        us = [_u(l_m, sch.l[i], sch.l[i + 1]) for l_m, _ in pts]
+        if solver_type == "midpoint" and len(pts) == 2 and math.isfinite(us[1]):
             e = -math.expm1(-(1 + eta) * h)
             weights = [e * (1 - 0.5 / us[1]), e * 0.5 / us[1]]  # 1/(2r) with r = -u_prev
         else:
             weights = exp_weights(us, h, eta)
-        std = s_noise * sch.sigma[i + 1] * math.sqrt(-math.expm1(-2 * eta * h))
+        std, ratio = _noise_and_ratio(sch, i, eta, s_noise)
         z = ev.path_noise(x, ts[i], ts[i + 1]) if std > 0 else None
-        ratio = (sch.sigma[i + 1] / sch.sigma[i]) * math.exp(-eta * h)
         x = _sde_update(x, pts, weights, ratio, sch.alpha[i + 1], std, z)
         yield x
 
@@ -214,7 +271,7 @@ def dpmpp_2m_sde(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_no
     c = h' phi_2(-h') (solver_type "taylor": k-diffusion's "heun") or (1 - e^{-h'})/2 ("midpoint"). Strong order 1
     (second order in the deterministic part; eta = 0 is DPM-Solver++(2M)). ``lower_order_final``: the last step
     is first order (``final_order``)."""
-    _check_grid(ts, "dpmpp_2m_sde")
+    _check_grid(ev, ts)
     return _multistep_sde(ev, x, ts, 2, eta, s_noise, solver_type, lower_order_final)
 
 
@@ -226,7 +283,7 @@ def dpmpp_3m_sde(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_no
     three x0's, i.e. + alpha_s [h h' phi_2(-h') x0' + h^2 h' phi_3(-h') x0''] (the Taylor weight; k-diffusion's
     weights the x0'' term by half of it). Warm-up: first order, then 2M; with ``lower_order_final`` the last two
     steps are second and first order (``final_order``)."""
-    _check_grid(ts, "dpmpp_3m_sde")
+    _check_grid(ev, ts)
     return _multistep_sde(ev, x, ts, 3, eta, s_noise, lower_order_final=lower_order_final)
 
 
@@ -244,13 +301,14 @@ def sa_solver(ev: Evaluator, x: Tensor, ts: Tensor, *, tau: float = 1.0, predict
     The last step is predictor only; with ``lower_order_final`` the predictor of step i of n uses at most n - i
     points (``final_order``; diffusers' SASolverScheduler does the same). tau = 0 gives a deterministic Adams
     (UniPC-like) solver; tau = 1 the reverse SDE."""
-    tau = _check_unit("tau", tau)
+    tau, s_noise = _noise_options(ev, tau, s_noise)
     check_flag("lower_order_final", lower_order_final)
-    p, c = int(predictor_order), int(corrector_order)
-    if not (1 <= p <= 4 and 1 <= c <= 4):
-        raise ValueError(f"predictor_order and corrector_order must lie in 1..4; got {predictor_order}, {corrector_order}")
-    _check_grid(ts, "sa_solver")
-    eta, s_noise = tau * tau, float(s_noise)
+    if not all(isinstance(o, int) and not isinstance(o, bool) and 1 <= o <= 4 for o in (predictor_order, corrector_order)):
+        raise refuse(ev, f"needs predictor_order and corrector_order integers in 1..4; got {predictor_order!r}, "
+                         f"{corrector_order!r}")
+    p, c = predictor_order, corrector_order
+    _check_grid(ev, ts)
+    eta = tau * tau
     sch = Schedule(ev.sde, ts)
     hist: List[Tuple[float, Tensor]] = []
     prev = None  # (i, x_i, z_i) of the last predictor step
@@ -269,15 +327,19 @@ def sa_solver(ev: Evaluator, x: Tensor, ts: Tensor, *, tau: float = 1.0, predict
 
 def _adams_step(sch: Schedule, i: int, x: Tensor, pts, eta: float, s_noise: float, z) -> Tensor:
     h = sch.h(i)
-    weights = exp_weights([(l_m - sch.l[i]) / h for l_m, _ in pts], h, eta)
-    std = s_noise * sch.sigma[i + 1] * math.sqrt(-math.expm1(-2 * eta * h))
-    ratio = (sch.sigma[i + 1] / sch.sigma[i]) * math.exp(-eta * h)
+    weights = exp_weights([_u(l_m, sch.l[i], sch.l[i + 1]) for l_m, _ in pts], h, eta)
+    std, ratio = _noise_and_ratio(sch, i, eta, s_noise)
     return _sde_update(x, pts, weights, ratio, sch.alpha[i + 1], std, z)
 
 
 # -- Restart ------------------------------------------------------------------------------------------------
-def _heun(ev: Evaluator, x: Tensor, t: float, s: float, a_t: float, s_t: float, a_s: float, s_s: float) -> Tensor:
-    """One Heun step of the probability-flow ODE in y = x/alpha, s = sigma/alpha (dy/ds = eps)."""
+def _heun(ev: Evaluator, x: Tensor, t: float, s: float, a_t: float, sig_t: float, a_s: float, sig_s: float) -> Tensor:
+    """One Heun step of the probability-flow ODE in y = x/alpha, s = sigma/alpha (dy/ds = eps). From alpha_t = 0
+    (s_t = inf) its limit: the Euler step y_s = x0_t + s_s x_t/sigma_t, i.e. DDIM from pure noise (the trapezoid
+    over an infinite interval has no limit)."""
+    if a_t == 0.0:
+        return a_s * ev.x0(x, t) + (sig_s / sig_t) * x
+    s_t, s_s = sig_t / a_t, sig_s / a_s
     d = ev.eps(x, t)
     y = x / a_t + (s_s - s_t) * d
     if s_s > 0:
@@ -311,16 +373,17 @@ def restart(ev: Evaluator, x: Tensor, ts: Tensor, *, restarts=None, s_noise: flo
 
     and solves the ODE back to t_min with N Heun steps (uniform in log-SNR). ``restarts``: a list of
     (N, K, t_min, t_max) in the SDE's time; default one interval, EDM sigma in [0.06, 0.30], N = 3, K = 2.
-    Network calls: 2 per main step plus 2 N K per interval (counted in NFE)."""
-    _check_grid(ts, "restart")
+    Network calls: 2 per main step plus 2 N K per interval (counted in NFE). A step from alpha = 0 (a flow path at
+    T) is Euler's (``_heun``), one call."""
+    _check_grid(ev, ts)
+    s_noise = option(ev, "s_noise", s_noise, 0.0)
     sde = ev.sde
     intervals = _restart_intervals(sde, restarts)
     sch = Schedule(sde, ts)
     times = ts.tolist()
     pending = sorted(intervals, key=lambda it: -it[2])
     for i in range(len(times) - 1):
-        x = _heun(ev, x, times[i], times[i + 1], sch.alpha[i], sch.sigma[i] / sch.alpha[i], sch.alpha[i + 1],
-                  sch.sigma[i + 1] / sch.alpha[i + 1])
+        x = _heun(ev, x, times[i], times[i + 1], sch.alpha[i], sch.sigma[i], sch.alpha[i + 1], sch.sigma[i + 1])
         while pending and times[i + 1] <= pending[0][2]:
             N, K, _, hi = pending.pop(0)
             lo = times[i + 1]
@@ -336,6 +399,6 @@ def restart(ev: Evaluator, x: Tensor, ts: Tensor, *, restarts=None, s_noise: flo
             for _ in range(K):
                 x = (a_hi / a_lo) * x + (s_noise * jump) * ev.randn_like(x)
                 for k in range(N):
-                    x = _heun(ev, x, float(grid[k]), float(grid[k + 1]), gs.alpha[k], gs.sigma[k] / gs.alpha[k],
-                              gs.alpha[k + 1], gs.sigma[k + 1] / gs.alpha[k + 1])
+                    x = _heun(ev, x, float(grid[k]), float(grid[k + 1]), gs.alpha[k], gs.sigma[k], gs.alpha[k + 1],
+                              gs.sigma[k + 1])
         yield x

@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from .base import Evaluator
-from .exponential import Schedule
+from .base import Evaluator, check_positive_alpha, check_sampling, option, refuse
+from .exponential import Schedule, check_flag
 from .registry import register
 
 
@@ -39,7 +39,10 @@ def _add_noise(ev: Evaluator, mean, std: float, last: bool, noise_last: bool, t,
 @register("euler_maruyama", order=1, nfe_per_step=1, stochastic=True, family="sde")
 def euler_maruyama(ev: Evaluator, x, ts, *, eta: float = 1.0, noise_last: bool = False):
     """Euler-Maruyama on the reverse family (Song et al. 2021, eq. 6 with eta = 1):
-    x_{i+1} = x_i + h [f x_i - (1 + eta^2)/2 g^2 score] + eta g sqrt(|h|) z,  h = t_{i+1} - t_i < 0."""
+    x_{i+1} = x_i + h [f x_i - (1 + eta^2)/2 g^2 score] + eta g sqrt(|h|) z,  h = t_{i+1} - t_i < 0.
+    eta >= 0 (eta = 0: Euler on the probability-flow ODE). Not from alpha = 0 (f and g are infinite there)."""
+    eta = option(ev, "eta", eta, 0.0)
+    _checks(ev, ts, noise_last)
     n = len(ts) - 1
     for i in range(n):
         h = float(ts[i + 1] - ts[i])
@@ -47,6 +50,13 @@ def euler_maruyama(ev: Evaluator, x, ts, *, eta: float = 1.0, noise_last: bool =
         std = eta * float(ev.sde.diffusion(ts[i])) * math.sqrt(abs(h))
         x = _add_noise(ev, mean, std, i == n - 1, noise_last, ts[i], ts[i + 1])
         yield x
+
+
+def _checks(ev: Evaluator, ts, noise_last) -> None:
+    """What every sampler here needs: a decreasing grid without alpha = 0, and a bool noise_last."""
+    check_flag("noise_last", noise_last)
+    check_sampling(ev, ts)
+    check_positive_alpha(ev, ts, "the reverse SDE's f and g are infinite there and its step divides by alpha")
 
 
 def _reverse_diffusion_mean(ev: Evaluator, x, t, s):
@@ -59,6 +69,7 @@ def _reverse_diffusion_mean(ev: Evaluator, x, t, s):
 @register("reverse_diffusion", order=0.5, nfe_per_step=1, stochastic=True, family="sde")
 def reverse_diffusion(ev: Evaluator, x, ts, *, noise_last: bool = False):
     """Reverse-diffusion predictor: x_s = (2 - a) x_t + b^2 score(x_t, t) + b z."""
+    _checks(ev, ts, noise_last)
     n = len(ts) - 1
     for i in range(n):
         mean, std = _reverse_diffusion_mean(ev, x, ts[i], ts[i + 1])
@@ -93,7 +104,14 @@ def pc(ev: Evaluator, x, ts, *, snr: float = 0.16, n_corrector: int = 1, step_ru
        noise_last: bool = False):
     """Predictor-corrector (Song et al. 2021, Alg. 1-3): at each t_i, ``n_corrector`` Langevin steps
     with signal-to-noise ``snr`` (see ``_langevin`` for ``step_rule``), then the reverse-diffusion
-    predictor to t_{i+1}."""
+    predictor to t_{i+1}. snr > 0 (its square sets the step: a negative one is refused, not squared away);
+    n_corrector >= 0."""
+    snr = option(ev, "snr", snr, 0.0, lo_open=True)
+    if not isinstance(n_corrector, int) or isinstance(n_corrector, bool) or n_corrector < 0:
+        raise refuse(ev, f"needs n_corrector an integer >= 0; got {n_corrector!r}")
+    if step_rule not in ("sigma", "norm"):
+        raise refuse(ev, f"needs step_rule 'sigma' or 'norm'; got {step_rule!r}")
+    _checks(ev, ts, noise_last)
     n = len(ts) - 1
     for i in range(n):
         for _ in range(n_corrector):
@@ -109,7 +127,13 @@ def heun_churn(ev: Evaluator, x, ts, *, s_churn: float = 10.0, s_tmin: float = 0
     """EDM stochastic sampler (Karras et al. 2022, Alg. 2) in y = x/alpha, s = sigma/alpha (dy/ds = eps):
     gamma_i = min(s_churn/N, sqrt(2) - 1) for s_i in [s_tmin, s_tmax], s^ = (1 + gamma_i) s_i (capped at
     s(t_start), since the SDE has no time beyond it), y^ = y_i + sqrt(s^2 - s_i^2) s_noise z, then one Heun
-    step from s^ to s_{i+1} (Euler if s_{i+1} = 0)."""
+    step from s^ to s_{i+1} (Euler if s_{i+1} = 0). s_churn, s_tmin, s_noise >= 0, s_tmax >= s_tmin (may be inf)."""
+    s_churn, s_tmin, s_noise = (option(ev, k, v, 0.0) for k, v in (("s_churn", s_churn), ("s_tmin", s_tmin),
+                                                                  ("s_noise", s_noise)))
+    if not (isinstance(s_tmax, (int, float)) and not isinstance(s_tmax, bool) and s_tmax >= s_tmin):
+        raise refuse(ev, f"needs s_tmax >= s_tmin = {s_tmin} (inf allowed); got {s_tmax!r}")
+    check_sampling(ev, ts)
+    check_positive_alpha(ev, ts, "EDM's churn and Heun step work in s = sigma/alpha, infinite there")
     sch = Schedule(ev.sde, ts)
     s = [sg / a if a > 0 else math.inf for a, sg in zip(sch.alpha, sch.sigma)]
     n = len(ts) - 1
