@@ -48,7 +48,7 @@ def _add_likelihood(sub):
                    help="rows to score: default 8 exact samples of the mixture, or the whole split of --checkpoint")
     p.add_argument("--divergence", default="auto", choices=("auto", "exact", "hutchinson"),
                    help="auto: exact for the mixture; for --checkpoint by cost (D <= 2 K: exact, else K-probe "
-                        "Hutchinson; see sdekit.bpd.choose_divergence)")
+                        "Hutchinson; see sdekit.likelihood.choose_divergence)")
     p.add_argument("--probes", type=_int("--probes", 1, MAX_PROBES), default=None,
                    help="Hutchinson probes carried in one solve (default 1; with --checkpoint 1 per draw with "
                         "--dequantize, else 2)")
@@ -56,7 +56,7 @@ def _add_likelihood(sub):
     p.add_argument("--method", type=_method, default="dopri5",
                    help=f"adaptive ODE method: {', '.join(ADAPTIVE_METHODS)}")
     p.add_argument("--rtol", type=_real("--rtol", 0.0, 1.0, lo_open=True), default=None,
-                   help="default 1e-5 for the mixture, sdekit.bpd.DATASET_TOL (1e-3) for --checkpoint")
+                   help="default 1e-5 for the mixture, sdekit.likelihood.DATASET_TOL (1e-3) for --checkpoint")
     p.add_argument("--atol", type=_real("--atol", 0.0, 1.0, lo_open=True), default=None, help="as --rtol")
     p.add_argument("--time-variable", default=None, choices=("auto", "t", "log_snr"),
                    help="integration variable (default auto: log-SNR for a DDPM table, t otherwise)")
@@ -199,7 +199,7 @@ def _checkpoint_data(config: dict, split: str, n, dtype):
 
 
 def _run_likelihood_checkpoint(args) -> int:
-    """Mean log-likelihood of a checkpoint on its data (``sdekit.bpd.score_dataset``): bits/dim for digits
+    """Mean log-likelihood of a checkpoint on its data (``sdekit.likelihood.score_dataset``): bits/dim for digits
     (17 levels, x = k/8 - 1, bin width 1/8: bpd = -(log p(x) + 64 log(1/8)) / (64 log 2)), nats for 2-D toy
     sets, with the standard error split into the data's sampling error and the estimator's."""
     import json
