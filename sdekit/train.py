@@ -15,105 +15,33 @@ stores is validated before the first step. The step is:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import io
 import math
 import os
 import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, cast
 
 import torch
 
-from .checkpoint import (ANY, LIMITS, LOSS_PLOT_NAME, WEIGHT_FILES, TrainingState, build_checkpoint,
+from .checkpoint import (ANY, LOSS_PLOT_NAME, WEIGHT_FILES, TrainingState, build_checkpoint,
                          check_config_serialisable, check_replaces, checkpoint_id, claim, commit_checkpoint,
                          load_state_strict, read_checkpoint, read_training_state, sde_from_spec, sde_to_spec,
                          training_state_tensors)
 from .distributed import world
-from .losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
+from .loss_plot import loss_plot_png, plot_losses
+from .losses import dsm_loss
 from .parameterization import ScoreModel, check_prediction
 from .sde import LinearSDE
-from .validate import INT64, fraction, integer, real
+from .train_config import TRAIN_SETTINGS, TrainConfig
+from .validate import INT64, integer
 
 Tensor = torch.Tensor
 
 __all__ = ["Trainer", "TrainConfig", "TRAIN_SETTINGS", "TrainingInterrupted", "train", "plot_losses"]
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The training settings, each named once: type, default and check (``__post_init__``, before anything is
-    built; ValueError naming the setting). A checkpoint stores ``to_dict()``; ``Trainer`` takes a config and/or
-    these names as keywords.
-
-    batch_size in [1, LIMITS['batch_size']]; lr > 0 (AdamW, warmed up linearly over ``warmup`` >= 0 steps);
-    weight_decay >= 0; betas two numbers in [0, 1); grad_clip >= 0 (0: no clipping); ema_decay in [0, 1];
-    weighting and time_sampling of the loss (``sdekit.losses``: ``importance`` None/True/False, ``gamma`` > 0
-    of min-SNR); p_uncond in [0, 1], the label dropout for classifier-free guidance; seed an int64. All finite.
-    """
-
-    batch_size: int = 128
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.999)
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    warmup: int = 0
-    weighting: str = "simple"
-    importance: Optional[bool] = None
-    gamma: float = 5.0
-    p_uncond: float = 0.1
-    seed: int = 0
-    time_sampling: str = "uniform"
-
-    def __post_init__(self):
-        checked = dict(batch_size=integer("batch_size", self.batch_size, 1, LIMITS["batch_size"]),
-                       lr=real("lr", self.lr, 0.0, lo_open=True), weight_decay=real("weight_decay", self.weight_decay, 0.0),
-                       betas=_betas(self.betas), grad_clip=real("grad_clip", self.grad_clip, 0.0),
-                       ema_decay=fraction("ema_decay", self.ema_decay), warmup=integer("warmup", self.warmup, 0),
-                       gamma=real("gamma", self.gamma, 0.0, lo_open=True), p_uncond=fraction("p_uncond", self.p_uncond),
-                       seed=integer("seed", self.seed, *INT64))
-        for name, value, accepted in (("weighting", self.weighting, WEIGHTINGS),
-                                      ("time_sampling", self.time_sampling, TIME_SAMPLINGS)):
-            if value not in accepted:
-                raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
-        if self.importance is not None and not isinstance(self.importance, bool):
-            raise ValueError(f"importance must be None, True or False; got {self.importance!r}")
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
-
-    def to_dict(self) -> dict:
-        """The settings as a checkpoint's config stores them (JSON: betas a list)."""
-        return {**dataclasses.asdict(self), "betas": list(self.betas)}
-
-    @classmethod
-    def make(cls, config: Optional["TrainConfig"] = None, **settings) -> "TrainConfig":
-        """``config`` (or the defaults) with ``settings`` replaced; unknown names are refused with the valid ones."""
-        unknown = sorted(set(settings) - set(TRAIN_SETTINGS))
-        if unknown:
-            raise ValueError(f"unknown hyper-parameters {unknown}; accepted: {', '.join(TRAIN_SETTINGS)}")
-        return dataclasses.replace(config or cls(), **settings)
-
-    @classmethod
-    def from_stored(cls, stored: dict) -> "TrainConfig":
-        """The config a checkpoint recorded (its 'train' section); settings added after the first checkpoints
-        (time_sampling) take their defaults when absent, any other missing one is a KeyError."""
-        later = {"time_sampling"}
-        return cls(**{k: stored[k] for k in TRAIN_SETTINGS if k in stored or k not in later})
-
-
-TRAIN_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
-def _betas(betas) -> tuple:
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
-    return tuple(real(f"betas[{i}]", b, 0.0, 1.0, hi_open=True) for i, b in enumerate(betas))
-
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by SIGINT or SIGTERM between two steps, after the checkpoint (if any) was saved.
@@ -471,10 +399,10 @@ class Trainer:
                              + (f"({given['kwargs']})" if "kwargs" in given else ""))
         if net is not None and getattr(net, "config", None) != self.net.config:
             diffs.append(f"net: checkpoint {self.net.config}, given {getattr(net, 'config', type(net).__name__)}")
-        given = TrainConfig.make(self.config, **hparams)
+        asked = TrainConfig.make(self.config, **hparams)
         for k in sorted(hparams, key=TRAIN_SETTINGS.index):
-            if getattr(given, k) != getattr(self.config, k):
-                diffs.append(f"{k}: checkpoint {getattr(self.config, k)!r}, given {getattr(given, k)!r}")
+            if getattr(asked, k) != getattr(self.config, k):
+                diffs.append(f"{k}: checkpoint {getattr(self.config, k)!r}, given {getattr(asked, k)!r}")
         return diffs
 
 
@@ -490,65 +418,6 @@ class _Holder(torch.nn.Module):
 
     def load_state_dict(self, tensors, *a, **k):
         pass
-
-
-def _loss_figure(losses, smooth: int):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    y = torch.tensor(losses, dtype=torch.float64)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(y) + 1), y.numpy(), lw=0.5, alpha=0.35, label="loss")
-    k = max(1, min(smooth, len(y)))
-    if len(y) >= 2:
-        run = torch.nn.functional.avg_pool1d(y[None, None], k, stride=1).flatten()
-        ax.plot(range(k, len(y) + 1), run.numpy(), lw=1.5, label=f"mean of {k}")
-    if len(y) and float(y.min()) > 0 and float(y.max()) / float(y.min()) > 20:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("DSM loss")
-    ax.legend()
-    fig.tight_layout()
-    return fig, plt
-
-
-def loss_plot_png(losses, smooth: int = 50) -> bytes:
-    """The PNG bytes of ``plot_losses``'s figure (a checkpoint stores it as loss.png)."""
-    fig, plt = _loss_figure(losses, smooth)
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
-
-
-def plot_losses(losses, path, smooth: int = 50) -> Path:
-    """Write a PNG of the per-step loss (light) and its running mean over ``smooth`` steps
-    (atomically: a uniquely named temporary file beside it, then a rename)."""
-    import tempfile
-
-    path = Path(path)
-    data = loss_plot_png(losses, smooth)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def train(net: Optional[torch.nn.Module], sde: Optional[LinearSDE], data: Tensor, prediction: Optional[str] = None,

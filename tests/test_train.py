@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -324,3 +325,42 @@ def test_interrupted_training_loses_nothing(tmp_path, monkeypatch):
     for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
         assert torch.equal(a, b)
     assert signal.getsignal(signal.SIGINT) is before  # the run restores the handler it found
+
+
+def test_train_config_holds_every_setting_once():
+    """Trainer's settings are TrainConfig's fields: keywords and a config give the same trainer, the checkpoint
+    stores exactly them, and a bad one is refused by the config before anything is built."""
+    from sdekit.train import TRAIN_SETTINGS, TrainConfig
+
+    data = torch.randn(16, 2)
+    cfg = TrainConfig(batch_size=8, lr=1e-3, betas=[0.8, 0.9], seed=4, weighting="min_snr")
+    by_kwargs = Trainer(MLP(dim=2, width=8, depth=1), sdekit.VPSDE(), data, batch_size=8, lr=1e-3,
+                        betas=(0.8, 0.9), seed=4, weighting="min_snr")
+    by_config = Trainer(MLP(dim=2, width=8, depth=1), sdekit.VPSDE(), data, config=cfg)
+    assert by_kwargs.config == by_config.config == cfg and cfg.betas == (0.8, 0.9)
+    assert set(by_config.hparams) == set(TRAIN_SETTINGS) and TrainConfig.from_stored(by_config.hparams) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0  # type: ignore[misc]
+    for bad, says in [(dict(lr=0), "lr must be"), (dict(weighting="nope"), "unknown weighting"),
+                      (dict(betas=(0.9,)), "betas must be"), (dict(nope=1), "unknown hyper-parameters")]:
+        with pytest.raises(ValueError, match=says):
+            Trainer(MLP(dim=2, width=8, depth=1), sdekit.VPSDE(), data, **bad)
+
+
+def test_training_state_layout_round_trips():
+    """checkpoint.py owns the tensor layout: read_training_state inverts training_state_tensors, ranks included,
+    and a missing entry is a ValueError naming the file."""
+    from sdekit.checkpoint import TrainingState, read_training_state, training_state_tensors
+
+    g = torch.Generator().manual_seed(1)
+    moments = {0: {"exp_avg": torch.ones(3), "step": torch.tensor(2.0)}, 2: {"step": torch.tensor(1.0)}}
+    state = TrainingState(optimizer=moments,
+                          rng_trainer=g.get_state(), rng_torch=torch.get_rng_state(),
+                          ranks=[(g.get_state(), torch.get_rng_state())] * 2, losses=[0.5, 0.25])
+    back = read_training_state(training_state_tensors(state), "state.safetensors")
+    assert back.losses == state.losses and len(back.ranks) == 2 and set(back.optimizer) == {0, 2}
+    assert torch.equal(back.optimizer[0]["exp_avg"], torch.ones(3)) and torch.equal(back.rng_trainer, g.get_state())
+    tensors = training_state_tensors(state)
+    del tensors["rng.trainer"]
+    with pytest.raises(ValueError, match="state.safetensors: bad training state"):
+        read_training_state(tensors, "state.safetensors")

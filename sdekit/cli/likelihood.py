@@ -194,7 +194,6 @@ def _run_likelihood_checkpoint(args) -> int:
     (17 levels, x = k/8 - 1, bin width 1/8: bpd = -(log p(x) + 64 log(1/8)) / (64 log 2)), nats for 2-D toy
     sets, with the standard error split into the data's sampling error and the estimator's."""
     import json
-    import math
 
     import torch
 
@@ -221,7 +220,6 @@ def _run_likelihood_checkpoint(args) -> int:
     score = score_dataset(model, x, cfg, divergence=args.divergence, probes=args.probes, repeats=args.repeats,
                           rtol=args.rtol, atol=args.atol, time_variable=args.time_variable, batch=args.batch,
                           progress=not args.no_progress)
-    n, D = score.n, x[0].numel()
     print(f"{args.checkpoint} ({config.get('prediction')} prediction, step {config.get('step')})  {desc}")
     print(f"divergence={score.divergence}" + (f" (probes={score.probes})" if score.divergence == "hutchinson" else "")
           + f" [{score.reason}]  {args.method} rtol={score.rtol} atol={score.atol} in {score.time_variable}"
@@ -229,6 +227,24 @@ def _run_likelihood_checkpoint(args) -> int:
           + (f"  dequantized, {score.repeats} draw(s) per image" if args.dequantize else "")
           + (f"  quadrature (quad_tol={args.quad_tol})" if args.integrate == "quadrature" else ""))
 
+    _print_mean(args, score, digits, x[0].numel())
+    print(f"NFE {score.nfe} ({score.solves} solve(s) of up to {args.batch or score.n} rows x {score.repeats} draw(s))  "
+          f"time {score.seconds:.2f} s")
+    if args.json is not None:
+        out = {**score.to_json(), "checkpoint": str(args.checkpoint), "split": args.split, "data": desc,
+               "dtype": args.dtype, "dequantize": args.dequantize, "method": args.method, "seed": args.seed}
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _print_mean(args, score, digits: bool, D: int) -> None:
+    """The data set's mean (bits/dim for digits, nats per point for a 2-D toy set) with its standard error
+    and that error's split into the data's and the estimator's parts."""
+    import math
+
+    n = score.n
     def split(scale: float, unit: str) -> str:
         if not math.isfinite(score.se_estimator):
             return ("  [data vs estimator split not measurable with one draw and one probe: use --repeats >= 2 "
@@ -245,12 +261,3 @@ def _run_likelihood_checkpoint(args) -> int:
         print(f"log-likelihood {mean:.4f} +- {score.bpd_se * nats:.4f} nats per point (standard error over {n} "
               "points)")
         print("standard error" + split(nats, "nats"))
-    print(f"NFE {score.nfe} ({score.solves} solve(s) of up to {args.batch or n} rows x {score.repeats} draw(s))  "
-          f"time {score.seconds:.2f} s")
-    if args.json is not None:
-        out = {**score.to_json(), "checkpoint": str(args.checkpoint), "split": args.split, "data": desc,
-               "dtype": args.dtype, "dequantize": args.dequantize, "method": args.method, "seed": args.seed}
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
-        print(f"wrote {args.json}")
-    return 0

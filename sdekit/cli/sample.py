@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..checkpoint import LIMITS
 from ..solvers.grids import MAX_STEPS
-from ..validate import writable_file
+from ..validate import integer, writable_file
 from .common import MAX_ROWS, MAX_SCALE, SEED, THREADS_ARG, event_shape, int_arg, real_arg
 
 __all__ = ["add_parser", "run"]
@@ -79,8 +79,7 @@ def run(args) -> int:
         if args.label is not None:
             if num_classes is None:
                 raise ValueError("--label needs a class-conditional checkpoint")
-            if not 0 <= args.label < num_classes:
-                raise ValueError(f"--label must lie in [0, {num_classes - 1}]; got {args.label}")
+            integer("--label", args.label, 0, num_classes - 1)  # the checkpoint's classes
             labels = torch.full((args.n,), args.label, dtype=torch.long)
             net = ClassifierFreeGuidance(model.net, labels, num_classes, weight=args.guidance)
             model = ScoreModel(net, model.sde, model.prediction)

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from .quadrature import grid_size
 from ..solvers.integrate import EXTERNAL_METHODS, TABLEAUS
-from ..validate import integer, real
+from ..validate import choice, integer, real
 
 __all__ = ["LikelihoodConfig", "bin_width", "check_range", "DIVERGENCES", "INTEGRATORS", "NOISES",
            "JACOBIAN_BACKENDS", "TIME_VARIABLES", "ADAPTIVE_METHODS", "FIXED_STEP_METHODS"]
@@ -119,8 +119,7 @@ class LikelihoodConfig:
                                       ("jacobian backend", self.jacobian, JACOBIAN_BACKENDS),
                                       ("time_variable", self.time_variable, TIME_VARIABLES),
                                       ("integrate", self.integrate, INTEGRATORS)):
-            if value not in accepted:
-                raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
+            choice(name, value, accepted)
         for name in ("probes", "repeats", "max_nfe"):
             self._set(name, integer(name, getattr(self, name), 1))
         for name in ("rtol", "atol"):
