@@ -12,7 +12,7 @@ bin width 1/8, draws from (seed, row)); both libraries then score those same poi
 dequantisation), so their values differ only by the solver and the Hutchinson probes.
 
 Methods (each over ``--seeds`` seeds: probes and dequantisation draws):
-  sdekit      ``sdekit.bpd.score_dataset`` defaults: all rows in one solve, dopri5 in t at rtol = atol =
+  sdekit      ``sdekit.likelihood.score_dataset`` defaults: all rows in one solve, dopri5 in t at rtol = atol =
               DATASET_TOL, Hutchinson with 2 Rademacher probes in one solve (one draw per image here)
   sdekit 1 probe  the same with one probe: k-diffusion's estimator (one Rademacher probe per image), so the
               two differ in the solver alone; the default's second probe halves the estimator's variance
@@ -40,7 +40,7 @@ import time
 import torch
 
 import sdekit
-from sdekit.bpd import DATASET_TOL, score_dataset
+from sdekit.likelihood import DATASET_TOL, score_dataset
 from sdekit.data import DIGITS_SCALE, load_digits
 from sdekit.likelihood import LikelihoodConfig, dequantize
 from sdekit.noise import RowNoise

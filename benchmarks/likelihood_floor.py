@@ -6,7 +6,7 @@ samples of p_{sigma_min}). log p(x) = log p_T(z) + int div(F dt/dlambda) dlambda
 1. The exact trajectory (dopri5 at rtol = atol = 1e-10 in lambda) and the exact divergence h_r(lambda)
    on a 2001-point uniform lambda grid; its Simpson integral checked against the analytic log-density.
 2. Quadrature rules applied to h (a cubic spline through the 2001 points): global Gauss-Legendre and
-   Clenshaw-Curtis with n nodes, and sdekit's row-wise adaptive Boole rule (``sdekit.quadrature``) at
+   Clenshaw-Curtis with n nodes, and sdekit's row-wise adaptive Boole rule (``sdekit.likelihood.quadrature``) at
    several tolerances. Output: mean |error| against the fine-grid integral and evaluations per row.
 3. The augmented ODE solved one row at a time (so no row takes another's steps): NFE per row.
 4. The per-row cost of one exact-trace evaluation (batch of 200), and the floor it implies: the fewest
@@ -28,8 +28,8 @@ from scipy.interpolate import CubicSpline
 
 import sdekit
 from sdekit.interop import EDMSDE
-from sdekit.likelihood import _Augmented, _Drift, _LogSNRMap
-from sdekit.quadrature import adaptive_boole, grid_size
+from sdekit.likelihood import AugmentedTerm, Drift, LogSNRMap
+from sdekit.likelihood.quadrature import adaptive_boole, grid_size
 from report import write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,13 +40,13 @@ def integrand_on_grid(model, x, t0, t1, points):
     from torchdiffeq import odeint
 
     sde = model.sde
-    lam_map = _LogSNRMap(sde, t0, t1)
+    lam_map = LogSNRMap(sde, t0, t1)
     grid = torch.linspace(*lam_map.log_snr_bounds, points, dtype=torch.float64)
-    traj_rhs = _Augmented(_Drift(model), x.shape, None, None, "autograd", None, 10**9, (t0, t1), time_map=lam_map)
+    traj_rhs = AugmentedTerm(Drift(model), x.shape, None, None, "autograd", None, (t0, t1), time_map=lam_map)
     with torch.no_grad():
         traj = odeint(traj_rhs, x, grid, rtol=1e-10, atol=1e-10, method="dopri5")
     t_grid, dtdl = lam_map(grid)
-    trace = _Augmented(_Drift(model), x.shape, "exact", None, "autograd", None, 10**9, (t0, t1))
+    trace = AugmentedTerm(Drift(model), x.shape, "exact", None, "autograd", None, (t0, t1))
     h = torch.stack([trace.divergence_at(traj[j], t_grid[j])[1] * dtdl[j] for j in range(points)])
     return grid.numpy(), traj, h.numpy()
 
@@ -129,9 +129,9 @@ def main(argv=None):
               f"(max {max(nfe)}), mean |error| {statistics.mean(errs):.1e} over {args.row_solves} rows")
 
     # 4. cost per trace evaluation and the floor
-    trace = _Augmented(_Drift(model), x.shape, "exact", None, "autograd", None, 10**9, (0.0, sde.T))
-    one = _Augmented(_Drift(model), x.shape, "hutchinson", torch.ones(1, *x.shape, dtype=x.dtype), "autograd", None,
-                     10**9, (0.0, sde.T))
+    trace = AugmentedTerm(Drift(model), x.shape, "exact", None, "autograd", None, (0.0, sde.T))
+    one = AugmentedTerm(Drift(model), x.shape, "hutchinson", torch.ones(1, *x.shape, dtype=x.dtype), "autograd", None,
+                        (0.0, sde.T))
     t = torch.tensor(1.0, dtype=torch.float64)
     costs = {}
     for name, aug in (("exact_trace", trace), ("one_probe", one)):

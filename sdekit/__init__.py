@@ -6,8 +6,7 @@ ground truth (`sdekit.ground_truth`), samplers (`sdekit.solvers`), probability-f
 """
 from .compare import CompareResults, compare
 from .ground_truth import GaussianMixture
-from .likelihood import LikelihoodConfig, LikelihoodResult, log_likelihood, sample_log_prob
-from .bpd import DatasetScore, score_dataset
+from .likelihood import DatasetScore, LikelihoodConfig, LikelihoodResult, log_likelihood, sample_log_prob, score_dataset
 from .parameterization import PREDICTIONS, ClassifierFreeGuidance, ScoreModel, convert
 from .sde import (
     SDE,

@@ -48,6 +48,7 @@ import torch
 
 from .parameterization import ScoreModel, convert
 from .sde import LinearSDE, broadcast_to
+from .validate import choice
 
 Tensor = torch.Tensor
 
@@ -59,15 +60,11 @@ __all__ = ["WEIGHTINGS", "TIME_SAMPLINGS", "dsm_loss", "flow_matching_loss", "sa
 
 
 def _check_weighting(weighting: str) -> str:
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; accepted: {', '.join(WEIGHTINGS)}")
-    return weighting
+    return choice("weighting", weighting, WEIGHTINGS)
 
 
 def _check_time_sampling(time_sampling: str) -> str:
-    if time_sampling not in TIME_SAMPLINGS:
-        raise ValueError(f"unknown time_sampling {time_sampling!r}; accepted: {', '.join(TIME_SAMPLINGS)}")
-    return time_sampling
+    return choice("time_sampling", time_sampling, TIME_SAMPLINGS)
 
 
 def sample_time(sde: LinearSDE, n: int, weighting: str = "simple", importance: Optional[bool] = None,

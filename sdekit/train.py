@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import math
 import os
 import signal
@@ -24,57 +23,25 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, cast
+from typing import Iterator, Optional, cast
 
 import torch
 
-from .checkpoint import (ANY, LIMITS, LOSS_PLOT_NAME, WEIGHT_FILES, build_checkpoint, check_config_serialisable,
-                         claim, check_replaces, checkpoint_id, commit_checkpoint, load_state_strict,
-                         read_checkpoint, sde_from_spec, sde_to_spec)
+from .checkpoint import (ANY, LOSS_PLOT_NAME, WEIGHT_FILES, TrainingState, build_checkpoint,
+                         check_config_serialisable, check_replaces, checkpoint_id, claim, commit_checkpoint,
+                         load_state_strict, read_checkpoint, read_training_state, sde_from_spec, sde_to_spec,
+                         training_state_tensors)
 from .distributed import world
-from .losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
+from .loss_plot import loss_plot_png, plot_losses
+from .losses import dsm_loss
 from .parameterization import ScoreModel, check_prediction
 from .sde import LinearSDE
-from .validate import INT64, fraction, integer, real
+from .train_config import TRAIN_SETTINGS, TrainConfig
+from .validate import INT64, integer
 
 Tensor = torch.Tensor
 
-__all__ = ["Trainer", "TrainingInterrupted", "train", "plot_losses", "check_hparams"]
-
-_HPARAMS = ("batch_size", "lr", "weight_decay", "betas", "grad_clip", "ema_decay", "warmup", "weighting",
-            "importance", "gamma", "p_uncond", "seed", "time_sampling")
-_HPARAM_DEFAULTS: dict[str, Any] = {"time_sampling": "uniform"}  # added after the first checkpoints: absent means this
-_CASTS: dict[str, Callable[[Any], Any]] = {
-    "batch_size": int, "lr": float, "weight_decay": float, "betas": lambda b: [float(v) for v in b],
-    "grad_clip": float, "ema_decay": float, "warmup": int, "weighting": str, "importance": lambda v: v,
-    "gamma": float, "p_uncond": float, "seed": int, "time_sampling": str}
-
-
-def _hparams(**given) -> dict:
-    """The hyper-parameters as stored in ``Trainer.hparams`` (and a checkpoint's config)."""
-    return {k: _CASTS[k](v) for k, v in given.items()}
-
-
-def check_hparams(batch_size=128, lr=2e-4, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=1.0, ema_decay=0.999,
-                  warmup=0, gamma=5.0, p_uncond=0.1, seed=0, **_) -> None:
-    """Refuse (ValueError naming it) a hyper-parameter outside its meaningful range, before anything is built:
-    batch_size in [1, LIMITS['batch_size']], lr > 0, weight_decay >= 0, betas two numbers in [0, 1),
-    grad_clip >= 0 (0: no clipping), ema_decay and p_uncond in [0, 1], warmup >= 0 steps, gamma > 0, an int64
-    seed; all finite."""
-    integer("batch_size", batch_size, 1, LIMITS["batch_size"])
-    real("lr", lr, 0.0, lo_open=True)
-    real("weight_decay", weight_decay, 0.0)
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
-    for i, b in enumerate(betas):
-        real(f"betas[{i}]", b, 0.0, 1.0, hi_open=True)
-    real("grad_clip", grad_clip, 0.0)
-    fraction("ema_decay", ema_decay)
-    integer("warmup", warmup, 0)
-    real("gamma", gamma, 0.0, lo_open=True)
-    fraction("p_uncond", p_uncond)
-    integer("seed", seed, *INT64)
-
+__all__ = ["Trainer", "TrainConfig", "TRAIN_SETTINGS", "TrainingInterrupted", "train", "plot_losses"]
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by SIGINT or SIGTERM between two steps, after the checkpoint (if any) was saved.
@@ -131,19 +98,11 @@ class Trainer:
     class conditioning; then each label is replaced by the null class with probability p_uncond).
     """
 
-    def __init__(self, net: torch.nn.Module, sde: LinearSDE, data: Tensor, prediction: str = "eps", *,
-                 y: Optional[Tensor] = None, batch_size: int = 128, lr: float = 2e-4, weight_decay: float = 0.0,
-                 betas=(0.9, 0.999), grad_clip: float = 1.0, ema_decay: float = 0.999, warmup: int = 0,
-                 weighting: str = "simple", importance: Optional[bool] = None, gamma: float = 5.0,
-                 p_uncond: float = 0.1, seed: int = 0, time_sampling: str = "uniform", meta: Optional[dict] = None,
-                 overwrite: bool = False):
+    def __init__(self, net: torch.nn.Module, sde: LinearSDE, data: Tensor, prediction: str = "eps",
+                 config: Optional[TrainConfig] = None, *, y: Optional[Tensor] = None, meta: Optional[dict] = None,
+                 overwrite: bool = False, **settings):
         check_prediction(prediction)
-        check_hparams(batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas, grad_clip=grad_clip,
-                      ema_decay=ema_decay, warmup=warmup, gamma=gamma, p_uncond=p_uncond, seed=seed)
-        if time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"unknown time_sampling {time_sampling!r}; accepted: {', '.join(TIME_SAMPLINGS)}")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {weighting!r}; accepted: {', '.join(WEIGHTINGS)}")
+        cfg = self.config = TrainConfig.make(config, **settings)
         if data.ndim < 2 or data.shape[0] < 1:
             raise ValueError(f"data must have shape (N, *event_shape) with N >= 1; got {tuple(data.shape)}")
         if y is not None and y.shape != (data.shape[0],):
@@ -153,10 +112,6 @@ class Trainer:
         self.net_conditional = getattr(net, "num_classes", None) is not None
         self.conditional = self.net_conditional and y is not None
         self.y = y
-        self.hparams = _hparams(batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas,
-                                grad_clip=grad_clip, ema_decay=ema_decay, warmup=warmup, weighting=weighting,
-                                importance=importance, gamma=gamma, p_uncond=p_uncond, seed=seed,
-                                time_sampling=time_sampling)
         self.meta = dict(meta or {})
         self._fingerprints: Optional[tuple] = None  # data_fingerprint of data and y, computed on first use
         self.overwrite = bool(overwrite)
@@ -171,43 +126,48 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self._train_model = ScoreModel(DistributedDataParallel(net), sde, prediction)
-        self.optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.noise_generator = self.generator if self.world == 1 else \
-            torch.Generator().manual_seed(_seed_word(int(seed) * 1_000_003 + self.rank))
-        torch.manual_seed(_seed_word(int(seed) + self.rank))  # dropout draws from torch's global RNG
+            torch.Generator().manual_seed(_seed_word(cfg.seed * 1_000_003 + self.rank))
+        torch.manual_seed(_seed_word(cfg.seed + self.rank))  # dropout draws from torch's global RNG
         self.step_count = 0
         self.losses: list[float] = []
         self.seconds = 0.0
 
+    @property
+    def hparams(self) -> dict:
+        """The settings as a checkpoint stores them (``TrainConfig.to_dict``)."""
+        return self.config.to_dict()
+
     # -- one step ------------------------------------------------------------------------------
     def step(self) -> float:
-        h = self.hparams
+        h = self.config
         self.net.train()
         n = self.data.shape[0]
-        idx = torch.randint(0, n, (h["batch_size"],), generator=self.generator)
+        idx = torch.randint(0, n, (h.batch_size,), generator=self.generator)
         x0 = self.data[idx]
         y = None
         if self.conditional:
             assert self.y is not None  # conditional needs labels
             y = self.y[idx].clone()
-            drop = torch.rand(y.shape, generator=self.generator) < h["p_uncond"]
+            drop = torch.rand(y.shape, generator=self.generator) < h.p_uncond
             y[drop] = cast(int, self.net.null_class)  # a plain int attribute of the class-conditional nets
         if self.world > 1:
             x0 = x0[self.rank::self.world]
             y = None if y is None else y[self.rank::self.world]
-        lr = h["lr"] * (min(1.0, (self.step_count + 1) / h["warmup"]) if h["warmup"] > 0 else 1.0)
+        lr = h.lr * (min(1.0, (self.step_count + 1) / h.warmup) if h.warmup > 0 else 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = dsm_loss(self._train_model, x0, h["weighting"], y=y, generator=self.noise_generator,
-                        importance=h["importance"], gamma=h["gamma"], time_sampling=h["time_sampling"])
+        loss = dsm_loss(self._train_model, x0, h.weighting, y=y, generator=self.noise_generator,
+                        importance=h.importance, gamma=h.gamma, time_sampling=h.time_sampling)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if h["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), h["grad_clip"])
+        if h.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), h.grad_clip)
         self.optimizer.step()
-        d = min(h["ema_decay"], (1 + self.step_count) / (10 + self.step_count))
+        d = min(h.ema_decay, (1 + self.step_count) / (10 + self.step_count))
         with torch.no_grad():
             for k, v in self.net.state_dict().items():
                 if v.dtype.is_floating_point:
@@ -273,18 +233,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _state_tensors(self, rank_states: Optional[list] = None) -> dict:
-        tensors = {}
-        opt = self.optimizer.state_dict()
-        for i, st in opt["state"].items():
-            for name, value in st.items():
-                tensors[f"optim.{i}.{name}"] = torch.as_tensor(value)
-        tensors["rng.trainer"] = self.generator.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
-        for r, (noise_state, torch_state) in enumerate(rank_states or []):
-            tensors[f"rng.rank{r}.noise"] = noise_state
-            tensors[f"rng.rank{r}.torch"] = torch_state
-        tensors["losses"] = torch.tensor(self.losses, dtype=torch.float64)
-        return tensors
+        state = TrainingState(optimizer=self.optimizer.state_dict()["state"], rng_trainer=self.generator.get_state(),
+                              rng_torch=torch.get_rng_state(), ranks=list(rank_states or []), losses=self.losses)
+        return training_state_tensors(state)
 
     def save(self, out_dir) -> Path:
         """Write the checkpoint directory (weights, EMA, optimizer, RNG states, loss history) and the
@@ -357,70 +308,75 @@ class Trainer:
         config, model_t, ema_t, state_t = read_checkpoint(path)
         if checkpoint_id(path) != ckpt_id:
             raise ValueError(f"the checkpoint in {path} was replaced while it was being read; try again")
-        cfg_file = path / "config.json"
         if "train" not in config or state_t is None or ema_t is None:
             raise ValueError(f"checkpoint {path} holds no training state (config 'train', ema and state files); "
                              "it can be loaded with load_model but not resumed")
-        train_cfg = config["train"]
         try:
-            net = build_net(config["net"])
-            sde = sde_from_spec(config["sde"])
-            hp = {k: train_cfg[k] if k in train_cfg or k not in _HPARAM_DEFAULTS else _HPARAM_DEFAULTS[k]
-                  for k in _HPARAMS}
-            check_hparams(**hp)
+            net, sde = build_net(config["net"]), sde_from_spec(config["sde"])
+            settings = TrainConfig.from_stored(config["train"])
         except (ValueError, KeyError) as e:
-            raise ValueError(f"checkpoint file {cfg_file}: {e}") from None
+            raise ValueError(f"checkpoint file {path / 'config.json'}: {e}") from None
         load_state_strict(net, model_t, path / WEIGHT_FILES["model"])
-        self = cls(net, sde, data, config["prediction"], y=y, meta=config.get("data"), **hp)
-        # the labels matter only to a class-conditional net
-        checks = [("data", "data_sha256", 0)] + ([("labels", "labels_sha256", 1)] if self.net_conditional else [])
-        for what, key, i in checks if check_data else ():
-            if key in train_cfg and train_cfg[key] != self.fingerprints[i]:
-                raise ValueError(f"resuming {path} on {what} that differ from its training set (given: data of shape "
-                                 f"{tuple(data.shape)}, {'with' if y is not None else 'no'} labels; the checkpoint "
-                                 f"records {config.get('data')}): rebuild the same data and labels (same set, size "
-                                 "and seed), or pass check_data=False to continue on new data")
+        self = cls(net, sde, data, config["prediction"], settings, y=y, meta=config.get("data"))
+        if check_data:
+            self._check_resumed_data(path, config)
         load_state_strict(_Holder(self.ema), ema_t, path / WEIGHT_FILES["ema"])
         self.ema = {k: v.clone() for k, v in ema_t.items()}
-        # optimizer: hyper-parameters from JSON, moments from safetensors
+        state = read_training_state(state_t, path / WEIGHT_FILES["state"])
+        self._restore_optimizer(config["train"], state, path)
+        self._restore_rng(state, path)
+        self.losses = state.losses
+        self.step_count = int(config["step"])
+        self.seconds = float(config["train"].get("seconds") or 0.0)
+        self._ckpt_ids[os.path.realpath(path)] = ckpt_id
+        return self
+
+    def _check_resumed_data(self, path: Path, config: dict) -> None:
+        """ValueError when the data (or, for a class-conditional net, the labels) differ from the fingerprints the
+        checkpoint recorded."""
+        checks = [("data", "data_sha256", 0)] + ([("labels", "labels_sha256", 1)] if self.net_conditional else [])
+        for what, key, i in checks:
+            if key in config["train"] and config["train"][key] != self.fingerprints[i]:
+                raise ValueError(f"resuming {path} on {what} that differ from its training set (given: data of shape "
+                                 f"{tuple(self.data.shape)}, {'with' if self.y is not None else 'no'} labels; the "
+                                 f"checkpoint records {config.get('data')}): rebuild the same data and labels (same "
+                                 "set, size and seed), or pass check_data=False to continue on new data")
+
+    def _restore_optimizer(self, train_cfg: dict, state: TrainingState, path: Path) -> None:
+        """AdamW's hyper-parameters from the config's JSON, its moments from the decoded state."""
         opt = self.optimizer.state_dict()
         groups = train_cfg["optimizer"]["param_groups"]
         if len(groups) != len(opt["param_groups"]):
-            raise ValueError(f"checkpoint file {cfg_file}: {len(groups)} optimizer groups, expected {len(opt['param_groups'])}")
+            raise ValueError(f"checkpoint file {path / 'config.json'}: {len(groups)} optimizer groups, expected "
+                             f"{len(opt['param_groups'])}")
         for g, saved in zip(opt["param_groups"], groups):
             g.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
-        state: dict[int, dict] = {}
-        for key, value in state_t.items():
-            if key.startswith("optim."):
-                _, i, name = key.split(".", 2)
-                state.setdefault(int(i), {})[name] = value
-        n_params = len(list(net.parameters()))
-        if state and (max(state) >= n_params or any(
+        params = list(self.net.parameters())
+        if state.optimizer and (max(state.optimizer) >= len(params) or any(
                 s.get("exp_avg") is not None and s["exp_avg"].shape != p.shape
-                for i, p in enumerate(net.parameters()) for s in [state.get(i, {})])):
+                for i, p in enumerate(params) for s in [state.optimizer.get(i, {})])):
             raise ValueError(f"checkpoint file {path / WEIGHT_FILES['state']}: optimizer state does not match the network")
-        opt["state"] = state
+        opt["state"] = state.optimizer
         self.optimizer.load_state_dict(opt)
+
+    def _restore_rng(self, state: TrainingState, path: Path) -> None:
+        """The trainer's, torch's and (on the same number of ranks) this rank's RNG states."""
+        file = path / WEIGHT_FILES["state"]
+        saved_world = max(1, len(state.ranks))
+        if saved_world != self.world and self.world > 1:
+            raise ValueError(f"checkpoint file {file} was written by {saved_world} rank(s) and is resumed on "
+                             f"{self.world}; resume on the same number of ranks")
+        if saved_world != self.world:
+            warnings.warn(f"{path} was written by {saved_world} ranks and resumes in one process: training "
+                          "goes on from its weights and optimizer, but not bit for bit as on those ranks", stacklevel=3)
         try:
-            self.generator.set_state(state_t["rng.trainer"])
-            torch.set_rng_state(state_t["rng.torch"])
-            saved_world = max(1, sum(1 for k in state_t if k.startswith("rng.rank") and k.endswith(".noise")))
-            if saved_world != self.world and self.world > 1:
-                raise ValueError(f"checkpoint file {path / WEIGHT_FILES['state']} was written by {saved_world} "
-                                 f"rank(s) and is resumed on {self.world}; resume on the same number of ranks")
-            if saved_world != self.world:
-                warnings.warn(f"{path} was written by {saved_world} ranks and resumes in one process: training "
-                              "goes on from its weights and optimizer, but not bit for bit as on those ranks", stacklevel=2)
+            self.generator.set_state(state.rng_trainer)
+            torch.set_rng_state(state.rng_torch)
             if self.world > 1:
-                self.noise_generator.set_state(state_t[f"rng.rank{self.rank}.noise"])
-                torch.set_rng_state(state_t[f"rng.rank{self.rank}.torch"])
-        except (KeyError, RuntimeError) as e:
-            raise ValueError(f"checkpoint file {path / WEIGHT_FILES['state']}: bad RNG state ({e})") from None
-        self.losses = state_t["losses"].tolist() if "losses" in state_t else []
-        self.step_count = int(config["step"])
-        self.seconds = float(train_cfg.get("seconds") or 0.0)
-        self._ckpt_ids[os.path.realpath(path)] = ckpt_id
-        return self
+                self.noise_generator.set_state(state.ranks[self.rank][0])
+                torch.set_rng_state(state.ranks[self.rank][1])
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint file {file}: bad RNG state ({e})") from None
 
     def resume_conflicts(self, net=None, sde=None, prediction=None, meta=None, **hparams) -> list:
         """The settings given for a resumed run that differ from this (resumed) trainer's, as
@@ -443,12 +399,10 @@ class Trainer:
                              + (f"({given['kwargs']})" if "kwargs" in given else ""))
         if net is not None and getattr(net, "config", None) != self.net.config:
             diffs.append(f"net: checkpoint {self.net.config}, given {getattr(net, 'config', type(net).__name__)}")
-        unknown = sorted(set(hparams) - set(_HPARAMS))
-        if unknown:
-            raise ValueError(f"unknown hyper-parameters {unknown}; accepted: {', '.join(_HPARAMS)}")
-        for k, v in _hparams(**hparams).items():
-            if v != self.hparams[k]:
-                diffs.append(f"{k}: checkpoint {self.hparams[k]!r}, given {v!r}")
+        asked = TrainConfig.make(self.config, **hparams)
+        for k in sorted(hparams, key=TRAIN_SETTINGS.index):
+            if getattr(asked, k) != getattr(self.config, k):
+                diffs.append(f"{k}: checkpoint {getattr(self.config, k)!r}, given {getattr(asked, k)!r}")
         return diffs
 
 
@@ -464,65 +418,6 @@ class _Holder(torch.nn.Module):
 
     def load_state_dict(self, tensors, *a, **k):
         pass
-
-
-def _loss_figure(losses, smooth: int):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    y = torch.tensor(losses, dtype=torch.float64)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(y) + 1), y.numpy(), lw=0.5, alpha=0.35, label="loss")
-    k = max(1, min(smooth, len(y)))
-    if len(y) >= 2:
-        run = torch.nn.functional.avg_pool1d(y[None, None], k, stride=1).flatten()
-        ax.plot(range(k, len(y) + 1), run.numpy(), lw=1.5, label=f"mean of {k}")
-    if len(y) and float(y.min()) > 0 and float(y.max()) / float(y.min()) > 20:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("DSM loss")
-    ax.legend()
-    fig.tight_layout()
-    return fig, plt
-
-
-def loss_plot_png(losses, smooth: int = 50) -> bytes:
-    """The PNG bytes of ``plot_losses``'s figure (a checkpoint stores it as loss.png)."""
-    fig, plt = _loss_figure(losses, smooth)
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
-
-
-def plot_losses(losses, path, smooth: int = 50) -> Path:
-    """Write a PNG of the per-step loss (light) and its running mean over ``smooth`` steps
-    (atomically: a uniquely named temporary file beside it, then a rename)."""
-    import tempfile
-
-    path = Path(path)
-    data = loss_plot_png(losses, smooth)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def train(net: Optional[torch.nn.Module], sde: Optional[LinearSDE], data: Tensor, prediction: Optional[str] = None,

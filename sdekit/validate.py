@@ -1,6 +1,6 @@
 """User-input checks shared by the library and the ``sdekit`` command.
 
-One rule per kind of value, written once: the API calls ``integer`` / ``real`` / ``fraction`` on its
+One rule per kind of value, written once: the API calls ``integer`` / ``real`` / ``fraction`` / ``choice`` on its
 arguments and raises ``ValueError`` naming the argument, the accepted range and what it got; the CLI
 wraps the same checks as argparse types (``arg``), so ``sdekit train --ema-decay 2`` and
 ``Trainer(..., ema_decay=2)`` are refused by the same line with the same words. Booleans are not
@@ -23,7 +23,7 @@ import os
 import tempfile
 from typing import Any, Callable, Optional
 
-__all__ = ["integer", "real", "fraction", "arg", "writable_file", "writable_dir", "INT64", "THREADS", "ROWS"]
+__all__ = ["integer", "real", "fraction", "choice", "arg", "writable_file", "writable_dir", "INT64", "THREADS", "ROWS"]
 
 INT64 = (-(2**63), 2**63 - 1)  # what torch.Generator.manual_seed and int64 tensors hold
 THREADS = (1, 1024)  # torch.set_num_threads: below 1 is an error, far above the cores crashes OpenMP
@@ -69,6 +69,13 @@ def real(name: str, value: Any, lo: Optional[float] = None, hi: Optional[float] 
 def fraction(name: str, value: Any) -> float:
     """A probability or decay rate: a float in [0, 1]."""
     return real(name, value, 0.0, 1.0)
+
+
+def choice(name: str, value: Any, accepted) -> Any:
+    """``value`` if it is one of ``accepted``; ValueError "unknown <name> <value>; accepted: ..." otherwise."""
+    if isinstance(value, str) and value in accepted:
+        return value
+    raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
 
 
 def arg(check: Callable[..., Any], name: str, parse: Callable[[str], Any] = float, **limits) -> Callable[[str], Any]:

@@ -104,9 +104,9 @@ def _forbid(monkeypatch, target: str):
 
 
 OUTPUTS = [  # (argv with {tmp}, {ckpt}; the work it must not reach)
-    (["likelihood", "--checkpoint", "{ckpt}", "--json", "{tmp}/no/dir/r.json"], "sdekit.bpd.score_dataset"),
-    (["likelihood", "--checkpoint", "{ckpt}", "--json", "{tmp}/file/r.json"], "sdekit.bpd.score_dataset"),
-    (["likelihood", "--checkpoint", "{ckpt}", "--json", "{tmp}"], "sdekit.bpd.score_dataset"),
+    (["likelihood", "--checkpoint", "{ckpt}", "--json", "{tmp}/no/dir/r.json"], "sdekit.likelihood.dataset.score_dataset"),
+    (["likelihood", "--checkpoint", "{ckpt}", "--json", "{tmp}/file/r.json"], "sdekit.likelihood.dataset.score_dataset"),
+    (["likelihood", "--checkpoint", "{ckpt}", "--json", "{tmp}"], "sdekit.likelihood.dataset.score_dataset"),
     (["sample", "--out", "{tmp}/no/dir/s.png"], "sdekit.solvers.sample"),
     (["sample", "--out", "{tmp}/s.png", "--save", "{tmp}/file/s.safetensors"], "sdekit.solvers.sample"),
     (["compare", "--out", "{tmp}/file/cmp", "--solvers", "euler", "--nfe", "2"], "sdekit.compare.compare"),

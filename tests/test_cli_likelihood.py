@@ -74,9 +74,9 @@ def test_whole_split_by_default_with_json_and_split_error_bars(digits_ckpt, caps
     solve itself runs here on 30 rows, the whole split being slow for a test on a shared CPU.)"""
     import torch
 
-    from sdekit.cli_likelihood import _checkpoint_data
+    from sdekit.cli.likelihood import checkpoint_data
 
-    x, desc, digits = _checkpoint_data({"data": {"name": "digits"}}, "test", None, torch.float32)
+    x, desc, digits = checkpoint_data({"data": {"name": "digits"}}, "test", None, torch.float32)
     assert x.shape[0] == 299 and desc.startswith("digits test: 299 of 299 rows") and digits
     path = tmp_path / "bpd.json"
     assert main(["likelihood", "--checkpoint", str(digits_ckpt), "--split", "test", "--n", "30", "--dequantize",

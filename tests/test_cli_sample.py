@@ -43,7 +43,7 @@ def test_sample_from_a_trained_checkpoint_with_guidance(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(ck), "--n", "16", "--steps", "4", "--solver", "heun",
                  "--label", "1", "--guidance", "2.0", "--out", str(png)]) == 0
     assert png.exists()
-    for extra, says in [(["--label", "7"], r"--label must lie in [0, 1]; got 7"),
+    for extra, says in [(["--label", "7"], r"--label must be an integer in [0, 1]; got 7"),
                         (["--solver", "nope"], "unknown solver 'nope'; available: ")]:
         capsys.readouterr()
         assert main(["sample", "--checkpoint", str(ck), *extra, "--out", str(tmp_path / "bad.png")]) == 2

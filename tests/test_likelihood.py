@@ -93,7 +93,7 @@ def test_log_snr_time_variable_matches_analytic(name):
     gm = sdekit.GaussianMixture.default(dim=4)
     x = points(gm)
     res = log_likelihood(gm.model(sde), x, time_variable="log_snr", prior_log_prob=exact_prior(gm, sde), **TIGHT)
-    assert res.info["time_variable"] == "log_snr"
+    assert res.stats["time_variable"] == "log_snr"
     assert (res.log_prob - gm.log_prob(x, sde.eps, sde)).abs().max().item() < 1e-4
 
 
@@ -102,7 +102,7 @@ def test_auto_time_variable_integrates_a_ddpm_table_in_log_snr():
     sde, gm = sdekit.DiscreteVPSDE.linear(), sdekit.GaussianMixture.default(dim=3)
     x = points(gm)
     res = log_likelihood(gm.model(sde), x, prior_log_prob=exact_prior(gm, sde), rtol=1e-6, atol=1e-6)
-    assert res.info["time_variable"] == "log_snr" and res.nfe < 600
+    assert res.stats["time_variable"] == "log_snr" and res.nfe < 600
     assert (res.log_prob - gm.log_prob(x, sde.eps, sde)).abs().max().item() < 1e-3
     with pytest.raises(ValueError, match="time_variable"):
         log_likelihood(gm.model(sde), x, time_variable="sigma")
@@ -496,7 +496,7 @@ def test_quadrature_matches_analytic_log_density(name):
                          prior_log_prob=exact_prior(gm, sde), **TIGHT)
     err = (res.log_prob - gm.log_prob(x, sde.eps, sde)).abs()
     assert err.max() < 5e-4
-    info = res.info
+    info = res.stats
     assert info["integrate"] == "quadrature" and info["quadrature_variable"] == "log_snr"
     assert (info["quadrature_error_estimate"] <= 1e-3).all() and info["unresolved_rows"] == 0
     # the divergence is evaluated where each row needs it, not at every grid point
@@ -567,10 +567,10 @@ def test_quadrature_flags_rows_the_grid_cannot_resolve(vp_model):
     with pytest.warns(RuntimeWarning, match="quad_depth=0"):
         res = log_likelihood(model, points(gm, 3), integrate="quadrature", quad_panels=1, quad_depth=0,
                              quad_tol=1e-6)
-    assert res.info["unresolved_rows"] > 0
+    assert res.stats["unresolved_rows"] > 0
 
 
-# -- a data set's bits/dim with its error bars (sdekit.bpd) ------------------------------------------------
+# -- a data set's bits/dim with its error bars (sdekit.likelihood.dataset) ------------------------------------------------
 def _quantised(gm, n, a, seed, lo=-3.0, hi=3.0):
     """n mixture samples snapped to the centres lo + a (u + 1/2) of bins of width a, inside [lo, hi]."""
     x = gm.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -579,7 +579,7 @@ def _quantised(gm, n, a, seed, lo=-3.0, hi=3.0):
 
 
 def test_score_dataset_exact_is_the_per_row_likelihood_with_no_estimator_error():
-    from sdekit.bpd import score_dataset
+    from sdekit.likelihood import score_dataset
 
     sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=3, seed=2)
     x = gm.sample(12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -597,7 +597,7 @@ def test_score_dataset_exact_is_the_per_row_likelihood_with_no_estimator_error()
 
 
 def test_score_dataset_batches_do_not_change_a_row():
-    from sdekit.bpd import score_dataset
+    from sdekit.likelihood import score_dataset
 
     sde, gm = SDES["vp"], sdekit.GaussianMixture.default(dim=6, seed=4)
     x = gm.sample(7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -611,7 +611,7 @@ def test_score_dataset_batches_do_not_change_a_row():
 def test_score_dataset_estimator_error_is_honest():
     """The within-image estimator error v_i (dequantisation draws and Hutchinson probes) predicts how far two
     independent runs (seeds) of the same images land apart: E[(b_i - b'_i)^2] = 2 v_i."""
-    from sdekit.bpd import score_dataset
+    from sdekit.likelihood import score_dataset
 
     sde, base = SDES["vp"], sdekit.GaussianMixture.default(dim=4, seed=6)
     gm = sdekit.GaussianMixture(base.weights, base.means, torch.tensor([0.3, 0.4, 0.5, 0.6]))
@@ -629,7 +629,7 @@ def test_score_dataset_estimator_error_is_honest():
 
 
 def test_choose_divergence_by_cost():
-    from sdekit.bpd import choose_divergence
+    from sdekit.likelihood import choose_divergence
 
     assert choose_divergence(2, 1000, 2)[0] == "exact"
     assert choose_divergence(64, 299, 2)[0] == "hutchinson"

@@ -1,5 +1,6 @@
 """log_likelihood refuses inputs that would make it silently wrong: a network whose output does not
 depend on x through autograd, and half-precision data or outputs."""
+import ast
 import math
 
 import numpy as np
@@ -119,3 +120,49 @@ def test_too_many_quadrature_panels_are_refused():
         LikelihoodConfig(integrate="quadrature", quad_panels=4096, quad_depth=12)
     cfg = LikelihoodConfig(integrate="quadrature", quad_panels=4096, quad_depth=4)  # the largest grid: accepted
     assert cfg.quad_depth == 4
+
+
+# -- the shape of the code: one job per module, short functions, no private name read across modules -----------
+def _restructured_modules():
+    import pathlib
+
+    root = pathlib.Path(sdekit.__file__).parent
+    return sorted([*root.glob("likelihood/*.py"), *root.glob("cli/*.py"),
+                   *(root / name for name in ("train.py", "train_config.py", "loss_plot.py"))])
+
+
+def _body_lines(fn) -> int:
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        body = body[1:]  # the docstring
+    return 0 if not body else body[-1].end_lineno - body[0].lineno + 1
+
+
+@pytest.mark.parametrize("path", _restructured_modules(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_modules_are_small_functions_short_and_privates_stay_home(path):
+    tree = ast.parse(path.read_text())
+    assert len(path.read_text().splitlines()) <= 500, path
+    long = [(n.name, _body_lines(n)) for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(n) > 60]
+    assert not long, long
+    private = [(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               for a in n.names if a.name.startswith("_") and n.module != "__future__"]
+    assert not private, private
+
+
+def test_the_compatibility_shims_are_gone():
+    import sdekit.likelihood as lik
+
+    for name in ("_Augmented", "_Drift", "_LogSNRMap", "_MAX_BLOCK_ELEMENTS"):
+        assert not hasattr(lik, name), name
+    assert not hasattr(lik.LikelihoodResult, "info")
+    from sdekit.cli import COMMANDS
+
+    for name, command in COMMANDS.items():  # every subcommand a module with public add_parser / run
+        assert command.__name__ == f"sdekit.cli.{name}" and callable(command.add_parser) and callable(command.run)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_chunk_size_is_checked_with_the_config(bad):
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        LikelihoodConfig(chunk_size=bad)

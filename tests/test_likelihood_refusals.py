@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sdekit
-from sdekit.bpd import score_dataset
+from sdekit.likelihood import score_dataset
 from sdekit.likelihood import ADAPTIVE_METHODS, LikelihoodConfig, log_likelihood, sample_log_prob
 from sdekit.parameterization import ScoreModel, ThresholdedModel
 from sdekit.solvers import sample

@@ -57,7 +57,7 @@ def test_exact_score_beats_perturbed_scores():
     noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
     exact = dsm_loss(gm.model(sde), x0, t=t, noise=noise)
     for delta in (0.05, -0.05):
-        bad = sdekit.ScoreModel(lambda x, tt: gm.score(x, tt, sde) * (1 + delta), sde, "score")
+        bad = sdekit.ScoreModel(lambda x, tt, d=delta: gm.score(x, tt, sde) * (1 + d), sde, "score")
         assert dsm_loss(bad, x0, t=t, noise=noise) > exact
     shifted = sdekit.ScoreModel(lambda x, tt: gm.score(x, tt, sde) + 0.05, sde, "score")
     assert dsm_loss(shifted, x0, t=t, noise=noise) > exact

@@ -1,4 +1,4 @@
-"""Row-wise adaptive Boole quadrature (sdekit.quadrature) against integrals known in closed form."""
+"""Row-wise adaptive Boole quadrature (sdekit.likelihood.quadrature) against integrals known in closed form."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdekit.quadrature import adaptive_boole, grid_size
+from sdekit.likelihood.quadrature import adaptive_boole, grid_size
 
 
 def grid_integrand(fns, s0, step):

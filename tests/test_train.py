@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -233,6 +234,14 @@ def test_atomic_write_leaves_no_temp_files(ckpt):
     assert not [p for p in ckpt.iterdir() if p.name.startswith(".")]
 
 
+def _exit_code(main, argv) -> int:
+    """The command's exit code: argparse's usage errors exit (SystemExit 2), the others are returned."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
 def test_cli_train_end_to_end(tmp_path, capsys):
     from sdekit.cli import main
 
@@ -253,9 +262,8 @@ def test_cli_train_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--data", "cifar", "--out", str(tmp_path / "x")])
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--data", "rings", "--out", str(out), "--resume", "--steps", "50"])
-    assert exit_info.value.code == 2 and "trained on 'moons'" in capsys.readouterr().err
+    assert _exit_code(main, ["train", "--data", "rings", "--out", str(out), "--resume", "--steps", "50"]) == 2
+    assert "trained on 'moons'" in capsys.readouterr().err
 
 
 def test_cli_train_refuses_overwrite_and_changed_resume_cleanly(tmp_path, capsys):
@@ -272,10 +280,9 @@ def test_cli_train_refuses_overwrite_and_changed_resume_cleanly(tmp_path, capsys
                         (["--steps", "2", "--force", "--grad-clip", "nan"], "argument --grad-clip: must be a finite number"),
                         (["--steps", "5", "--resume", "--lr", "0.5"], "lr: checkpoint")]:
         capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            main(base + extra)
+        code = _exit_code(main, base + extra)
         err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and says in err and "Traceback" not in err, (extra, err)
+        assert code == 2 and "sdekit train: error: " in err and says in err and "Traceback" not in err, (extra, err)
         assert checkpoint_id(out) == first  # the previous checkpoint is untouched and loads
         load_model(out)
     assert main(base + ["--steps", "5", "--resume"]) == 0  # stored settings: resumes
@@ -318,3 +325,42 @@ def test_interrupted_training_loses_nothing(tmp_path, monkeypatch):
     for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
         assert torch.equal(a, b)
     assert signal.getsignal(signal.SIGINT) is before  # the run restores the handler it found
+
+
+def test_train_config_holds_every_setting_once():
+    """Trainer's settings are TrainConfig's fields: keywords and a config give the same trainer, the checkpoint
+    stores exactly them, and a bad one is refused by the config before anything is built."""
+    from sdekit.train import TRAIN_SETTINGS, TrainConfig
+
+    data = torch.randn(16, 2)
+    cfg = TrainConfig(batch_size=8, lr=1e-3, betas=[0.8, 0.9], seed=4, weighting="min_snr")
+    by_kwargs = Trainer(MLP(dim=2, width=8, depth=1), sdekit.VPSDE(), data, batch_size=8, lr=1e-3,
+                        betas=(0.8, 0.9), seed=4, weighting="min_snr")
+    by_config = Trainer(MLP(dim=2, width=8, depth=1), sdekit.VPSDE(), data, config=cfg)
+    assert by_kwargs.config == by_config.config == cfg and cfg.betas == (0.8, 0.9)
+    assert set(by_config.hparams) == set(TRAIN_SETTINGS) and TrainConfig.from_stored(by_config.hparams) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0  # type: ignore[misc]
+    for bad, says in [(dict(lr=0), "lr must be"), (dict(weighting="nope"), "unknown weighting"),
+                      (dict(betas=(0.9,)), "betas must be"), (dict(nope=1), "unknown hyper-parameters")]:
+        with pytest.raises(ValueError, match=says):
+            Trainer(MLP(dim=2, width=8, depth=1), sdekit.VPSDE(), data, **bad)
+
+
+def test_training_state_layout_round_trips():
+    """checkpoint.py owns the tensor layout: read_training_state inverts training_state_tensors, ranks included,
+    and a missing entry is a ValueError naming the file."""
+    from sdekit.checkpoint import TrainingState, read_training_state, training_state_tensors
+
+    g = torch.Generator().manual_seed(1)
+    moments = {0: {"exp_avg": torch.ones(3), "step": torch.tensor(2.0)}, 2: {"step": torch.tensor(1.0)}}
+    state = TrainingState(optimizer=moments,
+                          rng_trainer=g.get_state(), rng_torch=torch.get_rng_state(),
+                          ranks=[(g.get_state(), torch.get_rng_state())] * 2, losses=[0.5, 0.25])
+    back = read_training_state(training_state_tensors(state), "state.safetensors")
+    assert back.losses == state.losses and len(back.ranks) == 2 and set(back.optimizer) == {0, 2}
+    assert torch.equal(back.optimizer[0]["exp_avg"], torch.ones(3)) and torch.equal(back.rng_trainer, g.get_state())
+    tensors = training_state_tensors(state)
+    del tensors["rng.trainer"]
+    with pytest.raises(ValueError, match="state.safetensors: bad training state"):
+        read_training_state(tensors, "state.safetensors")

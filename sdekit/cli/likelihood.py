@@ -1,30 +1,21 @@
-"""The ``sdekit likelihood`` command: log-likelihood of a built-in mixture (against its exact value) or
-of a checkpoint on its data set (bits/dim for digits).
-
-``_add_likelihood(subparsers)`` declares the arguments and ``_run_likelihood(args)`` does the work;
-``sdekit.cli`` registers the pair. Imports of torch and the library are local so ``sdekit --help`` stays fast.
-"""
+"""``sdekit likelihood``: log-likelihood of a built-in mixture (against its exact value) or of a checkpoint on
+its data set (bits/dim for digits). Imports of torch and the library are local so ``sdekit --help`` stays fast."""
 from __future__ import annotations
 
 import argparse
 
-from .likelihood import ADAPTIVE_METHODS
-from .sde import SDE_NAMES, sde_from_name
-from .validate import INT64, ROWS, THREADS, arg, integer, real, writable_file
+from ..likelihood.config import ADAPTIVE_METHODS
+from ..sde import SDE_NAMES, sde_from_name
+from ..validate import INT64, ROWS, writable_file
+from .common import THREADS_ARG, int_arg, real_arg
+
+__all__ = ["add_parser", "run", "checkpoint_data"]
 
 MAX_DIM = 4096  # --dim of the built-in mixture (as compare's)
 MAX_PROBES = 4096
 MAX_REPEATS = 1024
 MAX_NFE = 10**9
 MAX_QUAD_TOL = 1e3  # nats
-
-
-def _int(name: str, lo=None, hi=None):
-    return arg(integer, name, int, lo=lo, hi=hi)
-
-
-def _real(name: str, lo=None, hi=None, **kw):
-    return arg(real, name, float, lo=lo, hi=hi, **kw)
 
 
 def _method(text: str) -> str:
@@ -37,43 +28,43 @@ def _method(text: str) -> str:
     return text
 
 
-def _add_likelihood(sub):
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "likelihood",
         help="log-likelihood through the probability-flow ODE (default: a built-in Gaussian mixture, vs the exact value)",
     )
     p.add_argument("--sde", default="vp", choices=tuple(SDE_NAMES))
-    p.add_argument("--dim", type=_int("--dim", 1, MAX_DIM), default=2, help="mixture dimension (GaussianMixture.default(dim))")
-    p.add_argument("--n", type=_int("--n", *ROWS), default=None,
+    p.add_argument("--dim", type=int_arg("--dim", 1, MAX_DIM), default=2, help="mixture dimension (GaussianMixture.default(dim))")
+    p.add_argument("--n", type=int_arg("--n", *ROWS), default=None,
                    help="rows to score: default 8 exact samples of the mixture, or the whole split of --checkpoint")
     p.add_argument("--divergence", default="auto", choices=("auto", "exact", "hutchinson"),
                    help="auto: exact for the mixture; for --checkpoint by cost (D <= 2 K: exact, else K-probe "
-                        "Hutchinson; see sdekit.bpd.choose_divergence)")
-    p.add_argument("--probes", type=_int("--probes", 1, MAX_PROBES), default=None,
+                        "Hutchinson; see sdekit.likelihood.choose_divergence)")
+    p.add_argument("--probes", type=int_arg("--probes", 1, MAX_PROBES), default=None,
                    help="Hutchinson probes carried in one solve (default 1; with --checkpoint 1 per draw with "
                         "--dequantize, else 2)")
     p.add_argument("--noise", default="rademacher", choices=("rademacher", "gaussian"))
     p.add_argument("--method", type=_method, default="dopri5",
                    help=f"adaptive ODE method: {', '.join(ADAPTIVE_METHODS)}")
-    p.add_argument("--rtol", type=_real("--rtol", 0.0, 1.0, lo_open=True), default=None,
-                   help="default 1e-5 for the mixture, sdekit.bpd.DATASET_TOL (1e-3) for --checkpoint")
-    p.add_argument("--atol", type=_real("--atol", 0.0, 1.0, lo_open=True), default=None, help="as --rtol")
+    p.add_argument("--rtol", type=real_arg("--rtol", 0.0, 1.0, lo_open=True), default=None,
+                   help="default 1e-5 for the mixture, sdekit.likelihood.DATASET_TOL (1e-3) for --checkpoint")
+    p.add_argument("--atol", type=real_arg("--atol", 0.0, 1.0, lo_open=True), default=None, help="as --rtol")
     p.add_argument("--time-variable", default=None, choices=("auto", "t", "log_snr"),
                    help="integration variable (default auto: log-SNR for a DDPM table, t otherwise)")
-    p.add_argument("--max-nfe", type=_int("--max-nfe", 1, MAX_NFE), default=100_000, help="budget in network calls per solve")
+    p.add_argument("--max-nfe", type=int_arg("--max-nfe", 1, MAX_NFE), default=100_000, help="budget in network calls per solve")
     p.add_argument("--integrate", default="augmented", choices=("augmented", "quadrature"),
                    help="quadrature (exact divergence): solve the trajectory alone, then integrate each row's "
                         "divergence by adaptive quadrature (fewer trace evaluations)")
-    p.add_argument("--quad-tol", type=_real("--quad-tol", 0.0, MAX_QUAD_TOL, lo_open=True), default=0.1,
+    p.add_argument("--quad-tol", type=real_arg("--quad-tol", 0.0, MAX_QUAD_TOL, lo_open=True), default=0.1,
                    help="with --integrate quadrature: tolerance (nats)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--prior", default="exact", choices=("exact", "sde"),
                    help="exact: the mixture's p_T as the prior; sde: the SDE's N(0, s^2 I), reporting the prior gap")
     p.add_argument("--dtype", default=None, choices=("float64", "float32"),
                    help="default: float64 for the built-in mixture, float32 (the weights' own) for --checkpoint")
-    p.add_argument("--seed", type=_int("--seed", 0, INT64[1] - 1), default=0,
+    p.add_argument("--seed", type=int_arg("--seed", 0, INT64[1] - 1), default=0,
                    help="seeds the mixture, its samples (seed + 1), probes and dequantisation")
-    p.add_argument("--threads", type=_int("--threads", *THREADS), default=1, help="torch threads (small solves run best on one)")
+    p.add_argument("--threads", type=THREADS_ARG, default=1, help="torch threads (small solves run best on one)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="score a trained checkpoint on its data set instead of the built-in mixture")
     p.add_argument("--split", default="test", choices=("test", "train"),
@@ -81,10 +72,10 @@ def _add_likelihood(sub):
                         "test = a fresh draw (seed + 1)")
     p.add_argument("--dequantize", action="store_true",
                    help="digits: add u ~ U(-1/16, 1/16) per pixel (bits/dim is then an upper bound on the code length)")
-    p.add_argument("--repeats", type=_int("--repeats", 1, MAX_REPEATS), default=None,
+    p.add_argument("--repeats", type=int_arg("--repeats", 1, MAX_REPEATS), default=None,
                    help="dequantization draws per image (with --dequantize; default 2, so the estimator's error "
                         "can be measured within each image)")
-    p.add_argument("--batch", type=_int("--batch", *ROWS), default=None,
+    p.add_argument("--batch", type=int_arg("--batch", *ROWS), default=None,
                    help="with --checkpoint: rows per ODE solve (default: all in one solve; the per-row step "
                         "controller holds every row to its own tolerance)")
     p.add_argument("--json", default=None, metavar="PATH",
@@ -110,7 +101,7 @@ def _likelihood_problem(args):
 
 def _likelihood_config(args, **data):
     """The one ``LikelihoodConfig`` of the mixture command. Raises ValueError on a bad setting."""
-    from .likelihood import LikelihoodConfig
+    from ..likelihood import LikelihoodConfig
 
     divergence = "exact" if args.divergence == "auto" else args.divergence
     return LikelihoodConfig(divergence=divergence, probes=args.probes or 1, noise=args.noise, seed=args.seed,
@@ -120,7 +111,7 @@ def _likelihood_config(args, **data):
                             quad_tol=args.quad_tol, **data)
 
 
-def _run_likelihood(args) -> int:
+def run(args) -> int:
     import time
 
     import torch
@@ -176,12 +167,12 @@ def _run_likelihood(args) -> int:
     return 0
 
 
-def _checkpoint_data(config: dict, split: str, n, dtype):
+def checkpoint_data(config: dict, split: str, n, dtype):
     """(x, description, digits?) : n rows of a checkpoint's data set (all of them when n is None), evenly
     spread over the split (rows 0, s, 2s, ... with s = len // n, so a given n always picks the same rows)."""
     import torch
 
-    from .data import load_digits, toy_data
+    from ..data import load_digits, toy_data
 
     data = config.get("data") or {}
     name = data.get("name")
@@ -199,18 +190,17 @@ def _checkpoint_data(config: dict, split: str, n, dtype):
 
 
 def _run_likelihood_checkpoint(args) -> int:
-    """Mean log-likelihood of a checkpoint on its data (``sdekit.bpd.score_dataset``): bits/dim for digits
+    """Mean log-likelihood of a checkpoint on its data (``sdekit.likelihood.score_dataset``): bits/dim for digits
     (17 levels, x = k/8 - 1, bin width 1/8: bpd = -(log p(x) + 64 log(1/8)) / (64 log 2)), nats for 2-D toy
     sets, with the standard error split into the data's sampling error and the estimator's."""
     import json
-    import math
 
     import torch
 
-    from .bpd import score_dataset
-    from .checkpoint import load_model
-    from .data import DIGITS_SCALE
-    from .likelihood import LikelihoodConfig
+    from ..likelihood.dataset import score_dataset
+    from ..checkpoint import load_model
+    from ..data import DIGITS_SCALE
+    from ..likelihood import LikelihoodConfig
 
     if args.json is not None:
         writable_file(args.json, "--json")  # now, not after the solve
@@ -220,7 +210,7 @@ def _run_likelihood_checkpoint(args) -> int:
     args.dtype = args.dtype or "float32"
     dtype = getattr(torch, args.dtype)
     model.net.to(dtype)  # type: ignore[attr-defined]  # a checkpoint's net is a torch module
-    x, desc, digits = _checkpoint_data(config, args.split, args.n, dtype)
+    x, desc, digits = checkpoint_data(config, args.split, args.n, dtype)
     if args.dequantize and not digits:
         raise ValueError("--dequantize applies to digits (discrete levels), not to a continuous 2-D toy set")
     # dequantisation (repeats draws per image) happens inside, in sdekit's one convention
@@ -230,7 +220,6 @@ def _run_likelihood_checkpoint(args) -> int:
     score = score_dataset(model, x, cfg, divergence=args.divergence, probes=args.probes, repeats=args.repeats,
                           rtol=args.rtol, atol=args.atol, time_variable=args.time_variable, batch=args.batch,
                           progress=not args.no_progress)
-    n, D = score.n, x[0].numel()
     print(f"{args.checkpoint} ({config.get('prediction')} prediction, step {config.get('step')})  {desc}")
     print(f"divergence={score.divergence}" + (f" (probes={score.probes})" if score.divergence == "hutchinson" else "")
           + f" [{score.reason}]  {args.method} rtol={score.rtol} atol={score.atol} in {score.time_variable}"
@@ -238,6 +227,24 @@ def _run_likelihood_checkpoint(args) -> int:
           + (f"  dequantized, {score.repeats} draw(s) per image" if args.dequantize else "")
           + (f"  quadrature (quad_tol={args.quad_tol})" if args.integrate == "quadrature" else ""))
 
+    _print_mean(args, score, digits, x[0].numel())
+    print(f"NFE {score.nfe} ({score.solves} solve(s) of up to {args.batch or score.n} rows x {score.repeats} draw(s))  "
+          f"time {score.seconds:.2f} s")
+    if args.json is not None:
+        out = {**score.to_json(), "checkpoint": str(args.checkpoint), "split": args.split, "data": desc,
+               "dtype": args.dtype, "dequantize": args.dequantize, "method": args.method, "seed": args.seed}
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _print_mean(args, score, digits: bool, D: int) -> None:
+    """The data set's mean (bits/dim for digits, nats per point for a 2-D toy set) with its standard error
+    and that error's split into the data's and the estimator's parts."""
+    import math
+
+    n = score.n
     def split(scale: float, unit: str) -> str:
         if not math.isfinite(score.se_estimator):
             return ("  [data vs estimator split not measurable with one draw and one probe: use --repeats >= 2 "
@@ -254,12 +261,3 @@ def _run_likelihood_checkpoint(args) -> int:
         print(f"log-likelihood {mean:.4f} +- {score.bpd_se * nats:.4f} nats per point (standard error over {n} "
               "points)")
         print("standard error" + split(nats, "nats"))
-    print(f"NFE {score.nfe} ({score.solves} solve(s) of up to {args.batch or n} rows x {score.repeats} draw(s))  "
-          f"time {score.seconds:.2f} s")
-    if args.json is not None:
-        out = {**score.to_json(), "checkpoint": str(args.checkpoint), "split": args.split, "data": desc,
-               "dtype": args.dtype, "dequantize": args.dequantize, "method": args.method, "seed": args.seed}
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
-        print(f"wrote {args.json}")
-    return 0

@@ -21,7 +21,7 @@ forward pass; a vectorised backward pass over m cotangents of a batch of B rows 
 work. On a CPU, time is work: the exact trace is chosen when D <= 2 K (at most about twice Hutchinson's work,
 with no estimator noise), Hutchinson otherwise. On an accelerator a vectorised pass costs about the same until
 it fills the device: the exact trace is chosen when its whole (D, B, D) cotangent block fits in one pass
-(``likelihood.MAX_BLOCK_ELEMENTS`` elements), and by the CPU rule otherwise. Digits (D = 64) on a CPU take
+(``sdekit.likelihood.MAX_BLOCK_ELEMENTS`` elements), and by the CPU rule otherwise. Digits (D = 64) on a CPU take
 Hutchinson; a 2-D toy set takes the exact trace.
 
 Defaults (measured on digits U-Nets trained for 300, 800 and 2500 steps against a tight exact float64 solve,
@@ -39,7 +39,12 @@ from typing import Optional
 
 import torch
 
-from .likelihood import MAX_BLOCK_ELEMENTS, LikelihoodConfig, _check_model, _check_x, bits_per_dim, log_likelihood
+from ..validate import integer
+from .api import log_likelihood
+from .bpd import bits_per_dim
+from .config import LikelihoodConfig
+from .divergence import MAX_BLOCK_ELEMENTS
+from .inputs import check_model, check_x
 
 Tensor = torch.Tensor
 
@@ -126,15 +131,11 @@ def score_dataset(model, x: Tensor, config: Optional[LikelihoodConfig] = None, *
     time_variable the config's. batch: rows per solve (default: all n in one solve);
     row i always draws its probes and dequantisation from (seed, i), whatever the batching.
     """
-    _check_model(model)  # before any work (a ThresholdedModel is refused by name)
-    x = _check_x(x)
+    check_model(model)  # before any work (a ThresholdedModel is refused by name)
+    x = check_x(x)
     base = LikelihoodConfig.make(config, **settings)
-    n = x.shape[0]
-    if n < 1:
-        raise ValueError("score_dataset needs at least one row")
-    batch = n if batch is None else batch
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive integer (rows per solve); got {batch!r}")
+    n = x.shape[0]  # >= 1 (check_x)
+    batch = n if batch is None else integer("batch", batch, 1)
     batch = min(batch, n)
     if repeats is None:
         repeats = 2 if base.dequantize else 1
@@ -164,15 +165,7 @@ def score_dataset(model, x: Tensor, config: Optional[LikelihoodConfig] = None, *
     log_prob = draws.mean(0)
     to_bpd = dict(bits=cfg.bits, data_range=cfg.data_range, data_scale=cfg.data_scale, warn=False)
     per_image = bits_per_dim(log_prob, D, **to_bpd).double()  # type: ignore[arg-type]
-    nats_per_bit = D * math.log(2)
-    if repeats >= 2:
-        var_est = draws.var(0, unbiased=True) / repeats / nats_per_bit**2
-    elif divergence == "hutchinson":
-        var_est = probe_se.pow(2) / nats_per_bit**2  # NaN for one probe
-    elif not cfg.dequantize:
-        var_est = torch.zeros(n, dtype=torch.float64)
-    else:
-        var_est = torch.full((n,), math.nan, dtype=torch.float64)
+    var_est = _estimator_variance(draws, probe_se, cfg, D)
     bpd_se = float(per_image.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.nan
     se_est = float((var_est.mean() / n).sqrt())
     se_data = math.sqrt(max(0.0, bpd_se**2 - se_est**2)) if math.isfinite(se_est) else math.nan
@@ -183,3 +176,16 @@ def score_dataset(model, x: Tensor, config: Optional[LikelihoodConfig] = None, *
                         atol=tol_a, time_variable=stats.get("time_variable", time_variable), reason=reason,
                         cpu_seconds=cpu, stats=stats)
 
+
+def _estimator_variance(draws: Tensor, probe_se: Tensor, cfg: LikelihoodConfig, D: int) -> Tensor:
+    """v_i, the estimator's variance of each image's bits/dim (module docstring): from the R >= 2 draw means,
+    else from the Hutchinson probes' spread, 0 for the exact trace on undequantised data, NaN when unknown."""
+    n = draws.shape[1]
+    nats_per_bit = D * math.log(2)
+    if cfg.repeats >= 2:
+        return draws.var(0, unbiased=True) / cfg.repeats / nats_per_bit**2
+    if cfg.divergence == "hutchinson":
+        return probe_se.pow(2) / nats_per_bit**2  # NaN for one probe
+    if not cfg.dequantize:
+        return torch.zeros(n, dtype=torch.float64)
+    return torch.full((n,), math.nan, dtype=torch.float64)
