@@ -202,3 +202,6 @@ def make_grid(sde: LinearSDE, steps: Optional[int] = None, grid: str = "logsnr",
         out = _named(info, sde, steps, hi, lo, **grid_options)
     out = check_grid(sde, out)
     return out.flip(0) if t_start < t_end else out
+
+
+from . import schedules  # noqa: E402,F401  (registers the model-free schedules: kl_optimal)
