@@ -529,9 +529,28 @@ def sample_memory(results: Results) -> dict[str, Any]:
                                 "autograd graph kept"], rows)}
 
 
+def schedules(results: Results) -> dict[str, Any]:
+    data = results("schedules.json")
+    rows = data["rows"]
+    cells = []
+    for dim in sorted({r["dim"] for r in rows}):
+        for solver in data["solvers"]:
+            for key in ("kl_optimal", "gits", "gits_dp_only"):
+                per_nfe = []
+                for nfe in data["nfe"]:
+                    ratios = [r[key] / r["best_named_err"] for r in rows
+                              if r["dim"] == dim and r["solver"] == solver and r["nfe"] == nfe]
+                    per_nfe.append(fmt(span(ratios), ".2f"))
+                cells.append([f"{dim}-D", f"`{solver}`", f"`{key}`", *per_nfe])
+    header = ["problem", "solver", "schedule", *[f"NFE {n}" for n in data["nfe"]]]
+    seeds = sorted({r["seed"] for r in rows})
+    return {"sched.table": table(header, cells), "sched.seeds": f"{seeds[0]}-{seeds[-1]}",
+            "sched.gits_nfe": span(r["gits_nfe"] for r in rows)}
+
+
 SECTIONS: list[Callable[[Results], dict[str, Any]]] = [
     accuracy, quick_runs, overhead, likelihood, likelihood_digits, transcripts, stochastic, stochastic_quick, strong_order,
-    flow_matching, digits, distributed, sample_memory,
+    flow_matching, digits, distributed, sample_memory, schedules,
 ]
 
 
