@@ -545,6 +545,7 @@ def schedules(results: Results) -> dict[str, Any]:
     header = ["problem", "solver", "schedule", *[f"NFE {n}" for n in data["nfe"]]]
     seeds = sorted({r["seed"] for r in rows})
     return {"sched.table": table(header, cells), "sched.seeds": f"{seeds[0]}-{seeds[-1]}",
+            "sched.dims": dims(sorted({r["dim"] for r in rows})),
             "sched.gits_nfe": span(r["gits_nfe"] for r in rows)}
 
 
