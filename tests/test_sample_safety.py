@@ -175,3 +175,16 @@ def test_a_grid_finer_than_the_brownian_path_warns_and_step_noise_does_not():
         sdekit.sample(model, x_T, "euler_maruyama", ts=ts, generator=0, noise="step")
         sdekit.sample(model, x_T, "euler_maruyama", steps=500, generator=0)  # coarse: no warning
         sdekit.sample(model, x_T, "heun", ts=ts)  # deterministic: no path
+
+
+def test_tune_tells_apart_two_mixtures_of_the_same_shape():
+    """The fingerprint sees what a network module holds (the mixture behind the exact score), not only its
+    parameters: two same-shape mixtures must not share a cached grid."""
+    from sdekit.solvers.tune import _fingerprint
+
+    sde = sdekit.VPSDE()
+    a = sdekit.GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.0], [1.0, 0.5]], stds=[0.2, 0.3])
+    b = sdekit.GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.0], [1.0, 0.6]], stds=[0.2, 0.3])
+    assert _fingerprint(a.model(sde)) != _fingerprint(b.model(sde))
+    assert _fingerprint(a.model(sde)) == _fingerprint(a.model(sde))
+    assert _fingerprint(a.model(sde)) != _fingerprint(a.model(sdekit.VESDE()))

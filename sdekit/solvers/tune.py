@@ -257,12 +257,12 @@ def _hash_fields(h, obj, depth: int) -> None:
     for name, v in sorted(vars(obj).items()):
         if isinstance(v, Tensor):
             _hash_tensor(h, name, v)
-        elif module:
-            pass
         elif isinstance(v, (numbers.Number, str, type(None))):
-            h.update(repr((name, v)).encode())
+            if not module:
+                h.update(repr((name, v)).encode())
         elif isinstance(v, (list, tuple)) and all(isinstance(u, (numbers.Number, str)) for u in v):
-            h.update(repr((name, v)).encode())
+            if not module:
+                h.update(repr((name, v)).encode())
         elif depth > 0 and hasattr(v, "__dict__") and not isinstance(v, (torch.nn.Module, type)) \
                 and not callable(v):
             _hash_fields(h, v, depth - 1)
