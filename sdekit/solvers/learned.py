@@ -8,14 +8,15 @@ the grid by back-propagation through the solver). ``learn_solver`` fits the fami
     m_j = x0(x_j, t_j)                                          (the model's data prediction, 1 call per step)
     x_{i+1} = a_i x_i + sum_{j<=i} b_ij m_j,   i = 0..N-1     (x_0 = x_T at t_0 = T, x_N at t_N = sde.eps)
 
-with N = ``nfe`` network calls, scalar a_i and b_ij shared by every entry of every row, and the times
-t_1 > ... > t_{N-1} learned too: N + N(N+1)/2 + (N - 1) parameters (24 at N = 5). Every linear solver that calls
-the model once per step, at its state and grid time, is a point of this family: DDIM/DPM-Solver++(1)
-(a_i = sigma_{i+1}/sigma_i, b_ii = alpha_{i+1}(1 - e^{-h_i})), DPM-Solver++(2M/3M), DEIS, iPNDM (eps = (x - alpha
-x0)/sigma folds into a_i and b_ij). The starting point is such a solver, read off exactly: ``_probe`` runs the
-registered solver on coefficient rows over [x_T, m_0, ..., m_{N-1}] (a model call returns the next basis row), so
-x_{i+1} = A_{i+1} x_T + sum_j B_{i+1,j} m_j and a_i = A_{i+1}/A_i, b_ij = B_{i+1,j} - a_i B_ij. Learning
-starts there: the learned solver before its first update reproduces the init on its grid to rounding.
+with N = ``nfe`` network calls, scalar a_i and b_ij shared by every entry of every row, and the times t_1 > ... >
+t_{N-1} learned too: N + N(N+1)/2 + (N - 1) parameters (24 at N = 5). Every linear solver that calls the model once
+per step, at its state and grid time, is a point of this family, since x_T = (x_i - sum_j B_ij m_j)/A_i below:
+DDIM/DPM-Solver++(1) (a_i = sigma_{i+1}/sigma_i, b_ii = alpha_{i+1}(1 - e^{-h_i})), DPM-Solver++(2M/3M), UniPC (its
+corrector folds in), DEIS, iPNDM, Euler in t (eps = (x - alpha x0)/sigma folds into a_i and b_ij). The starting
+point is such a solver, read off exactly: ``_probe`` runs the registered solver on coefficient rows over [x_T, m_0,
+..., m_{N-1}] (a model call returns the next basis row), so x_{i+1} = A_{i+1} x_T + sum_j B_{i+1,j} m_j and a_i =
+A_{i+1}/A_i, b_ij = B_{i+1,j} - a_i B_ij. Learning starts there: the learned solver before its first update
+reproduces the init on its grid to rounding.
 
 Parametrisation (what Adam moves; all zero-centred at the init): a_i = a_i^0 (1 + u_i); b_ij = b_ij^0 +
 c_i v_ij with c_i = max_j |b_ij^0| (the step's own scale); the times by softmax increments in normalised log-SNR,
@@ -41,16 +42,19 @@ batch of ``n`` rows, references included; every training update also back-propag
 seconds.
 
 Identity. A ``LearnedSolver`` carries the fingerprint of its model (``tune._fingerprint``: a hash of the network's
-tensors, the SDE and the prediction type); ``sample`` and ``LearnedSolver.load`` refuse another model with
-``WrongModelError``. It saves as a small safetensors file (ts, a, b and the facts as metadata).
+tensors, the SDE and the prediction type, plus the tensors of plain objects its modules hold: ``_identity``);
+``sample`` and ``LearnedSolver.load`` refuse another model with ``WrongModelError``. It saves as a small
+safetensors file (ts, a, b and the facts as metadata).
 
 Scope of this version: probability-flow ODE (deterministic), grids from sde.T to sde.eps on SDEs with alpha(T) > 0
 (VP, sub-VP, VE, cosine VP; not the flow-matching paths at T).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -74,6 +78,29 @@ FORMAT = "sdekit.learned_solver/1"
 
 class WrongModelError(NotApplicableError):
     """A learned solver was handed a model other than the one it was learned for (another fingerprint)."""
+
+
+def _identity(model: ScoreModel) -> Optional[str]:
+    """``tune._fingerprint`` plus the tensors and numbers of the plain objects the network's modules hold (a
+    mixture, a schedule), which that hash does not see today (two mixtures of one shape hash alike there)."""
+    base = _fingerprint(model)
+    if base is None:
+        return None
+    h = hashlib.blake2b(base.encode(), digest_size=16)
+    assert isinstance(model.net, torch.nn.Module)  # a fingerprint means a module
+    for mod in model.net.modules():
+        for name, held in sorted(vars(mod).items()):
+            if name.startswith("_") or not hasattr(held, "__dict__") or callable(held) \
+                    or isinstance(held, (torch.nn.Module, type)):
+                continue
+            for key, v in sorted(vars(held).items()):
+                if isinstance(v, Tensor):
+                    v = v.detach().cpu().contiguous()
+                    h.update(repr((name, key, str(v.dtype), tuple(v.shape))).encode())
+                    h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+                elif isinstance(v, (numbers.Number, str, tuple)):
+                    h.update(repr((name, key, v)).encode())
+    return h.hexdigest()
 
 
 def _summary(e: Tensor) -> dict:
@@ -162,7 +189,7 @@ class LearnedSolver:
         """``WrongModelError`` unless ``model`` has this solver's fingerprint (not checked when it has none)."""
         if self.fingerprint is None:
             return
-        got = _fingerprint(model) if isinstance(model, ScoreModel) else None
+        got = _identity(model) if isinstance(model, ScoreModel) else None
         if got != self.fingerprint:
             raise WrongModelError(f"{self.name} was learned for the model with fingerprint {self.fingerprint}; "
                                   f"this model's is {got} (another network, weights, SDE or prediction type): "
@@ -188,7 +215,11 @@ class LearnedSolver:
         """Read a file written by ``save``; ``WrongModelError`` if ``model`` is not the one it was learned for."""
         from safetensors import safe_open
 
-        with safe_open(path, framework="pt") as fh:
+        try:
+            fh = safe_open(path, framework="pt")
+        except Exception as err:  # safetensors' own error types differ across versions
+            raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
+        with fh:
             meta = fh.metadata() or {}
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path} is not a sdekit learned solver (format {meta.get('format')!r}, "
@@ -224,9 +255,8 @@ class _Probe(Evaluator):
     def _predict(self, x: Tensor, t, kind: str) -> Tensor:
         k = self.nfe
         if k >= len(self.times) - 1 or float(t) != self.times[k] or not torch.equal(x, self.state):
-            raise NotApplicableError(f"init {self.init!r} is not a one-call-per-step solver that calls the model at "
-                                     "its state and grid time (e.g. a corrector or a midpoint); use dpmpp_2m, "
-                                     "dpmpp_3m, ddim, ipndm, ipndm_v, deis_2, ...")
+            raise NotApplicableError(f"init {self.init!r} calls the model away from its states and grid times, "
+                                     "outside this family; use dpmpp_2m, dpmpp_3m, unipc_2, ddim, ipndm, deis_2, ...")
         m = torch.zeros_like(x)
         m[:, k + 1] = 1.0
         self.nfe += 1
@@ -364,10 +394,10 @@ def learn_solver(
     t0 = time.perf_counter()
     sde = model.sde
     dtype, device = _dtype_device(model)
+    starts = _start_grids(sde, nfe, grid)
+    inits = {g: (ts, *_probe(model, init, ts)) for g, ts in starts.items()}  # refuses an init outside the family
     cal = _Draw(model, tuple(shape), n, generator, dtype, device, ref_steps)
     val = _Draw(model, tuple(shape), n, generator + 7919, dtype, device, ref_steps)
-    starts = _start_grids(sde, nfe, grid)
-    inits = {g: (ts, *_probe(model, init, ts)) for g, ts in starts.items()}
     scores = {g: _balanced(cal.errors(model, *v)) for g, v in inits.items()}
     start = min(scores, key=scores.__getitem__)
     ts0, a0, b0 = inits[start]
@@ -377,7 +407,7 @@ def learn_solver(
     improved = _wins(e_val["learned"], e_val["init"])
     ts, a, b = (ts1, a1, b1) if improved else (ts0, a0, b0)
     cost = {"nfe": cal.nfe + val.nfe, "backward": back, "steps": steps, "seconds": time.perf_counter() - t0}
-    return LearnedSolver(ts, a, b, init, start, improved, _fingerprint(model), cost,
+    return LearnedSolver(ts, a, b, init, start, improved, _identity(model), cost,
                          {k: _summary(e) for k, e in e_cal.items()}, {k: _summary(e) for k, e in e_val.items()},
                          generator)
 
