@@ -33,6 +33,7 @@ from .train import Trainer
 from . import solvers
 from .solvers import Solution, sample
 from .solvers.tune import TunedGrid, tune, tune_grid
+from .solvers.learned import LearnedSolver, learn_solver
 
 __version__ = "0.1.0"
 
@@ -45,5 +46,5 @@ __all__ = [
     "compare", "CompareResults",
     "UNet", "MLP", "dsm_loss", "flow_matching_loss", "Trainer", "load_model", "save_checkpoint",
     "log_likelihood", "LikelihoodResult", "LikelihoodConfig", "sample_log_prob", "score_dataset", "DatasetScore",
-    "solvers", "sample", "Solution", "tune", "tune_grid", "TunedGrid",
+    "solvers", "sample", "Solution", "tune", "tune_grid", "TunedGrid", "learn_solver", "LearnedSolver",
 ]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +35,9 @@ from .base import Evaluator, NoiseSource, NonFiniteError, RowNoise, Solution, So
 from .grids import make_grid
 from .registry import SolverInfo, get
 
+if TYPE_CHECKING:
+    from .learned import LearnedSolver
+
 Tensor = torch.Tensor
 
 __all__ = ["sample", "NOISE_KINDS"]
@@ -45,7 +48,7 @@ NOISE_KINDS = ("path", "step")  # sample(noise=...)
 def sample(
     model: ScoreModel,
     x_T: Tensor,
-    solver: str = "dpmpp_2m",
+    solver: Union[str, "LearnedSolver"] = "dpmpp_2m",
     steps: Optional[int] = None,
     *,
     ts=None,
@@ -72,7 +75,8 @@ def sample(
     x_T: the starting state, batch first, any shape. The solve runs in x_T's dtype when that is float32 or
       float64; a half-precision x_T (float16, bfloat16) is solved in float32 and ``Solution.x`` is float32 (a
       half-precision network still gets what its wrapper casts to: ``from_diffusers`` casts to the U-Net's dtype).
-    solver: a name from ``sdekit.solvers.available()``; options go to the solver as keywords.
+    solver: a name from ``sdekit.solvers.available()``; options go to the solver as keywords. Or a
+      ``LearnedSolver`` (``sdekit.learn_solver``), which runs on its own grid (no steps=, ts=, t_start=, t_end=).
     steps / ts: number of intervals of the named ``grid`` (``solvers.grids.GRIDS``) between t_start
       (default sde.T) and t_end (default sde.eps), or an explicit strictly monotone tensor of times.
       t_end may be 0 (see the zero-noise end in the module docstring); t_start < t_end (or an increasing
@@ -105,7 +109,11 @@ def sample(
             raise ValueError("log_prob=True keeps the graph through the likelihood's own setting: pass "
                              "likelihood={'create_graph': True} instead of grad=True")
         return _sample_with_log_prob(model, x_T, solver, t_start, t_end, progress, likelihood, steps, ts, options)
-    info = get(solver)
+    if isinstance(solver, str):
+        info = get(solver)
+    else:  # a LearnedSolver (sdekit.learn_solver): its own entry and its own grid
+        info, ts = solver.entry(steps, ts, t_start, t_end)
+        steps = t_start = t_end = None
     sde = _check_inputs(info, model, x_T, options)
     if not isinstance(grad, bool):
         raise TypeError(f"grad must be True or False; got {grad!r}")
@@ -127,10 +135,10 @@ def sample(
     jump = not inverting and (denoise or float(sde.sigma(grid_ts[-1])) == 0.0)
 
     if info.stochastic and noise == "path" and not inverting:
-        _warn_if_finer_than_the_path(grid_ts, solver)
+        _warn_if_finer_than_the_path(grid_ts, info.name)
     source: Optional[NoiseSource]
     if inverting:
-        source = _NoNoise(solver)
+        source = _NoNoise(info.name)
     else:
         source = RowNoise(generator, x_T.shape[0], row_offset) if (info.stochastic or generator is not None) else None
     ev = Evaluator(model, source, path=noise == "path")

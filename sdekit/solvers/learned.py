@@ -1,0 +1,484 @@
+"""Solvers learned per model: a non-stationary multistep family in data-prediction form, fitted from prior draws.
+
+At 4-6 network calls a fixed solver's error is mostly truncation error that no placement of its steps removes;
+a solver whose every coefficient is fitted to one model removes much of it (Bespoke Solvers, Shaul et al. 2024;
+BNS, "Bespoke Non-Stationary Solvers", Shaul et al. 2024; S4S, Frankel et al. 2025; LD3, Tong et al. 2024, for
+the grid by back-propagation through the solver). ``learn_solver`` fits the family
+
+    m_j = x0(x_j, t_j)                                          (the model's data prediction, 1 call per step)
+    x_{i+1} = a_i x_i + sum_{j<=i} b_ij m_j,   i = 0..N-1     (x_0 = x_T at t_0 = T, x_N at t_N = sde.eps)
+
+with N = ``nfe`` network calls, scalar a_i and b_ij shared by every entry of every row, and the times t_1 > ... >
+t_{N-1} learned too: N + N(N+1)/2 + (N - 1) parameters (24 at N = 5). Every linear solver that calls the model once
+per step, at its state and grid time, is a point of this family, since x_T = (x_i - sum_j B_ij m_j)/A_i below:
+DDIM/DPM-Solver++(1) (a_i = sigma_{i+1}/sigma_i, b_ii = alpha_{i+1}(1 - e^{-h_i})), DPM-Solver++(2M/3M), UniPC (its
+corrector folds in), DEIS, iPNDM, Euler in t (eps = (x - alpha x0)/sigma folds into a_i and b_ij). The starting
+point is such a solver, read off exactly: ``_probe`` runs the registered solver on coefficient rows over [x_T, m_0,
+..., m_{N-1}] (a model call returns the next basis row), so x_{i+1} = A_{i+1} x_T + sum_j B_{i+1,j} m_j and a_i =
+A_{i+1}/A_i, b_ij = B_{i+1,j} - a_i B_ij. Learning starts there: the learned solver before its first update
+reproduces the init on its grid to rounding.
+
+Parametrisation (what Adam moves; all zero-centred at the init): a_i = a_i^0 (1 + u_i); b_ij = b_ij^0 +
+c_i v_ij with c_i = max_j |b_ij^0| (the step's own scale); the times by softmax increments in normalised log-SNR,
+z_k = sum_{j<k} w_j / sum_j w_j, w = exp(theta), lambda(t_k) = lambda(T) + z_k (lambda(eps) - lambda(T)) (every
+theta a strictly decreasing grid with fixed ends; ``tune``'s parametrisation), theta^0 the init grid's. The
+gradient reaches the times through the network's time input (t = t(lambda), d t/d lambda = 1/lambda'(t)).
+
+Objective (no data; ``tune``'s draws): x_T^(1..n) from the prior, x_ref = a converged solve of the same
+probability-flow ODE (rk4, ``ref_steps`` log-SNR steps), e_r = |x_N^(r) - x_ref^(r)| / sqrt(dim), and
+
+    L = (mean_r log e_r + log mean{e_r : q80(e) <= e_r <= q95(e)}) / 2,
+
+the log of the geometric mean (the body) plus the log of the upper tail that p90 sees, with the top 5% left out:
+not ruled by the few rows near a boundary between basins that dominate an RMS (measured on a 16-D mixture at
+NFE 5: the geometric mean alone lowers the median 3x but raises p90 over the init's). Full-batch Adam for
+``steps`` updates at ``lr`` (cosine decay); the iterate with the lowest L is kept.
+
+Generalisation. A second, independent prior draw (with its own reference) scores the learned solver against its
+init; the learned one is returned only if it wins there on tune's balanced objective (log q50(e) + log q90(e))/2
+and is no worse on the median nor on p90, else the init is (``LearnedSolver.improved`` says which), so it is never
+worse than its init on fresh draws (up to that draw's noise). The cost is counted in forward network calls (each a
+batch of ``n`` rows, references included; every training update also back-propagates through its N calls) and
+seconds.
+
+Identity. A ``LearnedSolver`` carries the fingerprint of its model (``tune._fingerprint``: a hash of the network's
+tensors, the SDE and the prediction type, plus the tensors of plain objects its modules hold: ``_identity``);
+``sample`` and ``LearnedSolver.load`` refuse another model with ``WrongModelError``. It saves as a small
+safetensors file (ts, a, b and the facts as metadata).
+
+Scope of this version: probability-flow ODE (deterministic), grids from sde.T to sde.eps on SDEs with alpha(T) > 0
+(VP, sub-VP, VE, cosine VP; not the flow-matching paths at T).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..parameterization import ScoreModel, convert
+from .base import Evaluator, NotApplicableError
+from .driver import sample
+from .grids import make_grid
+from .registry import SolverInfo, get
+from .tune import START_GRIDS, _fingerprint, row_errors
+
+Tensor = torch.Tensor
+
+__all__ = ["LearnedSolver", "learn_solver", "WrongModelError"]
+
+FORMAT = "sdekit.learned_solver/1"
+
+
+class WrongModelError(NotApplicableError):
+    """A learned solver was handed a model other than the one it was learned for (another fingerprint)."""
+
+
+def _identity(model: ScoreModel) -> Optional[str]:
+    """``tune._fingerprint`` plus the tensors and numbers of the plain objects the network's modules hold (a
+    mixture, a schedule), which that hash does not see today (two mixtures of one shape hash alike there)."""
+    base = _fingerprint(model)
+    if base is None:
+        return None
+    h = hashlib.blake2b(base.encode(), digest_size=16)
+    assert isinstance(model.net, torch.nn.Module)  # a fingerprint means a module
+    for mod in model.net.modules():
+        for name, held in sorted(vars(mod).items()):
+            if name.startswith("_") or not hasattr(held, "__dict__") or callable(held) \
+                    or isinstance(held, (torch.nn.Module, type)):
+                continue
+            for key, v in sorted(vars(held).items()):
+                if isinstance(v, Tensor):
+                    v = v.detach().cpu().contiguous()
+                    h.update(repr((name, key, str(v.dtype), tuple(v.shape))).encode())
+                    h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+                elif isinstance(v, (numbers.Number, str, tuple)):
+                    h.update(repr((name, key, v)).encode())
+    return h.hexdigest()
+
+
+def _summary(e: Tensor) -> dict:
+    q = torch.quantile(e, torch.tensor([0.5, 0.9], dtype=e.dtype)).tolist()
+    return {"median": q[0], "p90": q[1], "rms": float(e.pow(2).mean().sqrt())}
+
+
+def _balanced(e: Tensor) -> float:
+    """tune's balanced objective: (log q50 + log q90) / 2 (inf for a non-finite error)."""
+    if not bool(torch.isfinite(e).all()):
+        return math.inf
+    s = _summary(e)
+    return 0.5 * (math.log(s["median"] + 1e-300) + math.log(s["p90"] + 1e-300))
+
+
+def _wins(learned: Tensor, init: Tensor) -> bool:
+    """Kept only if better on the balanced objective and no worse on the median nor on p90."""
+    if not bool(torch.isfinite(learned).all()):
+        return False
+    sl, si = _summary(learned), _summary(init)
+    return _balanced(learned) < _balanced(init) and sl["median"] <= si["median"] and sl["p90"] <= si["p90"]
+
+
+@dataclass(eq=False)
+class LearnedSolver:
+    """A solver of the family in the module docstring, tied to one model. Run it as
+    ``sdekit.sample(model, x_T, solver=learned)`` (on its own grid ``ts``; any batch size and row shape).
+
+    ts: float64 times t_0 = T > ... > t_N = eps; a: (N,) and b: (N, N) lower-triangular float64 coefficients;
+    init: the registered solver it started from, start_grid: that solver's grid; improved: whether learning won on
+    the validation draw (else a, b, ts are the init's); fingerprint: the model's (None: a plain-function network,
+    which cannot be checked or saved); cost: {"nfe": forward network calls, "backward": calls back-propagated,
+    "seconds": wall time, "steps": Adam updates}; calibration / validation: per-row error quantiles of the
+    learned solver and its init on each draw."""
+
+    ts: Tensor
+    a: Tensor
+    b: Tensor
+    init: str
+    start_grid: str
+    improved: bool
+    fingerprint: Optional[str]
+    cost: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+    seed: Optional[int] = None
+
+    @property
+    def nfe(self) -> int:
+        """Network calls per solve (= steps)."""
+        return int(self.a.numel())
+
+    @property
+    def num_parameters(self) -> int:
+        """Learned numbers: N a's, N(N+1)/2 b's and N - 1 interior times."""
+        n = self.nfe
+        return n + n * (n + 1) // 2 + n - 1
+
+    @property
+    def name(self) -> str:
+        return f"learned[{self.init}, nfe={self.nfe}]"
+
+    def __repr__(self) -> str:
+        return (f"LearnedSolver(init={self.init!r}, start_grid={self.start_grid!r}, nfe={self.nfe}, "
+                f"parameters={self.num_parameters}, improved={self.improved})")
+
+    # -- running ----------------------------------------------------------------------------------
+    def entry(self, steps=None, ts=None, t_start=None, t_end=None) -> tuple[SolverInfo, Tensor]:
+        """(registry-like entry, time grid) for ``sample``: the solver runs on its own grid only."""
+        if steps is not None and steps != self.nfe:
+            raise ValueError(f"{self.name} takes its {self.nfe} steps on its own grid; got steps={steps!r}")
+        if ts is not None or t_start is not None or t_end is not None:
+            raise ValueError(f"{self.name} runs on its own learned grid (LearnedSolver.ts): drop ts=, t_start=, t_end=")
+        info = SolverInfo(self.name, self._run, stochastic=False, order=1, nfe_per_step=1, adaptive=False,
+                          family="learned", options={})
+        return info, self.ts.clone()
+
+    def _run(self, ev: Evaluator, x: Tensor, ts: Tensor):
+        ev.solver = self.name
+        self.check_model(ev.model)
+        if not torch.equal(ts, self.ts):
+            raise NotApplicableError(f"solver {self.name!r} runs on its own grid LearnedSolver.ts; got another grid")
+        return _steps(ev, x, ts, self.a.tolist(), self.b.tolist())
+
+    def check_model(self, model) -> None:
+        """``WrongModelError`` unless ``model`` has this solver's fingerprint (not checked when it has none)."""
+        if self.fingerprint is None:
+            return
+        got = _identity(model) if isinstance(model, ScoreModel) else None
+        if got != self.fingerprint:
+            raise WrongModelError(f"{self.name} was learned for the model with fingerprint {self.fingerprint}; "
+                                  f"this model's is {got} (another network, weights, SDE or prediction type): "
+                                  "learn a solver for it with sdekit.learn_solver")
+
+    # -- files ------------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write a safetensors file: ts, a, b (float64) and the facts (fingerprint, init, cost, errors) as metadata."""
+        from safetensors.torch import save_file
+
+        if self.fingerprint is None:
+            raise ValueError("this learned solver's model is a plain function, which has no fingerprint: saving it "
+                             "could not tie it to its model (wrap the network in a torch.nn.Module)")
+        meta = {"format": FORMAT, "fingerprint": self.fingerprint, "init": self.init, "start_grid": self.start_grid,
+                "improved": json.dumps(self.improved), "seed": json.dumps(self.seed),
+                "cost": json.dumps(self.cost), "calibration": json.dumps(self.calibration),
+                "validation": json.dumps(self.validation)}
+        save_file({"ts": self.ts.contiguous(), "a": self.a.contiguous(), "b": self.b.contiguous()}, path,
+                  metadata=meta)
+
+    @classmethod
+    def load(cls, path: str, model: ScoreModel) -> "LearnedSolver":
+        """Read a file written by ``save``; ``WrongModelError`` if ``model`` is not the one it was learned for."""
+        from safetensors import safe_open
+
+        try:
+            fh = safe_open(path, framework="pt")
+        except Exception as err:  # safetensors' own error types differ across versions
+            raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
+        with fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path} is not a sdekit learned solver (format {meta.get('format')!r}, "
+                                 f"expected {FORMAT!r})")
+            tensors = {k: fh.get_tensor(k) for k in ("ts", "a", "b")}
+        solver = cls(tensors["ts"], tensors["a"], tensors["b"], meta["init"], meta["start_grid"],
+                     json.loads(meta["improved"]), meta["fingerprint"], json.loads(meta["cost"]),
+                     json.loads(meta["calibration"]), json.loads(meta["validation"]), json.loads(meta["seed"]))
+        solver.check_model(model)
+        return solver
+
+
+def _steps(ev, x: Tensor, ts: Tensor, a: Sequence[float], b: Sequence[Sequence[float]]):
+    """x_{i+1} = a_i x_i + sum_{j<=i} b_ij x0(x_j, t_j), yielding each state."""
+    hist = []
+    for i in range(len(a)):
+        hist.append(ev.x0(x, ts[i]))
+        x = x * a[i]
+        for j in range(i + 1):
+            x = x.add(hist[j], alpha=b[i][j])
+        yield x
+
+
+# -- the init, read off a registered solver -----------------------------------------------------------
+class _Probe(Evaluator):
+    """An evaluator for a symbolic run: states are coefficient rows over [x_T, m_0, ..., m_{N-1}] and the k-th
+    model call, at (state_k, t_k), returns m_k's basis row converted to the kind asked for."""
+
+    def __init__(self, model: ScoreModel, ts: Tensor, init: str):
+        super().__init__(model)
+        self.times, self.init, self.state = ts.tolist(), init, torch.zeros(0)
+
+    def _predict(self, x: Tensor, t, kind: str) -> Tensor:
+        k = self.nfe
+        if k >= len(self.times) - 1 or float(t) != self.times[k] or not torch.equal(x, self.state):
+            raise NotApplicableError(f"init {self.init!r} calls the model away from its states and grid times, "
+                                     "outside this family; use dpmpp_2m, dpmpp_3m, unipc_2, ddim, ipndm, deis_2, ...")
+        m = torch.zeros_like(x)
+        m[:, k + 1] = 1.0
+        self.nfe += 1
+        return convert(m, "x0", kind, x, float(t), self.sde)
+
+
+def _probe(model: ScoreModel, init: str, ts: Tensor) -> tuple[Tensor, Tensor]:
+    """(a, b) of the registered solver ``init`` on the grid ``ts`` (module docstring)."""
+    info = get(init)
+    if (info.stochastic and info.options.get("eta") != 0) or info.adaptive or info.nfe_per_step != 1:
+        raise NotApplicableError(f"init {init!r} must be a deterministic fixed-step solver with one network call per "
+                                 "step (e.g. dpmpp_2m, ddim, ipndm)")
+    n = len(ts) - 1
+    ev = _Probe(model, ts, init)
+    x = torch.zeros(1, n + 1, dtype=torch.float64)
+    x[0, 0] = 1.0
+    states = [x]
+    ev.state = x.clone()
+    run = info.fn(ev, x.clone(), ts)
+    for _ in range(n):
+        nxt = next(run).clone()
+        states.append(nxt)
+        ev.state = nxt.clone()
+    run.close()
+    if ev.nfe != n:
+        raise NotApplicableError(f"init {init!r} made {ev.nfe} network calls in {n} steps; it needs one per step")
+    S = torch.cat(states)  # (n + 1, n + 1)
+    a = S[1:, 0] / S[:-1, 0]
+    b = S[1:, 1:] - a[:, None] * S[:-1, 1:]
+    return a, torch.tril(b)
+
+
+# -- learning -----------------------------------------------------------------------------------------
+def _dtype_device(model: ScoreModel):
+    params = list(model.net.parameters()) if isinstance(model.net, torch.nn.Module) else []
+    if params and params[0].is_floating_point():
+        dt = params[0].dtype
+        return (dt if dt in (torch.float32, torch.float64) else torch.float32), params[0].device
+    return torch.float64, torch.device("cpu")
+
+
+class _Draw:
+    """Prior rows and their converged reference endpoints."""
+
+    def __init__(self, model, shape, n, seed, dtype, device, ref_steps):
+        g = torch.Generator().manual_seed(seed)
+        self.x_T = model.sde.prior_sample((n, *shape), generator=g).to(dtype=dtype, device=device)
+        self.x_ref = sample(model, self.x_T, "rk4", ref_steps, grid="logsnr").x
+        self.nfe = 4 * ref_steps
+
+    def errors(self, model, ts, a, b) -> Tensor:
+        ev = Evaluator(model)
+        x = self.x_T
+        with torch.no_grad():
+            for x in _steps(ev, self.x_T.clone(), ts, a.tolist(), b.tolist()):  # noqa: B007 (the last state)
+                pass
+        self.nfe += ev.nfe
+        e = row_errors(x, self.x_ref)
+        return torch.where(torch.isfinite(e), e, torch.full_like(e, math.inf))
+
+
+class _Times:
+    """The interior times as a differentiable function of theta (softmax increments in normalised log-SNR), exactly
+    the init grid at theta^0."""
+
+    def __init__(self, sde, ts: Tensor):
+        self.sde, self.ts0 = sde, ts
+        lam = sde.log_snr(ts)
+        self.lam0, self.lam1 = float(lam[0]), float(lam[-1])
+        z = (lam - self.lam0) / (self.lam1 - self.lam0)
+        self.theta0 = torch.log(torch.diff(z).clamp_min(1e-12))
+        self._ref = self._t(self.theta0).detach()
+
+    def _t(self, theta: Tensor) -> Tensor:
+        w = torch.softmax(theta, 0)
+        lam = self.lam0 + torch.cumsum(w, 0)[:-1] * (self.lam1 - self.lam0)
+        lam_d = lam.detach()
+        t = self.sde.t_from_log_snr(lam_d)
+        slope = 2 * (self.sde.d_alpha(t) / self.sde.alpha(t) - self.sde.d_sigma(t) / self.sde.sigma(t))
+        return t + (lam - lam_d) / slope  # value t(lambda), derivative 1/lambda'(t)
+
+    def __call__(self, theta: Tensor) -> Tensor:
+        inner = self.ts0[1:-1] + (self._t(theta) - self._ref)  # exactly ts0 at theta^0
+        return torch.cat([self.ts0[:1], inner, self.ts0[-1:]])
+
+
+def _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid):
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"model must be a sdekit.ScoreModel; got {type(model).__name__}")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
+        raise ValueError(f"nfe must be an integer >= 2; got {nfe!r}")
+    get(init)
+    if shape is None or any(isinstance(s, bool) or int(s) != s or s < 1 for s in shape):
+        raise ValueError(f"shape must give one row's shape, e.g. shape=(2,) or (1, 8, 8); got {shape!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 10:
+        raise ValueError(f"n must be an integer >= 10 (quantiles of fewer rows are noise); got {n!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0 (Adam updates); got {steps!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0; got {lr!r}")
+    if isinstance(ref_steps, bool) or not isinstance(ref_steps, int) or ref_steps < 2:
+        raise ValueError(f"ref_steps must be an integer >= 2 (rk4 steps of the reference solve); got {ref_steps!r}")
+    if isinstance(generator, bool) or not isinstance(generator, int):
+        raise TypeError(f"generator must be an int seed; got {generator!r}")
+    if not (grid is None or isinstance(grid, (str, Tensor))):
+        raise TypeError(f"grid must be None (the best named grid), a grid name or a tensor of times; got {grid!r}")
+    sde = model.sde
+    if float(sde.alpha(sde.T)) == 0.0:
+        raise NotApplicableError("learn_solver needs alpha(T) > 0 (its grid starts at sde.T in log-SNR); this "
+                                 f"{sde!r} has alpha(T) = 0")
+
+
+def learn_solver(
+    model: ScoreModel,
+    nfe: int,
+    *,
+    init: str = "dpmpp_2m",
+    shape: Optional[Sequence[int]] = None,
+    n: int = 256,
+    generator: int = 0,
+    steps: int = 300,
+    lr: float = 0.01,
+    grid: Union[str, Tensor, None] = None,
+    ref_steps: int = 500,
+) -> LearnedSolver:
+    """Learn an ``nfe``-call solver for ``model`` (module docstring), starting at the registered solver ``init``.
+
+    shape: one row's shape (prior draws are (n, *shape)); generator: the calibration draw's seed (the validation
+    draw's is generator + 7919); steps, lr: Adam updates and learning rate (lr = 0 or steps = 0: no learning, the
+    init is returned); grid: the init's grid: None picks the best of tune's named start grids on the calibration
+    draw, or a grid name, or a tensor of nfe + 1 decreasing times from sde.T to sde.eps; ref_steps: rk4 steps of
+    the reference solves."""
+    _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid)
+    assert shape is not None  # checked above
+    t0 = time.perf_counter()
+    sde = model.sde
+    dtype, device = _dtype_device(model)
+    starts = _start_grids(sde, nfe, grid)
+    inits = {g: (ts, *_probe(model, init, ts)) for g, ts in starts.items()}  # refuses an init outside the family
+    cal = _Draw(model, tuple(shape), n, generator, dtype, device, ref_steps)
+    val = _Draw(model, tuple(shape), n, generator + 7919, dtype, device, ref_steps)
+    scores = {g: _balanced(cal.errors(model, *v)) for g, v in inits.items()}
+    start = min(scores, key=scores.__getitem__)
+    ts0, a0, b0 = inits[start]
+    ts1, a1, b1, back = _fit(model, cal, ts0, a0, b0, steps, float(lr), dtype) if steps and lr else (ts0, a0, b0, 0)
+    e_cal = {"learned": cal.errors(model, ts1, a1, b1), "init": cal.errors(model, ts0, a0, b0)}
+    e_val = {"learned": val.errors(model, ts1, a1, b1), "init": val.errors(model, ts0, a0, b0)}
+    improved = _wins(e_val["learned"], e_val["init"])
+    ts, a, b = (ts1, a1, b1) if improved else (ts0, a0, b0)
+    cost = {"nfe": cal.nfe + val.nfe, "backward": back, "steps": steps, "seconds": time.perf_counter() - t0}
+    return LearnedSolver(ts, a, b, init, start, improved, _identity(model), cost,
+                         {k: _summary(e) for k, e in e_cal.items()}, {k: _summary(e) for k, e in e_val.items()},
+                         generator)
+
+
+def _start_grids(sde, nfe: int, grid) -> dict:
+    if isinstance(grid, Tensor):
+        ts = make_grid(sde, ts=grid)
+        if len(ts) != nfe + 1 or float(ts[0]) != sde.T or float(ts[-1]) != sde.eps or not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError(f"grid must hold nfe + 1 = {nfe + 1} decreasing times from sde.T = {sde.T} to sde.eps = "
+                             f"{sde.eps}; got {grid.tolist()}")
+        return {"custom": ts}
+    names = START_GRIDS if grid is None else (grid,)
+    return {g: make_grid(sde, nfe, g) for g in names}
+
+
+def _objective(e: Tensor) -> Tensor:
+    """(mean_r log e_r + log mean of e between its 80th and 95th percentiles) / 2: the body and the upper tail
+    (what p90 sees), the top 5% (rows near basin boundaries) left out."""
+    s = torch.sort(e).values
+    n = s.numel()
+    tail = s[int(0.8 * n): max(int(0.95 * n), int(0.8 * n) + 1)]
+    return 0.5 * (torch.log(e + 1e-30).mean() + torch.log(tail.mean() + 1e-30))
+
+
+def _adam(leaves, grads, moments, k: int, lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    """One Adam update (Kingma & Ba 2015) in place (torch.optim's import alone costs seconds)."""
+    with torch.no_grad():
+        for p, g, (m, s) in zip(leaves, grads, moments):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            s.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.sub_(lr * (m / (1 - b1**k)) / ((s / (1 - b2**k)).sqrt() + eps))
+
+
+def _fit(model, cal: _Draw, ts0: Tensor, a0: Tensor, b0: Tensor, steps: int, lr: float, dtype):
+    """Adam on (theta, u, v) from zero offsets; returns the lowest-loss (ts, a, b) and the backward call count."""
+    N = len(a0)
+    times = _Times(model.sde, ts0)
+    theta = times.theta0.clone().requires_grad_(True)
+    u = torch.zeros(N, dtype=torch.float64, requires_grad=True)
+    v = torch.zeros(N, N, dtype=torch.float64, requires_grad=True)
+    mask = torch.tril(torch.ones(N, N, dtype=torch.float64))
+    scale = b0.abs().amax(1).clamp_min(1e-12)[:, None]
+    leaves = [theta, u, v]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
+    rows = cal.x_T.shape[0]
+
+    def params():
+        return times(theta), a0 * (1 + u), b0 + scale * v * mask
+
+    best = (math.inf, ts0, a0, b0)
+    for k in range(steps):
+        ts, a, b = params()
+        x = cal.x_T
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Converting a tensor with requires_grad")  # sde's range checks
+            hist = []
+            for i in range(N):
+                t = ts[i].expand(rows).to(dtype)
+                hist.append(model.predict(x, t, "x0"))
+                x = a[i].to(dtype) * x + sum(b[i, j].to(dtype) * hist[j] for j in range(i + 1))
+            e = row_errors(x, cal.x_ref)
+            loss = _objective(e)
+        cal.nfe += N
+        if not torch.isfinite(loss):
+            break
+        if float(loss) < best[0]:
+            best = (float(loss), *(p.detach().clone() for p in (ts, a, b)))
+        grads = torch.autograd.grad(loss, leaves)
+        _adam(leaves, grads, moments, k + 1, 0.5 * lr * (1 + math.cos(math.pi * k / steps)))
+    _, ts, a, b = best
+    if not bool((ts[1:] < ts[:-1]).all()):  # increments under float resolution: keep the init
+        return ts0, a0, b0, steps * N
+    return ts, a, b, steps * N
+

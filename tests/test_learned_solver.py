@@ -1,0 +1,195 @@
+"""learn_solver / LearnedSolver: exact init, better on fresh draws, the held-out rule, files tied to the model."""
+import math
+
+import pytest
+import torch
+
+import sdekit
+from sdekit.solvers import learned as learned_mod
+from sdekit.solvers.base import NotApplicableError
+from sdekit.solvers.grids import make_grid
+from sdekit.solvers.learned import LearnedSolver, WrongModelError, learn_solver
+from sdekit.solvers.registry import SolverInfo, get
+from sdekit.solvers.tune import row_errors
+
+SDE = sdekit.VPSDE()
+
+
+def _quantiles(e):
+    return torch.quantile(e, torch.tensor([0.5, 0.9], dtype=e.dtype)).tolist()
+
+
+def _fresh(model, dim, n=300, seed=99):
+    x_T = SDE.prior_sample((n, dim), generator=torch.Generator().manual_seed(seed)).double()
+    return x_T, sdekit.sample(model, x_T, "rk4", 200, grid="logsnr").x
+
+
+@pytest.fixture(scope="module")
+def case():
+    gm = sdekit.GaussianMixture.default(dim=2, seed=11)
+    model = gm.model(SDE)
+    ls = learn_solver(model, 4, shape=(2,), n=96, steps=100, lr=0.02, ref_steps=150, generator=3)
+    return gm, model, ls
+
+
+def _one_call_solvers():
+    """Every registered deterministic fixed-step solver with one network call per step."""
+    return [n for n in sdekit.solvers.available()
+            if (not get(n).stochastic or get(n).options.get("eta") == 0) and not get(n).adaptive
+            and get(n).nfe_per_step == 1]
+
+
+@pytest.mark.parametrize("grid", ["logsnr", "uniform", "karras"])
+def test_init_reproduces_every_one_call_solver_or_refuses_it_by_name(grid):
+    """Read off by probing, the init is the registered solver itself on its grid (to float64 rounding); a solver
+    outside the family (one that calls the model away from its states) is refused by name."""
+    model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
+    ts = make_grid(SDE, 5, grid)
+    x_T = SDE.prior_sample((64, 2), generator=torch.Generator().manual_seed(0)).double()
+    reproduced = []
+    for name in _one_call_solvers():
+        try:
+            a, b = learned_mod._probe(model, name, ts)
+        except NotApplicableError as err:
+            assert name in str(err)
+            continue
+        ls = LearnedSolver(ts, a, b, name, grid, False, None)
+        want = sdekit.sample(model, x_T, name, ts=ts).x
+        got = sdekit.sample(model, x_T, ls)
+        assert got.nfe == 5
+        assert torch.allclose(got.x, want, rtol=0, atol=1e-13 * float(want.abs().max())), name
+        reproduced.append(name)
+    assert {"dpmpp_2m", "ddim", "ipndm", "ipndm_v", "dpmpp_3m", "unipc_2", "unipc_3", "deis_3", "euler"} <= set(reproduced)
+
+
+def test_step_zero_of_learning_is_the_init_exactly():
+    """The learned parametrisation at its starting point gives the init's times bit for bit."""
+    for grid in ("logsnr", "quadratic", "karras"):
+        ts = make_grid(SDE, 5, grid)
+        times = learned_mod._Times(SDE, ts)
+        assert torch.equal(times(times.theta0.clone().requires_grad_(True)).detach(), ts)
+
+
+def test_learning_lowers_the_error_on_fresh_draws(case):
+    """At NFE 4 on a 2-D mixture, scored on 300 prior rows it never saw against a converged solve of the exact
+    score: a clearly lower median than its init (dpmpp_2m on the grid it started from), and no worse p90."""
+    gm, model, ls = case
+    assert ls.improved and ls.nfe == 4 and ls.num_parameters == 4 + 10 + 3
+    x_T, ref = _fresh(model, 2)
+    learned = _quantiles(row_errors(sdekit.sample(model, x_T, ls).x, ref))
+    init = _quantiles(row_errors(sdekit.sample(model, x_T, "dpmpp_2m", 4, grid=ls.start_grid).x, ref))
+    assert learned[0] < 0.6 * init[0]
+    assert learned[1] <= 1.05 * init[1]
+    assert bool((ls.ts[1:] < ls.ts[:-1]).all()) and float(ls.ts[0]) == SDE.T and float(ls.ts[-1]) == SDE.eps
+    assert ls.cost["nfe"] > 0 and ls.cost["backward"] == 100 * 4 and ls.cost["seconds"] > 0
+
+
+@pytest.mark.parametrize("how", [{"lr": 0.0}, {"steps": 0}])
+def test_no_learning_returns_the_init(how):
+    model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
+    ls = learn_solver(model, 4, shape=(2,), n=16, ref_steps=20, grid="logsnr", **how)
+    a, b = learned_mod._probe(model, "dpmpp_2m", make_grid(SDE, 4, "logsnr"))
+    assert not ls.improved and torch.equal(ls.a, a) and torch.equal(ls.b, b)
+    assert torch.equal(ls.ts, make_grid(SDE, 4, "logsnr"))
+
+
+def test_the_held_out_draw_rejects_a_solver_worse_than_its_init(monkeypatch):
+    """Whatever learning returns, a solver that loses on the validation draw is not kept: the init is."""
+    def spoiled(model, cal, ts0, a0, b0, steps, lr, dtype):  # a "learned" solver with half the data terms
+        return ts0, a0, b0 * 0.5, steps * len(a0)
+
+    monkeypatch.setattr(learned_mod, "_fit", spoiled)
+    model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
+    ls = learn_solver(model, 4, shape=(2,), n=32, ref_steps=50, steps=1, grid="logsnr")
+    assert not ls.improved
+    assert ls.validation["learned"]["median"] > ls.validation["init"]["median"]
+    assert torch.equal(ls.a, learned_mod._probe(model, "dpmpp_2m", ls.ts)[0])
+
+
+def test_save_load_round_trip(case, tmp_path):
+    _, model, ls = case
+    path = str(tmp_path / "solver.safetensors")
+    ls.save(path)
+    back = LearnedSolver.load(path, model)
+    for k in ("ts", "a", "b"):
+        assert torch.equal(getattr(back, k), getattr(ls, k))
+    assert (back.init, back.start_grid, back.improved, back.fingerprint) == (ls.init, ls.start_grid, ls.improved,
+                                                                             ls.fingerprint)
+    assert back.validation == ls.validation and back.cost == ls.cost and back.num_parameters == ls.num_parameters
+    x_T = torch.randn(20, 2, dtype=torch.float64)
+    assert torch.equal(sdekit.sample(model, x_T, back).x, sdekit.sample(model, x_T, ls).x)
+
+
+def test_another_model_is_refused_by_name(case, tmp_path):
+    _, model, ls = case
+    path = str(tmp_path / "solver.safetensors")
+    ls.save(path)
+    other = sdekit.GaussianMixture.default(dim=2, seed=12).model(SDE)
+    with pytest.raises(WrongModelError, match="fingerprint"):
+        LearnedSolver.load(path, other)
+    with pytest.raises(WrongModelError, match="learn_solver"):
+        sdekit.sample(other, torch.randn(4, 2, dtype=torch.float64), ls)
+    other_sde = sdekit.GaussianMixture.default(dim=2, seed=11).model(sdekit.VPSDE(beta_max=15.0))
+    with pytest.raises(WrongModelError):
+        LearnedSolver.load(path, other_sde)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="safetensors"):
+        LearnedSolver.load(str(tmp_path / "bad.safetensors"), model)
+
+
+def test_sample_runs_on_any_batch_row_for_row(case):
+    """Per-row: a row's sample does not depend on the batch around it; float32 states work too."""
+    _, model, ls = case
+    x_T = torch.randn(300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    full = sdekit.sample(model, x_T, ls).x
+    for rows in (slice(0, 1), slice(5, 12), slice(100, 300)):
+        assert torch.allclose(sdekit.sample(model, x_T[rows], ls).x, full[rows], rtol=0, atol=1e-13)
+    x32 = sdekit.sample(model, x_T.float(), ls).x
+    assert x32.dtype == torch.float32 and torch.allclose(x32.double(), full, atol=1e-4)
+    traj = sdekit.sample(model, x_T[:3], ls, trajectory=True)
+    assert len(traj.trajectory) == 5 and torch.equal(traj.ts, ls.ts)
+
+
+def test_sample_refuses_another_grid(case):
+    _, model, ls = case
+    x_T = torch.randn(4, 2, dtype=torch.float64)
+    assert sdekit.sample(model, x_T, ls, steps=4).nfe == 4
+    for kwargs in ({"steps": 5}, {"ts": ls.ts}, {"t_start": 0.5}, {"t_end": 0.01}):
+        with pytest.raises(ValueError, match="own"):
+            sdekit.sample(model, x_T, ls, **kwargs)
+
+
+def test_bad_inputs_are_refused_before_any_work(monkeypatch):
+    def off_state(ev, x, ts):  # a midpoint-like step: calls the model at a point that is not its state
+        for i in range(len(ts) - 1):
+            x = x + ev.x0(0.5 * x, ts[i])
+            yield x
+
+    info = SolverInfo("off_state", off_state, False, 1, 1, False, "ode", {})
+    monkeypatch.setattr(learned_mod, "get", lambda name: info if name == "off_state" else get(name))
+    model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
+    for kwargs, err in (({"nfe": 1}, ValueError), ({"shape": None}, ValueError), ({"n": 5}, ValueError),
+                        ({"steps": -1}, ValueError), ({"lr": math.nan}, ValueError), ({"init": "nope"}, ValueError),
+                        ({"generator": 1.5}, TypeError), ({"init": "heun"}, NotApplicableError),
+                        ({"init": "euler_ancestral"}, NotApplicableError),
+                        ({"grid": torch.tensor([1.0, 0.5, 1e-3])}, ValueError)):
+        args = {"nfe": 4, "shape": (2,), "n": 16, "ref_steps": 4, **kwargs}
+        nfe = args.pop("nfe")
+        with pytest.raises(err):
+            learn_solver(model, nfe, **args)
+    with pytest.raises(NotApplicableError, match="off_state"):  # a model call away from the state
+        learn_solver(model, 4, init="off_state", shape=(2,), n=16, ref_steps=4)
+    flow = sdekit.GaussianMixture.default(dim=2, seed=1).model(sdekit.RectifiedFlow())
+    with pytest.raises(NotApplicableError, match="alpha"):
+        learn_solver(flow, 4, shape=(2,), n=16, ref_steps=4)
+    with pytest.raises(TypeError):
+        learn_solver(lambda x, t: x, 4, shape=(2,))
+
+
+def test_a_plain_function_network_learns_but_cannot_be_saved(tmp_path):
+    gm = sdekit.GaussianMixture.default(dim=2, seed=1)
+    model = sdekit.ScoreModel(lambda x, t: gm.score(x, t, SDE), SDE, prediction="score")
+    ls = learn_solver(model, 3, shape=(2,), n=16, ref_steps=20, steps=2)
+    assert ls.fingerprint is None
+    with pytest.raises(ValueError, match="fingerprint"):
+        ls.save(str(tmp_path / "x.safetensors"))
