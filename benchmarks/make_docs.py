@@ -549,9 +549,27 @@ def schedules(results: Results) -> dict[str, Any]:
             "sched.gits_nfe": span(r["gits_nfe"] for r in rows)}
 
 
+def learned_solver(results: Results) -> dict[str, Any]:
+    data = results("learned_solver.json")
+    rows = []
+    for key, cell in data["summary"].items():
+        dim, nfe = key.split("_")
+        for stat in ("median", "p90"):
+            learned = cell["learned"][stat]
+            ratios = [fmt(span(a / b for a, b in zip(learned, cell[other][stat])), ".2f")
+                      for other in ("init", "best_named", "tuned")]
+            rows.append([dim.replace("d", "-D"), nfe.replace("nfe", ""), stat, fmt(span(learned), ".3f"), *ratios])
+    costs = [c["nfe"] for cell in data["summary"].values() for c in cell["learn_cost"]]
+    secs = [c["seconds"] for cell in data["summary"].values() for c in cell["learn_cost"]]
+    seeds = data["seeds"]
+    return {"learned.table": table(["problem", "NFE", "statistic", "learned (range over seeds)", "learned / its init",
+                                    "learned / best named grid", "learned / tuned grid"], rows),
+            "learned.seeds": f"{seeds[0]}-{seeds[-1]}", "learned.cost": span(costs), "learned.seconds": span(secs)}
+
+
 SECTIONS: list[Callable[[Results], dict[str, Any]]] = [
     accuracy, quick_runs, overhead, likelihood, likelihood_digits, transcripts, stochastic, stochastic_quick, strong_order,
-    flow_matching, digits, distributed, sample_memory, schedules,
+    flow_matching, digits, distributed, sample_memory, schedules, learned_solver,
 ]
 
 
