@@ -15,7 +15,8 @@ near the ODE at small s and adds noise at large s.
 
 Exact solution (the paper's Prop. 4 for VE and its VP form, in one line).  From s_a to s_b < s_a,
 
-    y_b = (Phi(s_b)/Phi(s_a)) y_a + Phi(s_b) int_{s_b}^{s_a} Phi'(u)/Phi(u)^2 x0(u) du + sqrt(s_b^2 - (s_a Phi(s_b)/Phi(s_a))^2) z,
+    y_b = (Phi(s_b)/Phi(s_a)) y_a + Phi(s_b) int_{s_b}^{s_a} Phi'(u)/Phi(u)^2 x0(u) du
+          + sqrt(s_b^2 - (s_a Phi(s_b)/Phi(s_a))^2) z,
 
 i.e. in x, with q = psi(s_a)/psi(s_b) in [0, 1] and r = Phi(s_b)/Phi(s_a) = q s_b/s_a,
 

@@ -140,7 +140,8 @@ def seeds_1(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_noise: 
     """SEEDS-1 (Gonzalez et al. 2023, "SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion
     Models"), data prediction, 1 NFE/step: the exact step of the reverse family with x0 held at x0_t,
 
-        x_s = (sigma_s/sigma_t) e^{-eta h} x_t + alpha_s (1 - e^{-(1 + eta) h}) x0(x_t, t) + s_noise sigma_s sqrt(1 - e^{-2 eta h}) z,
+        x_s = (sigma_s/sigma_t) e^{-eta h} x_t + alpha_s (1 - e^{-(1 + eta) h}) x0(x_t, t)
+              + s_noise sigma_s sqrt(1 - e^{-2 eta h}) z,
 
     z the path's increment over the step (SDE-DPM-Solver++(1); eta = 0: DDIM). Strong order 1."""
     return _seeds(ev, x, ts, 1, eta, s_noise)
