@@ -12,6 +12,7 @@ from .registry import SOLVERS, available, get, register
 from . import ode, stochastic, backends  # noqa: E402,F401  (registers solvers)
 from . import exponential, discrete, linear_multistep, adaptive_dpm  # noqa: E402,F401
 from . import sde_samplers  # noqa: E402,F401
+from . import er_sde, seeds  # noqa: E402,F401
 
 __all__ = [
     "sample", "available", "get", "register", "SOLVERS", "grids",
