@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sdekit
-import sdekit.solvers.tune as tune_module
 from sdekit.cli import main
+from sdekit.compare import harness as harness_module
 from sdekit.compare import (TUNE_SEED_OFFSET, CompareResults, CompareRow, compare, default_solvers, endpoint_error,
                             error_summary, flipped_fraction, per_row_error, sliced_w2)
 from sdekit.solvers.grids import make_grid
@@ -230,7 +230,7 @@ def test_tuned_rows_use_the_tuned_grid_from_independent_draws(monkeypatch):
         calls.append(SimpleNamespace(solver=solver, steps=steps, n=n, generator=generator, draws=draws))
         return SimpleNamespace(ts=make_grid(model.sde, steps, "quadratic"), nfe=1000 + steps)
 
-    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    monkeypatch.setattr(harness_module, "tune", fake_tune)
     x_T = _x_T(32, seed=0)
     res = compare(x_T=x_T, solvers="euler,heun", steps=(1, 3, 4), grids=("quadratic", "tuned"), tune_n=16, **TINY)
     tuned = [r for r in res if r.tuned]
@@ -373,7 +373,7 @@ def test_cli_exits_nonzero_when_every_solve_fails(tmp_path, capsys, monkeypatch)
             raise sdekit.solvers.NonFiniteError("NaN at step 1 (stand-in)")
         return real(model, x_T, solver, *args, **kwargs)
 
-    monkeypatch.setattr(sdekit.solvers, "sample", failing)
+    monkeypatch.setattr(harness_module, "sample", failing)  # the harness's solves, not the reference's
     with pytest.warns(UserWarning, match="stand-in"):
         rc = main(["compare", "--solvers", "euler", "--steps", "2", "--grids", "logsnr", "--n", "8",
                    "--ref-steps", "50", "--out", str(tmp_path), "--no-progress"])
