@@ -414,3 +414,24 @@ def test_compare_on_a_flow_path_skips_the_solvers_that_cannot_start_at_pure_nois
     with pytest.raises(ValueError, match="every run was refused"):
         compare(sde=sdekit.RectifiedFlow(), solvers="dpm_solver_1", n=8, nfe=(8,), grids=("logsnr",), ref_steps=20,
                 progress=False)
+
+
+def test_settings_groups_and_keywords_are_one_call():
+    """compare(problem=, plan=, references=) equals the same settings as keywords; a keyword beside its group
+    replaces that field; an unknown keyword or a wrong group type is a TypeError before any solve."""
+    from sdekit.compare import Plan, Problem, References
+
+    kw = dict(solvers="euler", steps=(4,), grids=("logsnr",), n=16, seed=3, ref_steps=50)
+    a = compare(progress=False, **kw)
+    b = compare(problem=Problem(n=16, seed=3), plan=Plan(solvers="euler", steps=(4,), grids="logsnr"),
+                references=References(ref_steps=50), progress=False)
+    c = compare(problem=Problem(n=16, seed=99), plan=Plan(solvers="euler", steps=(4,), grids="logsnr"),
+                references=References(ref_steps=50), seed=3, progress=False)
+    assert [(r.solver, r.steps, r.median) for r in a] == [(r.solver, r.steps, r.median) for r in b] \
+        == [(r.solver, r.steps, r.median) for r in c]
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        compare(solver="euler", progress=False)
+    with pytest.raises(TypeError, match="Plan"):
+        compare(plan={"solvers": "euler"}, progress=False)
+    with pytest.raises(ValueError, match="unknown grid"):
+        Plan(grids="nope")
