@@ -55,6 +55,8 @@ import torch
 import sdekit
 import sdekit.solvers
 from sdekit.compare import default_solvers
+from sdekit.metrics import error_summary
+from sdekit.metrics import per_row_error as row_errors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report import cached_json, write_report  # noqa: E402
@@ -122,16 +124,10 @@ def carry_reference(gm, x, s_from: float, s_to: float, steps: int = 200) -> torc
     return a_of(s_to) * y
 
 
-def row_errors(x, x_ref) -> torch.Tensor:
-    d = (x.to(torch.float64) - x_ref.to(torch.float64)).reshape(x.shape[0], -1)
-    return d.norm(dim=1) / math.sqrt(d.shape[1])
-
-
 def summarize(e: torch.Tensor) -> dict:
-    if not bool(torch.isfinite(e).all()):
-        return {"median": float("nan"), "p90": float("nan"), "rms": float("nan")}
-    q = torch.quantile(e, torch.tensor([0.5, 0.9], dtype=torch.float64))
-    return {"median": float(q[0]), "p90": float(q[1]), "rms": float(e.pow(2).mean().sqrt())}
+    """median, p90 and rms of per-row errors (``sdekit.metrics.error_summary``; NaN for a partly failed solve)."""
+    s = error_summary(e)
+    return {k: s[k] for k in ("median", "p90", "rms")}
 
 
 def s_of(sde, t) -> float:

@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sdekit  # noqa: E402
+from sdekit.metrics import error_summary, per_row_error  # noqa: E402
 from sdekit.solvers.tune import tune  # noqa: E402
 
 BUDGETS = (6, 10, 20)
@@ -59,11 +60,9 @@ def reference(gm, sde, x_T):
 
 
 def stats(x, ref) -> dict:
-    e = (x.double() - ref).reshape(x.shape[0], -1).norm(dim=1) / math.sqrt(x[0].numel())
-    if not bool(torch.isfinite(e).all()):
-        return {"median": math.inf, "p90": math.inf}
-    q = torch.quantile(e, torch.tensor([0.5, 0.9], dtype=e.dtype)).tolist()
-    return {"median": q[0], "p90": q[1]}
+    """median and p90 of the per-row errors (``sdekit.metrics``); inf for a partly failed solve."""
+    s = error_summary(per_row_error(x, ref))
+    return {k: math.inf if math.isnan(s[k]) else s[k] for k in ("median", "p90")}
 
 
 def _diffusers_loop(sched, gm, sde, x_T, steps, **set_kw):

@@ -43,7 +43,7 @@ import warnings
 import torch
 
 import sdekit
-from sdekit.compare import sliced_w2
+from sdekit.metrics import sliced_w2
 from sdekit.noise import RowNoise
 
 HERE = os.path.dirname(os.path.abspath(__file__))

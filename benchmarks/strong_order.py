@@ -35,7 +35,7 @@ import time
 import torch
 
 import sdekit
-from sdekit.compare import per_row_error
+from sdekit.metrics import per_row_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -62,7 +62,7 @@ def slope(steps, errs) -> float:
 
 
 def median_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Median over rows of |a - b| / sqrt(D) (``compare.per_row_error``): the RMS would be ruled by the few rows
+    """Median over rows of |a - b| / sqrt(D) (``sdekit.metrics.per_row_error``): the RMS would be ruled by the few rows
     that start near a boundary between modes and end in another mode at some step counts (a finite-step effect the
     order says nothing about)."""
     return float(per_row_error(a, b).median())

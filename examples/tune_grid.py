@@ -24,7 +24,8 @@ import torch
 import sdekit
 from sdekit.plotting import save_figure
 from sdekit.solvers.grids import make_grid
-from sdekit.solvers.tune import START_GRIDS, row_errors
+from sdekit.metrics import per_row_error as row_errors
+from sdekit.solvers.tune import START_GRIDS
 
 
 def random_mixture(dim: int, seed: int) -> sdekit.GaussianMixture:

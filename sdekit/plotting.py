@@ -8,10 +8,11 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["save_samples", "image_grid", "scatter", "save_figure"]
+__all__ = ["save_samples", "image_grid", "scatter", "save_figure", "figure_module"]
 
 
-def _figure():
+def figure_module():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,7 +33,7 @@ def save_figure(fig, path, dpi: int = 100, rect=None) -> Path:
 
 def image_grid(x: Tensor, path, value_range=(-1.0, 1.0), title: str = "", ncol: Optional[int] = None) -> Path:
     """(N, C, H, W) images in ``value_range`` as one PNG grid (grey for C = 1, RGB for C = 3)."""
-    plt = _figure()
+    plt = figure_module()
     n = x.shape[0]
     ncol = ncol or int(n**0.5 + 0.999)
     nrow = (n + ncol - 1) // ncol
@@ -51,7 +52,7 @@ def image_grid(x: Tensor, path, value_range=(-1.0, 1.0), title: str = "", ncol: 
 
 def scatter(x: Tensor, path, density=None, title: str = "") -> Path:
     """(N, 2) points; ``density`` (callable (M, 2) float64 -> (M,) log-density) draws log-density contours beneath."""
-    plt = _figure()
+    plt = figure_module()
     pts = x.detach().double().cpu()
     fig, ax = plt.subplots(figsize=(5, 5))
     lo = pts.min(0).values - 0.5

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sdekit
-import sdekit.solvers.tune as tune_module
 from sdekit.cli import main
+from sdekit.compare import harness as harness_module
 from sdekit.compare import (TUNE_SEED_OFFSET, CompareResults, CompareRow, compare, default_solvers, endpoint_error,
                             error_summary, flipped_fraction, per_row_error, sliced_w2)
 from sdekit.solvers.grids import make_grid
@@ -230,7 +230,7 @@ def test_tuned_rows_use_the_tuned_grid_from_independent_draws(monkeypatch):
         calls.append(SimpleNamespace(solver=solver, steps=steps, n=n, generator=generator, draws=draws))
         return SimpleNamespace(ts=make_grid(model.sde, steps, "quadratic"), nfe=1000 + steps)
 
-    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    monkeypatch.setattr(harness_module, "tune", fake_tune)
     x_T = _x_T(32, seed=0)
     res = compare(x_T=x_T, solvers="euler,heun", steps=(1, 3, 4), grids=("quadratic", "tuned"), tune_n=16, **TINY)
     tuned = [r for r in res if r.tuned]
@@ -375,7 +375,7 @@ def test_cli_exits_nonzero_when_every_solve_fails(tmp_path, capsys, monkeypatch)
             raise sdekit.solvers.NonFiniteError("NaN at step 1 (stand-in)")
         return real(model, x_T, solver, *args, **kwargs)
 
-    monkeypatch.setattr(sdekit.solvers, "sample", failing)
+    monkeypatch.setattr(harness_module, "sample", failing)  # the harness's solves, not the reference's
     with pytest.warns(UserWarning, match="stand-in"):
         rc = main(["compare", "--solvers", "euler", "--steps", "2", "--grids", "logsnr", "--n", "8",
                    "--ref-steps", "50", "--out", str(tmp_path), "--no-progress"])
@@ -415,3 +415,24 @@ def test_compare_on_a_flow_path_skips_the_solvers_that_cannot_start_at_pure_nois
     with pytest.raises(ValueError, match="every run was refused"):
         compare(sde=sdekit.RectifiedFlow(), solvers="dpm_solver_1", n=8, nfe=(8,), grids=("logsnr",), ref_steps=20,
                 progress=False)
+
+
+def test_settings_groups_and_keywords_are_one_call():
+    """compare(problem=, plan=, references=) equals the same settings as keywords; a keyword beside its group
+    replaces that field; an unknown keyword or a wrong group type is a TypeError before any solve."""
+    from sdekit.compare import Plan, Problem, References
+
+    kw = dict(solvers="euler", steps=(4,), grids=("logsnr",), n=16, seed=3, ref_steps=50)
+    a = compare(progress=False, **kw)
+    b = compare(problem=Problem(n=16, seed=3), plan=Plan(solvers="euler", steps=(4,), grids="logsnr"),
+                references=References(ref_steps=50), progress=False)
+    c = compare(problem=Problem(n=16, seed=99), plan=Plan(solvers="euler", steps=(4,), grids="logsnr"),
+                references=References(ref_steps=50), seed=3, progress=False)
+    assert [(r.solver, r.steps, r.median) for r in a] == [(r.solver, r.steps, r.median) for r in b] \
+        == [(r.solver, r.steps, r.median) for r in c]
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        compare(solver="euler", progress=False)
+    with pytest.raises(TypeError, match="Plan"):
+        compare(plan={"solvers": "euler"}, progress=False)
+    with pytest.raises(ValueError, match="unknown grid"):
+        Plan(grids="nope")

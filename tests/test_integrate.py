@@ -7,7 +7,8 @@ import torch
 import sdekit
 from sdekit.solvers import SolverError, StepBudgetError
 from sdekit.solvers.base import StepSizeError
-from sdekit.solvers.integrate import TABLEAUS, Tableau, integrate, row_error_ratio
+from sdekit.solvers.controller import row_error_ratio
+from sdekit.solvers.integrate import TABLEAUS, Tableau, integrate
 
 F64 = torch.float64
 RATES = torch.tensor([[1.0, -2.0, 0.5]], dtype=F64)

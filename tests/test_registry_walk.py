@@ -174,7 +174,7 @@ def test_correct_or_refused_by_name(pn, name, grid, end):
     err = float(((sol.x - ref).norm(dim=1) / math.sqrt(2)).median()) / scale
     # loose: a wrong limit or a broken step is off by O(1); Euler and Heun in t on the VE SDE, a correct but poor
     # variable there, are 0.4 and 0.2 off at 16 steps (measured)
-    order = SOLVERS[name].order
+    order = SOLVERS[name].order or math.inf  # None: an adapter whose order depends on method= (tolerance-led)
     assert err < (0.5 if order <= 1 else 0.25 if order <= 2 else 0.12), err
 
 

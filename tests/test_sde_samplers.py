@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sdekit
-from sdekit.compare import sliced_w2
+from sdekit.metrics import sliced_w2
 from sdekit.solvers import SolverError, get, sample
 
 NEW = ["euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "sa_solver", "restart"]

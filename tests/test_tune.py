@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 import sdekit
 from sdekit.solvers import tune as tune_mod
-from sdekit.solvers.tune import row_errors, tune, tune_grid
+from sdekit.metrics import per_row_error as row_errors
+from sdekit.solvers.tune import tune, tune_grid
 
 SDE = sdekit.VPSDE()
 

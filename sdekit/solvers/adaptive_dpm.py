@@ -7,7 +7,9 @@ and the per-row error norm
 
     E = max over rows b of  RMS_{entries of b} (x_high - x_low) / (atol + rtol max(|x_high|, |x_t|)).
 
-E <= 1 accepts x_high (local extrapolation); either way the next step is h min(5, max(0.2, 0.9 E^{-1/k})).
+E <= 1 accepts x_high (local extrapolation); either way the next step is h min(5, max(0.2, 0.9 E^{-1/k})): the
+``StepController`` of the integration core (``sdekit.solvers.controller``) with factor_max 5, shrinking after an
+accepted step too.
 Each row meets its own tolerance: the max over rows lets no row hide behind the batch mean.
 
 The solve visits every time of the grid ``ts`` exactly (the step is shortened to land on it) and yields the
@@ -22,9 +24,9 @@ import math
 
 import torch
 
-from .base import Evaluator, StepBudgetError
+from .base import Evaluator
+from .controller import StepController, check_tolerances, row_error_ratio
 from .exponential import Schedule, check_finite_start, dpm_solver_step, x0_jump
-from .integrate import row_error_ratio
 from .registry import register
 
 Tensor = torch.Tensor
@@ -32,10 +34,9 @@ Tensor = torch.Tensor
 __all__ = ["row_error_norm"]
 
 _PAIRS = {2: [0.5], 3: [1.0 / 3.0, 2.0 / 3.0]}  # higher order k: the r's of DPM-Solver-k
-_SAFETY, _SHRINK, _GROW = 0.9, 0.2, 5.0
 
 
-def row_error_norm(err: Tensor, x: Tensor, x_prev: Tensor, rtol: float, atol: float) -> float:
+def row_error_norm(err: Tensor, x: Tensor, x_prev: Tensor, rtol, atol) -> float:
     """max over rows of the RMS over that row's entries of err / (atol + rtol max(|x|, |x_prev|)); NaN -> inf.
     The integration core's per-row norm (``sdekit.solvers.integrate.row_error_ratio``) on flattened rows."""
     B = err.shape[0]
@@ -43,21 +44,20 @@ def row_error_norm(err: Tensor, x: Tensor, x_prev: Tensor, rtol: float, atol: fl
     return row_error_ratio(flat, x_prev.reshape(B, -1), x.reshape(B, -1), rtol, atol, [(0, flat.shape[1])])
 
 
-def _check(rtol, atol, max_nfe, h_init):
+def _controller(order: int, rtol, atol, max_nfe, h_init) -> StepController:
+    """Algorithm 6's controller: factor in [0.2, 5], shrinking after an accepted step too."""
     for name, v in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
-    if rtol == 0 and atol == 0:
-        raise ValueError("rtol and atol cannot both be 0")
-    if isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < 1:
-        raise ValueError(f"max_nfe must be an integer >= 1; got {max_nfe!r}")
+        if isinstance(v, torch.Tensor):
+            raise ValueError(f"{name} must be a finite number >= 0; got a tensor")
+    check_tolerances(rtol, atol)
     if not (isinstance(h_init, (int, float)) and math.isfinite(h_init) and h_init > 0):
         raise ValueError(f"h_init must be a finite number > 0 (a step in half log-SNR); got {h_init!r}")
+    return StepController(rtol, atol, order, max_nfe, factor_max=5.0, accepted_factor_min=0.2)
 
 
 def _adaptive(ev: Evaluator, x: Tensor, ts: Tensor, order: int, rtol: float, atol: float, max_nfe: int,
               h_init: float):
-    _check(rtol, atol, max_nfe, h_init)
+    control = _controller(order, rtol, atol, max_nfe, h_init)
     rs = _PAIRS[order]
     sch = Schedule(ev.sde, ts)
     check_finite_start(ev, sch, f"adaptive DPM-Solver-{order - 1}{order} (noise form)")
@@ -67,35 +67,36 @@ def _adaptive(ev: Evaluator, x: Tensor, ts: Tensor, order: int, rtol: float, ato
     for i in range(len(ts) - 1):
         if sch.sigma[i + 1] == 0:
             x = x0_jump(ev, x, sch, i)
-            yield x
-            continue
-        t, a_t, l_t, l_end = ts[i], sch.alpha[i], sch.l[i], sch.l[i + 1]
-        sign = 1.0 if l_end > l_t else -1.0
-        while True:
-            remaining = l_end - l_t
-            landing = h_try >= abs(remaining) * (1 - 1e-10)
-            h = float(remaining) if landing else sign * h_try
-            if ev.nfe + order > max_nfe:
-                raise StepBudgetError(
-                    f"adaptive DPM-Solver-{order - 1}{order} used {ev.nfe} of its budget of {max_nfe} network "
-                    f"evaluations before reaching t = {float(ts[i + 1]):.6g} ({stats['accepted']} steps accepted, "
-                    f"{stats['rejected']} rejected); loosen rtol/atol or raise max_nfe")
-            points = sch.at_ls([l_t + r * h for r in rs] + ([] if landing else [l_t + h]))
-            t_s, a_s, s_s = (ts[i + 1], sch.alpha[i + 1], sch.sigma[i + 1]) if landing else points[-1]
-            low, high = dpm_solver_step(ev, x, t, a_t, a_s, s_s, h, rs, points)
-            e = row_error_norm(high - low, high, x, rtol, atol)
-            factor = _GROW if e == 0 else min(_GROW, max(_SHRINK, _SAFETY * e ** (-1.0 / order)))
-            if e <= 1:
-                stats["accepted"] += 1
-                x, t, a_t, l_t = high, t_s, a_s, l_t + h  # type: ignore[assignment]
-                if not (landing and h_try > abs(h)):  # a step shortened to land keeps the proposal
-                    h_try = abs(h) * factor
-                if landing:
-                    break
-            else:
-                stats["rejected"] += 1
-                h_try = abs(h) * factor
+        else:
+            x, h_try = _interval(ev, x, ts, sch, i, rs, control, h_try)
         yield x
+
+
+def _interval(ev: Evaluator, x: Tensor, ts: Tensor, sch: Schedule, i: int, rs: list, control: StepController,
+              h_try: float) -> tuple[Tensor, float]:
+    """Adaptive steps from ts[i] to ts[i + 1] (landing there); returns the state and the next proposal."""
+    order, stats = len(rs) + 1, ev.stats
+    t, a_t, l_t, l_end = ts[i], sch.alpha[i], sch.l[i], sch.l[i + 1]
+    sign = 1.0 if l_end > l_t else -1.0
+    while True:
+        remaining = l_end - l_t
+        landing = h_try >= abs(remaining) * (1 - 1e-10)
+        h = float(remaining) if landing else sign * h_try
+        control.reserve(ev.nfe, order, lambda: (
+            f"adaptive DPM-Solver-{order - 1}{order} on its way to t = {float(ts[i + 1]):.6g} "
+            f"({stats['accepted']} steps accepted, {stats['rejected']} rejected)"))
+        points = sch.at_ls([l_t + r * h for r in rs] + ([] if landing else [l_t + h]))
+        t_s, a_s, s_s = (ts[i + 1], sch.alpha[i + 1], sch.sigma[i + 1]) if landing else points[-1]
+        low, high = dpm_solver_step(ev, x, t, a_t, a_s, s_s, h, rs, points)
+        accepted, h_try = control.adapt(h_try, h, row_error_norm(high - low, high, x, control.rtol, control.atol),
+                                        landing)
+        if not accepted:
+            stats["rejected"] += 1
+            continue
+        stats["accepted"] += 1
+        x, t, a_t, l_t = high, t_s, a_s, l_t + h  # type: ignore[assignment]
+        if landing:
+            return x, h_try
 
 
 def _register(order):

@@ -23,11 +23,14 @@ import torch
 
 from .base import (Evaluator, RowNoise, StepBudgetError, StepSizeError, check_positive_alpha, check_sampling,
                    refuse)
-from .integrate import TABLEAUS, TORCHDIFFEQ_PREFIX, ProbabilityFlow, check_tolerances, integrate, solve_steps
+from .controller import check_tolerances
+from .integrate import TABLEAUS, TORCHDIFFEQ_PREFIX, ProbabilityFlow, integrate, solve_steps
 from .registry import register
 
-# external adaptive torchdiffeq methods registered by name: (order, network calls per step)
-EXTERNAL_TORCHDIFFEQ = {"dopri8": (8, 13), "fehlberg2": (2, 3)}
+# external adaptive torchdiffeq methods registered by name: (order, network calls per attempted step). torchdiffeq's
+# RK step makes one call per row of its tableau's alpha (dopri8: 13, fehlberg2: 2), the last one serving as the next
+# step's first.
+EXTERNAL_TORCHDIFFEQ = {"dopri8": (8, 13), "fehlberg2": (2, 2)}
 
 
 class _BudgetedDrift:
@@ -75,7 +78,7 @@ for _name, _tab in TABLEAUS.items():
                  method=_name)(core_ode)
 
 
-@register("torchdiffeq", order=5, nfe_per_step=6, adaptive=True)
+@register("torchdiffeq", order=None, nfe_per_step=None, adaptive=True)  # both depend on method=
 def torchdiffeq_ode(ev: Evaluator, x, ts, *, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                     max_nfe: int = 100_000, step_size=None):
     """The probability-flow ODE through ``torchdiffeq.odeint(method=...)`` behind the core's interface
@@ -92,7 +95,7 @@ for _name, (_order, _calls) in EXTERNAL_TORCHDIFFEQ.items():
     register(_name, order=_order, nfe_per_step=_calls, adaptive=True, method=_name)(torchdiffeq_ode)
 
 
-@register("scipy", order=5, nfe_per_step=6, adaptive=True)
+@register("scipy", order=None, nfe_per_step=None, adaptive=True)  # both depend on method=
 def scipy_ode(ev: Evaluator, x, ts, *, method: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5,
               max_nfe: int = 100_000):
     """The probability-flow ODE through ``scipy.integrate.solve_ivp`` (float64 numpy state on the CPU)."""
@@ -118,8 +121,10 @@ def scipy_ode(ev: Evaluator, x, ts, *, method: str = "RK45", rtol: float = 1e-5,
         yield torch.from_numpy(np.ascontiguousarray(sol.y[:, i])).reshape(shape).to(device=device, dtype=dtype)
 
 
+# RK45: Dormand-Prince 5(4), FSAL: 6 calls per attempted step. LSODA switches between Adams (orders 1-12) and BDF
+# (1-5) with ~1-2 calls per step plus finite-difference Jacobians: no one number.
 register("scipy_rk45", order=5, nfe_per_step=6, adaptive=True, method="RK45")(scipy_ode)
-register("scipy_lsoda", order=5, nfe_per_step=6, adaptive=True, method="LSODA")(scipy_ode)
+register("scipy_lsoda", order=None, nfe_per_step=None, adaptive=True, method="LSODA")(scipy_ode)
 
 
 class _GridBrownian:
@@ -197,7 +202,9 @@ def _torchsde_steps(rs, dt: float):
     return torch.stack(out).to(torch.float64)
 
 
-@register("torchsde", order=0.5, nfe_per_step=1, stochastic=True, family="sde")
+# order and calls per grid step depend on method= (euler 1 call per torchsde step, midpoint and heun 2, ...) and on dt:
+# torchsde steps dt at a time (the grid's smallest gap by default), so a non-uniform grid costs more calls than steps
+@register("torchsde", order=None, nfe_per_step=None, stochastic=True, family="sde")
 def torchsde_sde(ev: Evaluator, x, ts, *, method: str = "euler", dt=None):
     """The reverse SDE through ``torchsde.sdeint(method=...)`` with per-row Brownian motion on the
     solver's grid. ``dt`` defaults to the smallest gap of ``ts``; each gap is split into equal steps."""

@@ -8,24 +8,20 @@ term    a callable ``term(t, y) -> dy/dt`` (t a float64 0-d CPU tensor, y a batc
         here: ``ProbabilityFlow`` (dx/dt = F(x, t) through an ``Evaluator``); the likelihood builds the
         augmented [F, div F] term on top of its divergence estimators (``sdekit.likelihood``).
 method  an explicit Runge-Kutta tableau (``TABLEAUS``: dopri5, bosh3, adaptive_heun with an embedded error
-        estimate; euler, midpoint, rk4 fixed-step), run by one explicit RK step (``rk_step``).
+        estimate; euler, midpoint, heun_t, rk4 fixed-step), run by one explicit RK step (``rk_step``).
 ts      the times the solve steps onto exactly: ts[0] is the start, ts[-1] the end, the step is shortened
         to land on every one of them (the end above all: no stage is evaluated past it).
 save_ts the times whose values are returned (default ts), anywhere in [ts[0], ts[-1]]: between step
         ends they come from the method's dense output (dopri5: Shampine's quartic through y0, y_{1/2}, y1
         and both end slopes; others: the cubic Hermite through y0, y1 and the end slopes).
 
-Step-size control (Hairer, Norsett and Wanner, "Solving ODEs I", II.4). A step from (t, y) with size h
-gives y1 and the embedded difference e = h sum_i (b_i - b^_i) k_i. Row r's error is
-
-    E_r = RMS over the entries of row r of e / (atol_r + rtol_r max(|y|, |y1|)),
-
-taken per group of a tuple state (each group's RMS apart, the largest kept), and the step is accepted when
-max_r E_r <= 1: every row meets its own tolerance, whatever its batch mates do (rtol and atol may be
-numbers or (batch,) tensors). The next step is h min(10, max(0.2, 0.9 E^{-1/p})) (no shrink after an
-accepted step), p the tableau's order; the first step comes from Hairer's starting-step algorithm (one
-extra evaluation). Rejected and accepted steps are counted; a step that would take the solve past
-``max_nfe`` evaluations raises ``StepBudgetError`` before it is taken.
+Step-size control (Hairer, Norsett and Wanner, "Solving ODEs I", II.4) is ``StepController``
+(``sdekit.solvers.controller``): a step from (t, y) with size h gives y1 and the embedded difference
+e = h sum_i (b_i - b^_i) k_i; it is accepted when every row meets its own tolerance (rtol and atol may be numbers
+or (batch,) tensors), and the next step is h min(10, max(0.2, 0.9 E^{-1/p})) (no shrink after an accepted step), p
+the tableau's order; the first step comes from Hairer's starting-step algorithm (one extra evaluation). Rejected and
+accepted steps are counted; a step that would take the solve past ``max_nfe`` evaluations raises
+``StepBudgetError`` before it is taken.
 
 With ``step_size=h`` (or a tableau without an error estimate) the steps are fixed: ceil(|interval| / h)
 steps per interval of ts, the last one shortened to land. Errors are ``SolverError`` subclasses.
@@ -42,15 +38,14 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .base import NonFiniteError, Solution, StepBudgetError, StepSizeError
+from .base import NonFiniteError, Solution, StepSizeError
+from .controller import StepController, check_tolerances
 
 Tensor = torch.Tensor
 State = Union[Tensor, tuple]
 
-__all__ = ["Tableau", "TABLEAUS", "integrate", "solve_steps", "rk_step", "ProbabilityFlow", "row_error_ratio",
-           "check_tolerances", "METHODS", "EXTERNAL_METHODS"]
-
-_SAFETY, _SHRINK, _GROW = 0.9, 0.2, 10.0
+__all__ = ["Tableau", "TABLEAUS", "Coefficients", "integrate", "solve_steps", "rk_step", "ProbabilityFlow", "METHODS",
+           "EXTERNAL_METHODS"]
 
 
 # -- tableaux ------------------------------------------------------------------------------------------
@@ -126,6 +121,8 @@ TABLEAUS: dict[str, Tableau] = {t.name: t for t in (
             _diff(("1/2", "1/2", 0), (1, 0, 0))),
     Tableau("euler", 1, _f(0), ((),), _f(1)),
     Tableau("midpoint", 2, _f(0, "1/2"), ((), _f("1/2")), _f(0, 1)),
+    # Heun's method, the explicit trapezoid rule (the fixed-step solver heun_t; adaptive_heun embeds Euler in it).
+    Tableau("heun_t", 2, _f(0, 1), ((), _f(1)), _f("1/2", "1/2")),
     Tableau("rk4", 4, _f(0, "1/2", "1/2", 1), ((), _f("1/2"), _f(0, "1/2"), _f(0, 0, 1)),
             _f("1/6", "1/3", "1/3", "1/6")),
 )}
@@ -161,17 +158,6 @@ class _Packing:
         return tuple(flat[:, a:b].reshape(s) for (a, b), s in zip(self.bounds, self.shapes))
 
 
-def check_tolerances(rtol, atol) -> None:
-    """rtol and atol: numbers or (batch,) tensors, finite and >= 0, not both 0."""
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        ok = bool(torch.isfinite(v).all() and (v >= 0).all()) if isinstance(v, Tensor) else \
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-        if not ok:
-            raise ValueError(f"{name} must be a finite number >= 0 (or a (batch,) tensor of them); got {v!r}")
-    if not isinstance(rtol, Tensor) and not isinstance(atol, Tensor) and rtol == 0 and atol == 0:
-        raise ValueError("rtol and atol cannot both be 0")
-
-
 def _per_row(v, B: int, like: Tensor):
     if not isinstance(v, Tensor):
         return float(v)
@@ -183,21 +169,8 @@ def _per_row(v, B: int, like: Tensor):
     return v.reshape(B, 1)
 
 
-def row_error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol, atol, bounds) -> float:
-    """max over rows (and column groups ``bounds``) of the RMS of err / (atol + rtol max(|y0|, |y1|));
-    err, y0, y1 of shape (batch, width). A NaN or Inf anywhere gives inf (the step is rejected)."""
-    ratio = (err / (atol + rtol * torch.maximum(y0.abs(), y1.abs()))).square()
-    if len(bounds) == 1:
-        worst = ratio.mean(1).max()
-    else:
-        worst = torch.stack([ratio[:, a:b].mean(1) for a, b in bounds if b > a]).max()
-    worst = float(worst.detach())  # the controller's number: never part of a differentiable solve's graph
-    e = math.sqrt(worst) if worst >= 0 else math.inf
-    return e if math.isfinite(e) else math.inf
-
-
 # -- one explicit RK step ---------------------------------------------------------------------------------
-class _Coefficients:
+class Coefficients:
     """The tableau's weights as tensors on the state's device and dtype (made once per solve)."""
 
     def __init__(self, tab: Tableau, like: Tensor):
@@ -213,22 +186,24 @@ def _combine(w: Tensor, K: Tensor, n: int) -> Tensor:
     return (w[:n] @ K[:n].reshape(n, -1)).reshape(K.shape[1:])
 
 
-def rk_step(f: Callable[[float, Tensor], Tensor], tab: Tableau, coef: _Coefficients, t: float, y: Tensor,
-            h: float, k1: Optional[Tensor]):
+def rk_step(f: Callable[[float, Tensor], Tensor], tab: Tableau, coef: Coefficients, t: float, y: Tensor,
+            h: float, k1: Optional[Tensor], t_end: Optional[float] = None):
     """One explicit RK step of ``tab`` from (t, y) with size h; y: (batch, width).
 
     Returns (y1, error or None, K) with K the (stages, batch, width) stage slopes; ``k1`` = f(t, y) when
-    already known (FSAL). Evaluations: stages, less one when k1 is given."""
+    already known (FSAL); ``t_end``: the step's end time, given to the stages with c_i = 1 exactly (t + h may
+    differ from it in the last bit). Evaluations: stages, less one when k1 is given."""
     K = y.new_empty((tab.stages, *y.shape))
     K[0] = f(t, y) if k1 is None else k1
     for i in range(1, tab.stages):
-        K[i] = f(t + tab.c[i] * h, torch.add(y, _combine(coef.a[i], K, i), alpha=h))
+        ti = t_end if t_end is not None and tab.c[i] == 1 else t + tab.c[i] * h
+        K[i] = f(ti, torch.add(y, _combine(coef.a[i], K, i), alpha=h))
     y1 = torch.add(y, _combine(coef.b, K, tab.stages), alpha=h)
     err = None if coef.e is None else h * _combine(coef.e, K, tab.stages)
     return y1, err, K
 
 
-def _dense(tab: Tableau, coef: _Coefficients, y0: Tensor, y1: Tensor, K: Tensor, f1: Tensor, h: float,
+def _dense(tab: Tableau, coef: Coefficients, y0: Tensor, y1: Tensor, K: Tensor, f1: Tensor, h: float,
            theta: float) -> Tensor:
     """y(t + theta h) inside an accepted step. With mid weights: the quartic p with p(0) = y0, p(1) = y1,
     p(1/2) = y_mid, p'(0) = h f0, p'(1) = h f1; otherwise the cubic Hermite through y0, y1, h f0, h f1."""
@@ -247,10 +222,10 @@ def _dense(tab: Tableau, coef: _Coefficients, y0: Tensor, y1: Tensor, K: Tensor,
 
 # -- the loop -----------------------------------------------------------------------------------------------
 class _Counted:
-    """The term on packed states, counting evaluations (network calls) against the budget."""
+    """The term on packed states, counting evaluations (network calls) against the controller's budget."""
 
-    def __init__(self, term, packing: _Packing, max_nfe: int, stats: dict):
-        self.term, self.packing, self.max_nfe, self.stats = term, packing, max_nfe, stats
+    def __init__(self, term, packing: _Packing, control: StepController, stats: dict):
+        self.term, self.packing, self.control, self.stats = term, packing, control, stats
         self.nfe = 0
 
     def __call__(self, t: float, y: Tensor) -> Tensor:
@@ -259,12 +234,10 @@ class _Counted:
         return self.packing.pack(out)
 
     def reserve(self, n: int, t: float, t_end: float) -> None:
-        if self.nfe + n > self.max_nfe:
-            s = self.stats
-            raise StepBudgetError(
-                f"the solve would pass its budget of {self.max_nfe} network evaluations (max_nfe) at t = {t:.6g} "
-                f"(ending at {t_end:.6g}; {self.nfe} used, {s['accepted']} steps accepted, {s['rejected']} rejected)"
-                "; loosen rtol/atol, raise max_nfe or shorten the interval")
+        s = self.stats
+        self.control.reserve(self.nfe, n, lambda: (
+            f"the solve at t = {t:.6g} (ending at {t_end:.6g}; {s['accepted']} steps accepted, {s['rejected']} "
+            "rejected)"))
 
 
 def _times(ts, save_ts) -> tuple[list, list]:
@@ -284,22 +257,6 @@ def _times(ts, save_ts) -> tuple[list, list]:
     return land, save
 
 
-def _initial_step(f: _Counted, tab: Tableau, t0: float, y0: Tensor, f0: Tensor, span: float, rtol, atol,
-                  bounds) -> float:
-    """Hairer, Norsett and Wanner, "Solving ODEs I", II.4 (the starting step size): one trial evaluation."""
-    zero = torch.zeros_like(y0)
-    d0 = row_error_ratio(y0, y0, zero, rtol, atol, bounds)
-    d1 = row_error_ratio(f0, y0, zero, rtol, atol, bounds)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 or not math.isfinite(d1) else 0.01 * d0 / d1
-    h0 = min(h0, abs(span))
-    sign = math.copysign(1.0, span)
-    f1 = f(t0 + sign * h0, y0 + sign * h0 * f0)
-    d2 = row_error_ratio(f1 - f0, y0, zero, rtol, atol, bounds) / h0
-    big = max(d1, d2)
-    h1 = max(1e-6, h0 * 1e-3) if big <= 1e-15 or not math.isfinite(big) else (0.01 / big) ** (1.0 / tab.order)
-    return min(100 * h0, h1, abs(span))
-
-
 def _resolve(method: str) -> Tableau:
     if method in TABLEAUS:
         return TABLEAUS[method]
@@ -314,8 +271,6 @@ def solve_steps(term, y0: State, ts, *, method: str = "dopri5", rtol=1e-5, atol=
     ``progress(t, nfe, stats)`` is called after every accepted step."""
     tab = _resolve(method)
     check_tolerances(rtol, atol)
-    if isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < 1:
-        raise ValueError(f"max_nfe must be an integer >= 1; got {max_nfe!r}")
     if step_size is not None and not (isinstance(step_size, (int, float)) and 0 < step_size < math.inf):
         raise ValueError(f"step_size must be a finite number > 0; got {step_size!r}")
     if step_size is None and not tab.adaptive:
@@ -324,9 +279,9 @@ def solve_steps(term, y0: State, ts, *, method: str = "dopri5", rtol=1e-5, atol=
     packing = _Packing(y0)
     y = packing.pack(y0)
     stats = {"method": method, "steps": 0, "accepted": 0, "rejected": 0}
-    f = _Counted(term, packing, max_nfe, stats)
-    loop = _Loop(f, tab, _Coefficients(tab, y), packing, save, _per_row(rtol, packing.B, y),
-                 _per_row(atol, packing.B, y), step_size, progress)
+    control = StepController(_per_row(rtol, packing.B, y), _per_row(atol, packing.B, y), tab.order, max_nfe)
+    f = _Counted(term, packing, control, stats)
+    loop = _Loop(f, tab, Coefficients(tab, y), packing, save, control, step_size, progress)
     y = yield from loop.run(land, y)
     stats["nfe"] = f.nfe
     return Solution(x=packing.unpack(y), nfe=f.nfe,  # type: ignore[arg-type]  # x: a tuple for a tuple state
@@ -336,11 +291,11 @@ def solve_steps(term, y0: State, ts, *, method: str = "dopri5", rtol=1e-5, atol=
 class _Loop:
     """The step loop, written once: step, control, land on every ts, emit save times on the way."""
 
-    def __init__(self, f: _Counted, tab: Tableau, coef: _Coefficients, packing: _Packing, save: list, rtol, atol,
-                 step_size, progress):
+    def __init__(self, f: _Counted, tab: Tableau, coef: Coefficients, packing: _Packing, save: list,
+                 control: StepController, step_size, progress):
         self.f, self.tab, self.coef, self.packing = f, tab, coef, packing
         self.save, self.next_save = save, 0
-        self.rtol, self.atol, self.step_size, self.progress = rtol, atol, step_size, progress
+        self.control, self.step_size, self.progress = control, step_size, progress
         self.stats = f.stats
         self.sign = 1.0
 
@@ -355,7 +310,7 @@ class _Loop:
             if k1 is None:
                 k1 = self.f(t0, y)
             if h is None:
-                h = _initial_step(self.f, self.tab, t0, y, k1, t1 - t0, self.rtol, self.atol, self.packing.bounds)
+                h = self.control.initial_step(self.f, t0, y, k1, t1 - t0, self.packing.bounds)
             y, k1, h = yield from self._adaptive(t0, t1, y, k1, h)
         return y
 
@@ -371,24 +326,20 @@ class _Loop:
         return y, k1
 
     def _adaptive(self, t: float, t_end: float, y: Tensor, k1: Tensor, h: float):
-        tab, stats = self.tab, self.stats
+        tab, stats, control = self.tab, self.stats, self.control
         sign = math.copysign(1.0, t_end - t)
         while sign * (t_end - t) > 0:
             landing = h >= abs(t_end - t) * (1 - 1e-10)
             t_next = t_end if landing else t + sign * h
             self.f.reserve(tab.stages - 1, t, t_end)
             y_new, err, K = rk_step(self.f, tab, self.coef, t, y, t_next - t, k1)
-            e = row_error_ratio(err, y, y_new, self.rtol, self.atol, self.packing.bounds)
-            factor = _GROW if e == 0 else min(_GROW, max(_SHRINK, _SAFETY * e ** (-1.0 / tab.order)))
-            if e <= 1:
+            accepted, h = control.adapt(h, t_next - t, control.error(err, y, y_new, self.packing.bounds), landing)
+            if accepted:
                 k1_new = K[-1] if tab.fsal else self.f(t_next, y_new)
                 y = yield from self._accept(t, t_next, y, y_new, K, k1_new)
-                if not (landing and h > abs(t_next - t)):  # a step shortened to land keeps its proposal
-                    h = abs(t_next - t) * max(1.0, factor)
                 t, k1 = t_next, k1_new
             else:
                 stats["rejected"] += 1
-                h = abs(t_next - t) * factor
                 if t + sign * h == t:
                     self._underflow(t, h, y_new)
         return y, k1, h
@@ -404,9 +355,9 @@ class _Loop:
         stats = self.stats
         stats["steps"] += 1
         stats["accepted"] += 1
-        yield from self._emit(t, t_next, y, y_new, K, f1)
-        if self.progress is not None:
+        if self.progress is not None:  # before the values are handed on: a consumer may stop at the last one
             self.progress(t_next, self.f.nfe, stats)
+        yield from self._emit(t, t_next, y, y_new, K, f1)
         return y_new
 
     def _emit(self, t: float, t_next: float, y: Tensor, y_new, K, f1):
@@ -458,9 +409,10 @@ def _torchdiffeq(term, y0, ts, name, rtol, atol, max_nfe, save_ts, step_size, pr
     packing = _Packing(y0)
     stats: dict[str, Any] = {"method": f"{TORCHDIFFEQ_PREFIX}{name}", "steps": None, "accepted": None,
                              "rejected": None}
-    f = _Counted(term, packing, max_nfe, {"accepted": "?", "rejected": "?"})  # torchdiffeq does not say
     y = packing.pack(y0)
     rt, at = _per_row(rtol, packing.B, y), _per_row(atol, packing.B, y)
+    control = StepController(rt, at, 1, max_nfe)  # the budget; torchdiffeq controls its own steps
+    f = _Counted(term, packing, control, {"accepted": "?", "rejected": "?"})  # torchdiffeq does not say
 
     def rhs(t, yy):
         f.reserve(1, float(t), land[-1])
@@ -469,9 +421,10 @@ def _torchdiffeq(term, y0, ts, name, rtol, atol, max_nfe, save_ts, step_size, pr
             progress(float(t), f.nfe, stats)
         return out
 
+    unit = StepController(0.0, 1.0, 1, max_nfe)
+
     def norm(e):  # torchdiffeq hands e / (atol + rtol max|y|) for scalar tolerances: the row norm of it
-        return torch.as_tensor(row_error_ratio(e, torch.zeros_like(e), torch.zeros_like(e), 0.0, 1.0,
-                                               packing.bounds), dtype=e.dtype)
+        return torch.as_tensor(unit.error(e, torch.zeros_like(e), torch.zeros_like(e), packing.bounds), dtype=e.dtype)
 
     options: dict[str, Any] = {"step_size": float(step_size)} if step_size is not None else \
         {"step_t": torch.tensor(land[1:], dtype=y.dtype), "norm": norm}

@@ -1,9 +1,10 @@
 """Fixed-step solvers of the probability-flow ODE  dx/dt = f(t) x - g(t)^2 score(x, t) / 2
 = alpha'(t) x0 + sigma'(t) eps (the velocity, asked of the model directly, so alpha(T) = 0 is no special case).
 
-euler   explicit Euler in t (first order).
-heun_t  Heun's method in t (second order; diffusers' FlowMatchHeun on the rectified flow).
-rk4     classical fourth-order Runge-Kutta in t.
+euler   explicit Euler in t (first order),
+heun_t  Heun's method in t (second order; diffusers' FlowMatchHeun on the rectified flow),
+rk4     classical fourth-order Runge-Kutta in t: each its tableau in ``sdekit.solvers.integrate.TABLEAUS``, run by
+        the core's one explicit RK step (``rk_step``).
 heun   Karras et al. 2022 ("EDM", Algorithm 1): Heun's method in the variables y = x / alpha,
        s = sigma / alpha, where the ODE reads dy/ds = eps(x, t). Second order.
 
@@ -16,45 +17,44 @@ from __future__ import annotations
 import torch
 
 from .base import Evaluator, refuse
+from .integrate import TABLEAUS, Coefficients, Tableau, rk_step
 from .registry import register
 
 
-@register("euler", order=1, nfe_per_step=1)
-def euler(ev: Evaluator, x, ts):
-    """x_{i+1} = x_i + h u(x_i, t_i), h = t_{i+1} - t_i, with the probability-flow velocity
-    u = alpha' x0 + sigma' eps = f x - g^2 score / 2 (``Evaluator.velocity``), finite at alpha = 0 too."""
-    times = ts.tolist()
-    for i in range(len(times) - 1):
-        x = torch.add(x, ev.velocity(x, times[i]), alpha=times[i + 1] - times[i])
-        yield x
+def _explicit_rk(tab: Tableau):
+    """The fixed-step solver of one tableau: ``rk_step`` of the integration core on the rows, flattened."""
+
+    def solver(ev: Evaluator, x, ts):
+        shape = x.shape
+        y = x.reshape(shape[0], -1)
+        coef = Coefficients(tab, y)
+
+        def f(t: float, rows):
+            return ev.velocity(rows.reshape(shape), t).reshape(rows.shape)
+
+        times = ts.tolist()
+        for t0, t1 in zip(times[:-1], times[1:]):
+            y, _, _ = rk_step(f, tab, coef, t0, y, t1 - t0, None, t_end=t1)
+            yield y.reshape(shape)
+
+    solver.__name__ = tab.name
+    solver.__doc__ = f"""{_RULES[tab.name]} On the velocity u = alpha' x0 + sigma' eps = f x - g^2 score / 2
+    (``Evaluator.velocity``), finite at alpha = 0 too; the tableau ``TABLEAUS[{tab.name!r}]`` of
+    ``sdekit.solvers.integrate`` (order {tab.order}, {tab.stages} network calls per step)."""
+    return solver
 
 
-@register("heun_t", order=2, nfe_per_step=2)
-def heun_t(ev: Evaluator, x, ts):
-    """Heun's method (the explicit trapezoid rule) in t on the velocity u = alpha' x0 + sigma' eps:
-    x~ = x_i + h u(x_i, t_i),  x_{i+1} = x_i + h (u(x_i, t_i) + u(x~, t_{i+1})) / 2.
-    On the rectified flow (sigma = t) this is diffusers' FlowMatchHeunDiscreteScheduler; its last step to
-    t = 0, Euler there, is the driver's x0 jump (x - t u = x0 on that path)."""
-    times = ts.tolist()
-    for i in range(len(times) - 1):
-        h = times[i + 1] - times[i]
-        d = ev.velocity(x, times[i])
-        x = torch.add(x, d + ev.velocity(torch.add(x, d, alpha=h), times[i + 1]), alpha=0.5 * h)
-        yield x
-
-
-@register("rk4", order=4, nfe_per_step=4)
-def rk4(ev: Evaluator, x, ts):
-    """k1 = F(x, t), k2 = F(x + h k1/2, t + h/2), k3 = F(x + h k2/2, t + h/2), k4 = F(x + h k3, t + h);
-    x_{i+1} = x_i + h (k1 + 2 k2 + 2 k3 + k4) / 6."""
-    for i in range(len(ts) - 1):
-        t, h = ts[i], float(ts[i + 1] - ts[i])
-        k1 = ev.pf_drift(x, t)
-        k2 = ev.pf_drift(x + 0.5 * h * k1, t + 0.5 * h)
-        k3 = ev.pf_drift(x + 0.5 * h * k2, t + 0.5 * h)
-        k4 = ev.pf_drift(x + h * k3, ts[i + 1])
-        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-        yield x
+_RULES = {
+    "euler": "Explicit Euler: x_{i+1} = x_i + h u(x_i, t_i), h = t_{i+1} - t_i.",
+    "heun_t": "Heun's method (the explicit trapezoid rule) in t: x~ = x_i + h u(x_i, t_i), x_{i+1} = x_i + h (u(x_i, "
+              "t_i) + u(x~, t_{i+1})) / 2; on the rectified flow (sigma = t) diffusers' FlowMatchHeunDiscreteScheduler, "
+              "its last step to t = 0 (Euler there) being the driver's x0 jump.",
+    "rk4": "Classical fourth-order Runge-Kutta: k1 = u(x, t), k2 = u(x + h k1/2, t + h/2), k3 = u(x + h k2/2, t + h/2), "
+           "k4 = u(x + h k3, t + h); x_{i+1} = x_i + h (k1 + 2 k2 + 2 k3 + k4) / 6.",
+}
+for _name in ("euler", "heun_t", "rk4"):
+    _tab = TABLEAUS[_name]
+    register(_name, order=_tab.order, nfe_per_step=_tab.stages)(_explicit_rk(_tab))
 
 
 @register("heun", order=2, nfe_per_step=2)

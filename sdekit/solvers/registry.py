@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 __all__ = ["SolverInfo", "register", "get", "available", "SOLVERS"]
 
@@ -18,14 +18,17 @@ __all__ = ["SolverInfo", "register", "get", "available", "SOLVERS"]
 @dataclass(frozen=True)
 class SolverInfo:
     """name; fn (generator function); stochastic (draws noise); order (of the global error, in steps);
-    nfe_per_step (network calls per step, for budgeting); adaptive (chooses its own steps);
-    family (ode | sde | exponential | discrete | backend); options (keyword options and defaults)."""
+    nfe_per_step (network calls per step of the grid, for budgeting; for an adaptive solver per attempted step);
+    adaptive (chooses its own steps); family (ode | sde | exponential | discrete | backend); options (keyword
+    options and defaults). order and nfe_per_step are None where they are not one number: they depend on an option
+    (``method=`` of the torchdiffeq, scipy and torchsde adapters) or vary along the solve (LSODA switches between
+    Adams and BDF of orders 1-12; torchsde's own steps are ``dt`` long, not the grid's)."""
 
     name: str
     fn: Callable
     stochastic: bool
-    order: float
-    nfe_per_step: float
+    order: Optional[float]
+    nfe_per_step: Optional[float]
     adaptive: bool
     family: str
     options: dict
@@ -34,7 +37,7 @@ class SolverInfo:
 SOLVERS: dict[str, SolverInfo] = {}
 
 
-def register(name: str, *, order: float, nfe_per_step: float = 1, stochastic: bool = False,
+def register(name: str, *, order: Optional[float], nfe_per_step: Optional[float] = 1, stochastic: bool = False,
              adaptive: bool = False, family: str = "ode", **fixed_options):
     """Decorator registering a solver generator under ``name``; ``fixed_options`` are bound to the
     function (so one update rule can be registered under several names, e.g. ddim and ddpm)."""

@@ -55,14 +55,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..metrics import error_summary, per_row_error
 from ..parameterization import ScoreModel
 from .base import SolverError
 from .driver import sample
+from .grids import GRIDS, make_grid
 from .registry import get
 
 Tensor = torch.Tensor
 
-__all__ = ["TunedGrid", "tune", "tune_grid", "row_errors", "OBJECTIVES"]
+__all__ = ["TunedGrid", "tune", "tune_grid", "OBJECTIVES"]
 
 OBJECTIVES = ("balanced", "median", "p90")
 START_GRIDS = ("uniform", "quadratic", "logsnr", "karras")
@@ -92,20 +94,12 @@ class TunedGrid:
     seed: Optional[int] = None
 
 
-def row_errors(x: Tensor, x_ref: Tensor) -> Tensor:
-    """Per-row endpoint error |x_i - x_ref,i| / sqrt(dim), float64."""
-    d = (x.to(torch.float64) - x_ref.to(torch.float64)).reshape(x.shape[0], -1)
-    return d.norm(dim=1) / math.sqrt(d.shape[1])
-
-
-def _summary(e: Tensor) -> dict:
-    q = torch.quantile(e, torch.tensor([0.5, 0.9], dtype=e.dtype)).tolist()
-    return {"median": q[0], "p90": q[1], "rms": float(e.pow(2).mean().sqrt())}
-
-
 def _score(e: Tensor, objective: str) -> float:
-    s = _summary(e)
+    """The objective (module docstring) of per-row errors e; inf where e has a non-finite entry."""
+    s = error_summary(e)
     tiny = 1e-300  # an exact solve (error 0) must not give log(0)
+    if math.isnan(s["median"]):
+        return math.inf
     if objective == "median":
         return math.log(s["median"] + tiny)
     if objective == "p90":
@@ -128,7 +122,7 @@ class _Problem:
         except SolverError:  # a grid that makes the solver blow up scores as infinitely bad
             return torch.full((self.x_T.shape[0],), math.inf, dtype=torch.float64)
         self.nfe += sol.nfe
-        return row_errors(sol.x, self.x_ref)
+        return per_row_error(sol.x, self.x_ref)
 
 
 def _z_of(sde, ts: Tensor, lam0: float, lam1: float, noise_start: bool = False, free_end: bool = False) -> np.ndarray:
@@ -208,8 +202,6 @@ def _check(model, solver, steps, n, objective, max_evals, shape, sde, t_end):
 
 
 def _check_more(generator, ref_steps, start_grids, dtype) -> None:
-    from .grids import GRIDS
-
     if isinstance(generator, bool) or not isinstance(generator, (numbers.Integral, torch.Generator, type(None))):
         raise TypeError(f"generator must be an int seed, a torch.Generator or None (a fresh seed, reported in "
                         f"TunedGrid.seed); got {type(generator).__name__}")
@@ -344,8 +336,6 @@ def _tune(model, solver, steps, shape, n, seed, t_start, t_end, objective, max_e
 def _optimise(model, solver, steps, cal, val, objective, max_evals, start_grids, t_start, t_end) -> TunedGrid:
     from scipy.optimize import minimize
 
-    from .grids import make_grid
-
     sde = model.sde
     zero_end = float(sde.sigma(t_end)) == 0  # the grids' convention: steps - 1 intervals down to eps, then 0
     noise_start = float(sde.alpha(t_start)) == 0  # lambda(t_start) = -inf: the first node stays put
@@ -379,8 +369,8 @@ def _optimise(model, solver, steps, cal, val, objective, max_evals, start_grids,
     return TunedGrid(
         ts=tuned_ts if improved else starts[start], solver=solver, steps=steps, start_grid=start,
         improved=improved, nfe=cal.nfe + val.nfe, evals=evals[0] + len(starts), objective=objective,
-        calibration={k: _summary(e) for k, e in e_cal.items()},
-        validation={k: _summary(e) for k, e in e_val.items()},
+        calibration={k: error_summary(e) for k, e in e_cal.items()},
+        validation={k: error_summary(e) for k, e in e_val.items()},
     )
 
 

@@ -1,0 +1,86 @@
+"""One row of a comparison (``CompareRow``) and the names its columns are known by."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+__all__ = ["CompareRow", "ENDPOINT", "SLICED", "TUNED", "STATISTICS", "LAW_STATISTICS", "LABELS", "csv_values",
+           "grid_label", "fmt"]
+
+ENDPOINT = "endpoint_rmse"  # the metric of deterministic rows (all statistics of e_i are kept)
+SLICED = "sliced_w2"  # the metric of stochastic rows (``sdekit.compare.law``)
+TUNED = "tuned"  # the grid name that asks for a grid tuned to the model and solver
+STATISTICS = {"median": "median", "p90": "p90", "rms": "error", "max": "max"}  # statistic -> CompareRow field
+LAW_STATISTICS = {"excess": "excess", "path_median": "path_median", "mode_err": "mode_err"}  # of stochastic rows
+LABELS = {"median": "median", "p90": "90th percentile", "rms": "RMS", "max": "maximum",
+          "excess": "sliced W2 to exact samples minus its floor", "path_median": "median pathwise error",
+          "mode_err": "mode-weight error"}
+
+
+@dataclass
+class CompareRow:
+    """One solve: solver, grid ("tuned" for a tuned grid, "adaptive" with tol), steps, nfe (counted),
+    error (the RMS of the per-row errors e_i; for metric "sliced_w2" the sliced W2 to exact samples instead),
+    time_s (wall time of the solve), metric ("endpoint_rmse" or "sliced_w2"), tol (adaptive solvers only),
+    median / p90 / max of e_i, flipped (fraction of rows ending in another mixture component than the
+    reference; ground truth only) and tune_nfe (network calls spent tuning the grid; tuned rows only).
+
+    Stochastic rows (metric "sliced_w2"; None on the others): excess (error minus the floor) and excess_se (its
+    standard error), mode_err (mode-weight total variation), and path_median / path_p90 / path_rms / path_max of
+    the per-row error against the fine same-path reference (None where no such reference exists)."""
+
+    solver: str
+    grid: str
+    steps: Optional[int]
+    nfe: int
+    error: float
+    time_s: float
+    metric: str = ENDPOINT
+    tol: Optional[float] = None
+    median: Optional[float] = None
+    p90: Optional[float] = None
+    max: Optional[float] = None
+    flipped: Optional[float] = None
+    tune_nfe: Optional[int] = None
+    excess: Optional[float] = None
+    excess_se: Optional[float] = None
+    mode_err: Optional[float] = None
+    path_median: Optional[float] = None
+    path_p90: Optional[float] = None
+    path_rms: Optional[float] = None
+    path_max: Optional[float] = None
+
+    @property
+    def rms(self) -> float:
+        return self.error
+
+    @property
+    def tuned(self) -> bool:
+        return self.grid == TUNED
+
+    def statistic(self, name: str) -> float:
+        """The value of one statistic (median, p90, rms, max; for stochastic rows excess, path_median, mode_err);
+        NaN where it does not apply."""
+        column = STATISTICS.get(name) or LAW_STATISTICS.get(name)
+        if column is None:
+            raise ValueError(f"unknown statistic {name!r}; accepted: {', '.join([*STATISTICS, *LAW_STATISTICS])}")
+        value = getattr(self, column)
+        return float("nan") if value is None else float(value)
+
+
+_CSV_TYPES = {"steps": int, "nfe": int, "tune_nfe": int, "solver": str, "grid": str, "metric": str}
+
+
+def csv_values(line: dict) -> dict[str, Any]:
+    """A ``to_csv`` line's fields, typed as its column (empty -> None)."""
+    return {k: None if v == "" else _CSV_TYPES.get(k, float)(v) for k, v in line.items()}
+
+
+def grid_label(r: CompareRow) -> str:
+    """The grid, or "tol=1e-05" for an adaptive row."""
+    return r.grid if r.tol is None else f"tol={r.tol:.0e}"
+
+
+def fmt(value, spec: str) -> str:
+    """``value`` formatted by ``spec``, "-" for None."""
+    return "-" if value is None else format(value, spec)
