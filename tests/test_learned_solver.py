@@ -10,7 +10,7 @@ from sdekit.solvers.base import NotApplicableError
 from sdekit.solvers.grids import make_grid
 from sdekit.solvers.learned import LearnedSolver, WrongModelError, learn_solver
 from sdekit.solvers.registry import SolverInfo, get
-from sdekit.solvers.tune import row_errors
+from sdekit.metrics import per_row_error as row_errors
 
 SDE = sdekit.VPSDE()
 

@@ -180,11 +180,11 @@ def test_a_grid_finer_than_the_brownian_path_warns_and_step_noise_does_not():
 def test_tune_tells_apart_two_mixtures_of_the_same_shape():
     """The fingerprint sees what a network module holds (the mixture behind the exact score), not only its
     parameters: two same-shape mixtures must not share a cached grid."""
-    from sdekit.solvers.tune import _fingerprint
+    from sdekit.solvers.tune import model_fingerprint
 
     sde = sdekit.VPSDE()
     a = sdekit.GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.0], [1.0, 0.5]], stds=[0.2, 0.3])
     b = sdekit.GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.0], [1.0, 0.6]], stds=[0.2, 0.3])
-    assert _fingerprint(a.model(sde)) != _fingerprint(b.model(sde))
-    assert _fingerprint(a.model(sde)) == _fingerprint(a.model(sde))
-    assert _fingerprint(a.model(sde)) != _fingerprint(a.model(sdekit.VESDE()))
+    assert model_fingerprint(a.model(sde)) != model_fingerprint(b.model(sde))
+    assert model_fingerprint(a.model(sde)) == model_fingerprint(a.model(sde))
+    assert model_fingerprint(a.model(sde)) != model_fingerprint(a.model(sdekit.VESDE()))

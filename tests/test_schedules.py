@@ -188,7 +188,7 @@ def test_gits_is_no_worse_than_the_best_named_grid_on_fresh_draws():
         ref = sample(model, x, "rk4", 100, grid="logsnr").x
 
         def median(ts, model=model, x=x, ref=ref):
-            return float(sdekit.solvers.tune.row_errors(sample(model, x, "dpmpp_2m", ts=ts).x, ref).median())
+            return float(sdekit.metrics.per_row_error(sample(model, x, "dpmpp_2m", ts=ts).x, ref).median())
 
         for steps in (5, 10):
             named = min(median(grids.make_grid(sde, steps, g)) for g in ("uniform", "quadratic", "logsnr", "karras"))

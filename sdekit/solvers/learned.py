@@ -41,7 +41,7 @@ worse than its init on fresh draws (up to that draw's noise). The cost is counte
 batch of ``n`` rows, references included; every training update also back-propagates through its N calls) and
 seconds.
 
-Identity. A ``LearnedSolver`` carries the fingerprint of its model (``tune._fingerprint``: a hash of the network's
+Identity. A ``LearnedSolver`` carries the fingerprint of its model (``tune.model_fingerprint``: a hash of the network's
 tensors, the SDE and the prediction type, plus the tensors of plain objects its modules hold: ``_identity``);
 ``sample`` and ``LearnedSolver.load`` refuse another model with ``WrongModelError``. It saves as a small
 safetensors file (ts, a, b and the facts as metadata).
@@ -67,7 +67,8 @@ from .base import Evaluator, NotApplicableError
 from .driver import sample
 from .grids import make_grid
 from .registry import SolverInfo, get
-from .tune import START_GRIDS, _fingerprint, row_errors
+from ..metrics import per_row_error as row_errors
+from .tune import START_GRIDS, model_fingerprint
 
 Tensor = torch.Tensor
 
@@ -81,9 +82,9 @@ class WrongModelError(NotApplicableError):
 
 
 def _identity(model: ScoreModel) -> Optional[str]:
-    """``tune._fingerprint`` plus the tensors and numbers of the plain objects the network's modules hold (a
+    """``tune.model_fingerprint`` plus the tensors and numbers of the plain objects the network's modules hold (a
     mixture, a schedule), which that hash does not see today (two mixtures of one shape hash alike there)."""
-    base = _fingerprint(model)
+    base = model_fingerprint(model)
     if base is None:
         return None
     h = hashlib.blake2b(base.encode(), digest_size=16)

@@ -293,7 +293,7 @@ def _scores(model, x_T: Tensor, x_ref: Tensor, solver: str, ts: Tensor, options:
     """Median, 90th percentile and tune's balanced objective of the per-row errors of one solve."""
     from .base import SolverError
     from .driver import sample
-    from .tune import row_errors
+    from ..metrics import per_row_error as row_errors
 
     try:
         e = row_errors(sample(model, x_T, solver, ts=ts, **options).x, x_ref)

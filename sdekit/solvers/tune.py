@@ -223,7 +223,7 @@ def _seed_of(generator) -> int:
     return int(generator) if not isinstance(generator, torch.Generator) else int(generator.initial_seed())
 
 
-def _fingerprint(model: ScoreModel) -> Optional[str]:
+def model_fingerprint(model: ScoreModel) -> Optional[str]:
     """A hash of what the model computes: the network's parameters and buffers, the tensors and numbers held
     by its modules and by the objects they hold (a mixture, a schedule), the SDE's, and the prediction type;
     None for a network that is not an ``nn.Module``."""
@@ -306,7 +306,7 @@ def tune(
     t_start = float(sde.T if t_start is None else t_start)
     t_end = float(sde.eps if t_end is None else t_end)
     seed = _seed_of(generator)
-    fingerprint = _fingerprint(model) if cache else None
+    fingerprint = model_fingerprint(model) if cache else None
     key = (fingerprint, solver, int(steps), shape, int(n), seed, t_start, t_end, objective, int(max_evals),
            int(ref_steps), tuple(start_grids), str(dtype), tuple(sorted(solver_options.items())))
     cached = _CACHE.setdefault(model, {}) if fingerprint is not None else {}
