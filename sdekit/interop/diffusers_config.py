@@ -177,8 +177,8 @@ def check_config(cfg: dict) -> DiffusersSpec:
         problems.append(f"variance_type={vtype!r} (accepted: {', '.join(map(str, VARIANCE_TYPES))})")
     if cfg.get("thresholding", False):
         ratio, top = cfg.get("dynamic_thresholding_ratio", 0.995), cfg.get("sample_max_value", 1.0)
-        if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
-            problems.append(f"dynamic_thresholding_ratio={ratio!r} (accepted: a quantile in (0, 1])")
+        if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
+            problems.append(f"dynamic_thresholding_ratio={ratio!r} (accepted: a quantile in [0, 1])")
         if not (isinstance(top, (int, float)) and top > 0.0):
             problems.append(f"sample_max_value={top!r} (accepted: a number > 0)")
     elif cfg.get("clip_sample", False):
