@@ -28,3 +28,94 @@ def test_threshold_x0_is_diffusers_threshold_sample_for_every_ratio(ratio, top):
     ours.set_timesteps(3)
     out = ours.step(x0, ours.timesteps[0], x0).prev_sample
     assert bool(torch.isfinite(out).all())
+
+
+# -- zero terminal SNR -------------------------------------------------------------------------------------------
+def _unet():
+    """The smallest UNet2DModel (one block, 8 channels, 8 x 8): random weights, no download."""
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,),
+                                 layers_per_block=1, down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",),
+                                 norm_num_groups=4).eval()
+
+
+def _loop(sched, net, x, steps, **set_kw):
+    """diffusers' denoising loop (what every pipeline runs) with ``net(x, timestep)``."""
+    sched.set_timesteps(steps, **set_kw)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(net(x, t), t, x).prev_sample
+    return x
+
+
+ZERO_SNR = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
+                timestep_spacing="trailing", prediction_type="v_prediction")
+
+
+def test_zero_snr_table_is_diffusers_and_ends_at_pure_noise():
+    from sdekit.interop import sde_from_scheduler
+
+    for cls in (diffusers.DDIMScheduler, diffusers.DDPMScheduler, diffusers.DPMSolverMultistepScheduler,
+                diffusers.UniPCMultistepScheduler):
+        ref = cls(**ZERO_SNR)
+        sde = sde_from_scheduler(ref)
+        torch.testing.assert_close(sde.alphas_cumprod, ref.alphas_cumprod.double(), rtol=0, atol=1e-6)
+        # diffusers' multistep schedulers hold the last abar at 2^-24 (kept, to reproduce them); DDIM/DDPM at 0
+        assert float(sde.alpha(1.0)) ** 2 == pytest.approx(float(ref.alphas_cumprod[-1]), rel=1e-12, abs=0)
+    sde = sde_from_scheduler(diffusers.DDIMScheduler(**ZERO_SNR))
+    assert sde.zero_snr and float(sde.alpha(sde.T)) == 0.0 and float(sde.sigma(sde.T)) == 1.0
+    t = torch.linspace(0.99, 1.0, 101, dtype=torch.float64)
+    torch.testing.assert_close(sde.t_from_log_snr(sde.log_snr(t)), t, rtol=0, atol=1e-12)
+    assert bool(torch.isfinite(sde.d_alpha(t)).all()) and bool(torch.isfinite(sde.d_sigma(t)).all())
+    # alpha' is the derivative of alpha on the last segment (alpha linear in t there)
+    h, last = 1e-8, torch.linspace(0.9991, 0.9999, 9, dtype=torch.float64)
+    torch.testing.assert_close(sde.d_alpha(last), (sde.alpha(last + h) - sde.alpha(last - h)) / (2 * h),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(sde.d_sigma(last), (sde.sigma(last + h) - sde.sigma(last - h)) / (2 * h),
+                               rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls,solver", [(diffusers.DDIMScheduler, "ddim"),
+                                        (diffusers.DPMSolverMultistepScheduler, "dpmpp_2m"),
+                                        (diffusers.UniPCMultistepScheduler, "unipc_2")])
+def test_zero_snr_v_prediction_matches_diffusers(cls, solver):
+    """rescale_betas_zero_snr with trailing spacing and a v-prediction U-Net: the first step starts at alpha = 0.
+    sdekit.sample with diffusers_equivalent on from_diffusers' model, and SdekitScheduler for DDIM (whose table holds
+    abar = 0 as DDIMScheduler's does), reproduce diffusers' loop (refused before: rescale_betas_zero_snr)."""
+    from sdekit.interop import diffusers_equivalent, from_diffusers
+
+    unet = _unet()
+    net = lambda x, t: unet(x, t).sample  # noqa: E731
+    ref_sched = cls(**ZERO_SNR, **({"clip_sample": False} if cls is diffusers.DDIMScheduler else {}))
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref = _loop(ref_sched, net, x, 10)
+    with torch.no_grad():
+        eq = sdekit.sample(from_diffusers(unet, ref_sched), x, **diffusers_equivalent(ref_sched, 10)).x
+    assert float((eq - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+    ours = SdekitScheduler.from_config(ref_sched.config, solver=solver, solver_options=None if solver == "ddim" else
+                                       {"lower_order_final": False})
+    assert ours.sde.zero_snr
+    out = _loop(ours, net, x, 10)
+    if solver == "ddim":
+        assert float((out - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+    else:  # alpha(T) = 0 exactly against diffusers' 2^-12: only the first steps differ, slightly
+        assert float((out - ref).abs().max()) < 3e-3 * float(ref.abs().max())
+
+
+def test_zero_snr_epsilon_refused_by_name_where_alpha_is_zero():
+    """An eps network at alpha = 0 gives no x0 (DDIMScheduler returns NaN): refused at set_timesteps, naming why;
+    'leading' spacing (which starts below the last timestep) runs."""
+    cfg = {**ZERO_SNR, "prediction_type": "epsilon", "clip_sample": False}
+    ref = diffusers.DDIMScheduler(**cfg)
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    ref.set_timesteps(5)
+    assert not bool(torch.isfinite(ref.step(x, ref.timesteps[0], x).prev_sample).all())
+    ours = SdekitScheduler.from_config(ref.config, solver="ddim")
+    with pytest.raises(ValueError, match="alpha = 0.*v_prediction"):
+        ours.set_timesteps(5)
+    leading = diffusers.DDIMScheduler(**{**cfg, "timestep_spacing": "leading"})
+    ours = SdekitScheduler.from_config(leading.config, solver="ddim")
+    net = lambda x, t: 0.3 * x  # noqa: E731
+    torch.testing.assert_close(_loop(ours, net, x, 5), _loop(leading, net, x, 5), rtol=1e-5, atol=1e-5)
+    with pytest.raises(sdekit.solvers.NotApplicableError, match="alpha = 0"):
+        sdekit.sample(sdekit.ScoreModel(net, ours.sde, "eps"), x, "ddim", steps=4)

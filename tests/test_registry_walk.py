@@ -2,7 +2,7 @@
 
 solver x path x grid x end, with
   solvers  every name of ``sdekit.solvers.available()``;
-  paths    VP, VE, subVP, cosine VP, a DDPM table (DiscreteVPSDE) and every flow path (alpha(T) = 0): RectifiedFlow,
+  paths    VP, VE, subVP, cosine VP, a DDPM table (DiscreteVPSDE), the same table at zero terminal SNR and every flow path (alpha(T) = 0): RectifiedFlow,
            CondOT, PolynomialPath, CosinePath and a TimeShift;
   grids    every name of ``solvers.grids.GRIDS`` (the table's own grids, ``table`` and ``diffusers``, only apply to a
            DiscreteVPSDE: elsewhere they must be refused by name);
@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import sdekit
+from sdekit.sde import rescale_zero_terminal_snr
 from sdekit.solvers import SOLVERS, SolverError, available, grids, sample
 
 # steps of a sampling solve, of an inversion (from eps, where uniform and Karras grids take their largest steps in
@@ -35,6 +36,7 @@ def _paths():
     return {
         "vp": sdekit.VPSDE(), "ve": sdekit.VESDE(sigma_min=0.01, sigma_max=20.0), "subvp": sdekit.SubVPSDE(),
         "cosine_vp": sdekit.CosineVPSDE(), "ddpm": sdekit.DiscreteVPSDE.linear(1000),
+        "ddpm_zero_snr": sdekit.DiscreteVPSDE(rescale_zero_terminal_snr(sdekit.sde.linear_beta_schedule(1000))),
         "rectified_flow": sdekit.RectifiedFlow(), "cond_ot": sdekit.CondOT(), "polynomial": sdekit.PolynomialPath(),
         "cosine_path": sdekit.CosinePath(), "time_shift": sdekit.TimeShift(sdekit.RectifiedFlow(), 3.0),
     }

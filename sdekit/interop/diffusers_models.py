@@ -24,11 +24,17 @@ import numpy as np
 import torch
 
 from ..parameterization import ClassifierFreeGuidance, ScoreModel, ThresholdedModel, expand_batch, map_tensors
-from ..sde import DiscreteVPSDE, LinearSDE, RectifiedFlow, TimeShift, cosine_beta_schedule, time_shift
+from ..sde import (DiscreteVPSDE, LinearSDE, RectifiedFlow, TimeShift, cosine_beta_schedule,
+                   rescale_zero_terminal_snr, time_shift)
 from ..solvers.discrete import DIFFUSERS_ORDERS, grid_options_from
 from .diffusers_config import FlowSpec, check_config, check_flow_config, is_flow_scheduler, read_config
 
 Tensor = torch.Tensor
+
+# diffusers' schedulers that hold a zero-SNR table's last abar at 2^-24 rather than 0
+CLAMPED_ZERO_SNR = {"DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler",
+                    "EulerAncestralDiscreteScheduler"}
+ZERO_SNR_CLAMP = 2.0 ** -24
 
 __all__ = ["DiffusersUNet", "DiffusersFlowNet", "sde_from_scheduler", "flow_path_from_scheduler", "from_diffusers",
            "diffusers_equivalent", "times_from_sigmas"]
@@ -39,7 +45,12 @@ def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
 
     The table is recomputed in float64 from the config ("linear", "scaled_linear", "squaredcos_cap_v2",
     "sigmoid", or ``trained_betas``), not taken from diffusers' float32 tensors, so the SDE's ends and every
-    time computed from it are exact; any other schedule falls back to ``scheduler.betas``."""
+    time computed from it are exact; any other schedule falls back to ``scheduler.betas``.
+
+    ``rescale_betas_zero_snr=True``: the table is ``rescale_zero_terminal_snr``'s, whose last abar is 0 (alpha(T) = 0,
+    ``DiscreteVPSDE.zero_snr``), as DDIM and DDPM hold it. DPMSolverMultistep, UniPC and the Euler schedulers set
+    that last abar to 2^-24 instead ("close to 0 without being 0 so first sigma is not inf"): for a config of one of
+    those classes (its ``_class_name``) the table keeps their 2^-24, so that their algorithms are reproduced."""
     cfg = read_config(scheduler)
     n = int(cfg.get("num_train_timesteps", 1000))
     kind = cfg.get("beta_schedule", "linear")
@@ -59,6 +70,10 @@ def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
     else:
         raise ValueError(f"unsupported beta_schedule {kind!r}; accepted: linear, scaled_linear, "
                          "squaredcos_cap_v2, sigmoid, or trained_betas")
+    if cfg.get("rescale_betas_zero_snr", False):
+        betas = rescale_zero_terminal_snr(betas)
+        if str(cfg.get("_class_name") or "") in CLAMPED_ZERO_SNR:
+            betas[-1] = 1 - ZERO_SNR_CLAMP / float(torch.prod(1 - betas[:-1]))
     return DiscreteVPSDE(betas)
 
 

@@ -381,6 +381,13 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         """A grid that starts at pure noise (alpha = 0) needs a solver that can step from there."""
         if float(self.sde.alpha(ts[:1])) != 0.0:
             return
+        if not self.flow and self.spec.prediction in ("eps", "score"):
+            raise ValueError(f"this grid starts at t = {float(ts[0]):g} (timestep {self._table.N - 1}), where the "
+                             "zero-SNR table (rescale_betas_zero_snr) has alpha = 0: x is pure noise there, so an "
+                             f"{self.config['prediction_type']!r} network's output determines no x0 (diffusers' "
+                             "DDIMScheduler returns NaN there). Use prediction_type='v_prediction' (what zero-SNR models "
+                             "are trained with) or a grid that starts below the last timestep (timestep_spacing="
+                             "'leading')")
         solver, options = self.config["solver"], dict(self.config["solver_options"] or {})
         try:
             why = _pure_noise_problem(solver, tuple(sorted(options.items())))
