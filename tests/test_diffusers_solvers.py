@@ -119,3 +119,31 @@ def test_zero_snr_epsilon_refused_by_name_where_alpha_is_zero():
     torch.testing.assert_close(_loop(ours, net, x, 5), _loop(leading, net, x, 5), rtol=1e-5, atol=1e-5)
     with pytest.raises(sdekit.solvers.NotApplicableError, match="alpha = 0"):
         sdekit.sample(sdekit.ScoreModel(net, ours.sde, "eps"), x, "ddim", steps=4)
+
+
+# -- DEIS in log rho -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config,steps", [({"solver_order": 2}, 10), ({"solver_order": 3}, 10),
+                                          ({"solver_order": 3}, 20), ({"solver_order": 3, "timestep_spacing": "trailing"}, 8),
+                                          ({"solver_order": 2, "prediction_type": "v_prediction"}, 6)])
+def test_deis_logrho_matches_deis_multistep_scheduler(config, steps):
+    """diffusers_equivalent maps DEISMultistepScheduler to deis_logrho_k, which reproduces its loop (sdekit.sample and
+    SdekitScheduler) to 1e-5 relative; deis_k (tAB, a polynomial in t) is another method (3e-4 to 2e-3 off)."""
+    from sdekit.interop import diffusers_equivalent, from_diffusers
+
+    unet = _unet()
+    net = lambda x, t: unet(x, t).sample  # noqa: E731
+    ref_sched = diffusers.DEISMultistepScheduler(**config)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref = _loop(ref_sched, net, x, steps)
+    scale = float(ref.abs().max())
+    kw = diffusers_equivalent(ref_sched, steps)
+    assert kw["solver"] == f"deis_logrho_{config['solver_order']}"
+    with torch.no_grad():
+        model = from_diffusers(unet, ref_sched)
+        eq = sdekit.sample(model, x, **kw).x
+        tab = sdekit.sample(model, x, **{**kw, "solver": f"deis_{config['solver_order']}"}).x
+    assert float((eq - ref).abs().max()) < 1e-5 * scale
+    assert float((tab - ref).abs().max()) > 1e-4 * scale
+    ours = SdekitScheduler.from_config(ref_sched.config, solver=kw["solver"],
+                                       solver_options={"lower_order_final": kw["lower_order_final"]})
+    assert float((_loop(ours, net, x, steps) - ref).abs().max()) < 1e-5 * scale

@@ -272,6 +272,27 @@ def _unipc(cfg, steps):
     return f"unipc_{order}", {"variant": cfg.get("solver_type", "bh2"), **DIFFUSERS_ORDERS[("unipc_multistep", final)](steps)}
 
 
+def _deis(cfg, steps):
+    order = int(cfg.get("solver_order", 2))
+    if cfg.get("algorithm_type", "deis") != "deis" or cfg.get("solver_type", "logrho") != "logrho" \
+            or order not in (1, 2, 3):
+        raise ValueError("DEISMultistepScheduler has an sdekit equivalent for algorithm_type='deis', "
+                         f"solver_type='logrho', solver_order 1, 2 or 3; got {cfg.get('algorithm_type')}, "
+                         f"{cfg.get('solver_type')}, order {order}")
+    if order == 1:
+        return "ddim", {}
+    lower = bool(cfg.get("lower_order_final", True)) and steps < 15
+    if cfg.get("use_karras_sigmas", False):
+        # diffusers' Karras grid ends with a zero-length step (sigma_min twice): sdekit drops it, so the last real
+        # step is diffusers' second-to-last, which diffusers takes at order <= 2
+        if lower and order == 3:
+            raise ValueError("DEISMultistepScheduler with Karras sigmas, solver_order=3 and fewer than 15 steps takes "
+                             "its last real step at order 2 (the zero-length step after it at order 1), which no "
+                             "sdekit option reproduces; use 15 or more steps, solver_order=2 or lower_order_final=False")
+        lower = False
+    return f"deis_logrho_{order}", {"lower_order_final": lower}
+
+
 _EQUIVALENTS = {  # scheduler name (grid_options_from) -> (cfg, steps) -> (sdekit solver, options)
     "ddim": lambda cfg, steps: ("ddim", {}),
     "ddpm": lambda cfg, steps: ("ddpm", {}),
@@ -279,6 +300,7 @@ _EQUIVALENTS = {  # scheduler name (grid_options_from) -> (cfg, steps) -> (sdeki
     "heun": lambda cfg, steps: ("heun", {}),
     "dpmsolver_multistep": _dpmsolver,
     "unipc_multistep": _unipc,
+    "deis_multistep": _deis,
 }
 
 
@@ -303,7 +325,7 @@ def diffusers_equivalent(scheduler, steps: int, mu: Optional[float] = None) -> d
     name = opts["scheduler"]
     if name not in _EQUIVALENTS:
         raise ValueError(f"no exact sdekit equivalent of {type(scheduler).__name__}; accepted: DDIM, DDPM, Euler, Heun, "
-                         "DPMSolverMultistep (2M), UniPCMultistep (sample with grid='diffusers' for the others' grids)")
+                         "DPMSolverMultistep (2M), UniPCMultistep, DEISMultistep (sample with grid='diffusers' for the others' grids)")
     if name == "ddim" and opts.get("spacing") == "linspace":
         raise ValueError("DDIM with timestep_spacing='linspace' steps to tau - N // K, not to the next visited step; "
                          "sdekit's ddim reproduces 'leading' and 'trailing' only")

@@ -73,6 +73,8 @@ def _layout_for(solver: str) -> str:
         return "dpmsolver_multistep"
     if solver.startswith("unipc_"):
         return "unipc_multistep"
+    if solver.startswith("deis_logrho_"):
+        return "deis_multistep"
     if solver in ("ddim", "ddpm"):
         return solver
     return "dpmsolver_multistep"
@@ -261,7 +263,8 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         layout = grid_scheduler or _layout_for(solver)
         if layout not in SCHEDULERS:
             raise ValueError(f"unknown grid_scheduler {layout!r}; accepted: {', '.join(SCHEDULERS)}")
-        final = ("zero" if set_alpha_to_one else "sigma_min") if layout in ("ddim", "ddpm") else final_sigmas_type
+        final = ("zero" if set_alpha_to_one else "sigma_min") if layout in ("ddim", "ddpm") else \
+            "sigma_min" if layout == "deis_multistep" else final_sigmas_type  # DEIS's only end in diffusers
         self.grid_options = {"scheduler": layout, "final_sigmas_type": final, "karras": bool(use_karras_sigmas),
                              "steps_offset": int(steps_offset), "spacing": timestep_spacing}
         if layout == "dpmsolver_singlestep":
