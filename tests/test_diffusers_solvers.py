@@ -147,3 +147,54 @@ def test_deis_logrho_matches_deis_multistep_scheduler(config, steps):
     ours = SdekitScheduler.from_config(ref_sched.config, solver=kw["solver"],
                                        solver_options={"lower_order_final": kw["lower_order_final"]})
     assert float((_loop(ours, net, x, steps) - ref).abs().max()) < 1e-5 * scale
+
+
+# -- UniPC's final corrector ---------------------------------------------------------------------------------------
+def _free_net(x, t):
+    """A nonlinear network that ignores its timestep: diffusers rounds Karras timesteps for the network, sdekit does
+    not, and this comparison is about the steps."""
+    return torch.tanh(0.8 * x) + 0.1 * x
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_unipc_final_corrector_matches_diffusers_on_karras_sigma_min(order, prediction):
+    """Karras sigmas with final_sigmas_type="sigma_min": diffusers' UniPC ends with a zero-length step whose network
+    call feeds the final corrector. diffusers_equivalent sets final_corrector=True (10 NFE for 10 steps) and
+    SdekitScheduler lays out 10 timesteps; both reproduce UniPCMultistepScheduler to 1e-5 (without the final
+    corrector: 6e-3 to 8e-2 relative off, 9 timesteps)."""
+    from sdekit.interop import diffusers_equivalent, sde_from_scheduler
+
+    ref_sched = diffusers.UniPCMultistepScheduler(use_karras_sigmas=True, final_sigmas_type="sigma_min",
+                                                  solver_order=order, prediction_type=prediction)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref = _loop(ref_sched, _free_net, x, 10)
+    scale = float(ref.abs().max())
+    kw = diffusers_equivalent(ref_sched, 10)
+    assert kw["final_corrector"] is True
+    model = sdekit.ScoreModel(_free_net, sde_from_scheduler(ref_sched), {"epsilon": "eps", "v_prediction": "v"}[prediction])
+    sol = sdekit.sample(model, x, **kw)
+    assert sol.nfe == 10 and len(sol.ts) == 10
+    assert float((sol.x - ref).abs().max()) < 1e-5 * scale
+    before = sdekit.sample(model, x, **{**kw, "final_corrector": False}).x
+    assert float((before - ref).abs().max()) > 1e-3 * scale
+    ours = SdekitScheduler.from_config(ref_sched.config, solver=f"unipc_{order}")
+    out = _loop(ours, _free_net, x, 10)
+    assert len(ours.timesteps) == 10
+    assert float((out - ref).abs().max()) < 1e-5 * scale
+
+
+def test_final_corrector_refusals_and_one_call_more():
+    """final_corrector needs the corrector and a last time with alpha, sigma > 0; it costs exactly one call."""
+    sde = sdekit.VPSDE()
+    model = sdekit.ScoreModel(lambda x, t: 0.5 * x, sde, "eps")
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    base = sdekit.sample(model, x, "unipc_2", steps=6)
+    more = sdekit.sample(model, x, "unipc_2", steps=6, final_corrector=True)
+    assert more.nfe == base.nfe + 1 and not torch.equal(more.x, base.x)
+    with pytest.raises(sdekit.solvers.NotApplicableError, match="corrector=True"):
+        sdekit.sample(model, x, "unipc_2", steps=6, final_corrector=True, corrector=False)
+    ts = torch.linspace(1.0, 0.0, 5, dtype=torch.float64)
+    ev = sdekit.solvers.base.Evaluator(model)
+    with pytest.raises(sdekit.solvers.NotApplicableError, match="final_corrector"):
+        next(sdekit.solvers.get("unipc_2").fn(ev, x, ts, final_corrector=True))

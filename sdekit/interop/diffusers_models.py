@@ -269,7 +269,11 @@ def _unipc(cfg, steps):
                          "corrector, no solver_p, lower_order_final=True, solver_order 2 (or 3 with "
                          "final_sigmas_type='sigma_min': with 'zero' diffusers caps the step before the jump at "
                          "order 2, which no sdekit option reproduces)")
-    return f"unipc_{order}", {"variant": cfg.get("solver_type", "bh2"), **DIFFUSERS_ORDERS[("unipc_multistep", final)](steps)}
+    options = {"variant": cfg.get("solver_type", "bh2"), **DIFFUSERS_ORDERS[("unipc_multistep", final)](steps)}
+    if final == "sigma_min" and cfg.get("use_karras_sigmas", False):
+        # diffusers' Karras grid ends with a zero-length step (sigma_min twice), whose call feeds the final corrector
+        options["final_corrector"] = True
+    return f"unipc_{order}", options
 
 
 def _deis(cfg, steps):

@@ -50,6 +50,7 @@ from ..sde import DiscreteVPSDE, LinearSDE, RectifiedFlow
 from ..solvers.base import Evaluator, SolverError
 from ..solvers.discrete import _CLASS_NAMES, SCHEDULERS, diffusers_grid
 from ..solvers.driver import sample
+from ..solvers.exponential import unipc_steps
 from ..solvers.grids import check_grid
 from ..solvers.registry import available, get
 from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, check_config, check_scheduler_flow_config,
@@ -332,8 +333,10 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"the grid must be strictly decreasing with at least one step; got {ts.tolist()}")
         self._check_start(ts)
         self.ts = ts
+        self._final_corrector = self._wants_final_corrector(num_inference_steps, ts)
+        calls = ts if self._final_corrector else ts[:-1]
         if taus is None:
-            tau = ts[:-1] * self._table.N - 1 if not self.flow else ts[:-1] * self.config["num_train_timesteps"]
+            tau = calls * self._table.N - 1 if not self.flow else calls * self.config["num_train_timesteps"]
             integral = not self.flow and bool(((tau - tau.round()).abs() < 1e-9).all())
             taus = tau.round().to(torch.int64) if integral else tau.to(torch.float32)
         self.timesteps = taus.to(device)
@@ -341,6 +344,20 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = len(self.timesteps)
         self._begin_index = None
         self._reset()
+
+    def _wants_final_corrector(self, num_inference_steps, ts: Tensor) -> bool:
+        """UniPC's final corrector (``solver_options["final_corrector"]``; by default where diffusers' UniPC grid
+        ends with a zero-length step, which sdekit's grid drops: Karras or sigma-option grids with
+        final_sigmas_type="sigma_min"). The network is then called once more, at the grid's last time, and that
+        output corrects the last step, as in diffusers, so the pipeline gets num_inference_steps timesteps."""
+        if not self.config["solver"].startswith("unipc_"):
+            return False
+        given = (self.config["solver_options"] or {}).get("final_corrector")
+        if given is not None:
+            return bool(given)
+        dropped = num_inference_steps is not None and self._fixed_ts is None and len(ts) - 1 < int(num_inference_steps)
+        return bool(dropped and self.grid_options["scheduler"] == "unipc_multistep" and not self.flow
+                    and float(self.sde.sigma(ts[-1])) > 0.0)
 
     def _table_grid(self, num_inference_steps, timesteps, sigmas) -> Tensor:
         given = [v is not None for v in (num_inference_steps, timesteps, sigmas)]
@@ -444,6 +461,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         return self.sde
 
     def _reset(self):
+        self._final_corrector = getattr(self, "_final_corrector", False)
         self._run = None  # (solver generator, pipeline-output net, evaluator, noise) once stepping starts
         self._step_index = None
         self._returned = None
@@ -537,7 +555,12 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         noise = _StepNoise()
         # noise="step" (path=False): each step's noise is one draw from the pipeline's generator, as diffusers'
         ev = Evaluator(model, noise, path=False)
-        gen = self.solver.fn(ev, self._x, run_ts, **options) if len(run_ts) > 1 else None
+        if self._final_corrector:  # the last pipeline call feeds the final corrector: step the unmerged states
+            ev.solver = self.config["solver"]
+            options["final_corrector"] = True
+            gen = unipc_steps(ev, self._x, run_ts, int(self.solver.order) - 1, **options)
+        else:
+            gen = self.solver.fn(ev, self._x, run_ts, **options) if len(run_ts) > 1 else None
         self._run = (gen, net, ev, noise)
         self._eta = eta
         return index
