@@ -36,9 +36,9 @@ def _paths():
     return {
         "vp": sdekit.VPSDE(), "ve": sdekit.VESDE(sigma_min=0.01, sigma_max=20.0), "subvp": sdekit.SubVPSDE(),
         "cosine_vp": sdekit.CosineVPSDE(), "ddpm": sdekit.DiscreteVPSDE.linear(1000),
-        "ddpm_zero_snr": sdekit.DiscreteVPSDE(rescale_zero_terminal_snr(sdekit.sde.linear_beta_schedule(1000))),
         "rectified_flow": sdekit.RectifiedFlow(), "cond_ot": sdekit.CondOT(), "polynomial": sdekit.PolynomialPath(),
         "cosine_path": sdekit.CosinePath(), "time_shift": sdekit.TimeShift(sdekit.RectifiedFlow(), 3.0),
+        "ddpm_zero_snr": sdekit.DiscreteVPSDE(rescale_zero_terminal_snr(sdekit.sde.linear_beta_schedule(1000))),
     }
 
 
