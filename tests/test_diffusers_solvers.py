@@ -198,3 +198,47 @@ def test_final_corrector_refusals_and_one_call_more():
     ev = sdekit.solvers.base.Evaluator(model)
     with pytest.raises(sdekit.solvers.NotApplicableError, match="final_corrector"):
         next(sdekit.solvers.get("unipc_2").fn(ev, x, ts, final_corrector=True))
+
+
+# -- DDIMScheduler's own stepping: tau -> tau - N // K -------------------------------------------------------------
+@pytest.mark.parametrize("spacing", ["trailing", "linspace", "leading"])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_steps_as_ddim_scheduler_at_every_spacing(spacing, eta):
+    """DDIMScheduler steps from tau to tau - N // K, which for 'trailing' with 6 steps (999 -> 833, next call at 832)
+    and 'linspace' is not the next timestep: SdekitScheduler's ddim takes the same steps (before: 0.1 and 0.67 max
+    off in [0, 1] images with eta 0.5). The loop's latents, same seed for the step noise, to 1e-5 relative; and in a
+    DDIMPipeline with clip_sample."""
+    unet = _unet()
+    cfg = dict(timestep_spacing=spacing, clip_sample=False)
+    ref_sched = diffusers.DDIMScheduler(**cfg)
+    ours = SdekitScheduler.from_config(ref_sched.config, solver="ddim")
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for sched in (ref_sched, ours):
+        sched.set_timesteps(6)
+        gen, y = torch.Generator().manual_seed(5), x
+        with torch.no_grad():
+            for t in sched.timesteps:
+                y = sched.step(unet(y, t).sample, t, y, eta, generator=gen).prev_sample
+        outs.append(y)
+    assert float((outs[1] - outs[0]).abs().max()) < 1e-5 * float(outs[0].abs().max())
+    base = diffusers.DDIMScheduler(timestep_spacing=spacing, clip_sample=True)
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=base)
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for sched in (base, SdekitScheduler.from_config(base.config, solver="ddim")):
+        pipe.scheduler = sched
+        images.append(pipe(batch_size=2, num_inference_steps=6, eta=eta, generator=torch.Generator().manual_seed(0),
+                           output_type="np").images)
+    assert abs(images[1] - images[0]).mean() < 1e-5 and abs(images[1] - images[0]).max() < 1e-4
+
+
+def test_diffusers_equivalent_refuses_ddim_spacings_off_its_grid():
+    """sdekit.sample runs on a grid: DDIMScheduler's steps to tau - N // K that miss the next timestep are refused by
+    name (SdekitScheduler takes them); 'trailing' with 10 steps (K divides N) is a grid and is accepted."""
+    from sdekit.interop import diffusers_equivalent
+
+    for spacing, steps in (("trailing", 6), ("linspace", 6)):
+        with pytest.raises(ValueError, match="tau - N // K"):
+            diffusers_equivalent(diffusers.DDIMScheduler(timestep_spacing=spacing), steps)
+    assert diffusers_equivalent(diffusers.DDIMScheduler(timestep_spacing="trailing"), 10)["solver"] == "ddim"

@@ -26,7 +26,7 @@ import torch
 from ..parameterization import ClassifierFreeGuidance, ScoreModel, ThresholdedModel, expand_batch, map_tensors
 from ..sde import (DiscreteVPSDE, LinearSDE, RectifiedFlow, TimeShift, cosine_beta_schedule,
                    rescale_zero_terminal_snr, time_shift)
-from ..solvers.discrete import DIFFUSERS_ORDERS, grid_options_from
+from ..solvers.discrete import DIFFUSERS_ORDERS, diffusers_timesteps, grid_options_from
 from .diffusers_config import FlowSpec, check_config, check_flow_config, is_flow_scheduler, read_config
 
 Tensor = torch.Tensor
@@ -330,9 +330,14 @@ def diffusers_equivalent(scheduler, steps: int, mu: Optional[float] = None) -> d
     if name not in _EQUIVALENTS:
         raise ValueError(f"no exact sdekit equivalent of {type(scheduler).__name__}; accepted: DDIM, DDPM, Euler, Heun, "
                          "DPMSolverMultistep (2M), UniPCMultistep, DEISMultistep (sample with grid='diffusers' for the others' grids)")
-    if name == "ddim" and opts.get("spacing") == "linspace":
-        raise ValueError("DDIM with timestep_spacing='linspace' steps to tau - N // K, not to the next visited step; "
-                         "sdekit's ddim reproduces 'leading' and 'trailing' only")
+    if name in ("ddim", "ddpm"):
+        tau = diffusers_timesteps(name, int(cfg.get("num_train_timesteps", 1000)), steps, opts.get("spacing"),
+                                  opts["steps_offset"])
+        stride = int(cfg.get("num_train_timesteps", 1000)) // int(steps)
+        if not bool(np.all(tau[:-1] - stride == tau[1:])):
+            raise ValueError(f"{type(scheduler).__name__} steps from each timestep tau to tau - N // K = tau - {stride}, "
+                             f"which with timestep_spacing={opts.get('spacing')!r} and {steps} steps is not the next "
+                             "timestep, so no sdekit grid holds its steps; SdekitScheduler(solver='ddim') takes them")
     solver, options = _EQUIVALENTS[name](cfg, steps)
     return {"solver": solver, "steps": int(steps), "grid": "diffusers", "grid_options": opts, **options}
 

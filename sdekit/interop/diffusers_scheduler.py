@@ -334,6 +334,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self._check_start(ts)
         self.ts = ts
         self._final_corrector = self._wants_final_corrector(num_inference_steps, ts)
+        self._targets = self._ddim_targets(num_inference_steps, ts) if taus is None else None
         calls = ts if self._final_corrector else ts[:-1]
         if taus is None:
             tau = calls * self._table.N - 1 if not self.flow else calls * self.config["num_train_timesteps"]
@@ -344,6 +345,22 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = len(self.timesteps)
         self._begin_index = None
         self._reset()
+
+    def _ddim_targets(self, num_inference_steps, ts: Tensor) -> Optional[Tensor]:
+        """Where DDIMScheduler and DDPMScheduler step to from each timestep tau: tau - N // K (prev_timestep), the end
+        of the grid below 0. That is the next timestep for 'leading' spacing (and 'trailing' when K divides N), but
+        not otherwise (e.g. 'trailing' with 6 steps: 999 -> 833 while the next call is at 832; 'linspace'): then
+        ``ddim``/``ddpm`` take each step from its own timestep to that target, as those schedulers do, and the next
+        step starts from the next timestep. None where the targets are the grid."""
+        if self.config["solver"] not in ("ddim", "ddpm") or self.grid_options["scheduler"] not in ("ddim", "ddpm") \
+                or num_inference_steps is None or self._fixed_ts is None and self._from_diffusers(num_inference_steps) \
+                or self._fixed_ts is not None or self.flow:
+            return None
+        table, calls = self._table, ts[:-1]
+        tau = (calls * table.N - 1).round()
+        prev = tau - table.N // int(num_inference_steps)
+        targets = torch.where(prev >= 0, table.step_time(prev.clamp(min=0)), ts[-1].expand_as(prev))
+        return None if bool(torch.equal(targets, ts[1:])) else targets
 
     def _wants_final_corrector(self, num_inference_steps, ts: Tensor) -> bool:
         """UniPC's final corrector (``solver_options["final_corrector"]``; by default where diffusers' UniPC grid
@@ -462,6 +479,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
 
     def _reset(self):
         self._final_corrector = getattr(self, "_final_corrector", False)
+        self._targets: Optional[Tensor] = getattr(self, "_targets", None)
         self._run = None  # (solver generator, pipeline-output net, evaluator, noise) once stepping starts
         self._step_index = None
         self._returned = None
@@ -545,16 +563,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         jump = float(self.sde.sigma(ts[-1])) == 0.0
         run_ts = ts[:-1] if jump else ts
         options = self._solver_options(eta)
-        net = _PipelineOutput(self.config["solver"])  # config is a FrozenDict: item and attribute access agree
-        model = ScoreModel(net, self.sde, self.spec.prediction)
-        if self.spec.threshold is not None:
-            if self.config["solver"] == "ddim" and not clipped:
-                model = _DDIMClippedX0(model, self.spec.threshold, run_ts, float(options.get("eta", 0.0)))
-            else:
-                model = ThresholdedModel(model, *self.spec.threshold)
-        noise = _StepNoise()
-        # noise="step" (path=False): each step's noise is one draw from the pipeline's generator, as diffusers'
-        ev = Evaluator(model, noise, path=False)
+        net, ev, noise = self._evaluator(run_ts, options, clipped)
         if self._final_corrector:  # the last pipeline call feeds the final corrector: step the unmerged states
             ev.solver = self.config["solver"]
             options["final_corrector"] = True
@@ -564,6 +573,28 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self._run = (gen, net, ev, noise)
         self._eta = eta
         return index
+
+    def _evaluator(self, run_ts: Tensor, options: dict, clipped: Optional[bool]):
+        """The pipeline-output net, the evaluator of the model on it (thresholded as the config says) and its noise."""
+        net = _PipelineOutput(self.config["solver"])  # config is a FrozenDict: item and attribute access agree
+        model = ScoreModel(net, self.sde, self.spec.prediction)
+        if self.spec.threshold is not None:
+            if self.config["solver"] == "ddim" and not clipped:
+                model = _DDIMClippedX0(model, self.spec.threshold, run_ts, float(options.get("eta", 0.0)))
+            else:
+                model = ThresholdedModel(model, *self.spec.threshold)
+        noise = _StepNoise()
+        # noise="step" (path=False): each step's noise is one draw from the pipeline's generator, as diffusers'
+        return net, Evaluator(model, noise, path=False), noise
+
+    def _target_run(self, i: int, clipped: Optional[bool]):
+        """DDIMScheduler's step i as a solve of its own, from ts[i] to its target (``_ddim_targets``)."""
+        assert self._targets is not None and self.ts is not None
+        pair = torch.stack([self.ts[i], self._targets[i]])
+        jump = float(self.sde.sigma(pair[1])) == 0.0
+        options = self._solver_options(self._eta)
+        net, ev, noise = self._evaluator(pair[:1] if jump else pair, options, clipped)
+        return (None if jump else self.solver.fn(ev, self._x, pair, **options)), net, ev, noise
 
     def _solver_options(self, eta: Optional[float]) -> dict:
         """solver_options, with the pipeline's ``eta`` as ddim's eta (DDIM's eta in diffusers' step) unless
@@ -619,12 +650,15 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         out = model_output
         if self.spec.learned_variance and out.shape[1] == 2 * sample.shape[1]:
             out = out[:, : sample.shape[1]]
+        if self._targets is not None:
+            self._run = self._target_run(i, use_clipped_model_output)
         gen, net, ev, noise = self._run
         noise.generator, noise.given = generator, variance_noise
         t = float(self.ts[i])
         net.load(self._x, out.to(work), t)
-        if i == len(self.timesteps) - 1 and float(self.sde.sigma(self.ts[-1])) == 0.0:
-            x = float(self.sde.alpha(self.ts[-1])) * ev.x0(self._x, t)  # the x0 jump to sigma = 0
+        end = self.ts[-1] if self._targets is None else self._targets[i]
+        if (i == len(self.timesteps) - 1 or self._targets is not None) and float(self.sde.sigma(end)) == 0.0:
+            x = float(self.sde.alpha(end)) * ev.x0(self._x, t)  # the x0 jump to sigma = 0
         else:
             x = next(gen)
         net.check_consumed()
