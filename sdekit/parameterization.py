@@ -326,7 +326,8 @@ def threshold_x0(x0: Tensor, ratio: Optional[float] = 0.995, max_value: float = 
 
     the quantile taken over all of a row's entries (s = 1 is static clipping to [-1, 1]); ``ratio`` lies in
     [0, 1] as in diffusers' ``dynamic_thresholding_ratio`` (0: the row's smallest |x0|, so s = 1 unless every entry
-    exceeds 1: in effect static clipping to [-1, 1]). ``ratio=None`` is static clipping to [-max_value, max_value] (diffusers' ``clip_sample``).
+    exceeds 1: in effect static clipping to [-1, 1]).
+    ``ratio=None`` is static clipping to [-max_value, max_value] (diffusers' ``clip_sample``).
     Half-precision inputs are thresholded in float32 and returned in their dtype."""
     if ratio is None:
         return x0.clamp(-max_value, max_value)

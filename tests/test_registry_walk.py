@@ -2,8 +2,8 @@
 
 solver x path x grid x end, with
   solvers  every name of ``sdekit.solvers.available()``;
-  paths    VP, VE, subVP, cosine VP, a DDPM table (DiscreteVPSDE), the same table at zero terminal SNR and every flow path (alpha(T) = 0): RectifiedFlow,
-           CondOT, PolynomialPath, CosinePath and a TimeShift;
+  paths    VP, VE, subVP, cosine VP, a DDPM table (DiscreteVPSDE), the same table at zero terminal SNR and every flow
+           path (alpha(T) = 0): RectifiedFlow, CondOT, PolynomialPath, CosinePath and a TimeShift;
   grids    every name of ``solvers.grids.GRIDS`` (the table's own grids, ``table`` and ``diffusers``, only apply to a
            DiscreteVPSDE: elsewhere they must be refused by name);
   ends     the default t_end (sde.eps), t_end = 0, denoise=True and inversion (increasing times, eps -> T).

@@ -329,7 +329,8 @@ def diffusers_equivalent(scheduler, steps: int, mu: Optional[float] = None) -> d
     name = opts["scheduler"]
     if name not in _EQUIVALENTS:
         raise ValueError(f"no exact sdekit equivalent of {type(scheduler).__name__}; accepted: DDIM, DDPM, Euler, Heun, "
-                         "DPMSolverMultistep (2M), UniPCMultistep, DEISMultistep (sample with grid='diffusers' for the others' grids)")
+                         "DPMSolverMultistep (2M), UniPCMultistep, DEISMultistep (sample with grid='diffusers' for the "
+                         "others' grids)")
     if name in ("ddim", "ddpm"):
         tau = diffusers_timesteps(name, int(cfg.get("num_train_timesteps", 1000)), steps, opts.get("spacing"),
                                   opts["steps_offset"])

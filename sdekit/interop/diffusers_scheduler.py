@@ -479,7 +479,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
 
     def _reset(self):
         self._final_corrector = getattr(self, "_final_corrector", False)
-        self._targets: Optional[Tensor] = getattr(self, "_targets", None)
+        self._targets = getattr(self, "_targets", None)  # Optional[Tensor]
         self._run = None  # (solver generator, pipeline-output net, evaluator, noise) once stepping starts
         self._step_index = None
         self._returned = None

@@ -176,8 +176,8 @@ def _deis(order):
     deis.__name__ = f"deis_{order}"
     deis.__doc__ = f"""DEIS-tAB with {order} points (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with
     Exponential Integrator", eq. 14-15; the paper's tAB{order - 1}. Not diffusers' DEISMultistepScheduler, which
-    extrapolates in log rho: that is ``deis_logrho_{order}``): the exponential integrator in s = sigma/alpha with eps extrapolated by the polynomial
-    in t through the last k = min(i + 1, {order}) outputs,
+    extrapolates in log rho: that is ``deis_logrho_{order}``): the exponential integrator in s = sigma/alpha with eps
+    extrapolated by the polynomial in t through the last k = min(i + 1, {order}) outputs,
         x_{{i+1}} = (alpha_{{i+1}}/alpha_i) x_i + alpha_{{i+1}} sum_j c_ij eps_{{i-j}},
         c_ij = int_{{t_i}}^{{t_{{i+1}}}} ell_j(t) ds(t) = int_{{l_i}}^{{l_{{i+1}}}} ell_j(t(l)) (-e^{{-l}}) dl,
     by 16-point Gauss-Legendre in l = log(alpha/sigma) in float64; 1 NFE/step, global order {order}.
