@@ -324,7 +324,9 @@ def threshold_x0(x0: Tensor, ratio: Optional[float] = 0.995, max_value: float = 
 
         s = clamp(quantile_ratio(|x0|), 1, max_value),   x0 <- clamp(x0, -s, s) / s,
 
-    the quantile taken over all of a row's entries (s = 1 is static clipping to [-1, 1]).
+    the quantile taken over all of a row's entries (s = 1 is static clipping to [-1, 1]); ``ratio`` lies in
+    [0, 1] as in diffusers' ``dynamic_thresholding_ratio`` (0: the row's smallest |x0|, so s = 1 unless every entry
+    exceeds 1: in effect static clipping to [-1, 1]).
     ``ratio=None`` is static clipping to [-max_value, max_value] (diffusers' ``clip_sample``).
     Half-precision inputs are thresholded in float32 and returned in their dtype."""
     if ratio is None:
@@ -351,8 +353,8 @@ class ThresholdedModel(ScoreModel):
     def __init__(self, model: ScoreModel, ratio: Optional[float] = 0.995, max_value: float = 1.0):
         if not isinstance(model, ScoreModel):
             raise TypeError(f"ThresholdedModel wraps a ScoreModel; got {type(model).__name__}")
-        if ratio is not None and not 0.0 < float(ratio) <= 1.0:
-            raise ValueError(f"ratio must lie in (0, 1] (or be None for static clipping); got {ratio!r}")
+        if ratio is not None and not 0.0 <= float(ratio) <= 1.0:
+            raise ValueError(f"ratio must lie in [0, 1] (or be None for static clipping); got {ratio!r}")
         if not float(max_value) > 0.0:
             raise ValueError(f"max_value must be positive; got {max_value!r}")
         super().__init__(model.net, model.sde, model.prediction)

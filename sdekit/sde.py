@@ -35,6 +35,7 @@ __all__ = [
     "DiscreteVPSDE",
     "linear_beta_schedule",
     "cosine_beta_schedule",
+    "rescale_zero_terminal_snr",
     "broadcast_to",
     "SDE_NAMES",
     "sde_from_name",
@@ -605,25 +606,53 @@ def cosine_beta_schedule(n: int = 1000, s: float = 0.008, max_beta: float = 0.99
     return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
 
 
+def rescale_zero_terminal_snr(betas) -> Tensor:
+    """A beta table rescaled to zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample
+    Steps are Flawed", Algorithm 1; diffusers' ``rescale_betas_zero_snr``), in float64: sqrt(abar) is shifted so
+    its last entry is 0 and scaled so its first keeps its value, then betas = 1 - abar_n/abar_{n-1}. The last beta
+    is exactly 1 (abar_{N-1} = 0: x at the last step is pure noise)."""
+    betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+    if betas.numel() < 2:
+        raise ValueError("rescale_zero_terminal_snr needs at least two betas")
+    root = torch.cumprod(1 - betas, 0).sqrt()
+    first, last = float(root[0]), float(root[-1])
+    if not first > last:
+        raise ValueError("rescale_zero_terminal_snr needs a decreasing abar (first > last)")
+    abar = ((root - last) * (first / (first - last))) ** 2
+    return 1 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
+
+
 class DiscreteVPSDE(LinearSDE):
     """A DDPM beta table placed on continuous time.
 
     Step n (0-based, n = 0..N-1) sits at t_n = (n + 1)/N with alpha(t_n)^2 = abar_n = prod_{i<=n} (1 - beta_i)
     exactly; log alpha is piecewise linear in t between the steps (and from log alpha(0) = 0 to t_0),
     so f(t) is piecewise constant and g^2 = -2 f keeps sigma^2 = 1 - alpha^2. T = 1, eps = t_0 = 1/N.
+
+    Zero terminal SNR (a last beta of exactly 1, as ``rescale_zero_terminal_snr`` gives): abar_{N-1} = 0, so
+    alpha(T) = 0 and x_T is pure noise, as on the flow-matching paths (``AffinePath``). On the last segment
+    [(N-1)/N, 1] alpha is then linear in t, alpha = alpha_{N-2} (1 - w) with w = t N - (N - 1), so that
+    alpha' = -N alpha_{N-2} stays finite while f = -N/(1 - w) and g^2 = -2 f are infinite at T and
+    lambda(T) = -inf; every other segment is unchanged. ``zero_snr`` says which kind of table this is.
     """
 
     def __init__(self, betas, eps: Optional[float] = None):
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if betas.numel() < 1:
             raise ValueError("DiscreteVPSDE needs at least one beta")
-        if not bool(torch.isfinite(betas).all()) or bool((betas <= 0).any()) or bool((betas >= 1).any()):
-            raise ValueError("DiscreteVPSDE betas must all lie in the open interval (0, 1)")
+        head = betas[:-1]
+        if not bool(torch.isfinite(betas).all()) or bool((betas <= 0).any()) or bool((head >= 1).any()) \
+                or float(betas[-1]) > 1 or (betas.numel() == 1 and float(betas[-1]) >= 1):
+            raise ValueError("DiscreteVPSDE betas must all lie in the open interval (0, 1), except the last, which may "
+                             "be exactly 1 (zero terminal SNR, rescale_zero_terminal_snr) when there are at least two")
         self.N = betas.numel()
         super().__init__(T=1.0, eps=1.0 / self.N if eps is None else eps)
         self.betas = betas
+        self.zero_snr = float(betas[-1]) == 1.0
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
-        # knots of the piecewise-linear log alpha: t = 0, 1/N, ..., 1
+        if self.zero_snr:
+            self.alphas_cumprod[-1] = 0.0
+        # knots of the piecewise-linear log alpha: t = 0, 1/N, ..., 1 (the last -inf for a zero-SNR table)
         self._knots_t = torch.arange(self.N + 1, dtype=torch.float64) / self.N
         self._knots_la = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(self.alphas_cumprod)])
 
@@ -642,9 +671,17 @@ class DiscreteVPSDE(LinearSDE):
     def _segment(self, t: Tensor) -> Tensor:
         return (t * self.N).floor().long().clamp(0, self.N - 1)
 
+    def _last(self, k: Tensor) -> Tensor:
+        """Whether segment k is a zero-SNR table's last one (alpha linear in t down to 0)."""
+        return k == self.N - 1 if self.zero_snr else torch.zeros_like(k, dtype=torch.bool)
+
     def f(self, t):
         k = self._segment(t)
-        return (self._knots_la[k + 1] - self._knots_la[k]) * self.N
+        slope = (self._knots_la[k + 1] - self._knots_la[k]) * self.N
+        if not self.zero_snr:
+            return slope
+        w = t * self.N - k
+        return torch.where(self._last(k), -self.N / (1 - w), slope)
 
     def g(self, t):
         return torch.sqrt(-2 * self.f(t))
@@ -652,22 +689,46 @@ class DiscreteVPSDE(LinearSDE):
     def _log_alpha(self, t):
         k = self._segment(t)
         w = t * self.N - k
+        if self.zero_snr:  # the last segment: log alpha = log alpha_{N-2} + log(1 - w), -inf at T
+            lin = self._knots_la[k] + w * torch.where(self._last(k), 0.0, self._knots_la[k + 1] - self._knots_la[k])
+            return torch.where(self._last(k), self._knots_la[k] + torch.log1p(-w.clamp(max=1.0)), lin).clamp(max=0.0)
         # knots are <= 0 and log alpha(0) = 0 exactly; the clamp keeps rounding from lifting alpha above 1
         return (self._knots_la[k] + w * (self._knots_la[k + 1] - self._knots_la[k])).clamp(max=0.0)
 
     def _sigma(self, t):
         return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
 
+    def d_alpha(self, t) -> Tensor:
+        """alpha'(t) = f alpha; on a zero-SNR table's last segment -N alpha_{N-2}, finite at T."""
+        t = self.check_time(t)
+        out = self.f(t) * torch.exp(self._log_alpha(t))
+        if not self.zero_snr:
+            return out
+        k = self._segment(t)
+        return torch.where(self._last(k), -self.N * torch.exp(self._knots_la[k]), out)
+
+    def d_sigma(self, t) -> Tensor:
+        """sigma'(t); on a zero-SNR table -alpha alpha'/sigma (sigma^2 = 1 - alpha^2), finite at T."""
+        if not self.zero_snr:
+            return super().d_sigma(t)
+        t = self.check_time(t)
+        return -torch.exp(self._log_alpha(t)) * self.d_alpha(t) / self._sigma(t)
+
     def _t_from_log_snr(self, lam):
         # alpha^2 = sigmoid(lambda); log alpha is decreasing and piecewise linear in t: invert exactly.
         la = 0.5 * torch.nn.functional.logsigmoid(lam)
-        neg = -self._knots_la  # increasing
+        neg = -self._knots_la  # increasing (+inf last on a zero-SNR table)
         k = (torch.searchsorted(neg, (-la).contiguous(), right=True) - 1).clamp(0, self.N - 1)
-        w = (-la - neg[k]) / (neg[k + 1] - neg[k])
+        if self.zero_snr:
+            last = self._last(k)
+            w_lin = (-la - neg[k]) / torch.where(last, 1.0, neg[k + 1] - neg[k])
+            w = torch.where(last, -torch.expm1(la - self._knots_la[k]), w_lin)
+        else:
+            w = (-la - neg[k]) / (neg[k + 1] - neg[k])
         return (k + w) / self.N
 
     def __repr__(self):
-        return f"DiscreteVPSDE(N={self.N}, eps={self.eps})"
+        return f"DiscreteVPSDE(N={self.N}, eps={self.eps}{', zero_snr=True' if self.zero_snr else ''})"
 
 
 SDE_NAMES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE}

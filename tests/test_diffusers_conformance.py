@@ -209,7 +209,7 @@ def test_step_signature_and_attributes_as_diffusers():
 
 def test_threshold_settings_refused_at_construction():
     base = diffusers.DDPMScheduler().config
-    for bad in ({"thresholding": True, "dynamic_thresholding_ratio": 0}, {"thresholding": True, "sample_max_value": 0},
+    for bad in ({"thresholding": True, "dynamic_thresholding_ratio": 1.5}, {"thresholding": True, "sample_max_value": 0},
                 {"clip_sample": True, "clip_sample_range": -1}):
         with pytest.raises(ValueError, match=next(iter(k for k in bad if k not in ("thresholding", "clip_sample")))):
             SdekitScheduler.from_config(base, solver="dpmpp_2m", **bad)

@@ -173,8 +173,6 @@ def test_refusals():
         SdekitScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True).config)
     with pytest.raises(ValueError, match="shift=3.0 .a flow-matching setting"):
         SdekitScheduler.from_config(base, shift=3.0)
-    with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
-        SdekitScheduler.from_config(base, rescale_betas_zero_snr=True)
     with pytest.raises(ValueError, match="interpolation_type"):
         SdekitScheduler.from_config(diffusers.EulerDiscreteScheduler(interpolation_type="log_linear").config)
     sched = SdekitScheduler.from_config(base, solver="dpmpp_2m")

@@ -252,7 +252,7 @@ def test_dpmsolver_with_thresholding_matches_diffusers():
 
 @pytest.mark.parametrize("cls_name,config,match", [
     ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}, "flow-matching"),
-    ("DDIMScheduler", {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+    ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}, "interpolation_type"),
     ("LCMScheduler", {}, "consistency"),
     ("EDMEulerScheduler", {}, "from_denoiser"),
 ])

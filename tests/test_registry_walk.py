@@ -2,8 +2,8 @@
 
 solver x path x grid x end, with
   solvers  every name of ``sdekit.solvers.available()``;
-  paths    VP, VE, subVP, cosine VP, a DDPM table (DiscreteVPSDE) and every flow path (alpha(T) = 0): RectifiedFlow,
-           CondOT, PolynomialPath, CosinePath and a TimeShift;
+  paths    VP, VE, subVP, cosine VP, a DDPM table (DiscreteVPSDE), the same table at zero terminal SNR and every flow
+           path (alpha(T) = 0): RectifiedFlow, CondOT, PolynomialPath, CosinePath and a TimeShift;
   grids    every name of ``solvers.grids.GRIDS`` (the table's own grids, ``table`` and ``diffusers``, only apply to a
            DiscreteVPSDE: elsewhere they must be refused by name);
   ends     the default t_end (sde.eps), t_end = 0, denoise=True and inversion (increasing times, eps -> T).
@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import sdekit
+from sdekit.sde import rescale_zero_terminal_snr
 from sdekit.solvers import SOLVERS, SolverError, available, grids, sample
 
 # steps of a sampling solve, of an inversion (from eps, where uniform and Karras grids take their largest steps in
@@ -37,6 +38,7 @@ def _paths():
         "cosine_vp": sdekit.CosineVPSDE(), "ddpm": sdekit.DiscreteVPSDE.linear(1000),
         "rectified_flow": sdekit.RectifiedFlow(), "cond_ot": sdekit.CondOT(), "polynomial": sdekit.PolynomialPath(),
         "cosine_path": sdekit.CosinePath(), "time_shift": sdekit.TimeShift(sdekit.RectifiedFlow(), 3.0),
+        "ddpm_zero_snr": sdekit.DiscreteVPSDE(rescale_zero_terminal_snr(sdekit.sde.linear_beta_schedule(1000))),
     }
 
 

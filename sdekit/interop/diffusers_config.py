@@ -4,6 +4,7 @@ A config (``scheduler.config``, or a plain dict such as a ``scheduler_config.jso
 
   model     the forward process and what the network predicts; they build the ScoreModel:
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas -> the DiscreteVPSDE;
+            rescale_betas_zero_snr (zero terminal SNR: alpha(T) = 0, ``DiscreteVPSDE.zero_snr``);
             prediction_type (epsilon | v_prediction | sample); variance_type (learned | learned_range: the
             network returns 2C channels, the first C are the prediction; fixed_*: the ancestral variance of
             DDPM, which sdekit's ``ddpm`` takes as the posterior one, fixed_small); thresholding,
@@ -17,8 +18,7 @@ A config (``scheduler.config``, or a plain dict such as a ``scheduler_config.jso
             euler_at_final, disable_corrector, predict_x0, solver_p, skip_prk_steps, noise_sampler_seed,
             predictor_order, corrector_order, tau_func): superseded by the sdekit
             solver (``diffusers_equivalent`` reads them to name the same algorithm).
-  refused   anything else that changes the maths: rescale_betas_zero_snr=True (alphabar_N = 0, which
-            DiscreteVPSDE cannot hold), flow matching (FlowMatch* schedulers, use_flow_sigmas,
+  refused   anything else that changes the maths: flow matching (FlowMatch* schedulers, use_flow_sigmas,
             prediction_type="flow_prediction"), interpolation_type="log_linear", EDM-preconditioned and consistency
             schedulers, and every field not named here.
 
@@ -166,9 +166,6 @@ def check_config(cfg: dict) -> DiffusersSpec:
                                 "does not reproduce it)")
             continue
         problems.append(f"{key}={value!r} (unknown to sdekit)")
-    if cfg.get("rescale_betas_zero_snr", False):
-        problems.append("rescale_betas_zero_snr=True (alphabar_N = 0: infinite noise at t = T, lambda(T) = -inf; "
-                        "DiscreteVPSDE needs every beta in (0, 1), so a zero-SNR end needs a change in sdekit.sde)")
     ptype = cfg.get("prediction_type", "epsilon")
     if ptype not in PREDICTION_TYPES:
         problems.append(f"prediction_type={ptype!r} (accepted: {', '.join(PREDICTION_TYPES)})")
@@ -177,8 +174,8 @@ def check_config(cfg: dict) -> DiffusersSpec:
         problems.append(f"variance_type={vtype!r} (accepted: {', '.join(map(str, VARIANCE_TYPES))})")
     if cfg.get("thresholding", False):
         ratio, top = cfg.get("dynamic_thresholding_ratio", 0.995), cfg.get("sample_max_value", 1.0)
-        if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
-            problems.append(f"dynamic_thresholding_ratio={ratio!r} (accepted: a quantile in (0, 1])")
+        if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
+            problems.append(f"dynamic_thresholding_ratio={ratio!r} (accepted: a quantile in [0, 1])")
         if not (isinstance(top, (int, float)) and top > 0.0):
             problems.append(f"sample_max_value={top!r} (accepted: a number > 0)")
     elif cfg.get("clip_sample", False):

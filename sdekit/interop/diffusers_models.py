@@ -24,11 +24,17 @@ import numpy as np
 import torch
 
 from ..parameterization import ClassifierFreeGuidance, ScoreModel, ThresholdedModel, expand_batch, map_tensors
-from ..sde import DiscreteVPSDE, LinearSDE, RectifiedFlow, TimeShift, cosine_beta_schedule, time_shift
-from ..solvers.discrete import DIFFUSERS_ORDERS, grid_options_from
+from ..sde import (DiscreteVPSDE, LinearSDE, RectifiedFlow, TimeShift, cosine_beta_schedule,
+                   rescale_zero_terminal_snr, time_shift)
+from ..solvers.discrete import DIFFUSERS_ORDERS, diffusers_timesteps, grid_options_from
 from .diffusers_config import FlowSpec, check_config, check_flow_config, is_flow_scheduler, read_config
 
 Tensor = torch.Tensor
+
+# diffusers' schedulers that hold a zero-SNR table's last abar at 2^-24 rather than 0
+CLAMPED_ZERO_SNR = {"DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler",
+                    "EulerAncestralDiscreteScheduler"}
+ZERO_SNR_CLAMP = 2.0 ** -24
 
 __all__ = ["DiffusersUNet", "DiffusersFlowNet", "sde_from_scheduler", "flow_path_from_scheduler", "from_diffusers",
            "diffusers_equivalent", "times_from_sigmas"]
@@ -39,7 +45,12 @@ def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
 
     The table is recomputed in float64 from the config ("linear", "scaled_linear", "squaredcos_cap_v2",
     "sigmoid", or ``trained_betas``), not taken from diffusers' float32 tensors, so the SDE's ends and every
-    time computed from it are exact; any other schedule falls back to ``scheduler.betas``."""
+    time computed from it are exact; any other schedule falls back to ``scheduler.betas``.
+
+    ``rescale_betas_zero_snr=True``: the table is ``rescale_zero_terminal_snr``'s, whose last abar is 0 (alpha(T) = 0,
+    ``DiscreteVPSDE.zero_snr``), as DDIM and DDPM hold it. DPMSolverMultistep, UniPC and the Euler schedulers set
+    that last abar to 2^-24 instead ("close to 0 without being 0 so first sigma is not inf"): for a config of one of
+    those classes (its ``_class_name``) the table keeps their 2^-24, so that their algorithms are reproduced."""
     cfg = read_config(scheduler)
     n = int(cfg.get("num_train_timesteps", 1000))
     kind = cfg.get("beta_schedule", "linear")
@@ -59,6 +70,10 @@ def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
     else:
         raise ValueError(f"unsupported beta_schedule {kind!r}; accepted: linear, scaled_linear, "
                          "squaredcos_cap_v2, sigmoid, or trained_betas")
+    if cfg.get("rescale_betas_zero_snr", False):
+        betas = rescale_zero_terminal_snr(betas)
+        if str(cfg.get("_class_name") or "") in CLAMPED_ZERO_SNR:
+            betas[-1] = 1 - ZERO_SNR_CLAMP / float(torch.prod(1 - betas[:-1]))
     return DiscreteVPSDE(betas)
 
 
@@ -254,7 +269,32 @@ def _unipc(cfg, steps):
                          "corrector, no solver_p, lower_order_final=True, solver_order 2 (or 3 with "
                          "final_sigmas_type='sigma_min': with 'zero' diffusers caps the step before the jump at "
                          "order 2, which no sdekit option reproduces)")
-    return f"unipc_{order}", {"variant": cfg.get("solver_type", "bh2"), **DIFFUSERS_ORDERS[("unipc_multistep", final)](steps)}
+    options = {"variant": cfg.get("solver_type", "bh2"), **DIFFUSERS_ORDERS[("unipc_multistep", final)](steps)}
+    if final == "sigma_min" and cfg.get("use_karras_sigmas", False):
+        # diffusers' Karras grid ends with a zero-length step (sigma_min twice), whose call feeds the final corrector
+        options["final_corrector"] = True
+    return f"unipc_{order}", options
+
+
+def _deis(cfg, steps):
+    order = int(cfg.get("solver_order", 2))
+    if cfg.get("algorithm_type", "deis") != "deis" or cfg.get("solver_type", "logrho") != "logrho" \
+            or order not in (1, 2, 3):
+        raise ValueError("DEISMultistepScheduler has an sdekit equivalent for algorithm_type='deis', "
+                         f"solver_type='logrho', solver_order 1, 2 or 3; got {cfg.get('algorithm_type')}, "
+                         f"{cfg.get('solver_type')}, order {order}")
+    if order == 1:
+        return "ddim", {}
+    lower = bool(cfg.get("lower_order_final", True)) and steps < 15
+    if cfg.get("use_karras_sigmas", False):
+        # diffusers' Karras grid ends with a zero-length step (sigma_min twice): sdekit drops it, so the last real
+        # step is diffusers' second-to-last, which diffusers takes at order <= 2
+        if lower and order == 3:
+            raise ValueError("DEISMultistepScheduler with Karras sigmas, solver_order=3 and fewer than 15 steps takes "
+                             "its last real step at order 2 (the zero-length step after it at order 1), which no "
+                             "sdekit option reproduces; use 15 or more steps, solver_order=2 or lower_order_final=False")
+        lower = False
+    return f"deis_logrho_{order}", {"lower_order_final": lower}
 
 
 _EQUIVALENTS = {  # scheduler name (grid_options_from) -> (cfg, steps) -> (sdekit solver, options)
@@ -264,6 +304,7 @@ _EQUIVALENTS = {  # scheduler name (grid_options_from) -> (cfg, steps) -> (sdeki
     "heun": lambda cfg, steps: ("heun", {}),
     "dpmsolver_multistep": _dpmsolver,
     "unipc_multistep": _unipc,
+    "deis_multistep": _deis,
 }
 
 
@@ -288,10 +329,16 @@ def diffusers_equivalent(scheduler, steps: int, mu: Optional[float] = None) -> d
     name = opts["scheduler"]
     if name not in _EQUIVALENTS:
         raise ValueError(f"no exact sdekit equivalent of {type(scheduler).__name__}; accepted: DDIM, DDPM, Euler, Heun, "
-                         "DPMSolverMultistep (2M), UniPCMultistep (sample with grid='diffusers' for the others' grids)")
-    if name == "ddim" and opts.get("spacing") == "linspace":
-        raise ValueError("DDIM with timestep_spacing='linspace' steps to tau - N // K, not to the next visited step; "
-                         "sdekit's ddim reproduces 'leading' and 'trailing' only")
+                         "DPMSolverMultistep (2M), UniPCMultistep, DEISMultistep (sample with grid='diffusers' for the "
+                         "others' grids)")
+    if name in ("ddim", "ddpm"):
+        tau = diffusers_timesteps(name, int(cfg.get("num_train_timesteps", 1000)), steps, opts.get("spacing"),
+                                  opts["steps_offset"])
+        stride = int(cfg.get("num_train_timesteps", 1000)) // int(steps)
+        if not bool(np.all(tau[:-1] - stride == tau[1:])):
+            raise ValueError(f"{type(scheduler).__name__} steps from each timestep tau to tau - N // K = tau - {stride}, "
+                             f"which with timestep_spacing={opts.get('spacing')!r} and {steps} steps is not the next "
+                             "timestep, so no sdekit grid holds its steps; SdekitScheduler(solver='ddim') takes them")
     solver, options = _EQUIVALENTS[name](cfg, steps)
     return {"solver": solver, "steps": int(steps), "grid": "diffusers", "grid_options": opts, **options}
 

@@ -50,6 +50,7 @@ from ..sde import DiscreteVPSDE, LinearSDE, RectifiedFlow
 from ..solvers.base import Evaluator, SolverError
 from ..solvers.discrete import _CLASS_NAMES, SCHEDULERS, diffusers_grid
 from ..solvers.driver import sample
+from ..solvers.exponential import unipc_steps
 from ..solvers.grids import check_grid
 from ..solvers.registry import available, get
 from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, check_config, check_scheduler_flow_config,
@@ -73,6 +74,8 @@ def _layout_for(solver: str) -> str:
         return "dpmsolver_multistep"
     if solver.startswith("unipc_"):
         return "unipc_multistep"
+    if solver.startswith("deis_logrho_"):
+        return "deis_multistep"
     if solver in ("ddim", "ddpm"):
         return solver
     return "dpmsolver_multistep"
@@ -261,7 +264,8 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         layout = grid_scheduler or _layout_for(solver)
         if layout not in SCHEDULERS:
             raise ValueError(f"unknown grid_scheduler {layout!r}; accepted: {', '.join(SCHEDULERS)}")
-        final = ("zero" if set_alpha_to_one else "sigma_min") if layout in ("ddim", "ddpm") else final_sigmas_type
+        final = ("zero" if set_alpha_to_one else "sigma_min") if layout in ("ddim", "ddpm") else \
+            "sigma_min" if layout == "deis_multistep" else final_sigmas_type  # DEIS's only end in diffusers
         self.grid_options = {"scheduler": layout, "final_sigmas_type": final, "karras": bool(use_karras_sigmas),
                              "steps_offset": int(steps_offset), "spacing": timestep_spacing}
         if layout == "dpmsolver_singlestep":
@@ -329,8 +333,11 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"the grid must be strictly decreasing with at least one step; got {ts.tolist()}")
         self._check_start(ts)
         self.ts = ts
+        self._final_corrector = self._wants_final_corrector(num_inference_steps, ts)
+        self._targets = self._ddim_targets(num_inference_steps, ts) if taus is None else None
+        calls = ts if self._final_corrector else ts[:-1]
         if taus is None:
-            tau = ts[:-1] * self._table.N - 1 if not self.flow else ts[:-1] * self.config["num_train_timesteps"]
+            tau = calls * self._table.N - 1 if not self.flow else calls * self.config["num_train_timesteps"]
             integral = not self.flow and bool(((tau - tau.round()).abs() < 1e-9).all())
             taus = tau.round().to(torch.int64) if integral else tau.to(torch.float32)
         self.timesteps = taus.to(device)
@@ -338,6 +345,36 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = len(self.timesteps)
         self._begin_index = None
         self._reset()
+
+    def _ddim_targets(self, num_inference_steps, ts: Tensor) -> Optional[Tensor]:
+        """Where DDIMScheduler and DDPMScheduler step to from each timestep tau: tau - N // K (prev_timestep), the end
+        of the grid below 0. That is the next timestep for 'leading' spacing (and 'trailing' when K divides N), but
+        not otherwise (e.g. 'trailing' with 6 steps: 999 -> 833 while the next call is at 832; 'linspace'): then
+        ``ddim``/``ddpm`` take each step from its own timestep to that target, as those schedulers do, and the next
+        step starts from the next timestep. None where the targets are the grid."""
+        if self.config["solver"] not in ("ddim", "ddpm") or self.grid_options["scheduler"] not in ("ddim", "ddpm") \
+                or num_inference_steps is None or self._fixed_ts is None and self._from_diffusers(num_inference_steps) \
+                or self._fixed_ts is not None or self.flow:
+            return None
+        table, calls = self._table, ts[:-1]
+        tau = (calls * table.N - 1).round()
+        prev = tau - table.N // int(num_inference_steps)
+        targets = torch.where(prev >= 0, table.step_time(prev.clamp(min=0)), ts[-1].expand_as(prev))
+        return None if bool(torch.equal(targets, ts[1:])) else targets
+
+    def _wants_final_corrector(self, num_inference_steps, ts: Tensor) -> bool:
+        """UniPC's final corrector (``solver_options["final_corrector"]``; by default where diffusers' UniPC grid
+        ends with a zero-length step, which sdekit's grid drops: Karras or sigma-option grids with
+        final_sigmas_type="sigma_min"). The network is then called once more, at the grid's last time, and that
+        output corrects the last step, as in diffusers, so the pipeline gets num_inference_steps timesteps."""
+        if not self.config["solver"].startswith("unipc_"):
+            return False
+        given = (self.config["solver_options"] or {}).get("final_corrector")
+        if given is not None:
+            return bool(given)
+        dropped = num_inference_steps is not None and self._fixed_ts is None and len(ts) - 1 < int(num_inference_steps)
+        return bool(dropped and self.grid_options["scheduler"] == "unipc_multistep" and not self.flow
+                    and float(self.sde.sigma(ts[-1])) > 0.0)
 
     def _table_grid(self, num_inference_steps, timesteps, sigmas) -> Tensor:
         given = [v is not None for v in (num_inference_steps, timesteps, sigmas)]
@@ -381,6 +418,13 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         """A grid that starts at pure noise (alpha = 0) needs a solver that can step from there."""
         if float(self.sde.alpha(ts[:1])) != 0.0:
             return
+        if not self.flow and self.spec.prediction in ("eps", "score"):
+            raise ValueError(f"this grid starts at t = {float(ts[0]):g} (timestep {self._table.N - 1}), where the "
+                             "zero-SNR table (rescale_betas_zero_snr) has alpha = 0: x is pure noise there, so an "
+                             f"{self.config['prediction_type']!r} network's output determines no x0 (diffusers' "
+                             "DDIMScheduler returns NaN there). Use prediction_type='v_prediction' (what zero-SNR models "
+                             "are trained with) or a grid that starts below the last timestep (timestep_spacing="
+                             "'leading')")
         solver, options = self.config["solver"], dict(self.config["solver_options"] or {})
         try:
             why = _pure_noise_problem(solver, tuple(sorted(options.items())))
@@ -434,6 +478,8 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         return self.sde
 
     def _reset(self):
+        self._final_corrector = getattr(self, "_final_corrector", False)
+        self._targets = getattr(self, "_targets", None)  # Optional[Tensor]
         self._run = None  # (solver generator, pipeline-output net, evaluator, noise) once stepping starts
         self._step_index = None
         self._returned = None
@@ -517,6 +563,19 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         jump = float(self.sde.sigma(ts[-1])) == 0.0
         run_ts = ts[:-1] if jump else ts
         options = self._solver_options(eta)
+        net, ev, noise = self._evaluator(run_ts, options, clipped)
+        if self._final_corrector:  # the last pipeline call feeds the final corrector: step the unmerged states
+            ev.solver = self.config["solver"]
+            options["final_corrector"] = True
+            gen = unipc_steps(ev, self._x, run_ts, int(self.solver.order) - 1, **options)
+        else:
+            gen = self.solver.fn(ev, self._x, run_ts, **options) if len(run_ts) > 1 else None
+        self._run = (gen, net, ev, noise)
+        self._eta = eta
+        return index
+
+    def _evaluator(self, run_ts: Tensor, options: dict, clipped: Optional[bool]):
+        """The pipeline-output net, the evaluator of the model on it (thresholded as the config says) and its noise."""
         net = _PipelineOutput(self.config["solver"])  # config is a FrozenDict: item and attribute access agree
         model = ScoreModel(net, self.sde, self.spec.prediction)
         if self.spec.threshold is not None:
@@ -526,11 +585,16 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                 model = ThresholdedModel(model, *self.spec.threshold)
         noise = _StepNoise()
         # noise="step" (path=False): each step's noise is one draw from the pipeline's generator, as diffusers'
-        ev = Evaluator(model, noise, path=False)
-        gen = self.solver.fn(ev, self._x, run_ts, **options) if len(run_ts) > 1 else None
-        self._run = (gen, net, ev, noise)
-        self._eta = eta
-        return index
+        return net, Evaluator(model, noise, path=False), noise
+
+    def _target_run(self, i: int, clipped: Optional[bool]):
+        """DDIMScheduler's step i as a solve of its own, from ts[i] to its target (``_ddim_targets``)."""
+        assert self._targets is not None and self.ts is not None
+        pair = torch.stack([self.ts[i], self._targets[i]])
+        jump = float(self.sde.sigma(pair[1])) == 0.0
+        options = self._solver_options(self._eta)
+        net, ev, noise = self._evaluator(pair[:1] if jump else pair, options, clipped)
+        return (None if jump else self.solver.fn(ev, self._x, pair, **options)), net, ev, noise
 
     def _solver_options(self, eta: Optional[float]) -> dict:
         """solver_options, with the pipeline's ``eta`` as ddim's eta (DDIM's eta in diffusers' step) unless
@@ -586,12 +650,15 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         out = model_output
         if self.spec.learned_variance and out.shape[1] == 2 * sample.shape[1]:
             out = out[:, : sample.shape[1]]
+        if self._targets is not None:
+            self._run = self._target_run(i, use_clipped_model_output)
         gen, net, ev, noise = self._run
         noise.generator, noise.given = generator, variance_noise
         t = float(self.ts[i])
         net.load(self._x, out.to(work), t)
-        if i == len(self.timesteps) - 1 and float(self.sde.sigma(self.ts[-1])) == 0.0:
-            x = float(self.sde.alpha(self.ts[-1])) * ev.x0(self._x, t)  # the x0 jump to sigma = 0
+        end = self.ts[-1] if self._targets is None else self._targets[i]
+        if (i == len(self.timesteps) - 1 or self._targets is not None) and float(self.sde.sigma(end)) == 0.0:
+            x = float(self.sde.alpha(end)) * ev.x0(self._x, t)  # the x0 jump to sigma = 0
         else:
             x = next(gen)
         net.check_consumed()

@@ -163,8 +163,13 @@ def diffusers_grid(sde: DiscreteVPSDE, steps: int, scheduler: str = "dpmsolver_m
     tau = diffusers_timesteps(name, sde.N, steps, spacing, steps_offset)
     if tau.min() < 0 or tau.max() > sde.N - 1:
         raise ValueError(f"{name} timesteps {tau.tolist()} leave the table [0, {sde.N - 1}] (steps_offset?)")
+    if karras and sde.zero_snr:
+        raise ValueError("Karras sigmas run from sigma/alpha at the table's end, which is infinite on a zero-SNR table "
+                         "(rescale_betas_zero_snr); diffusers' DPMSolverMultistep/UniPC/Euler hold abar there at 2^-24 "
+                         "(sdekit.interop.sde_from_scheduler does so for their configs)")
     abar = sde.alphas_cumprod.numpy()
-    table = np.sqrt((1 - abar) / abar)  # diffusers' sigma = sigma/alpha at each table step
+    with np.errstate(divide="ignore"):  # a zero-SNR table's last sigma/alpha is infinite
+        table = np.sqrt((1 - abar) / abar)  # diffusers' sigma = sigma/alpha at each table step
     if karras:
         ends = (table[-1], table[0]) if name not in ("euler", "heun") else tuple(np.interp(tau[[0, -1]], np.arange(sde.N), table))
         s = torch.from_numpy(_karras(ends[0], ends[1], int(steps)))

@@ -347,7 +347,7 @@ def final_order(order: int, i: int, n: int, lower_order_final: bool) -> int:
 
 
 def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, corrector: bool,
-               lower_order_final: bool, noise: bool = False, afs: bool = False):
+               lower_order_final: bool, noise: bool = False, afs: bool = False, final_corrector: bool = False):
     """Multistep predictor (order p uses the last p model outputs) with an optional UniC corrector.
 
     History: the model outputs m_j (x0, or eps when ``noise``) at the half log-SNRs l_j already visited. Step i
@@ -358,13 +358,23 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
     uniform/quadratic grids stable at the price of the asymptotic order, which needs lower_order_final=False
     (global order = registered order). ``noise``: the noise form, run as the data form
     on the mirrored schedule (alpha <-> sigma, l -> -l; module docstring). ``afs``: m_0 = gaussian_prediction
-    (no network call at t_0; an approximation)."""
+    (no network call at t_0; an approximation). ``final_corrector``: after the last predictor step, one more network
+    call at (x_n, t_n) corrects it too, and that corrected state is yielded as well (n + 1 states in all; the
+    orders of ``lower_order_final`` count it as a step): diffusers' UniPC on grids that end with a zero-length step
+    (Karras sigmas with final_sigmas_type="sigma_min"), whose call feeds this corrector. ``unipc_final_corrector``
+    merges the last two states for ``sample``."""
     if variant not in ("bh1", "bh2"):
         raise refuse(ev, f"needs variant 'bh1' or 'bh2'; got {variant!r}")
     check_flag("lower_order_final", lower_order_final)
     check_flag("afs", afs)
     check_flag("corrector", corrector)
+    check_flag("final_corrector", final_corrector)
+    if final_corrector and not corrector:
+        raise refuse(ev, "with final_corrector=True needs corrector=True (the final call feeds the corrector)")
     sch = Schedule(ev.sde, ts)
+    if final_corrector and (sch.sigma[-1] == 0 or sch.alpha[-1] == 0):
+        raise refuse(ev, f"with final_corrector=True needs a grid whose last time has 0 < alpha, sigma (t = "
+                         f"{float(ts[-1]):.6g} has none): the final call evaluates the network there")
     if noise:  # mirrored schedule: the data-form update below is then the noise form
         check_finite_start(ev, sch, "the noise-form multistep update")
         kind, alpha, sigma, lam_half = "eps", sch.sigma, sch.alpha, [-v for v in sch.l]
@@ -397,12 +407,25 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
             x = to_pure_noise(x, m, sch, i)
             yield x
             continue
-        p = final_order(min(order, len(hist)), i, n, lower_order_final)
+        p = final_order(min(order, len(hist)), i, n + final_corrector, lower_order_final)
         pts = hist[len(hist) - p:-1][::-1]  # the p - 1 most recent previous points, newest first
         last = (i, x, pts)
         x = _ms_update(x, m, pts, lam_half[i], lam_half[i + 1], sigma[i], alpha[i + 1], sigma[i + 1], variant)
         del hist[: max(0, len(hist) - order)]
         yield x
+    if final_corrector and last is not None:
+        j, x_j, pts = last
+        m = ev.x0(x, ts[n]) if kind == "x0" else ev.eps(x, ts[n])
+        yield _ms_update(x_j, hist[-1][1], pts + [(lam_half[n], m)], lam_half[j], lam_half[n], sigma[j], alpha[n],
+                         sigma[n], variant)
+
+
+def unipc_final_corrector(steps, n: int):
+    """The states of a ``_multistep(..., final_corrector=True)`` run on n intervals as ``sample`` takes them, one per
+    interval: the last predictor state is dropped for its correction (so the last step makes two network calls)."""
+    for i, x in enumerate(steps):
+        if i != n - 1:
+            yield x
 
 
 @register("dpmpp_2m", order=2, nfe_per_step=1, family="exponential")
@@ -450,10 +473,19 @@ def dpm_solver_3m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bo
     return _multistep(ev, x, ts, 3, "bh2", False, lower_order_final, noise=True, afs=afs)
 
 
+def unipc_steps(ev: Evaluator, x: Tensor, ts: Tensor, order: int, *, variant: str = "bh2", corrector: bool = True,
+                lower_order_final: bool = True, afs: bool = False, final_corrector: bool = False):
+    """UniPC-``order``'s states on ``ts``; with ``final_corrector`` one more, the corrected last state (a pipeline
+    calls the network once more for it: ``SdekitScheduler`` steps this generator)."""
+    return _multistep(ev, x, ts, order, variant, corrector, lower_order_final, afs=afs, final_corrector=final_corrector)
+
+
 def _unipc(order):
     def unipc(ev: Evaluator, x: Tensor, ts: Tensor, *, variant: str = "bh2", corrector: bool = True,
-              lower_order_final: bool = True, afs: bool = False):
-        return _multistep(ev, x, ts, order, variant, corrector, lower_order_final, afs=afs)
+              lower_order_final: bool = True, afs: bool = False, final_corrector: bool = False):
+        steps = unipc_steps(ev, x, ts, order, variant=variant, corrector=corrector, lower_order_final=lower_order_final,
+                            afs=afs, final_corrector=final_corrector)
+        return unipc_final_corrector(steps, len(ts) - 1) if final_corrector is True else steps
 
     unipc.__doc__ = f"""UniPC-{order} (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), data
     prediction, 1 NFE/step: predictor UniP-{order} from the last {order} outputs, then corrector UniC that reuses the
@@ -461,7 +493,9 @@ def _unipc(order):
         x_{{i+1}} = (sigma_{{i+1}}/sigma_i) x_i + alpha_{{i+1}} (1 - e^{{-h}}) x0_i + alpha_{{i+1}} B(h) sum_m a_m D_m,
         sum_m a_m r_m^{{k-1}} = k! h phi_{{k+1}}(-h)/B(h)  (a = [1/2] for a single point),
     B(h) = h ("bh1") or 1 - e^{{-h}} ("bh2"). corrector=False gives UniP alone. afs=True: analytic first step
-    (one NFE fewer; an approximation, see the module docstring)."""
+    (one NFE fewer; an approximation, see the module docstring). final_corrector=True: one more network call at the
+    end of the grid corrects the last step too (n + 1 NFE for n steps; the orders of lower_order_final count it as a
+    step), as diffusers' UniPC does with its zero-length last step (Karras sigmas, final_sigmas_type="sigma_min")."""
     return unipc
 
 

@@ -15,6 +15,8 @@ the variable of the polynomial and in how c_ij is obtained (``_eps_multistep`` r
   lms      polynomial in s, any order (k-diffusion's and diffusers' LMS)
   deis_k   polynomial in t (DEIS "tAB"): c_ij = int_{l_i}^{l_{i+1}} ell_j(t(l)) (-e^{-l}) dl with l = log(alpha/sigma)
            = -log s, by Gauss-Legendre quadrature in l (float64)
+  deis_logrho_k  polynomial in log rho = log s = -l (DEIS "rhoAB" in log rho, diffusers' DEISMultistepScheduler):
+           c_ij = int_{l_i}^{l_{i+1}} ell_j(l) (-e^{-l}) dl, ell_j the Lagrange basis in l, by the same quadrature
 
 Each starts with k = 1 (DDIM) and raises k by one per step up to its order. Every update is valid for
 increasing grids (inversion: s grows) and for a last step to s = 0 (the polynomial integrated down to s = 0;
@@ -89,6 +91,13 @@ def _tab_in_t(sch: Schedule, s, times, i: int, k: int, quadrature: int = 16) -> 
     lq, wq = _gauss_points(sch.l[i], sch.l[i + 1], quadrature)
     tq = sch.sde.t_from_log_snr(2 * lq)
     return lagrange_integrals([times[i - j] for j in range(k)], tq, -torch.exp(-lq) * wq)
+
+
+def _ab_in_log_rho(sch: Schedule, s, times, i: int, k: int, quadrature: int = 16) -> List[float]:
+    if k == 1:  # int ds, exactly
+        return [s[i + 1] - s[i]]
+    lq, wq = _gauss_points(sch.l[i], sch.l[i + 1], quadrature)
+    return lagrange_integrals([sch.l[i - j] for j in range(k)], lq, -torch.exp(-lq) * wq)
 
 
 def _eps_multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, weights: Callable, *, afs: bool,
@@ -166,9 +175,9 @@ def _deis(order):
 
     deis.__name__ = f"deis_{order}"
     deis.__doc__ = f"""DEIS-tAB with {order} points (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with
-    Exponential Integrator", eq. 14-15; the paper's tAB{order - 1}, diffusers' DEISMultistepScheduler with
-    solver_order={order}): the exponential integrator in s = sigma/alpha with eps extrapolated by the polynomial
-    in t through the last k = min(i + 1, {order}) outputs,
+    Exponential Integrator", eq. 14-15; the paper's tAB{order - 1}. Not diffusers' DEISMultistepScheduler, which
+    extrapolates in log rho: that is ``deis_logrho_{order}``): the exponential integrator in s = sigma/alpha with eps
+    extrapolated by the polynomial in t through the last k = min(i + 1, {order}) outputs,
         x_{{i+1}} = (alpha_{{i+1}}/alpha_i) x_i + alpha_{{i+1}} sum_j c_ij eps_{{i-j}},
         c_ij = int_{{t_i}}^{{t_{{i+1}}}} ell_j(t) ds(t) = int_{{l_i}}^{{l_{{i+1}}}} ell_j(t(l)) (-e^{{-l}}) dl,
     by 16-point Gauss-Legendre in l = log(alpha/sigma) in float64; 1 NFE/step, global order {order}.
@@ -179,3 +188,27 @@ def _deis(order):
 
 for _k in (2, 3, 4):
     register(f"deis_{_k}", order=_k, nfe_per_step=1, family="exponential")(_deis(_k))
+
+
+def _deis_logrho(order):
+    def deis_logrho(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, afs: bool = False):
+        return _eps_multistep(ev, x, ts, order, _ab_in_log_rho, afs=afs, lower_order_final=lower_order_final,
+                              jump_at_zero=True)
+
+    deis_logrho.__name__ = f"deis_logrho_{order}"
+    deis_logrho.__doc__ = f"""DEIS with eps extrapolated in log rho (Zhang & Chen 2023, "Fast Sampling of Diffusion
+    Models with Exponential Integrator", Sec. 4: the exponential integrator of eq. 13 in rho = sigma/alpha, with the
+    polynomial taken in log rho; diffusers' DEISMultistepScheduler, solver_type="logrho", solver_order={order}):
+        x_{{i+1}} = (alpha_{{i+1}}/alpha_i) x_i + alpha_{{i+1}} sum_j c_ij eps_{{i-j}},
+        c_ij = int_{{rho_i}}^{{rho_{{i+1}}}} ell_j(log rho) d rho = int_{{l_i}}^{{l_{{i+1}}}} ell_j(l) (-e^{{-l}}) dl,
+    ell_j the Lagrange basis through the last k = min(i + 1, {order}) nodes l = log(alpha/sigma) = -log rho, by
+    16-point Gauss-Legendre in l (float64; diffusers writes the same integrals in closed form); 1 NFE/step, global
+    order {order}. ``deis_{order}`` is the other DEIS of the paper (tAB: the polynomial in t); the two agree to the
+    order of the method, not per step. ``lower_order_final``: step i uses at most n - i points (diffusers lowers the
+    last two steps below 15 steps only: pass ``lower_order_final=steps < 15`` to take its steps). afs=True: analytic
+    first step (an approximation)."""
+    return deis_logrho
+
+
+for _k in (2, 3):
+    register(f"deis_logrho_{_k}", order=_k, nfe_per_step=1, family="exponential")(_deis_logrho(_k))
