@@ -175,9 +175,11 @@ def test_correct_or_refused_by_name(pn, name, grid, end):
     scale = float(_moments(sde, t_end)[1].max())  # the spread of the state at the end (20 at T on this VE)
     err = float(((sol.x - ref).norm(dim=1) / math.sqrt(2)).median()) / scale
     # loose: a wrong limit or a broken step is off by O(1); Euler and Heun in t on the VE SDE, a correct but poor
-    # variable there, are 0.4 and 0.2 off at 16 steps (measured)
+    # variable there, are 0.4 and 0.2 off at 16 steps; 3rd-order multistep methods on a Karras grid from alpha = 0
+    # (CosinePath) 0.13-0.16, falling to 0.01 at 32 steps and 0.001 at 64 (measured): order shows at more steps,
+    # which tests/test_convergence.py checks, not here
     order = SOLVERS[name].order or math.inf  # None: an adapter whose order depends on method= (tolerance-led)
-    assert err < (0.5 if order <= 1 else 0.25 if order <= 2 else 0.12), err
+    assert err < (0.5 if order <= 1 else 0.25), err
 
 
 def test_the_walk_covers_the_registry():
