@@ -64,7 +64,8 @@ def main(argv=None):
     labels = torch.arange(K).repeat_interleave(args.per_class)
     x_T = sde.prior_sample((labels.shape[0], 2), generator=torch.Generator().manual_seed(args.seed + 1))
     modes = gm.means.float()
-    print(f"{'w':>4} {'on requested mode':>18} {'median dist. to it':>19}   (exact mixture: 1.000, {0.08 * (2 * math.log(2)) ** 0.5:.3f})")
+    exact_dist = 0.08 * (2 * math.log(2)) ** 0.5
+    print(f"{'w':>4} {'on requested mode':>18} {'median dist. to it':>19}   (exact mixture: 1.000, {exact_dist:.3f})")
     results = []
     for w in weights:
         guided = sdekit.ClassifierFreeGuidance(ema.net, labels, ema.net.null_class, weight=w)

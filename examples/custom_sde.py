@@ -105,7 +105,8 @@ def main(argv=None):
         rms = float((sol.x - ref).pow(2).sum(1).mean().sqrt()) if ode else float("nan")
         w1 = sliced_w1(sol.x, exact)
         results[name] = sol.x
-        print(f"{name:>15} {steps:>5} {sol.nfe:>4} {('%.2e' % rms) if ode else 'n/a (SDE)':>11} {w1:>10.4f} {weight_tv(gm, sol.x):>10.4f} {sec:>7.2f}")
+        rms_text = f"{rms:.2e}" if ode else "n/a (SDE)"
+        print(f"{name:>15} {steps:>5} {sol.nfe:>4} {rms_text:>11} {w1:>10.4f} {weight_tv(gm, sol.x):>10.4f} {sec:>7.2f}")
 
     import matplotlib
 

@@ -62,8 +62,9 @@ def main(argv=None):
           f"{wall:.0f} s wall this run ({trainer.seconds:.0f} s of training in total)")
     print(f"train loss (mean of last {len(last)} steps): {sum(last) / len(last):.4f}")
     ema = trainer.ema_model()
+    untrained = sdekit.ScoreModel(UNet(**{k: v for k, v in net.config.items() if k != 'type'}).eval(), sde)
     print(f"held-out DSM loss (eps-MSE, t ~ U[eps, T]): EMA model {heldout_loss(ema, test_set.x):.4f}; "
-          f"untrained net {heldout_loss(sdekit.ScoreModel(UNet(**{k: v for k, v in net.config.items() if k != 'type'}).eval(), sde), test_set.x):.4f}")
+          f"untrained net {heldout_loss(untrained, test_set.x):.4f}")
 
     sample = getattr(sdekit, "sample", None)
     if sample is None:
