@@ -18,6 +18,7 @@ from .sde import (
     VPSDE,
     cosine_beta_schedule,
     linear_beta_schedule,
+    rescale_zero_terminal_snr,
     AffinePath,
     RectifiedFlow,
     CondOT,
@@ -39,7 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE",
-    "linear_beta_schedule", "cosine_beta_schedule",
+    "linear_beta_schedule", "cosine_beta_schedule", "rescale_zero_terminal_snr",
     "AffinePath", "RectifiedFlow", "CondOT", "PolynomialPath", "CosinePath", "TimeShift", "time_shift",
     "ScoreModel", "ClassifierFreeGuidance", "convert", "PREDICTIONS",
     "GaussianMixture",
