@@ -347,3 +347,4 @@ def test_ddim_clipping_on_the_final_jump_and_one_step_grids(steps, begin):
         outs.append(y)
     # float32 alphas_cumprod in diffusers, amplified by x0 = (x - sigma eps)/alpha near t = T (as above)
     torch.testing.assert_close(outs[1], outs[0], rtol=2e-4, atol=2e-4)
+

@@ -253,7 +253,10 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                                  "FlowMatchEulerDiscreteScheduler's (its shift and sigma options)")
         else:
             self.spec = check_config({**self.config, "_class_name": "SdekitScheduler"})
-            self.sde = sde_from_scheduler(dict(self.config))
+            # the table of the class whose grid is laid out: DPMSolverMultistep, UniPC and Euler hold a zero-SNR
+            # table's last abar at 2^-24 (sde_from_scheduler), DDIM, DDPM and DEIS at 0
+            layout_class = {v: k for k, v in _CLASS_NAMES.items()}.get(grid_scheduler or _layout_for(solver), "")
+            self.sde = sde_from_scheduler({**self.config, "_class_name": layout_class})
         self.solver = self._check_solver(solver, solver_options or {})
         self._fixed_ts: Optional[Tensor] = None
         if grid_ts is not None:
