@@ -260,7 +260,11 @@ def _dpmsolver(cfg, steps):
     if order == 1:
         return "ddim", {}
     final = cfg.get("final_sigmas_type", "zero")
-    if final == "sigma_min" and not cfg.get("lower_order_final", True):
+    # Karras (and the other sigma families) with "sigma_min": diffusers' grid ends with a zero-length step (sigma_min
+    # twice), the one its lower_order_final lowers; sdekit drops it, so the last real step keeps its order
+    zero_length_end = final == "sigma_min" and any(cfg.get(k, False) for k in (
+        "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"))
+    if final == "sigma_min" and (not cfg.get("lower_order_final", True) or zero_length_end):
         return ("dpmpp_2m" if algo == "dpmsolver++" else "dpm_solver_2m"), {"lower_order_final": False}
     return ("dpmpp_2m" if algo == "dpmsolver++" else "dpm_solver_2m"), DIFFUSERS_ORDERS[("dpmsolver_multistep", final)](steps)
 
