@@ -407,3 +407,18 @@ def test_solver_diffusers_refusals():
     # a scheduler object names its class: no grid_scheduler needed
     ours = SdekitScheduler.from_config(diffusers.UniPCMultistepScheduler(), solver="diffusers")
     assert ours.config.grid_scheduler == "unipc_multistep"
+
+
+def test_solver_diffusers_takes_another_class_solver_type_as_that_class_does():
+    """A DPMSolverMultistep config (solver_type 'midpoint') run as UniPC or DEIS: solver_type becomes that class's
+    ('bh2', 'logrho'), as UniPCMultistepScheduler/DEISMultistepScheduler.from_config map it; the loop then equals that
+    class's loaded from the same config."""
+    base = diffusers.DPMSolverMultistepScheduler(solver_type="midpoint", final_sigmas_type="sigma_min").config
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    for layout, cls, kind in (("unipc_multistep", diffusers.UniPCMultistepScheduler, "bh2"),
+                              ("deis_multistep", diffusers.DEISMultistepScheduler, "logrho")):
+        ours = SdekitScheduler.from_config(base, solver="diffusers", grid_scheduler=layout)
+        ref = cls.from_config(base)
+        assert ours.config.solver_type == ref.config.solver_type == kind
+        want = _closed_form_loop(ref, x, 8)
+        assert float((_closed_form_loop(ours, x, 8) - want).abs().max()) < 1e-6 * float(want.abs().max())

@@ -62,6 +62,9 @@ Tensor = torch.Tensor
 __all__ = ["SdekitScheduler", "eligible_solvers"]
 
 DIFFUSERS_SOLVER = "diffusers"  # solver= name for diffusers' own algorithm of the grid scheduler and its solver fields
+# the solver_type values of diffusers' multistep classes, and the one each takes for another class's
+_SOLVER_TYPES = {"dpmsolver_multistep": (("midpoint", "heun"), "midpoint"), "unipc_multistep": (("bh1", "bh2"), "bh2"),
+                 "deis_multistep": (("logrho",), "logrho")}
 DIFFUSERS_SOLVER_FIELDS = ("solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
                            "predict_x0", "disable_corrector")
 
@@ -263,6 +266,10 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
             # diffusers' own algorithm: the fields left at their defaults take that scheduler's defaults (what its
             # from_config gives them; e.g. DDIMScheduler's clip_sample=True), so the algorithm is that class's
             self.register_to_config(**self._class_defaults(str(grid_scheduler)))
+            kinds = _SOLVER_TYPES.get(str(grid_scheduler))
+            if kinds is not None and self.config["solver_type"] not in (None, *kinds[0]):
+                # another multistep class's solver_type, as each of diffusers' classes maps the others' to its own
+                self.register_to_config(solver_type=kinds[1])
             set_alpha_to_one, final_sigmas_type = self.config["set_alpha_to_one"], self.config["final_sigmas_type"]
             use_karras_sigmas, steps_offset = self.config["use_karras_sigmas"], self.config["steps_offset"]
             timestep_spacing = self.config["timestep_spacing"]
