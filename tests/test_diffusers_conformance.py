@@ -347,3 +347,78 @@ def test_ddim_clipping_on_the_final_jump_and_one_step_grids(steps, begin):
         outs.append(y)
     # float32 alphas_cumprod in diffusers, amplified by x0 = (x - sigma eps)/alpha near t = T (as above)
     torch.testing.assert_close(outs[1], outs[0], rtol=2e-4, atol=2e-4)
+
+
+
+def _closed_form_loop(sched, x, steps):
+    """diffusers' loop with a closed-form net(x, timestep) = 0.3 x + 1e-4 timestep (any prediction type)."""
+    sched.set_timesteps(steps)
+    for t in sched.timesteps:
+        x = sched.step(0.3 * x + 1e-4 * t, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("cls_name,config,solver", [
+    ("DDIMScheduler", {}, "ddim"),  # DDIMScheduler's default clip_sample=True is kept
+    ("DPMSolverMultistepScheduler", {}, "dpmpp_2m"),
+    ("DPMSolverMultistepScheduler", {"solver_order": 1}, "ddim"),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, "dpm_solver_2m"),
+    ("DPMSolverMultistepScheduler", {"final_sigmas_type": "sigma_min", "use_karras_sigmas": True}, "dpmpp_2m"),
+    ("UniPCMultistepScheduler", {}, "unipc_2"),
+    ("UniPCMultistepScheduler", {"solver_order": 3, "final_sigmas_type": "sigma_min"}, "unipc_3"),
+    ("UniPCMultistepScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}, "unipc_2"),
+    ("DEISMultistepScheduler", {}, "deis_logrho_2"),
+    ("DEISMultistepScheduler", {"solver_order": 3}, "deis_logrho_3"),
+])
+def test_solver_diffusers_runs_the_schedulers_own_algorithm(cls_name, config, solver):
+    """solver="diffusers": the algorithm of the scheduler whose config it is (from the config's solver fields, class
+    defaults for the rest, the step count deciding the order lowering as in diffusers_equivalent), so its loop is
+    that scheduler's at 6 and 16 steps (below and above diffusers' 15-step order switch): to 1e-6 relative on integer
+    grids, 1e-4 on Karras grids (whose timesteps diffusers rounds); its config keeps solver_order & co."""
+    from sdekit.solvers.discrete import _CLASS_NAMES
+
+    ref = getattr(diffusers, cls_name)(**config)
+    ours = SdekitScheduler.from_config(ref.config, solver="diffusers", grid_scheduler=_CLASS_NAMES[cls_name])
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    tol = 1e-4 if config.get("use_karras_sigmas") else 1e-6
+    for steps in (6, 16):
+        want = _closed_form_loop(ref, x, steps)
+        assert float((_closed_form_loop(ours, x, steps) - want).abs().max()) < tol * float(want.abs().max())
+        assert ours._name == solver
+    for key in ("solver_order", "algorithm_type", "solver_type", "lower_order_final"):
+        if key in ref.config:
+            assert key in ours.config
+
+
+def test_solver_diffusers_refusals():
+    """No grid scheduler to take the algorithm from, solver_options beside it, and a setting with no exact sdekit
+    counterpart (DPM-Solver 3M, SDE-DPM-Solver++): refused by name."""
+    base = diffusers.DPMSolverMultistepScheduler().config
+    with pytest.raises(ValueError, match="needs grid_scheduler"):
+        SdekitScheduler.from_config(base, solver="diffusers")
+    with pytest.raises(ValueError, match="drop solver_options"):
+        SdekitScheduler.from_config(base, solver="diffusers", grid_scheduler="dpmsolver_multistep",
+                                    solver_options={"lower_order_final": False})
+    for config in ({"solver_order": 3}, {"algorithm_type": "sde-dpmsolver++"}):
+        sched = SdekitScheduler.from_config(diffusers.DPMSolverMultistepScheduler(**config).config, solver="diffusers",
+                                            grid_scheduler="dpmsolver_multistep")
+        with pytest.raises(ValueError, match="solver='diffusers': DPMSolverMultistepScheduler has an sdekit equivalent"):
+            sched.set_timesteps(6)
+    # a scheduler object names its class: no grid_scheduler needed
+    ours = SdekitScheduler.from_config(diffusers.UniPCMultistepScheduler(), solver="diffusers")
+    assert ours.config.grid_scheduler == "unipc_multistep"
+
+
+def test_solver_diffusers_takes_another_class_solver_type_as_that_class_does():
+    """A DPMSolverMultistep config (solver_type 'midpoint') run as UniPC or DEIS: solver_type becomes that class's
+    ('bh2', 'logrho'), as UniPCMultistepScheduler/DEISMultistepScheduler.from_config map it; the loop then equals that
+    class's loaded from the same config."""
+    base = diffusers.DPMSolverMultistepScheduler(solver_type="midpoint", final_sigmas_type="sigma_min").config
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    for layout, cls, kind in (("unipc_multistep", diffusers.UniPCMultistepScheduler, "bh2"),
+                              ("deis_multistep", diffusers.DEISMultistepScheduler, "logrho")):
+        ours = SdekitScheduler.from_config(base, solver="diffusers", grid_scheduler=layout)
+        ref = cls.from_config(base)
+        assert ours.config.solver_type == ref.config.solver_type == kind
+        want = _closed_form_loop(ref, x, 8)
+        assert float((_closed_form_loop(ours, x, 8) - want).abs().max()) < 1e-6 * float(want.abs().max())

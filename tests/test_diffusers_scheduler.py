@@ -106,7 +106,8 @@ DETERMINISTIC = [n for n in eligible_solvers() if not sdekit.solvers.registry.ge
 @pytest.mark.parametrize("solver", DETERMINISTIC)
 def test_every_eligible_solver_in_a_pipeline_loop_equals_sdekit_sample(solver):
     """Inside a pipeline's loop, each one-call-per-step solver takes exactly the steps sdekit.sample takes on the
-    same grid (the scheduler is the solver, not an approximation of it), img2img-style late starts included."""
+    same grid (the scheduler is the solver, not an approximation of it), img2img-style late starts included.
+    10 trailing steps: DDIM's tau -> tau - N // K steps are then the grid's (other counts: test_diffusers_solvers)."""
     sde = sdekit.DiscreteVPSDE.linear(1000)
     model = sdekit.GaussianMixture.default(dim=3).model(sde)
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -114,9 +115,9 @@ def test_every_eligible_solver_in_a_pipeline_loop_equals_sdekit_sample(solver):
     spacing = "leading" if solver == "ddim" else "trailing"
     sched = SdekitScheduler(num_train_timesteps=1000, solver=solver, timestep_spacing=spacing)
     for begin in (0, 3):
-        out = _mixture_loop(sched, model, x, 9, begin)
+        out = _mixture_loop(sched, model, x, 10, begin)
         sol = sdekit.sample(model, x, solver, ts=sched.ts[begin:])
-        assert sol.nfe == 9 - begin
+        assert sol.nfe == 10 - begin
         torch.testing.assert_close(out, sol.x, rtol=1e-10, atol=1e-10)
 
 

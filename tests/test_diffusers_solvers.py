@@ -94,12 +94,30 @@ def test_zero_snr_v_prediction_matches_diffusers(cls, solver):
     assert float((eq - ref).abs().max()) < 1e-5 * float(ref.abs().max())
     ours = SdekitScheduler.from_config(ref_sched.config, solver=solver, solver_options=None if solver == "ddim" else
                                        {"lower_order_final": False})
-    assert ours.sde.zero_snr
+    assert ours.sde.zero_snr == (solver == "ddim")
     out = _loop(ours, net, x, 10)
-    if solver == "ddim":
-        assert float((out - ref).abs().max()) < 1e-5 * float(ref.abs().max())
-    else:  # alpha(T) = 0 exactly against diffusers' 2^-12: only the first steps differ, slightly
-        assert float((out - ref).abs().max()) < 3e-3 * float(ref.abs().max())
+    # DDIM's table holds alpha(T) = 0, DPMSolverMultistep's and UniPC's 2^-12: each laid out as its class, held as it
+    assert float((out - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("cls,solver", [(diffusers.DPMSolverMultistepScheduler, "dpmpp_2m"),
+                                        (diffusers.UniPCMultistepScheduler, "unipc_2")])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_scheduler_holds_the_zero_snr_table_of_the_class_it_lays_out(cls, solver, prediction):
+    """DPMSolverMultistep and UniPC hold a zero-SNR table's last abar at 2^-24: SdekitScheduler laid out as them holds
+    it too, so its loop is theirs to 1e-5 relative with v- and eps-prediction (eps runs, as in diffusers, from
+    alpha = 2^-12); before, it held 0 (3e-3 off with v, eps refused). A "linear" 1e-4..0.02 table, where diffusers'
+    abar would rise at its last step (2^-24 > abar_{N-1} = 4.2e-9), keeps abar_N = 0."""
+    net = lambda x, t: 0.3 * x + 1e-4 * t  # noqa: E731
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    ref = cls(**{**ZERO_SNR, "prediction_type": prediction})
+    ours = SdekitScheduler.from_config(ref.config, solver=solver, solver_options={"lower_order_final": False})
+    assert float(ours.sde.alpha(1.0)) ** 2 == pytest.approx(2.0 ** -24, rel=1e-9)
+    want = _loop(ref, net, x, 6)
+    assert float((_loop(ours, net, x, 6) - want).abs().max()) < 1e-5 * float(want.abs().max())
+    linear = SdekitScheduler.from_config(cls(**{**ZERO_SNR, "beta_schedule": "linear", "beta_start": 1e-4,
+                                                "beta_end": 0.02}).config, solver=solver)
+    assert linear.sde.zero_snr
 
 
 def test_zero_snr_epsilon_refused_by_name_where_alpha_is_zero():

@@ -50,7 +50,10 @@ def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
     ``rescale_betas_zero_snr=True``: the table is ``rescale_zero_terminal_snr``'s, whose last abar is 0 (alpha(T) = 0,
     ``DiscreteVPSDE.zero_snr``), as DDIM and DDPM hold it. DPMSolverMultistep, UniPC and the Euler schedulers set
     that last abar to 2^-24 instead ("close to 0 without being 0 so first sigma is not inf"): for a config of one of
-    those classes (its ``_class_name``) the table keeps their 2^-24, so that their algorithms are reproduced."""
+    those classes (its ``_class_name``) the table keeps their 2^-24, so that their algorithms are reproduced, where
+    2^-24 < abar_{N-1} (e.g. "scaled_linear" tables, abar_{N-1} = 2.0e-7); where it is not ("linear" 1e-4 to 0.02:
+    abar_{N-1} = 4.2e-9) diffusers' abar rises at its last step, a noise level no diffusion has, and the table keeps
+    abar_N = 0."""
     cfg = read_config(scheduler)
     n = int(cfg.get("num_train_timesteps", 1000))
     kind = cfg.get("beta_schedule", "linear")
@@ -72,8 +75,9 @@ def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
                          "squaredcos_cap_v2, sigmoid, or trained_betas")
     if cfg.get("rescale_betas_zero_snr", False):
         betas = rescale_zero_terminal_snr(betas)
-        if str(cfg.get("_class_name") or "") in CLAMPED_ZERO_SNR:
-            betas[-1] = 1 - ZERO_SNR_CLAMP / float(torch.prod(1 - betas[:-1]))
+        before = float(torch.prod(1 - betas[:-1]))  # abar_{N-1}
+        if str(cfg.get("_class_name") or "") in CLAMPED_ZERO_SNR and ZERO_SNR_CLAMP < before:
+            betas[-1] = 1 - ZERO_SNR_CLAMP / before
     return DiscreteVPSDE(betas)
 
 
@@ -256,7 +260,11 @@ def _dpmsolver(cfg, steps):
     if order == 1:
         return "ddim", {}
     final = cfg.get("final_sigmas_type", "zero")
-    if final == "sigma_min" and not cfg.get("lower_order_final", True):
+    # Karras (and the other sigma families) with "sigma_min": diffusers' grid ends with a zero-length step (sigma_min
+    # twice), the one its lower_order_final lowers; sdekit drops it, so the last real step keeps its order
+    zero_length_end = final == "sigma_min" and any(cfg.get(k, False) for k in (
+        "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"))
+    if final == "sigma_min" and (not cfg.get("lower_order_final", True) or zero_length_end):
         return ("dpmpp_2m" if algo == "dpmsolver++" else "dpm_solver_2m"), {"lower_order_final": False}
     return ("dpmpp_2m" if algo == "dpmsolver++" else "dpm_solver_2m"), DIFFUSERS_ORDERS[("dpmsolver_multistep", final)](steps)
 

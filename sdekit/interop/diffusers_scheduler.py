@@ -55,11 +55,18 @@ from ..solvers.grids import check_grid
 from ..solvers.registry import available, get
 from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, check_config, check_scheduler_flow_config,
                                is_scheduler_flow_config, read_config)
-from .diffusers_models import sde_from_scheduler, times_from_sigmas
+from .diffusers_models import _EQUIVALENTS, sde_from_scheduler, times_from_sigmas
 
 Tensor = torch.Tensor
 
 __all__ = ["SdekitScheduler", "eligible_solvers"]
+
+DIFFUSERS_SOLVER = "diffusers"  # solver= name for diffusers' own algorithm of the grid scheduler and its solver fields
+# the solver_type values of diffusers' multistep classes, and the one each takes for another class's
+_SOLVER_TYPES = {"dpmsolver_multistep": (("midpoint", "heun"), "midpoint"), "unipc_multistep": (("bh1", "bh2"), "bh2"),
+                 "deis_multistep": (("logrho",), "logrho")}
+DIFFUSERS_SOLVER_FIELDS = ("solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
+                           "predict_x0", "disable_corrector")
 
 
 def eligible_solvers() -> list:
@@ -194,7 +201,7 @@ def _pure_noise_problem(solver: str, options: tuple) -> Optional[str]:
 def _ddpm_defaults() -> dict:
     """SdekitScheduler's beta-table and grid fields at their defaults (what a flow-matching config leaves alone)."""
     params = inspect.signature(SdekitScheduler.__init__).parameters
-    own = {"self", "solver", "solver_options", "grid_scheduler", "grid_ts", "prediction_type"}
+    own = {"self", "solver", "solver_options", "grid_scheduler", "grid_ts", "prediction_type", *DIFFUSERS_SOLVER_FIELDS}
     return {k: p.default for k, p in params.items() if k not in own and k not in SCHEDULER_FLOW_DEFAULTS}
 
 
@@ -205,7 +212,14 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     thresholding / clip_sample; refused settings raise, see ``sdekit.interop.diffusers_config``), the grid fields
     (timestep_spacing, steps_offset, final_sigmas_type, use_karras_sigmas, set_alpha_to_one), and
     solver: a name from ``eligible_solvers()``; solver_options: its keyword options (e.g.
-      {"lower_order_final": False}, {"eta": 1.0} for ddim);
+      {"lower_order_final": False}, {"eta": 1.0} for ddim); or "diffusers": diffusers' own algorithm of
+      ``grid_scheduler`` (from_config takes it from the scheduler's class when it is named) with the config's
+      solver fields solver_order, algorithm_type, solver_type, lower_order_final, euler_at_final, predict_x0,
+      disable_corrector (None: that class's default; fields the config leaves at their defaults take that class's,
+      e.g. DDIMScheduler's clip_sample=True), picked at set_timesteps for the step count as
+      ``diffusers_equivalent`` does; settings with no exact sdekit counterpart are refused there by name. With
+      another solver those fields are kept in the config (switching back to diffusers' class restores them) and
+      have no effect;
     grid_scheduler: whose timesteps to lay out (ddim, ddpm, dpmsolver_multistep, unipc_multistep, deis_multistep,
       euler, heun; default from the solver);
     grid_ts: a fixed sdekit grid, times t_0 > ... > t_K on ``self.sde`` (e.g. ``sdekit.tune(...).ts`` or
@@ -243,7 +257,22 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                  time_shift_type: str = "exponential", shift_terminal: Optional[float] = None,
                  invert_sigmas: bool = False, stochastic_sampling: bool = False,
                  solver: str = "dpmpp_2m", solver_options: Optional[dict] = None,
-                 grid_scheduler: Optional[str] = None, grid_ts: Optional[list] = None):
+                 grid_scheduler: Optional[str] = None, grid_ts: Optional[list] = None,
+                 solver_order: Optional[int] = None, algorithm_type: Optional[str] = None,
+                 solver_type: Optional[str] = None, lower_order_final: Optional[bool] = None,
+                 euler_at_final: Optional[bool] = None, predict_x0: Optional[bool] = None,
+                 disable_corrector: Optional[list] = None):
+        if solver == DIFFUSERS_SOLVER and grid_scheduler in _CLASS_NAMES.values():
+            # diffusers' own algorithm: the fields left at their defaults take that scheduler's defaults (what its
+            # from_config gives them; e.g. DDIMScheduler's clip_sample=True), so the algorithm is that class's
+            self.register_to_config(**self._class_defaults(str(grid_scheduler)))
+            kinds = _SOLVER_TYPES.get(str(grid_scheduler))
+            if kinds is not None and self.config["solver_type"] not in (None, *kinds[0]):
+                # another multistep class's solver_type, as each of diffusers' classes maps the others' to its own
+                self.register_to_config(solver_type=kinds[1])
+            set_alpha_to_one, final_sigmas_type = self.config["set_alpha_to_one"], self.config["final_sigmas_type"]
+            use_karras_sigmas, steps_offset = self.config["use_karras_sigmas"], self.config["steps_offset"]
+            timestep_spacing = self.config["timestep_spacing"]
         self.flow = prediction_type == "flow_prediction"
         if self.flow:
             self.spec = check_scheduler_flow_config(dict(self.config), _ddpm_defaults())
@@ -253,8 +282,22 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                                  "FlowMatchEulerDiscreteScheduler's (its shift and sigma options)")
         else:
             self.spec = check_config({**self.config, "_class_name": "SdekitScheduler"})
-            self.sde = sde_from_scheduler(dict(self.config))
-        self.solver = self._check_solver(solver, solver_options or {})
+            # the table of the class whose grid is laid out: DPMSolverMultistep, UniPC and Euler hold a zero-SNR
+            # table's last abar at 2^-24 (sde_from_scheduler), DDIM, DDPM and DEIS at 0
+            layout_class = {v: k for k, v in _CLASS_NAMES.items()}.get(grid_scheduler or _layout_for(solver), "")
+            self.sde = sde_from_scheduler({**self.config, "_class_name": layout_class})
+        self._name, self._options = solver, dict(solver_options or {})  # solver="diffusers": set by set_timesteps
+        if solver == DIFFUSERS_SOLVER:
+            if grid_scheduler is None:
+                raise ValueError("solver='diffusers' (diffusers' own algorithm) needs grid_scheduler=, the scheduler "
+                                 f"whose algorithm to run ({', '.join(_EQUIVALENTS)}): a pipeline's in-memory "
+                                 "config does not name its class (a saved one, or the scheduler object, does)")
+            if solver_options:
+                raise ValueError("solver='diffusers' takes its options from the config's solver fields (solver_order, "
+                                 "algorithm_type, solver_type, lower_order_final, ...); drop solver_options")
+            self.solver = None
+        else:
+            self.solver = self._check_solver(solver, self._options)
         self._fixed_ts: Optional[Tensor] = None
         if grid_ts is not None:
             self._fixed_ts = check_grid(self.sde, _as_times(grid_ts))
@@ -278,6 +321,18 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index: Optional[int] = None
         self._reset()
 
+    def _class_defaults(self, layout: str) -> dict:
+        """The defaults of diffusers' scheduler class for ``layout`` for the fields this config left at
+        SdekitScheduler's defaults (``_use_default_values``) and that class has."""
+        import diffusers
+
+        cls = getattr(diffusers, {v: k for k, v in _CLASS_NAMES.items()}[layout])
+        theirs = inspect.signature(cls.__init__).parameters
+        mine = set(inspect.signature(SdekitScheduler.__init__).parameters) - {"self", "solver", "solver_options",
+                                                                             "grid_scheduler", "grid_ts"}
+        return {k: theirs[k].default for k in self.config.get("_use_default_values", ())
+                if k in theirs and k in mine and theirs[k].default is not inspect.Parameter.empty}
+
     @staticmethod
     def _check_solver(solver: str, options: dict):
         ok = eligible_solvers()
@@ -297,7 +352,9 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
         """As diffusers' ``from_config``, but every field of ``config`` (and of kwargs) is checked first: one that
-        would change the maths and that sdekit does not honour raises ValueError instead of being dropped."""
+        would change the maths and that sdekit does not honour raises ValueError instead of being dropped. ``config``
+        may be the scheduler itself; with ``solver="diffusers"`` its class (or a saved config's ``_class_name``) is
+        the grid scheduler whose algorithm runs."""
         if config is not None:
             given = read_config(config)
             cfg = {**given, **kwargs}
@@ -306,6 +363,12 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                 check_scheduler_flow_config({**cfg, **kwargs}, _ddpm_defaults())
             else:
                 check_config(cfg)
+            source = _CLASS_NAMES.get(str(given.get("_class_name") or ""))
+            if kwargs.get("solver", given.get("solver")) == DIFFUSERS_SOLVER and source is not None \
+                    and kwargs.get("grid_scheduler", given.get("grid_scheduler")) is None:
+                kwargs["grid_scheduler"] = source  # diffusers' own algorithm: the one of the scheduler given
+            if isinstance(config, ConfigMixin):  # a scheduler object: its config (diffusers reads it as a path)
+                config = given
         if kwargs.get("grid_ts") is not None:
             kwargs["grid_ts"] = _as_times(kwargs["grid_ts"]).tolist()
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
@@ -331,6 +394,8 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
             ts = self._table_grid(num_inference_steps, timesteps, sigmas)
         if len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
             raise ValueError(f"the grid must be strictly decreasing with at least one step; got {ts.tolist()}")
+        if self.config["solver"] == DIFFUSERS_SOLVER:
+            self._use_diffusers_algorithm(int(num_inference_steps) if num_inference_steps is not None else len(ts) - 1)
         self._check_start(ts)
         self.ts = ts
         self._final_corrector = self._wants_final_corrector(num_inference_steps, ts)
@@ -346,13 +411,35 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._reset()
 
+    def _use_diffusers_algorithm(self, steps: int):
+        """solver="diffusers": the sdekit solver and options that are the algorithm of ``grid_scheduler`` with this
+        config's solver fields (solver_order, algorithm_type, solver_type, lower_order_final, ...; None: that class's
+        default) for ``steps`` steps (``diffusers_equivalent``'s mapping: DPMSolverMultistep 1/2 -> ddim/dpmpp_2m/
+        dpm_solver_2m, UniPC -> unipc_k, DEIS -> deis_logrho_k, DDIM/Euler -> ddim, DDPM -> ddpm, Heun -> heun).
+        A setting with no exact sdekit counterpart raises ValueError naming it."""
+        layout = str(self.grid_options["scheduler"])
+        if layout not in _EQUIVALENTS:
+            raise ValueError(f"solver='diffusers' with grid_scheduler={layout!r}: no exact sdekit equivalent of that "
+                             f"scheduler; accepted: {', '.join(_EQUIVALENTS)}")
+        cfg = {k: v for k, v in self.config.items() if not (k in DIFFUSERS_SOLVER_FIELDS and v is None)}
+        cfg["final_sigmas_type"] = self.grid_options["final_sigmas_type"]
+        try:
+            name, options = _EQUIVALENTS[layout](cfg, steps)
+        except ValueError as err:
+            raise ValueError(f"solver='diffusers': {err}") from err
+        if name not in eligible_solvers():
+            raise ValueError(f"solver='diffusers': {layout}'s algorithm is {name!r}, which calls the network "
+                             f"{get(name).nfe_per_step} times per step; a pipeline calls it once per timestep")
+        self._name, self._options = name, dict(options)
+        self.solver = self._check_solver(name, self._options)
+
     def _ddim_targets(self, num_inference_steps, ts: Tensor) -> Optional[Tensor]:
         """Where DDIMScheduler and DDPMScheduler step to from each timestep tau: tau - N // K (prev_timestep), the end
         of the grid below 0. That is the next timestep for 'leading' spacing (and 'trailing' when K divides N), but
         not otherwise (e.g. 'trailing' with 6 steps: 999 -> 833 while the next call is at 832; 'linspace'): then
         ``ddim``/``ddpm`` take each step from its own timestep to that target, as those schedulers do, and the next
         step starts from the next timestep. None where the targets are the grid."""
-        if self.config["solver"] not in ("ddim", "ddpm") or self.grid_options["scheduler"] not in ("ddim", "ddpm") \
+        if self._name not in ("ddim", "ddpm") or self.grid_options["scheduler"] not in ("ddim", "ddpm") \
                 or num_inference_steps is None or self._fixed_ts is None and self._from_diffusers(num_inference_steps) \
                 or self._fixed_ts is not None or self.flow:
             return None
@@ -367,9 +454,9 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         ends with a zero-length step, which sdekit's grid drops: Karras or sigma-option grids with
         final_sigmas_type="sigma_min"). The network is then called once more, at the grid's last time, and that
         output corrects the last step, as in diffusers, so the pipeline gets num_inference_steps timesteps."""
-        if not self.config["solver"].startswith("unipc_"):
+        if not self._name.startswith("unipc_"):
             return False
-        given = (self.config["solver_options"] or {}).get("final_corrector")
+        given = self._options.get("final_corrector")
         if given is not None:
             return bool(given)
         dropped = num_inference_steps is not None and self._fixed_ts is None and len(ts) - 1 < int(num_inference_steps)
@@ -425,7 +512,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                              "DDIMScheduler returns NaN there). Use prediction_type='v_prediction' (what zero-SNR models "
                              "are trained with) or a grid that starts below the last timestep (timestep_spacing="
                              "'leading')")
-        solver, options = self.config["solver"], dict(self.config["solver_options"] or {})
+        solver, options = self._name, dict(self._options)
         try:
             why = _pure_noise_problem(solver, tuple(sorted(options.items())))
         except TypeError:  # unhashable option values: probe uncached
@@ -565,10 +652,12 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         options = self._solver_options(eta)
         net, ev, noise = self._evaluator(run_ts, options, clipped)
         if self._final_corrector:  # the last pipeline call feeds the final corrector: step the unmerged states
-            ev.solver = self.config["solver"]
+            ev.solver = self._name
             options["final_corrector"] = True
+            assert self.solver is not None  # resolved by set_timesteps
             gen = unipc_steps(ev, self._x, run_ts, int(self.solver.order) - 1, **options)
         else:
+            assert self.solver is not None
             gen = self.solver.fn(ev, self._x, run_ts, **options) if len(run_ts) > 1 else None
         self._run = (gen, net, ev, noise)
         self._eta = eta
@@ -576,10 +665,10 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
 
     def _evaluator(self, run_ts: Tensor, options: dict, clipped: Optional[bool]):
         """The pipeline-output net, the evaluator of the model on it (thresholded as the config says) and its noise."""
-        net = _PipelineOutput(self.config["solver"])  # config is a FrozenDict: item and attribute access agree
+        net = _PipelineOutput(self._name)
         model = ScoreModel(net, self.sde, self.spec.prediction)
         if self.spec.threshold is not None:
-            if self.config["solver"] == "ddim" and not clipped:
+            if self._name == "ddim" and not clipped:
                 model = _DDIMClippedX0(model, self.spec.threshold, run_ts, float(options.get("eta", 0.0)))
             else:
                 model = ThresholdedModel(model, *self.spec.threshold)
@@ -594,24 +683,25 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         jump = float(self.sde.sigma(pair[1])) == 0.0
         options = self._solver_options(self._eta)
         net, ev, noise = self._evaluator(pair[:1] if jump else pair, options, clipped)
+        assert self.solver is not None
         return (None if jump else self.solver.fn(ev, self._x, pair, **options)), net, ev, noise
 
     def _solver_options(self, eta: Optional[float]) -> dict:
         """solver_options, with the pipeline's ``eta`` as ddim's eta (DDIM's eta in diffusers' step) unless
         solver_options fixes it; another solver refuses a non-zero eta (pipelines pass eta=0.0 by default)."""
-        options = dict(self.config["solver_options"] or {})
+        options = dict(self._options)
         if eta is None:
             return options
         eta = float(eta)
-        if self.config["solver"] == "ddim":
+        if self._name == "ddim":
             if "eta" in options and float(options["eta"]) != eta:
                 raise ValueError(f"the pipeline passes eta={eta} but solver_options fixes eta={options['eta']}; "
                                  "drop eta from solver_options to take the pipeline's")
             options["eta"] = eta
         elif eta != 0.0:
             raise ValueError(f"eta={eta} is DDIM's noise level (diffusers' DDIMScheduler.step); solver "
-                             f"{self.config['solver']!r} does not take it: use solver='ddim' or set the solver's own "
-                             f"options in solver_options ({', '.join(self.solver.options) or 'none'})")
+                             f"{self._name!r} does not take it: use solver='ddim' or set the solver's own "
+                             f"options in solver_options ({', '.join(self.solver.options) if self.solver else 'none'})")
         return options
 
     def step(self, model_output: Tensor, timestep, sample: Tensor, eta: Optional[float] = None,
