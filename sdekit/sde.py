@@ -11,7 +11,9 @@ Reverse-time family (Song et al. 2021, "Score-Based Generative Modeling through 
               dx = [F(x, t) - (1 + eta^2)/2 G(t)^2 score(x, t)] dt + eta G(t) dw_bar;
 eta = 1 is the reverse SDE, eta = 0 the probability-flow ODE.
 
-This module imports nothing else of the package. All time arithmetic happens in float64; every
+The flow-matching paths (affine Gaussian paths ending at pure noise: rectified flow, cosine, polynomial,
+time-shifted) are LinearSDEs defined in ``sdekit.flow_paths`` and re-exported here. This module imports
+nothing else of the package (but that re-export). All time arithmetic happens in float64; every
 schedule function takes a float or a tensor of times and returns a float64 tensor of the same
 shape. Times outside [0, T] raise ``ValueError``.
 """
@@ -37,8 +39,11 @@ __all__ = [
     "cosine_beta_schedule",
     "rescale_zero_terminal_snr",
     "broadcast_to",
+    "as_time",
+    "is_scalar_time",
     "SDE_NAMES",
     "sde_from_name",
+    # the flow-matching paths live in sdekit.flow_paths; re-exported here (see the end of this module)
     "AffinePath",
     "RectifiedFlow",
     "CondOT",
@@ -54,14 +59,15 @@ _TIME_TOL = 1e-9
 _MAX_LOG = math.log(torch.finfo(torch.float64).max)  # 709.78: exp() above it overflows
 
 
-def _as_time(t) -> Tensor:
-    """Times as a float64 tensor (keeps the device of a tensor input)."""
+def as_time(t) -> Tensor:
+    """Times (a number, a sequence or a tensor) as a float64 tensor (keeps the device of a tensor input)."""
     if isinstance(t, Tensor):
         return t.to(torch.float64)
     return torch.as_tensor(t, dtype=torch.float64)
 
 
-def _is_scalar(t) -> bool:
+def is_scalar_time(t) -> bool:
+    """A single time (a Python number or a 0-d tensor): the solvers' memoised fast path."""
     return isinstance(t, (float, int)) or (isinstance(t, Tensor) and t.ndim == 0)
 
 
@@ -103,11 +109,11 @@ class SDE:
     # -- validation -------------------------------------------------------------------------
     def check_time(self, t) -> Tensor:
         """Return t as float64, raising ValueError if any entry lies outside [0, T] or is not finite."""
-        if _is_scalar(t):
-            return torch.tensor(self._check_scalar(t), dtype=torch.float64,
+        if is_scalar_time(t):
+            return torch.tensor(self.check_scalar_time(t), dtype=torch.float64,
                                 device=t.device if isinstance(t, Tensor) else None)
         tol = _tolerance(t)
-        t = _as_time(t)
+        t = as_time(t)
         if t.numel():
             lo, hi = (float(v) for v in torch.aminmax(t))
             if not (lo >= -tol and hi <= self.T * (1 + tol) + tol):  # NaN fails both comparisons
@@ -116,7 +122,7 @@ class SDE:
                 )
         return t.clamp(0.0, self.T)
 
-    def _check_scalar(self, t) -> float:
+    def check_scalar_time(self, t) -> float:
         """A scalar time as a Python float in [0, T] (ValueError outside, NaN included)."""
         v, tol = float(t), _tolerance(t)
         if not (-tol <= v <= self.T * (1 + tol) + tol):
@@ -229,7 +235,7 @@ class LinearSDE(SDE):
     def schedule(self, t) -> tuple[float, float, float, float]:
         """(alpha, sigma, f, g) at one time, as Python floats. Memoised per time, so a solver that
         revisits its grid (and a custom SDE's quadrature) pays once per distinct time."""
-        v = self._check_scalar(t)
+        v = self.check_scalar_time(t)
         memo = self.__dict__.setdefault("_schedule_memo", {})
         hit = memo.get(v)
         if hit is None:
@@ -242,24 +248,24 @@ class LinearSDE(SDE):
 
     # -- SDE interface -----------------------------------------------------------------------
     def drift(self, x: Tensor, t) -> Tensor:
-        if _is_scalar(t):
+        if is_scalar_time(t):
             return self.schedule(t)[2] * x
         return broadcast_to(self.f(self.check_time(t)), x) * x
 
     def diffusion(self, t) -> Tensor:
-        if _is_scalar(t):
+        if is_scalar_time(t):
             return torch.tensor(self.schedule(t)[3], dtype=torch.float64)
         return self.g(self.check_time(t))
 
     def reverse_drift(self, x: Tensor, t, score: Tensor, eta: float = 1.0) -> Tensor:
-        if _is_scalar(t):
+        if is_scalar_time(t):
             _, _, f, g = self.schedule(t)
             return f * x - 0.5 * (1.0 + eta**2) * g * g * score
         return super().reverse_drift(x, t, score, eta)
 
     # -- schedule (public, validated) --------------------------------------------------------
     def alpha(self, t) -> Tensor:
-        if _is_scalar(t):
+        if is_scalar_time(t):
             return torch.tensor(self.schedule(t)[0], dtype=torch.float64)
         return torch.exp(self._log_alpha(self.check_time(t)))
 
@@ -267,7 +273,7 @@ class LinearSDE(SDE):
         return self._log_alpha(self.check_time(t))
 
     def sigma(self, t) -> Tensor:
-        if _is_scalar(t):
+        if is_scalar_time(t):
             return torch.tensor(self.schedule(t)[1], dtype=torch.float64)
         return self._sigma(self.check_time(t))
 
@@ -284,7 +290,7 @@ class LinearSDE(SDE):
 
     def rates(self, t) -> tuple[float, float]:
         """(alpha'(t), sigma'(t)) at one time as Python floats, memoised like ``schedule``."""
-        v = self._check_scalar(t)
+        v = self.check_scalar_time(t)
         memo = self.__dict__.setdefault("_rates_memo", {})
         hit = memo.get(v)
         if hit is None:
@@ -302,7 +308,7 @@ class LinearSDE(SDE):
 
     def t_from_log_snr(self, lam) -> Tensor:
         """The inverse of lambda(t). lambda outside [lambda(T), lambda(0)] raises ValueError."""
-        lam = _as_time(lam)
+        lam = as_time(lam)
         lo = float(self.log_snr(self.T))
         hi = float(self.log_snr(0.0))
         if lam.numel() and (
@@ -316,19 +322,22 @@ class LinearSDE(SDE):
             )
         return self._t_from_log_snr(lam.clamp(lo, hi)).clamp(0.0, self.T)
 
+    def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+        """(alpha(t), sigma(t)) as float64 tensors of t's shape, t validated once."""
+        t = self.check_time(t)
+        return torch.exp(self._log_alpha(t)), self._sigma(t)
+
     def marginal(self, x0: Tensor, t) -> tuple[Tensor, Tensor]:
         """Mean and std of x_t | x_0: (alpha(t) x0, sigma(t) broadcast to x0)."""
-        t = self.check_time(t)
-        a = broadcast_to(torch.exp(self._log_alpha(t)), x0)
-        s = broadcast_to(self._sigma(t), x0)
+        a, s = (broadcast_to(c, x0) for c in self.alpha_sigma(t))
         return a * x0, s.expand_as(x0)
 
     def perturb(self, x0: Tensor, t, noise: Tensor) -> Tensor:
         """x_t = alpha(t) x0 + sigma(t) noise."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
-        t = self.check_time(t)
-        return broadcast_to(torch.exp(self._log_alpha(t)), x0) * x0 + broadcast_to(self._sigma(t), x0) * noise
+        a, s = (broadcast_to(c, x0) for c in self.alpha_sigma(t))
+        return a * x0 + s * noise
 
     def prior_std(self) -> float:
         """Std of the prior at T assuming unit-variance data: sqrt(alpha(T)^2 + sigma(T)^2)."""
@@ -741,227 +750,15 @@ def sde_from_name(name: str, **kwargs) -> LinearSDE:
     return SDE_NAMES[name](**kwargs)
 
 
-# -- flow matching: affine Gaussian paths with alpha(T) = 0 ---------------------------------------------
-class AffinePath(LinearSDE):
-    """A Gaussian probability path x_t = alpha(t) x0 + sigma(t) eps given by closed forms, as a LinearSDE.
-
-    The paths of flow matching (Lipman et al. 2023; Liu et al. 2023, "rectified flow"; the schedulers of
-    facebookresearch/flow_matching, whose time runs the other way: t_fm = 1 - t here) end at pure noise,
-    alpha(T) = 0 and sigma(T) = 1, so the prior N(0, I) is exactly p_T. f and g follow from alpha, sigma:
-
-        f = alpha'/alpha,   g^2 = d sigma^2/dt - 2 f sigma^2 = 2 sigma (sigma' - f sigma),
-
-    both infinite at t = T (f -> -inf, g -> inf); lambda(T) = -inf. The velocity (the probability-flow
-    drift, ``prediction="velocity"``) u = alpha' x0 + sigma' eps stays finite there, and the solvers that
-    work in x0 reach t = T exactly (``sdekit.solvers.exponential``). A subclass gives ``_log_alpha``,
-    ``_sigma``, ``_d_alpha`` and ``_d_sigma`` (float64 tensors in and out); ``_t_from_log_snr`` defaults to
-    bisection on the strictly decreasing lambda.
-    """
-
-    def __init__(self, T: float = 1.0, eps: float = 1e-3):
-        super().__init__(T=T, eps=eps)
-
-    def _d_alpha(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _d_sigma(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def f(self, t):
-        return self._d_alpha(t) / torch.exp(self._log_alpha(t))
-
-    def g(self, t):
-        s = self._sigma(t)
-        return torch.sqrt((2 * s * (self._d_sigma(t) - self.f(t) * s)).clamp(min=0.0))
-
-    def d_alpha(self, t) -> Tensor:
-        return self._d_alpha(self.check_time(t))
-
-    def d_sigma(self, t) -> Tensor:
-        return self._d_sigma(self.check_time(t))
-
-    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
-        lo = torch.zeros_like(lam)
-        hi = torch.full_like(lam, self.T)
-        for _ in range(64):
-            mid = 0.5 * (lo + hi)
-            above = 2 * (self._log_alpha(mid) - self._log_sigma(mid)) > lam
-            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-        return 0.5 * (lo + hi)
-
-    def config(self) -> dict:
-        """Keyword arguments that rebuild this path (for checkpoints)."""
-        return {"eps": self.eps}
-
-    def __repr__(self):
-        kw = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({kw})"
-
-
-class RectifiedFlow(AffinePath):
-    """The rectified-flow / conditional optimal-transport path (Liu et al. 2023; Lipman et al. 2023;
-    Stable Diffusion 3, Flux): x_t = (1 - t) x0 + t eps on [0, 1].
-
-    alpha = 1 - t, sigma = t, velocity u = eps - x0;  f = -1/(1 - t), g^2 = 2t/(1 - t);
-    lambda = 2 log((1 - t)/t),  t(lambda) = sigmoid(-lambda/2).
-    """
-
-    def __init__(self, eps: float = 1e-3):
-        super().__init__(T=1.0, eps=eps)
-
-    def _log_alpha(self, t):
-        return torch.log1p(-t)
-
-    def _sigma(self, t):
-        return t.clone()
-
-    def _d_alpha(self, t):
-        return torch.full_like(t, -1.0)
-
-    def _d_sigma(self, t):
-        return torch.ones_like(t)
-
-    def _t_from_log_snr(self, lam):
-        return torch.sigmoid(-0.5 * lam)
-
-
-class CondOT(RectifiedFlow):
-    """facebookresearch/flow_matching's ``CondOTScheduler``: the same path as ``RectifiedFlow``."""
-
-
-class PolynomialPath(AffinePath):
-    """flow_matching's ``PolynomialConvexScheduler(n)`` in sdekit's time: alpha = (1 - t)^n, sigma = 1 - alpha.
-
-    alpha' = -n (1 - t)^{n-1} = -sigma';  t(lambda) = 1 - sigmoid(lambda/2)^{1/n}.
-
-    At t = T with n > 1, alpha' = sigma' = 0: the velocity u = alpha' x0 + sigma' eps is 0 for every x, so a velocity
-    network's output there determines no x0, eps or score (det = alpha sigma' - sigma alpha' = 0; the limit t -> T
-    needs the network below T). Solvers in t on the velocity (euler, heun_t, rk4, dopri5) start at T; solvers that
-    need x0, eps or the score refuse t = T by name before any network call and run from t_start < T (1 - 1e-3:
-    alpha = 1e-6 there, so x_T ~ N(0, I) is still exact to that level).
-    """
-
-    def __init__(self, n: float = 2.0, eps: float = 1e-3):
-        if not (n > 0 and math.isfinite(n)):
-            raise ValueError(f"PolynomialPath needs a finite exponent n > 0; got {n}")
-        super().__init__(T=1.0, eps=eps)
-        self.n = float(n)
-
-    def _log_alpha(self, t):
-        return self.n * torch.log1p(-t)
-
-    def _sigma(self, t):
-        return -torch.expm1(self._log_alpha(t))
-
-    def f(self, t):
-        return -self.n / (1 - t)  # alpha'/alpha without 0/0 at t = T
-
-    def _d_alpha(self, t):
-        return -self.n * (1 - t) ** (self.n - 1)
-
-    def _d_sigma(self, t):
-        return -self._d_alpha(t)
-
-    def _t_from_log_snr(self, lam):
-        return -torch.expm1(torch.nn.functional.logsigmoid(0.5 * lam) / self.n)
-
-    def config(self):
-        return {"n": self.n, "eps": self.eps}
-
-
-class CosinePath(AffinePath):
-    """flow_matching's ``CosineScheduler`` in sdekit's time: alpha = cos(pi t/2), sigma = sin(pi t/2)
-    (variance preserving, with alpha(1) = 0 exactly: alpha is computed as sin(pi (1 - t)/2)).
-
-    alpha' = -pi/2 sigma, sigma' = pi/2 alpha;  t(lambda) = 2/pi atan(e^{-lambda/2}).
-    """
-
-    def __init__(self, eps: float = 1e-3):
-        super().__init__(T=1.0, eps=eps)
-
-    def _log_alpha(self, t):
-        return torch.log(torch.sin(0.5 * math.pi * (1 - t)))
-
-    def _sigma(self, t):
-        return torch.sin(0.5 * math.pi * t)
-
-    def _d_alpha(self, t):
-        return -0.5 * math.pi * self._sigma(t)
-
-    def _d_sigma(self, t):
-        return 0.5 * math.pi * torch.exp(self._log_alpha(t))
-
-    def _t_from_log_snr(self, lam):
-        return (2 / math.pi) * torch.atan(torch.exp(-0.5 * lam))
-
-
-def time_shift(t, shift: float, T: float = 1.0):
-    """SD3's time shift (Esser et al. 2024, eq. 23): tau(t) = T shift u / (1 + (shift - 1) u), u = t/T.
-
-    Monotone from [0, T] onto itself; on the rectified flow it multiplies sigma/alpha by ``shift``
-    (lambda drops by 2 log shift). Applied to a grid it gives diffusers' ``FlowMatch*`` sigmas with ``shift``."""
-    u = _as_time(t) / T
-    return T * shift * u / (1 + (shift - 1) * u)
-
-
-class TimeShift(AffinePath):
-    """A path run on shifted time: alpha~(t) = alpha(tau(t)), sigma~(t) = sigma(tau(t)), tau = ``time_shift``.
-
-    A network trained on ``base`` reads tau(t) as its time, so a sampling-time shift is a grid
-    (``ts=time_shift(ts, shift)`` on ``base``); this class is for training and sampling in the shifted time
-    itself. alpha~' = alpha'(tau) tau',  tau' = shift / (1 + (shift - 1) t/T)^2;
-    t(lambda) = tau^{-1}(t_base(lambda)),  tau^{-1}(v) = T w / (shift - (shift - 1) w), w = v/T.
-    """
-
-    def __init__(self, base: LinearSDE, shift: float = 3.0, eps: Optional[float] = None):
-        if not (shift > 0 and math.isfinite(shift)):
-            raise ValueError(f"TimeShift needs a finite shift > 0; got {shift}")
-        if not isinstance(base, LinearSDE):
-            raise TypeError(f"TimeShift needs a LinearSDE base; got {type(base).__name__}")
-        super().__init__(T=base.T, eps=base.eps if eps is None else eps)
-        self.base, self.shift = base, float(shift)
-
-    def _tau(self, t):
-        return time_shift(t, self.shift, self.T).clamp(0.0, self.T)
-
-    def _log_alpha(self, t):
-        return self.base._log_alpha(self._tau(t))
-
-    def _sigma(self, t):
-        return self.base._sigma(self._tau(t))
-
-    def _log_sigma(self, t):
-        return self.base._log_sigma(self._tau(t))
-
-    def f(self, t):
-        return self.base.f(self._tau(t)) * self._dtau(t)
-
-    def _dtau(self, t):
-        return self.shift / (1 + (self.shift - 1) * t / self.T) ** 2
-
-    def _d_alpha(self, t):
-        return self.base.d_alpha(self._tau(t)) * self._dtau(t)
-
-    def _d_sigma(self, t):
-        return self.base.d_sigma(self._tau(t)) * self._dtau(t)
-
-    def _t_from_log_snr(self, lam):
-        w = self.base._t_from_log_snr(lam) / self.T
-        return self.T * w / (self.shift - (self.shift - 1) * w)
-
-    def config(self):
-        return {"base": repr(self.base), "shift": self.shift, "eps": self.eps}
-
-    def __repr__(self):
-        return f"TimeShift({self.base!r}, shift={self.shift}, eps={self.eps})"
-
-
-PATH_NAMES = {"rectified_flow": RectifiedFlow, "cond_ot": CondOT, "polynomial": PolynomialPath, "cosine": CosinePath}
-
-
-def path_from_name(name: str, shift: Optional[float] = None, **kwargs) -> LinearSDE:
-    """A flow-matching path by short name (rectified_flow, cond_ot, polynomial, cosine), optionally time-shifted."""
-    if name not in PATH_NAMES:
-        raise ValueError(f"unknown path {name!r}; accepted: {', '.join(PATH_NAMES)}")
-    path = PATH_NAMES[name](**kwargs)
-    return path if shift is None or shift == 1 else TimeShift(path, shift)
+# The flow-matching paths, defined in their own module on top of LinearSDE (imported last: it imports this one).
+from .flow_paths import (  # noqa: E402
+    PATH_NAMES,
+    AffinePath,
+    CondOT,
+    CosinePath,
+    PolynomialPath,
+    RectifiedFlow,
+    TimeShift,
+    path_from_name,
+    time_shift,
+)
