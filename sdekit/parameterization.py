@@ -235,6 +235,13 @@ class ScoreModel:
     def v(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t, "v")
 
+    def net_dtype_device(self) -> tuple[torch.dtype, torch.device]:
+        """(dtype, device) of the network's first parameter, what inputs to it should be made of; float64 on the
+        CPU for a plain function or a network without parameters."""
+        params = self.net.parameters() if isinstance(self.net, torch.nn.Module) else iter(())
+        first = next(params, None)
+        return (first.dtype, first.device) if first is not None else (torch.float64, torch.device("cpu"))
+
     def x0(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t, "x0")
 
