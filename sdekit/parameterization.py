@@ -36,10 +36,9 @@ def check_prediction(name: str) -> str:
 def _coefficients(sde: LinearSDE, t, x: Tensor):
     """alpha and sigma at t, as Python floats for a scalar time, else shaped to broadcast against x."""
     if is_scalar_time(t):
-        a, s, _, _ = sde.schedule(t)
-        return a, s
-    a, s = sde.alpha_sigma(t)
-    return broadcast_to(a, x), broadcast_to(s, x)
+        return sde.schedule(t)[:2]
+    alpha, sigma = sde.alpha_sigma(t)
+    return broadcast_to(alpha, x), broadcast_to(sigma, x)
 
 
 def _eps(value: Tensor, src: str, x: Tensor, a, s) -> Tensor:
