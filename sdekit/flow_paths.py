@@ -203,14 +203,15 @@ class TimeShift(AffinePath):
     def _tau(self, t):
         return time_shift(t, self.shift, self.T).clamp(0.0, self.T)
 
+    # the base through its public, validated methods (tau lies in [0, T]: the checks pass and clamp nothing)
     def _log_alpha(self, t):
-        return self.base._log_alpha(self._tau(t))
+        return self.base.log_alpha(self._tau(t))
 
     def _sigma(self, t):
-        return self.base._sigma(self._tau(t))
+        return self.base.alpha_sigma(self._tau(t))[1]
 
     def _log_sigma(self, t):
-        return self.base._log_sigma(self._tau(t))
+        return self.base.log_sigma(self._tau(t))
 
     def f(self, t):
         return self.base.f(self._tau(t)) * self._dtau(t)
@@ -225,7 +226,7 @@ class TimeShift(AffinePath):
         return self.base.d_sigma(self._tau(t)) * self._dtau(t)
 
     def _t_from_log_snr(self, lam):
-        w = self.base._t_from_log_snr(lam) / self.T
+        w = self.base.t_from_log_snr(lam) / self.T  # lam lies in this path's range, which is the base's
         return self.T * w / (self.shift - (self.shift - 1) * w)
 
     def config(self):
