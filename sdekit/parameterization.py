@@ -17,7 +17,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .sde import LinearSDE, _is_scalar, broadcast_to
+from .sde import LinearSDE, broadcast_to, is_scalar_time
 
 Tensor = torch.Tensor
 
@@ -35,11 +35,10 @@ def check_prediction(name: str) -> str:
 
 def _coefficients(sde: LinearSDE, t, x: Tensor):
     """alpha and sigma at t, as Python floats for a scalar time, else shaped to broadcast against x."""
-    if _is_scalar(t):
-        a, s, _, _ = sde.schedule(t)
-        return a, s
-    t = sde.check_time(t)
-    return broadcast_to(torch.exp(sde._log_alpha(t)), x), broadcast_to(sde._sigma(t), x)
+    if is_scalar_time(t):
+        return sde.schedule(t)[:2]
+    alpha, sigma = sde.alpha_sigma(t)
+    return broadcast_to(alpha, x), broadcast_to(sigma, x)
 
 
 def _eps(value: Tensor, src: str, x: Tensor, a, s) -> Tensor:
@@ -77,7 +76,7 @@ def _convert(value: Tensor, src: str, dst: str, x: Tensor, a, s) -> Tensor:
 
 def _rates(sde: LinearSDE, t, x: Tensor):
     """alpha'(t) and sigma'(t), as Python floats for a scalar time, else shaped to broadcast against x."""
-    if _is_scalar(t):
+    if is_scalar_time(t):
         return sde.rates(t)
     return broadcast_to(sde.d_alpha(t), x), broadcast_to(sde.d_sigma(t), x)
 
@@ -111,7 +110,7 @@ def _velocity_from_score(value: Tensor, src: str, x: Tensor, t, sde: LinearSDE, 
     form that stays finite at sigma = 0 (t = 0), where sigma' is infinite on VP paths but g is not."""
     f: Union[float, Tensor]
     g: Union[float, Tensor]
-    if _is_scalar(t):
+    if is_scalar_time(t):
         _, _, f, g = sde.schedule(t)
     else:
         t = sde.check_time(t)
@@ -179,8 +178,8 @@ class ScoreModel:
 
     def _time_batch(self, x: Tensor, t):
         """(validated time for the conversion, (batch,) times in x's dtype for the network)."""
-        if _is_scalar(t):
-            v = self.sde._check_scalar(t)
+        if is_scalar_time(t):
+            v = self.sde.check_scalar_time(t)
             # a new tensor per call (about a microsecond): nothing the network does to it can reach a later call
             return v, torch.full((x.shape[0],), v, dtype=x.dtype, device=x.device)
         t = self.sde.check_time(t)
@@ -197,7 +196,7 @@ class ScoreModel:
             return None
         one = torch.ones(1, 1, dtype=torch.float64)
         with torch.no_grad():
-            out = convert(one, self.prediction, kind, one, float(self.sde._check_scalar(t)), self.sde)
+            out = convert(one, self.prediction, kind, one, float(self.sde.check_scalar_time(t)), self.sde)
         if bool(torch.isfinite(out).all()):
             return None
         if self.prediction == "velocity":
@@ -234,6 +233,13 @@ class ScoreModel:
 
     def v(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t, "v")
+
+    def net_dtype_device(self) -> tuple[torch.dtype, torch.device]:
+        """(dtype, device) of the network's first parameter, what inputs to it should be made of; float64 on the
+        CPU for a plain function or a network without parameters."""
+        params = self.net.parameters() if isinstance(self.net, torch.nn.Module) else iter(())
+        first = next(params, None)
+        return (first.dtype, first.device) if first is not None else (torch.float64, torch.device("cpu"))
 
     def x0(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t, "x0")

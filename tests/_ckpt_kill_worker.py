@@ -14,6 +14,7 @@ torch.set_num_threads(1)
 
 import sdekit  # noqa: E402
 import sdekit.checkpoint as C  # noqa: E402
+import sdekit.checkpoint.storage as storage  # noqa: E402
 from sdekit.nets import MLP  # noqa: E402
 
 # A SIGKILL leaves the page cache intact, so durability is not what is tested here: fsync is made a
@@ -110,7 +111,7 @@ def fresh_version():
 
 def enumerate_kills(name, first_save=False, foreign=False, chunk=1 << 20):
     """Kill one save at each of its file-system calls in turn, from a clean state each time."""
-    C._WRITE_CHUNK = chunk
+    storage.WRITE_CHUNK = chunk
     k = 0
     while True:
         k += 1
@@ -142,7 +143,7 @@ def enumerate_kills(name, first_save=False, foreign=False, chunk=1 << 20):
 def chained_kills(n, seed=0):
     """Kill saves at random calls one after another, without cleaning up: each save must recover the
     last one's debris (and may itself die while recovering)."""
-    C._WRITE_CHUNK = 512
+    storage.WRITE_CHUNK = 512
     reset()
     rng = random.Random(seed)
     prev = fresh_version()
@@ -161,7 +162,7 @@ def chained_kills(n, seed=0):
 
 def concurrent_writers(n_proc=3, saves=6):
     """Writers of one checkpoint serialise on its lock: none crashes, the last commit loads."""
-    C._WRITE_CHUNK = 1 << 20
+    storage.WRITE_CHUNK = 1 << 20
     reset()
     pids = []
     for p in range(n_proc):

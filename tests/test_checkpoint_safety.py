@@ -16,6 +16,7 @@ import torch
 import sdekit
 import sdekit.checkpoint as C
 from sdekit.checkpoint import CheckpointConflict, load_model, read_checkpoint, save_checkpoint
+from sdekit.checkpoint.format import estimate_params
 from sdekit.data import toy_data
 from sdekit.nets import MLP
 from sdekit.train import Trainer, train
@@ -305,5 +306,5 @@ def test_limits_accept_real_networks():
                 UNet(in_channels=3, base_channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2, num_classes=10),
                 UNet(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)):
         true = sum(p.numel() for p in net.parameters())
-        estimate = C._estimate_params(net.config, "config.json")
+        estimate = estimate_params(net.config, "config.json")
         assert true <= estimate <= 4 * true, (net.config, true, estimate)

@@ -186,7 +186,7 @@ def test_claim_is_reentrant_and_released_on_error(tmp_path):
                 assert os.path.exists(_claim_file(out))
             assert os.path.exists(_claim_file(out))
             raise RuntimeError
-    assert not os.path.exists(_claim_file(out)) and not checkpoint._CLAIMS
+    assert not os.path.exists(_claim_file(out)) and not checkpoint.held_claims()
     with open(_claim_file(out), "w") as fh:  # a claim of another host cannot be checked: refused, file named
         fh.write("1 some-other-host\n")
     with pytest.raises(DirectoryClaimed, match="some-other-host"):

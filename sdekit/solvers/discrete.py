@@ -66,7 +66,7 @@ from .registry import register
 Tensor = torch.Tensor
 
 __all__ = ["table_steps", "table_grid", "diffusers_grid", "diffusers_timesteps", "grid_options_from",
-           "SCHEDULERS", "DIFFUSERS_ORDERS", "ddpm"]
+           "SCHEDULERS", "CLASS_NAMES", "DIFFUSERS_ORDERS", "ddpm"]
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -82,12 +82,13 @@ SCHEDULERS = {
     "deis_multistep": ("k+1", "linspace", "sigma_min", True, SPACINGS),
     "dpmsolver_singlestep": ("k+1", "linspace", "zero", True, ("linspace",)),
 }
-_CLASS_NAMES = {
+CLASS_NAMES = {  # diffusers' scheduler class name -> its short name here
     "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "EulerDiscreteScheduler": "euler",
     "HeunDiscreteScheduler": "heun", "DPMSolverMultistepScheduler": "dpmsolver_multistep",
     "UniPCMultistepScheduler": "unipc_multistep", "DEISMultistepScheduler": "deis_multistep",
     "DPMSolverSinglestepScheduler": "dpmsolver_singlestep",
 }
+_CLASS_NAMES = CLASS_NAMES  # TODO(interop): the old name sdekit.interop.diffusers_scheduler imports; delete with it
 
 # sdekit options that reproduce diffusers' order choices on the ``diffusers`` grid (measured in tests):
 # DPMSolverMultistep 2M: final "zero" -> lower_order_final=False (diffusers' only lowered step is the jump);
@@ -103,10 +104,10 @@ DIFFUSERS_ORDERS = {
 
 
 def _scheduler_name(name: str) -> str:
-    name = _CLASS_NAMES.get(name, name)
+    name = CLASS_NAMES.get(name, name)
     if name not in SCHEDULERS:
         raise ValueError(f"unknown diffusers scheduler {name!r}; accepted: {', '.join(SCHEDULERS)} "
-                         f"(or {', '.join(_CLASS_NAMES)})")
+                         f"(or {', '.join(CLASS_NAMES)})")
     return name
 
 

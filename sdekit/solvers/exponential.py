@@ -63,7 +63,6 @@ first order like the first step from alpha = 0: the 2M weight 1/(2r) has no fini
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
 
 import torch
 
@@ -100,21 +99,19 @@ class Schedule:
     (for a custom SDE that is a bisection, so points wanted together are asked for together)."""
 
     def __init__(self, sde, ts: Tensor):
-        self.sde = sde
-        self.ts = ts
-        self.alpha = sde.alpha(ts).tolist()
-        self.sigma = sde.sigma(ts).tolist()
+        self.sde, self.ts = sde, ts
+        self.alpha, self.sigma = (c.tolist() for c in sde.alpha_sigma(ts))
         self.l = [math.inf if s == 0 else 0.5 * float(v) for s, v in zip(self.sigma, sde.log_snr(ts))]
 
     def h(self, i: int) -> float:
         """Step in half log-SNR from ts[i] to ts[i+1] (> 0; < 0 on an increasing grid)."""
         return self.l[i + 1] - self.l[i]
 
-    def at_ls(self, ls: List[float]) -> List[Tuple[float, float, float]]:
+    def at_ls(self, ls: list[float]) -> list[tuple[float, float, float]]:
         t = self.sde.t_from_log_snr(torch.tensor([2.0 * v for v in ls], dtype=torch.float64))
         return list(zip(t.tolist(), self.sde.alpha(t).tolist(), self.sde.sigma(t).tolist()))
 
-    def at_l(self, lam_half: float) -> Tuple[float, float, float]:
+    def at_l(self, lam_half: float) -> tuple[float, float, float]:
         return self.at_ls([lam_half])[0]
 
     def mid(self, i: int, r: float) -> float:
@@ -229,8 +226,8 @@ def _single_steps(ev: Evaluator, x: Tensor, ts: Tensor, step):
         yield x
 
 
-def dpm_solver_step(ev: Evaluator, x: Tensor, t, a_t: float, a_s: float, s_s: float, h: float, rs: List[float],
-                    mids: List[Tuple[float, float, float]]) -> Tuple[Tensor, Tensor]:
+def dpm_solver_step(ev: Evaluator, x: Tensor, t, a_t: float, a_s: float, s_s: float, h: float, rs: list[float],
+                    mids: list[tuple[float, float, float]]) -> tuple[Tensor, Tensor]:
     """One single-step DPM-Solver step from (x_t, t) to half log-SNR l_t + h (Lu et al. 2022, Algorithms 4 and 5),
     returning the solutions of order len(rs) and len(rs) + 1, which share every network call:
 
@@ -256,7 +253,7 @@ def dpm_solver_step(ev: Evaluator, x: Tensor, t, a_t: float, a_s: float, s_s: fl
     return second, base - (s_s * h * phi(2, h) / r2) * d2
 
 
-def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: List[float]):
+def _singlestep_eps(ev: Evaluator, x: Tensor, ts: Tensor, rs: list[float]):
     """DPM-Solver-2 (rs = [r1]) and DPM-Solver-3 (rs = [r1, r2]) along the grid: the higher-order solution of
     ``dpm_solver_step``."""
     check_finite_start(ev, Schedule(ev.sde, ts), "single-step DPM-Solver (noise form)")
@@ -303,7 +300,7 @@ def dpmpp_2s(ev: Evaluator, x: Tensor, ts: Tensor):
 
 
 # -- multistep, data prediction: DPM-Solver++(2M/3M) and UniPC -----------------------------------------
-def _ms_weights(rs: List[float], h: float, B: float) -> List[float]:
+def _ms_weights(rs: list[float], h: float, B: float) -> list[float]:
     """Weights a_m solving sum_m a_m r_m^{k-1} = k! h phi_{k+1}(-h) / B, k = 1..K (a = [1/2] for K = 1).
 
     A point with r_m = -inf (at l = -inf, alpha = 0) gets a_m = 0: as r_m -> -inf, a_m -> 0 like r_m^{1-K} and the
@@ -321,7 +318,7 @@ def _ms_weights(rs: List[float], h: float, B: float) -> List[float]:
     return [a.get(m, 0.0) for m in range(K)]
 
 
-def _ms_update(x: Tensor, x0_t: Tensor, points: List[Tuple[float, Tensor]], l_t: float, l_s: float,
+def _ms_update(x: Tensor, x0_t: Tensor, points: list[tuple[float, Tensor]], l_t: float, l_s: float,
                s_t: float, a_s: float, s_s: float, variant: str) -> Tensor:
     """One multistep update from (x_t, l_t) to l_s = l_t + h using x0_t and extra points (l_m, x0_m) (the noise
     form: the same call on the mirrored schedule, with eps for x0):
@@ -385,7 +382,7 @@ def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, c
                              "B(h) = h is infinite on the first step, so its corrector has no finite limit; use "
                              "variant='bh2' or start below that time")
     n = len(ts) - 1
-    hist: List[Tuple[float, Tensor]] = []  # (l_j, m_j), oldest first
+    hist: list[tuple[float, Tensor]] = []  # (l_j, m_j), oldest first
     last = None  # (j, x_j, points used by the predictor) of the previous step, for the corrector
     for i in range(n):
         if afs and i == 0:

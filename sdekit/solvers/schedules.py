@@ -55,7 +55,6 @@ import torch
 from ..sde import LinearSDE
 from ..validate import integer, real
 from .grids import register
-from .tune import _net_dtype_device, _prior_draw
 
 Tensor = torch.Tensor
 
@@ -261,9 +260,9 @@ def gits_schedule(
         net = _CachedNet(model.net, tau.tolist())
         cached = copy.copy(model)  # the same model (any ScoreModel subclass) on the caching network
         cached.net = net
-        dtype, device = _net_dtype_device(model)
-        x_T = _prior_draw(model, shape, n, seed, dtype if dtype in (torch.float32, torch.float64) else torch.float32,
-                          device)
+        dtype, device = model.net_dtype_device()
+        x_T = model.sde.prior_sample((n, *shape), generator=torch.Generator().manual_seed(seed)).to(
+            dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32, device=device)
         teacher = sample(cached, x_T, "rk4", ts=_refine(sde, tau, substeps), trajectory=True)
         assert teacher.trajectory is not None
         xs, x_ref = teacher.trajectory[::substeps], teacher.x
