@@ -375,10 +375,10 @@ def test_solver_diffusers_runs_the_schedulers_own_algorithm(cls_name, config, so
     defaults for the rest, the step count deciding the order lowering as in diffusers_equivalent), so its loop is
     that scheduler's at 6 and 16 steps (below and above diffusers' 15-step order switch): to 1e-6 relative on integer
     grids, 1e-4 on Karras grids (whose timesteps diffusers rounds); its config keeps solver_order & co."""
-    from sdekit.solvers.discrete import _CLASS_NAMES
+    from sdekit.solvers.discrete import CLASS_NAMES
 
     ref = getattr(diffusers, cls_name)(**config)
-    ours = SdekitScheduler.from_config(ref.config, solver="diffusers", grid_scheduler=_CLASS_NAMES[cls_name])
+    ours = SdekitScheduler.from_config(ref.config, solver="diffusers", grid_scheduler=CLASS_NAMES[cls_name])
     x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     tol = 1e-4 if config.get("use_karras_sigmas") else 1e-6
     for steps in (6, 16):

@@ -11,7 +11,7 @@ import sdekit
 
 diffusers = pytest.importorskip("diffusers")
 from sdekit.interop import SdekitScheduler, eligible_solvers, from_diffusers  # noqa: E402
-from sdekit.interop.diffusers_scheduler import _pure_noise_problem  # noqa: E402
+from sdekit.interop.pipeline_step import pure_noise_problem  # noqa: E402
 from sdekit.solvers.grids import make_grid  # noqa: E402
 from sdekit.solvers.registry import get  # noqa: E402
 
@@ -125,7 +125,7 @@ def test_every_eligible_solver_in_an_sd3_loop():
     started = 0
     for solver in eligible_solvers():
         sched = SdekitScheduler.from_config(base.config, solver=solver)
-        if _pure_noise_problem(solver, ()) is None:
+        if pure_noise_problem(solver, ()) is None:
             kw: dict = {}
             started += 1
         else:

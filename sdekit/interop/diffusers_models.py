@@ -305,7 +305,7 @@ def _deis(cfg, steps):
     return f"deis_logrho_{order}", {"lower_order_final": lower}
 
 
-_EQUIVALENTS = {  # scheduler name (grid_options_from) -> (cfg, steps) -> (sdekit solver, options)
+EQUIVALENTS = {  # scheduler name (grid_options_from) -> (cfg, steps) -> (sdekit solver, options)
     "ddim": lambda cfg, steps: ("ddim", {}),
     "ddpm": lambda cfg, steps: ("ddpm", {}),
     "euler": lambda cfg, steps: ("ddim", {}),
@@ -335,7 +335,7 @@ def diffusers_equivalent(scheduler, steps: int, mu: Optional[float] = None) -> d
     check_config(cfg)
     opts = grid_options_from(scheduler)
     name = opts["scheduler"]
-    if name not in _EQUIVALENTS:
+    if name not in EQUIVALENTS:
         raise ValueError(f"no exact sdekit equivalent of {type(scheduler).__name__}; accepted: DDIM, DDPM, Euler, Heun, "
                          "DPMSolverMultistep (2M), UniPCMultistep, DEISMultistep (sample with grid='diffusers' for the "
                          "others' grids)")
@@ -347,7 +347,7 @@ def diffusers_equivalent(scheduler, steps: int, mu: Optional[float] = None) -> d
             raise ValueError(f"{type(scheduler).__name__} steps from each timestep tau to tau - N // K = tau - {stride}, "
                              f"which with timestep_spacing={opts.get('spacing')!r} and {steps} steps is not the next "
                              "timestep, so no sdekit grid holds its steps; SdekitScheduler(solver='ddim') takes them")
-    solver, options = _EQUIVALENTS[name](cfg, steps)
+    solver, options = EQUIVALENTS[name](cfg, steps)
     return {"solver": solver, "steps": int(steps), "grid": "diffusers", "grid_options": opts, **options}
 
 

@@ -88,7 +88,6 @@ CLASS_NAMES = {  # diffusers' scheduler class name -> its short name here
     "UniPCMultistepScheduler": "unipc_multistep", "DEISMultistepScheduler": "deis_multistep",
     "DPMSolverSinglestepScheduler": "dpmsolver_singlestep",
 }
-_CLASS_NAMES = CLASS_NAMES  # TODO(interop): the old name sdekit.interop.diffusers_scheduler imports; delete with it
 
 # sdekit options that reproduce diffusers' order choices on the ``diffusers`` grid (measured in tests):
 # DPMSolverMultistep 2M: final "zero" -> lower_order_final=False (diffusers' only lowered step is the jump);
