@@ -346,7 +346,7 @@ class BrownianPath:
     MAX_DEPTH = 48
     CACHE = 8  # values kept from the last queries
     PLAN_BYTES = 1 << 22  # tree-node memory of one planned block (at least one pair): it stays in cache
-    SMALL = 1 << 20  # bytes of the values of one call below which its sums run a level at a time over all times
+    SMALL = 1 << 18  # bytes of the values of one call below which its sums run a level at a time over all times
 
     def __init__(self, noise: RowNoise, T: float, rel_tol: float = 2.0**-12):
         if not (T > 0 and math.isfinite(T)):
@@ -460,21 +460,21 @@ class BrownianPath:
 
 
 def _sum_by_level(terms: list, table: Tensor, slot: dict) -> Tensor:
-    """``BrownianPath._compute``'s sums for small rows: W_j = c_0 xi_0, then W_j <- W_j + (c_d xi_d) for every time j
-    at least d + 1 terms deep, three vectorised operations per level (gather, product, sum) over all times, which
-    are sorted deepest first so that those still summing form a prefix."""
+    """``BrownianPath._compute``'s sums for small rows: every term's product c_d xi_d at once (one gather, one
+    product over all times and levels), then W_j = c_0 xi_0 and W_j <- W_j + (c_d xi_d) level by level for every
+    time j at least d + 1 terms deep (the times sorted deepest first, so those form a prefix)."""
     dev, work = table.device, table.dtype
     order = sorted(range(len(terms)), key=lambda j: -len(terms[j][0]))
     depth = len(terms[order[0]][0])
-    idx = torch.tensor([[slot[terms[j][0][d]] if d < len(terms[j][0]) else 0 for j in order] for d in range(depth)],
-                       dtype=torch.int64, device=dev)
-    coef = torch.tensor([[terms[j][1][d] if d < len(terms[j][0]) else 0.0 for j in order] for d in range(depth)],
-                        dtype=torch.float64).to(device=dev, dtype=work)[..., None]
     counts = [sum(1 for j in order if len(terms[j][0]) > d) for d in range(depth)]
-    w = table.index_select(0, idx[0]).mul_(coef[0])
-    for d in range(1, depth):
-        a = counts[d]
-        w[:a].add_(table.index_select(0, idx[d, :a]).mul_(coef[d, :a]))
+    idx = [slot[terms[j][0][d]] for d in range(depth) for j in order[: counts[d]]]
+    coef = [terms[j][1][d] for d in range(depth) for j in order[: counts[d]]]
+    prod = table.index_select(0, torch.tensor(idx, dtype=torch.int64, device=dev))
+    prod.mul_(torch.tensor(coef, dtype=torch.float64).to(device=dev, dtype=work)[:, None])
+    w, start = prod[: counts[0]], counts[0]
+    for a in counts[1:]:
+        w[:a].add_(prod[start: start + a])
+        start += a
     if order == list(range(len(terms))):
         return w
     back = torch.empty(len(terms), dtype=torch.int64)
