@@ -42,7 +42,7 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["RowNoise", "BrownianPath", "mix", "mix_py", "row_keys", "normals", "uniforms", "key_of", "check_seed"]
+__all__ = ["RowNoise", "BrownianPath", "PathPlan", "mix", "mix_py", "row_keys", "normals", "uniforms", "key_of", "check_seed"]
 
 _M64 = (1 << 64) - 1
 _C1, _C2, _G = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
@@ -128,15 +128,16 @@ def normals(keys: Tensor, stream: Union[int, Sequence[int], Tensor], n: int, dty
     return res if res.dtype == dtype else res.to(dtype)
 
 
-def keyed_normals(base: Tensor, n: int, dtype=torch.float32) -> Tensor:
+def keyed_normals(base: Tensor, n: int, dtype=torch.float32, out: Optional[Tensor] = None) -> Tensor:
     """``normals``' work: N(0, 1) values of shape (len(base), n), row k from the stream key base[k] = key ^ stream
-    (an int64 tensor; any order of (key, stream) pairs gives the same values for each pair)."""
+    (an int64 tensor; any order of (key, stream) pairs gives the same values for each pair). ``out``: a contiguous
+    tensor of the working dtype and len(base) * n entries to write into."""
     work = _work_dtype(dtype)
     dev, pair = base.device, work != torch.float64  # pair: two 24-bit entries per 64-bit word
     q = (n + 1) // 2 if pair else n  # words per (key, stream)
     base = base.reshape(-1, 1)
     count = base.shape[0]
-    out = torch.empty(count, n, dtype=work, device=dev)
+    out = torch.empty(count, n, dtype=work, device=dev) if out is None else out.view(count, n)
     step = _weyl_steps(q, dev)
     per = max(1, min(count, _BLOCK // max(q, 1)))
     zb, tb = (torch.empty(per * q, dtype=torch.int64, device=dev) for _ in range(2))
@@ -329,12 +330,23 @@ class BrownianPath:
     a 5000-step log-SNR grid on the VP SDE, at the default 2^-12). Two query times in one leaf each have the exact
     marginal law but share the leaf's bridge noise.
 
-    Cost: a query at t draws about log2(T / (rel_tol t)) Gaussians per entry, all in one vectorised call; the last
-    few queried values are cached, so a solver stepping along a grid pays for each time once.
+    Evaluation. Every value is the same sequence of rounded operations whatever else is asked for with it: the
+    root term c_0 xi_0, then + (c_k xi_k) level by level (one product and one sum per term, each rounded once in the
+    working precision), so W(t) does not depend on the batch, the cache, the other times of a call or on whether
+    the times were planned. ``increments`` gives standardised increments (W(t) - W(s)) * (1/sqrt|t - s|) of many
+    pairs in one vectorised call: the union of the pairs' tree nodes is drawn once (``keyed_normals``) and the
+    terms are summed for all times at once, a level at a time. ``plan`` declares the pairs a solve will ask for, in
+    order, so that they are computed a block at a time (at most ``PLAN_BYTES`` of tree nodes per block).
+
+    Cost: a query at t draws about log2(T / (rel_tol t)) Gaussians per entry; times of one call, and the last time
+    of the previous call, share the top of their paths, so a grid of N times costs about N (log2(1/rel_tol) -
+    log2(t / spacing)) Gaussians per entry (about 11 per time on a 20-step grid at the default rel_tol).
     """
 
     MAX_DEPTH = 48
     CACHE = 8  # values kept from the last queries
+    PLAN_BYTES = 1 << 22  # tree-node memory of one planned block (at least one pair): it stays in cache
+    SMALL = 1 << 18  # bytes of the values of one call below which its sums run a level at a time over all times
 
     def __init__(self, noise: RowNoise, T: float, rel_tol: float = 2.0**-12):
         if not (T > 0 and math.isfinite(T)):
@@ -342,54 +354,94 @@ class BrownianPath:
         if not (0 < rel_tol < 1):
             raise ValueError(f"rel_tol must lie in (0, 1); got {rel_tol}")
         self.noise, self.T, self.rel_tol = noise, float(T), float(rel_tol)
-        self._cache: OrderedDict = OrderedDict()
-        self._nodes: Optional[tuple] = None  # (tag, node key -> row, the last call's node Gaussians)
+        self._cache: OrderedDict = OrderedDict()  # (t, tag) -> W(t) as a (rows * n,) working-dtype row
+        self._kept: Optional[tuple] = None  # (tag, node key -> row): the nodes of the last time computed
+
+    def _check_times(self, times) -> None:
+        for t in times:
+            if not (0.0 <= t <= self.T * (1 + 1e-12)):
+                raise ValueError(f"the Brownian path lives on [0, T = {self.T}]; asked for W at t = {t}")
 
     def __call__(self, x: Tensor, ts: Union[float, list[float], tuple[float, ...]]) -> Tensor:
         """W at time(s) ts for rows like x: shape x.shape for one time, (len(ts), *x.shape) for several."""
         single = not isinstance(ts, (list, tuple))
         times = [float(t) for t in ts] if isinstance(ts, (list, tuple)) else [float(ts)]
-        for t in times:
-            if not (0.0 <= t <= self.T * (1 + 1e-12)):
-                raise ValueError(f"the Brownian path lives on [0, T = {self.T}]; asked for W at t = {t}")
+        self._check_times(times)
         self.noise._check_rows(x)
-        tag = (x.shape[1:], x.dtype, x.device)
-        values = {t: self._cache[(t, tag)] for t in times if (t, tag) in self._cache}
-        missing = [t for t in dict.fromkeys(times) if t not in values]
-        if missing:
-            values.update(self._compute(x, missing))
-            for t in missing[-self.CACHE:]:
-                self._cache[(t, tag)] = values[t]
-            while len(self._cache) > self.CACHE:
-                self._cache.popitem(last=False)
-        out = torch.stack([values[t] for t in times])
+        values = self._values(x, times)
+        out = torch.stack([values[t] for t in times]).reshape((len(times),) + tuple(x.shape)).to(x.dtype)
         return out[0] if single else out
 
-    def _compute(self, x: Tensor, times: list) -> dict:
-        """W at ``times``: the nodes' Gaussians are drawn once per call (those of the previous call are kept, since
-        neighbouring query times share the top of their paths), then summed per time in the order of its terms
-        (root first), so a value never depends on the batch, the cache or the other times asked for."""
+    def _values(self, x: Tensor, times: list) -> dict:
+        """time -> W(time) as a (rows * n,) working-dtype row, for every time asked for: cached values and those
+        computed now (``_compute``); the last ``CACHE`` times asked for stay cached."""
+        tag = (x.shape[1:], x.dtype, x.device)
+        distinct = list(dict.fromkeys(times))
+        values = {t: self._cache[(t, tag)] for t in distinct if (t, tag) in self._cache}
+        missing = [t for t in distinct if t not in values]
+        if missing:
+            values.update(zip(missing, self._compute(x, missing).unbind(0)))
+        for t in distinct[-self.CACHE:]:
+            self._cache[(t, tag)] = values[t]
+            self._cache.move_to_end((t, tag))
+        while len(self._cache) > self.CACHE:
+            self._cache.popitem(last=False)
+        return values
+
+    def _compute(self, x: Tensor, times: list) -> Tensor:
+        """W at ``times`` (distinct), a (len(times), rows * n) working-dtype tensor in that order.
+
+        The union of the times' tree nodes is drawn in one ``keyed_normals`` call (the nodes of the last time of
+        the previous call are kept: neighbouring query times share the top of their paths); each time's terms are
+        summed root first as W <- W + (c xi), c rounded to the working dtype (the class docstring: the same rounded
+        operations for every time), for small rows a level at a time over all times (``_sum_by_level``), for large
+        rows a time at a time."""
         terms = [_path_terms(self.T, self.rel_tol, t, self.MAX_DEPTH) for t in times]
-        n, work, tag = x[0].numel(), _work_dtype(x.dtype), (x.shape[1:], x.dtype, x.device)
-        kept = self._nodes if self._nodes is not None and self._nodes[0] == tag else (tag, {}, None)
+        n, work, tag, dev = x[0].numel(), _work_dtype(x.dtype), (x.shape[1:], x.dtype, x.device), x.device
+        kept_table, kept = self._kept[1:] if self._kept is not None and self._kept[0] == tag else (None, {})
         need = list(dict.fromkeys(k for ks, _ in terms for k in ks))
-        new = [k for k in need if k not in kept[1]]
-        rows: dict = {}
+        new = [k for k in need if k not in kept]
+        old = [k for k in need if k in kept]
+        width = self.noise.n_rows * n
+        table = torch.empty(len(need), width, dtype=work, device=dev)
         if new:
-            base = torch.tensor(new, dtype=torch.int64, device=x.device)[:, None] ^ self.noise.keys(x.device)
-            fresh = keyed_normals(base.reshape(-1), n, work).view(len(new), -1)  # (nodes, rows * n)
-            rows.update(zip(new, fresh))
-        rows.update((k, kept[2][kept[1][k]]) for k in need if k in kept[1])
-        table = torch.stack([rows[k] for k in need])  # kept for the next call: one buffer, no chains of views
-        index = {k: i for i, k in enumerate(need)}
-        self._nodes = (tag, index, table)
-        out = {}
-        for t, (ks, cs) in zip(times, terms):
-            w = torch.mul(table[index[ks[0]]], cs[0])
-            for k, c in zip(ks[1:], cs[1:]):
-                w.add_(table[index[k]], alpha=c)
-            out[t] = w.reshape(x.shape).to(x.dtype)
-        return out
+            base = torch.tensor(new, dtype=torch.int64, device=dev)[:, None] ^ self.noise.keys(dev)
+            keyed_normals(base.reshape(-1), n, work, out=table[: len(new)])
+        if old:
+            rows = torch.tensor([kept[k] for k in old], dtype=torch.int64, device=dev)
+            torch.index_select(kept_table, 0, rows, out=table[len(new):])
+        slot = {k: i for i, k in enumerate(new + old)}
+        if len(times) > 1 and len(times) * width * table.element_size() <= self.SMALL:
+            w = _sum_by_level(terms, table, slot)
+        else:  # large rows: one time at a time, its sum staying in cache
+            w = torch.empty(len(times), width, dtype=work, device=dev)
+            tmp = torch.empty(width, dtype=work, device=dev)
+            for j, (ks, cs) in enumerate(terms):
+                coef = torch.tensor(cs, dtype=torch.float64).to(work).tolist()  # rounded to the working dtype
+                wj = torch.mul(table[slot[ks[0]]], coef[0], out=w[j])
+                for k, c in zip(ks[1:], coef[1:]):
+                    wj.add_(torch.mul(table[slot[k]], c, out=tmp))
+        self._kept = (tag, table, {k: slot[k] for k in terms[-1][0]})
+        return w
+
+    def increments(self, x: Tensor, pairs) -> Tensor:
+        """(W(t) - W(s)) * (1/sqrt|t - s|) for each (t, s) of ``pairs``, rows like x: shape (len(pairs), *x.shape),
+        zeros where s = t. One vectorised call for all of them (the class docstring), with the same values as one
+        pair at a time."""
+        pairs = [(float(t), float(s)) for t, s in pairs]
+        self._check_times([u for p in pairs for u in p])
+        self.noise._check_rows(x)
+        values = self._values(x, [u for p in pairs for u in p])
+        work = next(iter(values.values())).dtype
+        scale = torch.tensor([1.0 / math.sqrt(abs(t - s)) if t != s else 0.0 for t, s in pairs],
+                             dtype=torch.float64).to(work)
+        if len(pairs) == 1:
+            (t, s), = pairs
+            z = torch.sub(values[t], values[s]).mul_(scale.item())[None]
+        else:
+            wt = torch.stack([values[t] for t, _ in pairs])
+            z = wt.sub_(torch.stack([values[s] for _, s in pairs])).mul_(scale.to(wt.device)[:, None])
+        return z.reshape((len(pairs),) + tuple(x.shape)).to(x.dtype)
 
     def increment(self, x: Tensor, t: float, s: float) -> Tensor:
         """W(t) - W(s) for rows like x."""
@@ -397,8 +449,68 @@ class BrownianPath:
         return both[0] - both[1]
 
     def standard(self, x: Tensor, t: float, s: float) -> Tensor:
-        """(W(t) - W(s)) / sqrt(|t - s|): an N(0, I) draw for the step between s and t (zeros when s = t)."""
-        h = abs(float(t) - float(s))
-        if h == 0.0:
-            return torch.zeros_like(x)
-        return self.increment(x, t, s) / math.sqrt(h)
+        """(W(t) - W(s)) / sqrt(|t - s|): an N(0, I) draw for the step between s and t (zeros when s = t); computed
+        as ``increments`` of the one pair."""
+        return self.increments(x, [(t, s)])[0]
+
+    def plan(self, x: Tensor, pairs) -> "PathPlan":
+        """The increments of ``pairs`` (in the order a solve asks for them) for rows like x, computed a block of
+        pairs at a time when first asked for (``PathPlan``)."""
+        return PathPlan(self, x, pairs)
+
+
+def _sum_by_level(terms: list, table: Tensor, slot: dict) -> Tensor:
+    """``BrownianPath._compute``'s sums for small rows: every term's product c_d xi_d at once (one gather, one
+    product over all times and levels), then W_j = c_0 xi_0 and W_j <- W_j + (c_d xi_d) level by level for every
+    time j at least d + 1 terms deep (the times sorted deepest first, so those form a prefix)."""
+    dev, work = table.device, table.dtype
+    order = sorted(range(len(terms)), key=lambda j: -len(terms[j][0]))
+    depth = len(terms[order[0]][0])
+    counts = [sum(1 for j in order if len(terms[j][0]) > d) for d in range(depth)]
+    idx = [slot[terms[j][0][d]] for d in range(depth) for j in order[: counts[d]]]
+    coef = [terms[j][1][d] for d in range(depth) for j in order[: counts[d]]]
+    prod = table.index_select(0, torch.tensor(idx, dtype=torch.int64, device=dev))
+    prod.mul_(torch.tensor(coef, dtype=torch.float64).to(device=dev, dtype=work)[:, None])
+    w, start = prod[: counts[0]], counts[0]
+    for a in counts[1:]:
+        w[:a].add_(prod[start: start + a])
+        start += a
+    if order == list(range(len(terms))):
+        return w
+    back = torch.empty(len(terms), dtype=torch.int64)
+    back[torch.tensor(order)] = torch.arange(len(terms))
+    return w.index_select(0, back.to(dev))
+
+
+class PathPlan:
+    """Standardised increments of a ``BrownianPath`` for (t, s) pairs known up front, in the order they will be
+    asked for: ``get`` of a planned pair computes the block of pairs from it on in one ``increments`` call (as
+    many pairs as fit ``BrownianPath.PLAN_BYTES`` of tree nodes, about 16 state-sized rows per pair) and returns
+    views of it; the values equal ``BrownianPath.standard``'s of each pair. A pair not planned, or rows of another
+    shape, dtype or device, give None (ask the path itself)."""
+
+    def __init__(self, path: BrownianPath, x: Tensor, pairs):
+        self.path = path
+        self.pairs = [(float(t), float(s)) for t, s in pairs]
+        path._check_times([u for p in self.pairs for u in p])
+        self.tag = (tuple(x.shape), x.dtype, x.device)
+        per_pair = 16 * x.numel() * torch.finfo(_work_dtype(x.dtype)).bits // 8
+        self.block = max(1, path.PLAN_BYTES // max(per_pair, 1))
+        self._first: dict = {}  # pair -> its first position in the plan
+        for i, p in enumerate(self.pairs):
+            self._first.setdefault(p, i)
+        self._ready: dict = {}  # pair -> its increment, for the block computed last
+
+    def get(self, x: Tensor, t: float, s: float) -> Optional[Tensor]:
+        """The increment of (t, s) if planned (and x is like the plan's rows), else None."""
+        z = self._ready.get((t, s))
+        if z is not None and (tuple(x.shape), x.dtype, x.device) == self.tag:
+            return z
+        i = self._first.get((t, s))
+        if i is None or (tuple(x.shape), x.dtype, x.device) != self.tag:
+            return None
+        block = list(dict.fromkeys(self.pairs[i: i + self.block]))
+        self._ready = {}
+        zs = self.path.increments(x, block)
+        self._ready = dict(zip(block, zs.unbind(0)))
+        return self._ready[(t, s)]

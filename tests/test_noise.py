@@ -162,3 +162,93 @@ def test_every_field_of_a_word_is_uniform():
             tail = float((col.abs() > 3).double().mean())
             p = 0.0026998
             assert abs(tail - p) < Z * math.sqrt(p / n)
+
+
+# -- vectorised increments: a whole grid's (or a block's) in one call, identical to one step at a time ----------
+def _pairs_of(times, mids=()):
+    """Consecutive steps of a decreasing grid, with a (t, m) stage pair first where a midpoint m is given."""
+    pairs = []
+    for i in range(len(times) - 1):
+        if i < len(mids):
+            pairs.append((times[i], mids[i]))
+        pairs.append((times[i], times[i + 1]))
+    return pairs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(7, 3), (5, 2, 3), (300, 64)])
+def test_planned_increments_equal_per_step_bit_for_bit(dtype, shape, monkeypatch):
+    """The increments of a plan (one vectorised call per block, summed level by level over all times for small rows
+    and time by time for large ones, any block size) equal those of one ``standard`` call per step, exactly."""
+    x = torch.zeros(shape, dtype=dtype)
+    times = [1.0] + _times(12, 3) + [0.5, 2.0**-7, 1e-3, 0.0]
+    times = sorted(set(times), reverse=True)
+    mids = [0.5 * (a + b) for a, b in zip(times[:6], times[1:7])]
+    pairs = _pairs_of(times, mids) + [(times[2], times[2])]  # a zero-length step gives zeros
+    one_by_one = RowNoise(4, shape[0]).path(1.0)
+    ref = torch.stack([one_by_one.standard(x, t, s) for t, s in pairs])
+    assert ref.dtype == dtype and torch.equal(ref[-1], torch.zeros_like(x))
+    for small, plan_bytes in ((BrownianPath.SMALL, BrownianPath.PLAN_BYTES), (0, BrownianPath.PLAN_BYTES), (1 << 30, 1)):
+        monkeypatch.setattr(BrownianPath, "SMALL", small)
+        monkeypatch.setattr(BrownianPath, "PLAN_BYTES", plan_bytes)
+        path = RowNoise(4, shape[0]).path(1.0)
+        assert torch.equal(path.increments(x, pairs), ref)
+        plan = RowNoise(4, shape[0]).path(1.0).plan(x, pairs)
+        assert torch.equal(torch.stack([plan.get(x, t, s) for t, s in pairs]), ref)
+        assert plan.get(x, 0.7, 0.6) is None and plan.get(x[:, :1], *pairs[0]) is None  # not planned: ask the path
+
+
+def test_planned_increments_see_the_finer_grids_path_and_rows_alone():
+    """A coarse grid's planned increments are those of the path sampled on a finer grid (same W at shared times),
+    and a shard of rows planned alone gets the full batch's values."""
+    x = torch.zeros(40, 3)
+    coarse = [1.0] + _times(6, 7) + [1e-3]
+    fine = sorted(set(coarse) | set(_times(200, 8)), reverse=True)
+    W = RowNoise(2, 40).path(1.0)(x, fine)
+    pairs = _pairs_of(coarse)
+    planned = RowNoise(2, 40).path(1.0).plan(x, pairs)
+    for t, s in pairs:
+        scale = torch.tensor(1.0 / math.sqrt(t - s), dtype=torch.float64).float()
+        expect = (W[fine.index(t)] - W[fine.index(s)]) * scale
+        assert torch.equal(planned.get(x, t, s), expect)
+    shard = RowNoise(2, 9, row_offset=13).path(1.0).increments(x[13:22], pairs)
+    assert torch.equal(shard, RowNoise(2, 40).path(1.0).increments(x, pairs)[:, 13:22])
+
+
+def test_every_path_noise_sampler_plans_its_noise_and_gives_the_per_step_values(monkeypatch):
+    """Walk the registry: each stochastic sampler gives the same sample whether its path increments are planned
+    (drawn a block at a time) or drawn one step at a time; one that plans asks the path for nothing it did not
+    plan (no per-step fallback)."""
+    import sdekit
+    from sdekit.solvers import available, base
+    from sdekit.solvers.registry import get
+
+    sde = sdekit.VPSDE()
+    gm = sdekit.GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), 0.2)
+    model = gm.model(sde)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    calls = {"standard": 0}
+    standard = BrownianPath.standard
+
+    def counting(self, *a):
+        calls["standard"] += 1
+        return standard(self, *a)
+
+    monkeypatch.setattr(BrownianPath, "standard", counting)
+    planners = []
+    for name in available():
+        if not get(name).stochastic or name == "torchsde":
+            continue
+        calls["standard"] = 0
+        planned = sdekit.sample(model, x, name, 5, generator=3).x
+        fallback = calls["standard"]
+        with monkeypatch.context() as m:
+            m.setattr(base.Evaluator, "plan_path_noise", lambda self, x, pairs: None)
+            calls["standard"] = 0
+            per_step = sdekit.sample(model, x, name, 5, generator=3).x
+        assert torch.equal(planned, per_step), name
+        if calls["standard"]:  # the sampler follows the path: the plan must have served every step
+            planners.append(name)
+            assert fallback == 0, (name, fallback)
+    assert {"euler_ancestral", "dpmpp_sde", "dpmpp_3m_sde", "sa_solver", "er_sde_3", "seeds_3",
+            "euler_maruyama"} <= set(planners)

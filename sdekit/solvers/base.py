@@ -127,6 +127,7 @@ class Evaluator:
         self.stats: dict = {}  # solver-specific numbers reported in Solution.stats
         self.solver = ""  # the registry name of the solver running (set by the registry; named in refusals)
         self._defined: dict = {}  # (t, kind) -> None or why the model cannot give kind at t
+        self._plan = None  # the solve's planned path increments (``plan_path_noise``)
 
     # -- model -----------------------------------------------------------------------------
     def require(self, kind: str, times) -> None:
@@ -198,7 +199,23 @@ class Evaluator:
         fresh per-call draw instead (``randn_like``: one Gaussian per entry, but a new path for every grid)."""
         if not self.path:
             return self.randn_like(x)
-        return self._noise().path(self.sde.T).standard(x, float(t), float(s))
+        t, s = float(t), float(s)
+        if self._plan is not None:
+            z = self._plan.get(x, t, s)
+            if z is not None:
+                return z
+        return self._noise().path(self.sde.T).standard(x, t, s)
+
+    def plan_path_noise(self, x: Tensor, pairs) -> None:
+        """Declare the (t, s) pairs whose ``path_noise`` the solve will ask for, in order (a list of pairs, or a grid
+        tensor ts for its steps (ts[i], ts[i + 1])): their increments are then drawn a block of pairs at a time in
+        one vectorised call (``sdekit.noise.PathPlan``), with the same values as one call per step. Nothing to do
+        for per-call noise (path=False) or a source without Brownian paths."""
+        if self.path and self.noise is not None and hasattr(self.noise, "path"):
+            if isinstance(pairs, Tensor):
+                times = pairs.tolist()
+                pairs = list(zip(times[:-1], times[1:]))
+            self._plan = self.noise.path(self.sde.T).plan(x, pairs)
 
     def brownian(self, x: Tensor, ts) -> Tensor:
         """W at time(s) ts of the rows' Brownian paths (shape x.shape, or (len(ts), *x.shape) for a list)."""

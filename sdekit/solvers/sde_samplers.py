@@ -148,6 +148,8 @@ def _ancestral(ev: Evaluator, x: Tensor, ts: Tensor, eta, s_noise, name: str, de
     eta, s_noise = _noise_options(ev, eta, s_noise)
     _check_grid(ev, ts)
     sch = Schedule(ev.sde, ts)
+    if eta > 0:
+        ev.plan_path_noise(x, ts)
     for i in range(len(ts) - 1):
         a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
         s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
@@ -202,7 +204,15 @@ def dpmpp_sde(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_noise
     _check_grid(ev, ts)
     sch = Schedule(ev.sde, ts)
     fac = 1.0 / (2.0 * r)
-    for i in range(len(ts) - 1):
+    n = len(ts) - 1
+    # the stage times of every step at once (one t_from_log_snr call), and the path increments the steps will use
+    inner = [i for i in range(n) if sch.alpha[i] != 0.0]
+    mids = dict(zip(inner, sch.at_ls([sch.l[i] + r * (sch.l[i + 1] - sch.l[i]) for i in inner]))) if inner else {}
+    if eta > 0:
+        times = ts.tolist()
+        ev.plan_path_noise(x, [p for i in range(n) for p in
+                               ([(times[i], mids[i][0])] if i in mids else []) + [(times[i], times[i + 1])]])
+    for i in range(n):
         a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
         s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
         x0 = ev.x0(x, ts[i])
@@ -215,8 +225,7 @@ def dpmpp_sde(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_noise
             yield x
             continue
         y = x / a_t
-        h = sch.l[i + 1] - sch.l[i]
-        tm, am, sm = sch.at_l(sch.l[i] + r * h)
+        tm, am, sm = mids[i]
         d1, u1 = ancestral_split(s_t, sm / am, eta)
         y2 = (d1 / s_t) * y + (1.0 - d1 / s_t) * x0
         if u1 > 0:
@@ -242,6 +251,8 @@ def _multistep_sde(ev: Evaluator, x: Tensor, ts: Tensor, order: int, eta: float,
     sch = Schedule(ev.sde, ts)
     hist: List[Tuple[float, Tensor]] = []
     n = len(ts) - 1
+    if eta > 0 and s_noise > 0:
+        ev.plan_path_noise(x, ts)
     for i in range(n):
         x0 = ev.x0(x, ts[i])
         hist = (hist + [(sch.l[i], x0)])[-order:]
@@ -312,6 +323,8 @@ def sa_solver(ev: Evaluator, x: Tensor, ts: Tensor, *, tau: float = 1.0, predict
     sch = Schedule(ev.sde, ts)
     hist: List[Tuple[float, Tensor]] = []
     prev = None  # (i, x_i, z_i) of the last predictor step
+    if eta > 0:
+        ev.plan_path_noise(x, ts)
     for i in range(len(ts) - 1):
         x0 = ev.x0(x, ts[i])
         if prev is not None and c > 1:  # correct the step that led here, using x0 at the predicted state

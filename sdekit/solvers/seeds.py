@@ -64,9 +64,10 @@ def _real(name: str, solver: str, value, lo: float, hi: float, lo_open: bool = F
 
 
 def seeds_step(ev: Evaluator, x: Tensor, sch: Schedule, i: int, cs: List[float], eta: float, s_noise: float,
-               midpoint: bool) -> Tensor:
+               midpoint: bool, stages: Optional[list] = None) -> Tensor:
     """One SEEDS step i with stages at fractions ``cs`` of h (module docstring): len(cs) + 1 network calls.
-    ``midpoint``: the last update's two-point weights are SEEDS-2's "2a" ones instead of the kernel's."""
+    ``midpoint``: the last update's two-point weights are SEEDS-2's "2a" ones instead of the kernel's. ``stages``:
+    the stages' [(t, alpha, sigma)] if already known (``_stage_times``)."""
     ts = sch.ts
     t, s = ts[i], ts[i + 1]
     a_s, sig_t, sig_s = sch.alpha[i + 1], sch.sigma[i], sch.sigma[i + 1]
@@ -74,7 +75,10 @@ def seeds_step(ev: Evaluator, x: Tensor, sch: Schedule, i: int, cs: List[float],
     if sch.alpha[i] == 0.0:  # from pure noise: every stage sits at t = T (module docstring)
         cs = []
     h = sch.h(i)
-    stages = sch.at_ls([sch.mid(i, c) for c in cs]) if cs else []
+    if not cs:
+        stages = []
+    elif stages is None:
+        stages = sch.at_ls([sch.mid(i, c) for c in cs])
     # nodes of the step: (t, alpha, sigma, fraction) for t, the stages and s
     nodes = [(t, sch.alpha[i], sig_t, 0.0)] + [(tj, aj, sj, c) for (tj, aj, sj), c in zip(stages, cs)] \
         + [(s, a_s, sig_s, 1.0)]
@@ -130,9 +134,26 @@ def _seeds(ev: Evaluator, x: Tensor, ts: Tensor, order: int, eta, s_noise, r: fl
     if float(ts[-1]) > float(ts[0]):
         raise SolverError(f"{name} samples the reverse SDE; an inversion (increasing ts) needs a deterministic solver")
     sch = Schedule(ev.sde, ts)
+    stages = _stage_times(sch, cs)
+    if eta > 0 and s_noise > 0:  # the path increments every step will use, in order: t -> stages -> s
+        times = ts.tolist()
+        nodes = [[times[i]] + [st[0] for st in stages[i]] + [times[i + 1]] for i in range(len(times) - 1)]
+        ev.plan_path_noise(x, [(ns[j - 1], ns[j]) for ns in nodes for j in range(1, len(ns))])
     for i in range(len(ts) - 1):
-        x = seeds_step(ev, x, sch, i, cs, eta, s_noise, order == 2 and solver_type == "midpoint")
+        x = seeds_step(ev, x, sch, i, cs, eta, s_noise, order == 2 and solver_type == "midpoint", stages[i])
         yield x
+
+
+def _stage_times(sch: Schedule, cs: List[float]) -> list:
+    """Per step, the stages' [(t, alpha, sigma)] at fractions cs of its log-SNR step (none from alpha = 0), all in
+    one ``Schedule.at_ls`` call."""
+    n = len(sch.ts) - 1
+    inner = [i for i in range(n) if sch.alpha[i] != 0.0 and cs]
+    flat = sch.at_ls([sch.mid(i, c) for i in inner for c in cs]) if inner else []
+    out: list = [[] for _ in range(n)]
+    for k, i in enumerate(inner):
+        out[i] = flat[k * len(cs):(k + 1) * len(cs)]
+    return out
 
 
 @register("seeds_1", order=1, nfe_per_step=1, stochastic=True, family="sde")

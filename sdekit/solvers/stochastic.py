@@ -43,6 +43,8 @@ def euler_maruyama(ev: Evaluator, x, ts, *, eta: float = 1.0, noise_last: bool =
     eta >= 0 (eta = 0: Euler on the probability-flow ODE). Not from alpha = 0 (f and g are infinite there)."""
     eta = option(ev, "eta", eta, 0.0)
     _checks(ev, ts, noise_last)
+    if eta > 0:
+        ev.plan_path_noise(x, ts if noise_last else ts[:-1])
     n = len(ts) - 1
     for i in range(n):
         h = float(ts[i + 1] - ts[i])
@@ -70,6 +72,7 @@ def _reverse_diffusion_mean(ev: Evaluator, x, t, s):
 def reverse_diffusion(ev: Evaluator, x, ts, *, noise_last: bool = False):
     """Reverse-diffusion predictor: x_s = (2 - a) x_t + b^2 score(x_t, t) + b z."""
     _checks(ev, ts, noise_last)
+    ev.plan_path_noise(x, ts if noise_last else ts[:-1])
     n = len(ts) - 1
     for i in range(n):
         mean, std = _reverse_diffusion_mean(ev, x, ts[i], ts[i + 1])
@@ -112,6 +115,7 @@ def pc(ev: Evaluator, x, ts, *, snr: float = 0.16, n_corrector: int = 1, step_ru
     if step_rule not in ("sigma", "norm"):
         raise refuse(ev, f"needs step_rule 'sigma' or 'norm'; got {step_rule!r}")
     _checks(ev, ts, noise_last)
+    ev.plan_path_noise(x, ts if noise_last else ts[:-1])
     n = len(ts) - 1
     for i in range(n):
         for _ in range(n_corrector):
