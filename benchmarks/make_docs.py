@@ -235,6 +235,25 @@ def overhead(results: Results) -> dict[str, Any]:
         ["solver", "sdekit us/step", "k-diffusion us/step", "ratio", "goal met"], rows)}
 
 
+def overhead_path_noise(results: Results) -> dict[str, Any]:
+    data = results("overhead_path_noise.json")
+    before = {(r["solver"], r["batch"], r["noise"]): r for r in data["before"]["rows"]}
+    now = {(r["solver"], r["batch"], r["noise"]): r for r in data["rows"]}
+    batches = sorted({r["batch"] for r in data["rows"]})
+    rows = []
+    for solver in data["solvers"]:
+        cells = []
+        for b in batches:
+            old, path = before.get((solver, b, "path")), now[(solver, b, "path")]
+            cells += [f"{old['ratio']:.2f}" if old else "", f"{path['ratio']:.2f} "
+                      f"[{path['ratio_iqr'][0]:.2f}, {path['ratio_iqr'][1]:.2f}]",
+                      f"{now[(solver, b, 'step')]['ratio']:.2f}", f"{now[(solver, b, 'floor')]['ratio']:.2f}"]
+        rows.append([f"`{solver}`", *cells])
+    header = ["sampler"] + [f"{h} (batch {b})" for b in batches for h in ("before", "path [IQR]", "step", "floor")]
+    met = sum(bool(v["goal_met"]) for v in data["verdict"].values())
+    return {"pathnoise.table": table(header, rows), "pathnoise.met": f"{met} of {len(data['verdict'])}"}
+
+
 # ---------------------------------------------------------------- likelihood on mixtures
 
 def _lik_table(rows: list[dict]) -> str:
@@ -568,7 +587,7 @@ def learned_solver(results: Results) -> dict[str, Any]:
 
 
 SECTIONS: list[Callable[[Results], dict[str, Any]]] = [
-    accuracy, quick_runs, overhead, likelihood, likelihood_digits, transcripts, stochastic, stochastic_quick, strong_order,
+    accuracy, quick_runs, overhead, overhead_path_noise, likelihood, likelihood_digits, transcripts, stochastic, stochastic_quick, strong_order,
     flow_matching, digits, distributed, sample_memory, schedules, learned_solver,
 ]
 
