@@ -62,7 +62,8 @@ def _as_time(t) -> Tensor:
 
 
 def _is_scalar(t) -> bool:
-    return isinstance(t, (float, int)) or (isinstance(t, Tensor) and t.ndim == 0)
+    """A time for the float fast paths; a 0-d tensor that requires grad takes the tensor paths (keeps its graph)."""
+    return isinstance(t, (float, int)) or (isinstance(t, Tensor) and t.ndim == 0 and not t.requires_grad)
 
 
 def _tolerance(t) -> float:

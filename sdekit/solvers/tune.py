@@ -84,7 +84,7 @@ class TunedGrid:
     candidate and of the start grid on each draw (the fresh draw, a third independent one, only reports: nothing is
     chosen on it); seed: the calibration draw's seed (the validation and fresh draws' are derived from it);
     method: "powell", "gradient" or "start"; backward: backward passes through the solver (gradient only);
-    seconds: wall time of the tuning."""
+    seconds: wall time of the tuning; ref_nfe: the part of ``nfe`` spent on the three reference solves."""
 
     ts: Tensor
     solver: str
@@ -101,6 +101,7 @@ class TunedGrid:
     method: str = "powell"
     backward: int = 0
     seconds: float = 0.0
+    ref_nfe: int = 0
 
 
 def _score(e: Tensor, objective: str) -> float:
@@ -123,7 +124,7 @@ class _Problem:
                  t_start: float, t_end: float):
         self.model, self.solver, self.x_T, self.options = model, solver, x_T, options
         ref = sample(model, x_T, "rk4", ref_steps, grid="logsnr", t_start=t_start, t_end=t_end)
-        self.x_ref, self.nfe = ref.x, ref.nfe
+        self.x_ref, self.nfe, self.ref_nfe = ref.x, ref.nfe, ref.nfe
 
     def errors(self, ts: Tensor) -> Tensor:
         try:
@@ -290,11 +291,12 @@ class GridParams:
         t_low = sde.eps if self.zero_end else t_end
         self.lam0, self.lam1 = _window(sde, starts, t_start, t_low, self.noise_start)
 
-    def p_of(self, ts: Tensor) -> np.ndarray:
-        """The parameters of a grid that starts at t_start."""
-        theta = _theta_of(_z_of(self.sde, ts, self.lam0, self.lam1, self.noise_start, self.zero_end),
+    def p_of(self, ts: Tensor, phi: float = 0.0) -> np.ndarray:
+        """The parameters of a grid that starts at ``t_of(phi)``."""
+        lam0 = self.lam0 + phi * (self.lam1 - self.lam0)
+        theta = _theta_of(_z_of(self.sde, ts, lam0, self.lam1, self.noise_start, self.zero_end),
                           self.noise_start, self.zero_end)
-        return np.concatenate([[0.0], theta]) if self.free_start else theta
+        return np.concatenate([[phi], theta]) if self.free_start else theta
 
     def t_of(self, phi: float) -> float:
         """The start time at phi."""
@@ -302,6 +304,12 @@ class GridParams:
             return self.t_start
         lam = torch.tensor([self.lam0 + phi * (self.lam1 - self.lam0)], dtype=torch.float64)
         return float(self.sde.t_from_log_snr(lam))
+
+    def phi_of(self, ts: Tensor) -> float:
+        """phi of a grid's start (0 at t_start)."""
+        if float(ts[0]) == self.t_start:
+            return 0.0
+        return (float(self.sde.log_snr(ts[0])) - self.lam0) / (self.lam1 - self.lam0)
 
     def ts(self, p: np.ndarray) -> Tensor:
         if not self.free_start:
@@ -372,19 +380,27 @@ def _powell(s: Setup) -> Candidate:
 
 
 def _gradient(s: Setup) -> Candidate:
-    """Adam through the solver (``grad_grid.fit``) for ``max_evals`` updates."""
+    """Adam through the solver (``grad_grid.fit``) for ``max_evals`` updates; with free_start from the start that
+    ``_start`` finds for the start grid (a one-parameter search first: the start's landscape has local minima)."""
     from . import grad_grid
 
     if s.max_evals == 0:
         return Candidate(s.start_ts, 0)
-    res = grad_grid.fit(s.model, s.solver, s.options, s.cal.x_T, s.cal.x_ref, s.params, s.params.p_of(s.start_ts),
-                        s.max_evals, s.lr)
+    ts0, evals, score0 = s.start_ts, 0, s.start_score
+    if s.params.free_start:
+        first = _start(s, iters=10)
+        ts0, evals = first.ts, first.evals
+        score0 = _score(s.cal.errors(ts0), s.objective)
+    phi = s.params.phi_of(ts0) if s.params.free_start else 0.0
+    res = grad_grid.fit(s.model, s.solver, s.options, s.cal.x_T, s.cal.x_ref, s.params, s.params.p_of(ts0, phi),
+                        s.max_evals, s.lr, select=lambda e: _score(e, s.objective))
     s.cal.nfe += res.nfe
-    ok = res.loss < res.loss0
-    return Candidate(res.ts if ok else s.start_ts, res.iters, res.backward)
+    best = res.ts if res.loss < score0 else ts0
+    return Candidate(best if _score(s.cal.errors(best), s.objective) < s.start_score else s.start_ts,
+                     evals + res.iters, res.backward)
 
 
-def _start(s: Setup) -> Candidate:
+def _start(s: Setup, iters: Optional[int] = None) -> Candidate:
     """The start grid's shape kept, its start time alone chosen (``grad_grid.start_search``)."""
     from . import grad_grid
 
@@ -394,7 +410,8 @@ def _start(s: Setup) -> Candidate:
     def score(ts: Tensor) -> float:
         return _score(s.cal.errors(ts), s.objective)
 
-    phi, value, evals = grad_grid.start_search(score, build, iters=max(0, s.max_evals - 3))
+    iters = max(0, s.max_evals - 3) if iters is None else iters
+    phi, value, evals = grad_grid.start_search(score, build, iters=iters)
     return Candidate(build(phi) if value < s.start_score else s.start_ts, evals)
 
 
@@ -551,6 +568,7 @@ def _tune(model, solver, steps, shape, n, seed, t_start, t_end, objective, max_e
         ts=cand.ts if improved else starts[start], solver=solver, steps=steps, start_grid=start,
         improved=improved, nfe=sum(d.nfe for d in draws), evals=cand.evals + len(starts), objective=objective,
         calibration=cal_e, validation=val_e, seed=seed, fresh=fresh_e, method=method, backward=cand.backward,
+        ref_nfe=sum(d.ref_nfe for d in draws),
     )
 
 
