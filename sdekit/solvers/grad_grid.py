@@ -224,7 +224,9 @@ def fit(model: ScoreModel, solver: str, options: dict, x_T: Tensor, x_ref: Tenso
         J = _jacobian(flat, p, v0)
         leaf = torch.zeros(len(p), dtype=torch.float64, requires_grad=True)
         with torch.enable_grad():
-            tp = Tape.unflat(v0 + J @ leaf, K)  # value v0, gradient J
+            lin = v0 + J @ leaf  # value v0, gradient J
+            fixed = J.abs().sum(1).eq(0)  # entries the grid cannot move (a start at alpha = 0): no gradient asked
+            tp = Tape.unflat(torch.where(fixed, v0, lin), K)
             e = per_row_error(replay(model, x_T, tp), x_ref)
             loss = robust_loss(e)
             nfe += K

@@ -428,11 +428,13 @@ DEFAULT_LR = {"gradient": 0.1}
 
 def _pick_method(method: str, model: ScoreModel, solver: str, shape, options, dtype, device) -> str:
     """"auto": gradient where the network is differentiable in x and t and the solver has a tape (both checked
-    on two rows), else Powell. An explicit "gradient" that cannot run is refused."""
+    on two rows) and the path has alpha(T) > 0, else Powell. An explicit "gradient" that cannot run is refused."""
     if method not in ("auto", *METHODS):
         raise ValueError(f"unknown method {method!r}; accepted: auto, {', '.join(METHODS)}")
     if method not in ("auto", "gradient"):
         return method
+    if method == "auto" and float(model.sde.alpha(model.sde.T)) == 0.0:
+        return "powell"  # measured: from pure noise (flow paths) gradient steps barely move the grid; Powell does
     from . import grad_grid
 
     why = None
@@ -513,12 +515,9 @@ def tune(
     net_dtype, device = _net_dtype_device(model)
     dtype = dtype or (net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32)
     assert shape is not None  # _check refuses None
-    method = _pick_method(method, model, solver, shape, solver_options, dtype, device)
-    free_start = free_start or method == "start"
-    max_evals = DEFAULT_BUDGET[method](int(steps)) if max_evals is None else int(max_evals)
-    lr = float(lr if lr is not None else DEFAULT_LR.get(method, 0.0))
     seed = _seed_of(generator)
     fingerprint = model_fingerprint(model) if cache else None
+    # keyed by the method asked for: "auto" picks the same method for the same model content and solver
     key = (fingerprint, solver, int(steps), shape, int(n), seed, t_start, t_end, objective, max_evals,
            int(ref_steps), tuple(start_grids), str(dtype), tuple(sorted(solver_options.items())), method,
            free_start, lr)
@@ -526,6 +525,10 @@ def tune(
     if key in cached:
         return copy.deepcopy(cached[key])
     t0 = time.perf_counter()
+    method = _pick_method(method, model, solver, shape, solver_options, dtype, device)
+    free_start = free_start or method == "start"
+    max_evals = DEFAULT_BUDGET[method](int(steps)) if max_evals is None else int(max_evals)
+    lr = float(lr if lr is not None else DEFAULT_LR.get(method, 0.0))
     with torch.no_grad():
         result = _tune(model, solver, int(steps), shape, int(n), seed, t_start, t_end, objective, max_evals,
                        ref_steps, start_grids, dtype, solver_options, method, free_start, lr)
