@@ -109,7 +109,7 @@ def test_gradient_tuning_beats_its_start_grid_on_held_out_draws(gm2, solver):
     """NFE 5: the gradient-tuned grid wins on its validation draw, on the fresh draw it reports, and on exact p_T
     draws it never saw (scored against the exact mixture's converged solve); it stays monotone in [eps, T]."""
     model = gm2.model(SDE)
-    tg = tune(model, solver, 5, shape=(2,), n=128, generator=1, method="gradient", max_evals=40, ref_steps=150,
+    tg = tune(model, solver, 5, shape=(2,), n=96, generator=1, method="gradient", max_evals=30, ref_steps=100,
               cache=False)
     assert tg.method == "gradient" and tg.improved and tg.backward > 0
     ts = tg.ts

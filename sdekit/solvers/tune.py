@@ -20,7 +20,7 @@ Parameterisation. The grid lives in the normalised log-SNR z = (lambda(t) - lamb
 (lambda(t_end) - lambda(t_start)) in [0, 1]: z_i = sum_{j<i} w_j / sum_j w_j with w_j = exp(theta_j), so
 every theta is a valid, strictly monotone grid with both ends fixed (N steps, N - 1 free shapes).
 theta starts at the best of the named grids (uniform, quadratic, logsnr, karras) on the calibration
-draw and is refined by Powell's derivative-free method (scipy) within ``max_evals`` solves.
+draw and is refined by the method asked for (below).
 
 A start at pure noise (alpha(t_start) = 0, lambda = -inf: the flow-matching paths at T) has no finite z. There
 the first node stays at t_start and the other N nodes live in a finite window [lambda_w, lambda(t_end)]:
@@ -29,17 +29,35 @@ may sit anywhere in the window and every theta is again a valid grid that starts
 lambda_w = -lambda(t_end) (the named grids' mirror point t_max, ``grids.py``), lowered below every start
 grid's first interior node. A low end at sigma = 0 keeps the named grids' convention (below).
 
+Methods (``method=``; ``METHODS`` maps each name to a function of a ``Setup`` returning a ``Candidate``, and a new
+method is one entry there). "powell": Powell's derivative-free method (scipy) on theta within ``max_evals`` solves.
+"gradient": Adam on theta through the solver (``grad_grid``: LD3's idea, Tong et al. 2024), exact gradients through
+the network's inputs and the solver's coefficients, K forward calls and one backward pass per update. "start": a
+named grid's shape kept, its first time alone chosen (golden section). "auto" (default): gradient where the network
+is differentiable in x and t (checked against a difference quotient in t) and the solver is a fixed linear
+combination of its calls (every deterministic fixed-step solver here) and alpha(T) > 0; Powell otherwise. Measured
+(``benchmarks/grad_tune.py``): gradient reaches Powell's fresh-draw error or better with about a quarter of its
+network calls.
+
+The free start (``free_start=True``, implied by "start"): the grid's first time t_s <= t_start is a parameter too,
+phi in [0, PHI_MAX] with lambda(t_s) = lam0 + phi (lam1 - lam0), while x_T stays the prior draw at t_start and the
+reference still starts there: diffusers' "leading" spacing, whose first step starts below T, weighed honestly
+(the prior is then used as an approximation of the marginal at t_s).
+
 Generalisation. A second, independent prior draw of ``n`` rows (with its own reference) scores the
-tuned grid against the starting grid; the tuned grid is kept only if it wins there, so a tuned grid
-is never worse than the best named grid on fresh draws of the problem it was tuned for (up to that
-draw's noise). The cost is counted in network calls (each a batch of ``n`` rows) and returned.
+tuned grid against the starting grid; the tuned grid is kept only if it wins there on the objective and is no
+worse on the median nor on the 90th percentile, so a tuned grid is never worse than the best named grid on fresh
+draws of the problem it was tuned for (up to that draw's noise). A third draw (``TunedGrid.fresh``) only reports:
+calibration, validation and fresh errors of the candidate and of the start grid are all returned, so over-fitting
+shows. The cost is counted in network calls (each a batch of ``n`` rows; ``ref_nfe`` of them for the references),
+backward passes and seconds, and returned.
 
 Caching. A result is cached per model and settings only when the model's content can be fingerprinted: an
 ``nn.Module`` network, whose parameters and buffers are hashed (with the SDE's tensors and numbers and the
 prediction type) on every call, so a model whose weights changed (a training step, ``load_state_dict``, an
 edit through ``.data``) is tuned anew. A plain-function network is never cached (its behaviour cannot be
 fingerprinted). Every call returns its own copy: editing a returned ``TunedGrid.ts`` leaves the cache intact.
-Tuning runs under ``torch.no_grad()``.
+Tuning runs under ``torch.no_grad()``, but for the gradient method's own backward passes.
 """
 from __future__ import annotations
 
