@@ -207,11 +207,12 @@ def _net_dtype_device(model: ScoreModel):
     return torch.float64, torch.device("cpu")
 
 
-def _check(model, solver, steps, n, objective, max_evals, shape, sde, t_end):
+def _check(model, solver, steps, n, objective, max_evals, shape, sde, t_end, method="auto"):
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be a sdekit.ScoreModel; got {type(model).__name__}")
     info = get(solver)
-    if info.adaptive or (info.stochastic and info.options.get("eta", None) != 0):
+    stochastic = info.stochastic and info.options.get("eta", None) != 0
+    if info.adaptive or (stochastic and method not in STOCHASTIC_METHODS):
         raise ValueError(f"tune needs a deterministic fixed-step solver; {solver!r} is "
                          f"{'adaptive' if info.adaptive else 'stochastic'}")
     if int(steps) != steps or steps < 2:
@@ -442,6 +443,7 @@ DEFAULT_BUDGET: dict[str, Callable[[int], int]] = {
     "start": lambda steps: 23,  # golden-section solves
 }
 DEFAULT_LR = {"gradient": 0.1}
+STOCHASTIC_METHODS: set = set()  # methods that tune stochastic solvers (the others refuse them before any work)
 
 
 def _pick_method(method: str, model: ScoreModel, solver: str, shape, options, dtype, device) -> str:
@@ -525,7 +527,7 @@ def tune(
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0):
         raise ValueError(f"lr must be a finite number > 0; got {lr!r}")
     _check(model, solver, steps, n, objective, max_evals if max_evals is not None else 0, shape,
-           getattr(model, "sde", None), t_end)
+           getattr(model, "sde", None), t_end, method)
     _check_more(generator, ref_steps, start_grids, dtype)
     sde = model.sde
     t_start = float(sde.T if t_start is None else t_start)
