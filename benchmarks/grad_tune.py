@@ -33,7 +33,7 @@ import sdekit  # noqa: E402
 from sdekit.metrics import per_row_error  # noqa: E402
 from sdekit.solvers.tune import START_GRIDS, tune  # noqa: E402
 
-from report import write_report  # noqa: E402
+from report import cached_json, write_report  # noqa: E402
 
 SDE = sdekit.VPSDE()
 KINDS = {"powell": dict(method="powell"), "gradient": dict(method="gradient"),
@@ -65,6 +65,19 @@ def cell(model, x_T, x_ref, dim: int, nfe: int, seed: int, solver: str, n: int, 
                               "backward": tg.backward, "evals": tg.evals, "seconds": tg.seconds},
                      "validation": tg.validation, "fresh_draw": tg.fresh}
     return out
+
+
+def run_cells(dim: int, seed: int, nfes, rows: int, args) -> dict:
+    model = mixture(dim, seed).model(SDE)
+    x_T = SDE.prior_sample((rows, dim), generator=torch.Generator().manual_seed(10_000 + seed)).double()
+    x_ref = sdekit.sample(model, x_T, "rk4", 1000, grid="logsnr").x
+    cells = {}
+    for nfe in nfes:
+        cells[str(nfe)] = c = cell(model, x_T, x_ref, dim, nfe, seed, args.solver, args.n, args.ref_steps)
+        print(f"dim {dim} seed {seed} nfe {nfe}: " + ", ".join(
+            f"{k} {c[k]['median']:.3g}/{c[k]['p90']:.3g}" for k in ("untuned", *KINDS)) + "  cost " + ", ".join(
+            f"{k} {c[k]['cost']['tuning_nfe']} calls {c[k]['cost']['seconds']:.1f}s" for k in KINDS), flush=True)
+    return cells
 
 
 def plot(results: dict, nfes, path: str) -> None:
@@ -110,6 +123,8 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--ref-steps", type=int, default=200)
     p.add_argument("--name", default=None)
+    p.add_argument("--parts", default=None, help="a folder keeping each (dim, seed)'s cells, so runs can be split "
+                                                 "across processes (--dims d --seeds s) and merged by a last run")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -119,15 +134,8 @@ def main(argv=None) -> None:
     runs = []
     for dim in args.dims:
         for seed in seeds:
-            model = mixture(dim, seed).model(SDE)
-            x_T = SDE.prior_sample((rows, dim), generator=torch.Generator().manual_seed(10_000 + seed)).double()
-            x_ref = sdekit.sample(model, x_T, "rk4", 1000, grid="logsnr").x
-            cells = {}
-            for nfe in nfes:
-                cells[str(nfe)] = c = cell(model, x_T, x_ref, dim, nfe, seed, args.solver, args.n, args.ref_steps)
-                print(f"dim {dim} seed {seed} nfe {nfe}: " + ", ".join(
-                    f"{k} {c[k]['median']:.3g}/{c[k]['p90']:.3g}" for k in ("untuned", *KINDS)) + "  cost " + ", ".join(
-                    f"{k} {c[k]['cost']['tuning_nfe']} calls {c[k]['cost']['seconds']:.1f}s" for k in KINDS), flush=True)
+            part = None if args.parts is None else os.path.join(args.parts, f"{dim}_{seed}_{'_'.join(map(str, nfes))}.json")
+            cells = cached_json(part, lambda d=dim, s=seed: run_cells(d, s, nfes, rows, args))
             runs.append({"dim": dim, "seed": seed, "cells": cells})
     summary = {}
     for dim in args.dims:
