@@ -17,7 +17,7 @@ Gradient. The grid is ``tune``'s parameter vector theta (log-increments in norma
 strictly monotone grid), plus, with ``free_start``, phi in [0, PHI_MAX]: the start's normalised log-SNR,
 lambda(t_s) = lambda(t_start) + phi (lambda(t_end) - lambda(t_start)), phi = 0 being t_start itself. The loss
 reaches (theta, phi) through the network's time inputs tau and through the coefficients (S, f). Both are smooth
-functions of the grid computed in float64 Python, so their Jacobian is taken by central differences of the tape
+functions of the grid computed in float64 Python, so their Jacobian is taken by forward differences of the tape
 (P + 1 tapes of a K-call solve on (K + 1)-wide rows: no network call), and autograd does the rest through the
 network: per update K forward calls on the n calibration rows and one backward pass.
 
@@ -55,7 +55,7 @@ Tensor = torch.Tensor
 
 __all__ = ["Tape", "tape", "replay", "check_tape", "robust_loss", "is_differentiable", "fit", "start_search"]
 
-_FD = 1e-6  # central-difference step in theta / phi
+_FD = 1e-6  # forward-difference step in theta / phi
 
 
 # -- the tape ---------------------------------------------------------------------------------------------
