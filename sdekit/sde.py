@@ -69,8 +69,9 @@ def as_time(t) -> Tensor:
 
 
 def is_scalar_time(t) -> bool:
-    """A single time (a Python number or a 0-d tensor): the solvers' memoised fast path."""
-    return isinstance(t, (float, int)) or (isinstance(t, Tensor) and t.ndim == 0)
+    """A single time for the memoised float fast paths (a Python number or a 0-d tensor); a 0-d tensor that requires
+    grad takes the tensor paths, which keep its graph."""
+    return isinstance(t, (float, int)) or (isinstance(t, Tensor) and t.ndim == 0 and not t.requires_grad)
 
 
 def _tolerance(t) -> float:
