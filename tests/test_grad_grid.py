@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import sdekit
 from sdekit.metrics import per_row_error
 from sdekit.solvers import grad_grid as gg
-from sdekit.solvers import tune as tune_mod
+from sdekit.solvers import grid_params
 from sdekit.solvers.base import NotApplicableError
 from sdekit.solvers.grids import make_grid
 from sdekit.solvers.registry import SOLVERS
@@ -69,7 +69,7 @@ def test_the_gradient_through_the_tape_is_the_gradient_of_the_solve():
     x = SDE.prior_sample((32, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x_ref = sdekit.sample(model, x, "rk4", 100, grid="logsnr").x
     ts0 = make_grid(SDE, 5, "quadratic")
-    params = tune_mod.GridParams(SDE, 5, SDE.T, SDE.eps, True, [ts0])
+    params = grid_params.GridParams(SDE, 5, SDE.T, SDE.eps, True, [ts0])
     p = params.p_of(ts0) + np.array([0.05, 0.1, -0.2, 0.0, 0.1, 0.0])
 
     def loss(q):
@@ -88,11 +88,11 @@ def test_the_gradient_through_the_tape_is_the_gradient_of_the_solve():
     assert np.allclose(g, fd, rtol=1e-4, atol=1e-5), (g, fd)
 
 
-@given(st.floats(0.0, tune_mod.PHI_MAX), st.lists(st.floats(-6, 6), min_size=3, max_size=12), st.booleans())
+@given(st.floats(0.0, grid_params.PHI_MAX), st.lists(st.floats(-6, 6), min_size=3, max_size=12), st.booleans())
 def test_any_free_start_parameter_is_a_monotone_grid_inside_eps_T(phi, theta, zero_end):
     t_end = 0.0 if zero_end else SDE.eps
     steps = len(theta)  # (a grid to sigma = 0 has one increment more: the gap from its last node to the window's top)
-    params = tune_mod.GridParams(SDE, steps, SDE.T, t_end, True, [make_grid(SDE, steps, "logsnr", t_end=t_end)])
+    params = grid_params.GridParams(SDE, steps, SDE.T, t_end, True, [make_grid(SDE, steps, "logsnr", t_end=t_end)])
     ts = params.ts(np.array([phi] + theta))
     assert ts.shape == (steps + 1,) and float(ts[-1]) == t_end and bool((ts[1:] < ts[:-1]).all())
     assert float(ts[0]) <= SDE.T and (phi > 0 or float(ts[0]) == SDE.T)

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sdekit
+from sdekit.solvers import grid_params
 from sdekit.solvers import tune as tune_mod
 from sdekit.metrics import per_row_error as row_errors
 from sdekit.solvers.tune import tune, tune_grid
@@ -85,7 +86,7 @@ def test_no_optimiser_steps_gives_the_best_named_grid():
 @given(st.lists(st.floats(-6, 6), min_size=2, max_size=25))
 def test_any_parameter_vector_is_a_monotone_grid_with_pinned_ends(theta):
     lam0, lam1 = float(SDE.log_snr(SDE.T)), float(SDE.log_snr(SDE.eps))
-    ts = tune_mod._grid_of(np.array(theta), SDE, lam0, lam1, SDE.T, SDE.eps)
+    ts = grid_params.grid_of(np.array(theta), SDE, lam0, lam1, SDE.T, SDE.eps)
     assert ts.shape == (len(theta) + 1,)
     assert float(ts[0]) == SDE.T and float(ts[-1]) == SDE.eps
     assert bool((ts[1:] < ts[:-1]).all())
@@ -95,7 +96,7 @@ def test_any_parameter_vector_is_a_monotone_grid_with_pinned_ends(theta):
 def test_named_grids_round_trip_through_the_parameters(steps, grid):
     lam0, lam1 = float(SDE.log_snr(SDE.T)), float(SDE.log_snr(SDE.eps))
     ts = sdekit.solvers.grids.make_grid(SDE, steps, grid)
-    back = tune_mod._grid_of(tune_mod._theta_of(tune_mod._z_of(SDE, ts, lam0, lam1)), SDE, lam0, lam1, SDE.T, SDE.eps)
+    back = grid_params.grid_of(grid_params.theta_of(grid_params.z_of(SDE, ts, lam0, lam1)), SDE, lam0, lam1, SDE.T, SDE.eps)
     assert torch.allclose(back, ts, rtol=1e-7, atol=1e-9)
 
 
@@ -173,7 +174,7 @@ def test_any_parameter_vector_from_pure_noise_is_a_valid_grid(theta, zero_end):
     have a finite log-SNR."""
     t_end = 0.0 if zero_end else RF.eps
     lam0, lam1 = -float(RF.log_snr(RF.eps)) - 1.0, float(RF.log_snr(RF.eps))
-    ts = tune_mod._grid_of(np.array(theta), RF, lam0, lam1, RF.T, t_end, noise_start=True, free_end=zero_end)
+    ts = grid_params.grid_of(np.array(theta), RF, lam0, lam1, RF.T, t_end, noise_start=True, free_end=zero_end)
     assert ts.shape == (len(theta) + 1,)
     assert float(ts[0]) == RF.T and float(ts[-1]) == t_end
     assert bool((ts[1:] < ts[:-1]).all())
@@ -184,7 +185,7 @@ def test_any_parameter_vector_from_pure_noise_is_a_valid_grid(theta, zero_end):
 def test_named_grids_from_pure_noise_round_trip_through_the_parameters(steps, grid, zero_end):
     t_end = 0.0 if zero_end else RF.eps
     ts = sdekit.solvers.grids.make_grid(RF, steps, grid, t_end=t_end)
-    lam0, lam1 = tune_mod._window(RF, [ts], RF.T, RF.eps, True)
-    theta = tune_mod._theta_of(tune_mod._z_of(RF, ts, lam0, lam1, True, zero_end), True, zero_end)
-    back = tune_mod._grid_of(theta, RF, lam0, lam1, RF.T, t_end, True, zero_end)
+    lam0, lam1 = grid_params.window(RF, [ts], RF.T, RF.eps, True)
+    theta = grid_params.theta_of(grid_params.z_of(RF, ts, lam0, lam1, True, zero_end), True, zero_end)
+    back = grid_params.grid_of(theta, RF, lam0, lam1, RF.T, t_end, True, zero_end)
     assert torch.allclose(back, ts, rtol=1e-7, atol=1e-9)

@@ -194,7 +194,7 @@ def _check_inputs(info: SolverInfo, model, x_T, options) -> LinearSDE:
     return sde
 
 
-def _steps(info: SolverInfo, ev: Evaluator, x: Tensor, grid_ts: Tensor, jump: bool, options):
+def solver_states(info: SolverInfo, ev: Evaluator, x: Tensor, grid_ts: Tensor, jump: bool, options):
     """The states at grid_ts[1:]: the solver's on the grid without its zero-noise end, then the jump."""
     run_ts = grid_ts[:-1] if jump else grid_ts
     if len(run_ts) > 1:
@@ -221,7 +221,7 @@ def _run(info, ev, x_start, grid_ts, jump, options, progress, callback, trajecto
     n = len(times) - 1
     with tqdm(total=n, desc=info.name, disable=not progress, leave=False) as bar:
         ev.step = 0
-        for i, x in enumerate(_steps(info, ev, x_start, grid_ts, jump, options)):
+        for i, x in enumerate(solver_states(info, ev, x_start, grid_ts, jump, options)):
             t = times[i + 1]
             if check_states and not bool(torch.isfinite(x).all()):
                 raise NonFiniteError(f"the state became NaN or Inf at step {i} (t = {t:.6g}) with solver {info.name!r}")

@@ -47,9 +47,9 @@ import torch
 from ..metrics import per_row_error
 from ..parameterization import ScoreModel, convert
 from .base import Evaluator, NotApplicableError
-from .driver import _steps, sample
+from .driver import sample, solver_states
 from .registry import get
-from .tune import PHI_MAX, GridParams
+from .grid_params import PHI_MAX, GridParams
 
 Tensor = torch.Tensor
 
@@ -115,7 +115,7 @@ def tape(model: ScoreModel, solver: str, ts: Tensor, options: Optional[dict] = N
     x = x_T
     jump = float(model.sde.sigma(ts[-1])) == 0.0 and float(ts[-1]) < float(ts[0])
     with torch.no_grad():
-        for x in _steps(info, ev, x_T, ts, jump, dict(options or {})):  # noqa: B007 (the last state)
+        for x in solver_states(info, ev, x_T, ts, jump, dict(options or {})):  # noqa: B007 (the last state)
             pass
     K = ev.nfe
     if K == 0:
@@ -168,7 +168,7 @@ def is_differentiable(model: ScoreModel, shape: Sequence[int], dtype, device) ->
     return abs(float(gt.sum()) - float(fd)) <= tol * (abs(float(fd)) + 1e-3 * float(out.detach().abs().mean()) + 1e-12)
 
 
-# -- the parameters (tune.GridParams) and their Jacobian ----------------------------------------------------
+# -- the parameters (grid_params.GridParams) and their Jacobian ----------------------------------------------------
 def _jacobian(fn: Callable[[np.ndarray], Tensor], p: np.ndarray, v0: Tensor) -> Tensor:
     """d fn / d p by forward differences (error O(_FD) relative, far below what Adam needs; P tapes)."""
     cols = []

@@ -41,7 +41,7 @@ worse than its init on fresh draws (up to that draw's noise). The cost is counte
 batch of ``n`` rows, references included; every training update also back-propagates through its N calls) and
 seconds.
 
-Identity. A ``LearnedSolver`` carries the fingerprint of its model (``tune.model_fingerprint``: a hash of the network's
+Identity. A ``LearnedSolver`` carries the fingerprint of its model (``fingerprint.model_fingerprint``: a hash of the network's
 tensors, the SDE and the prediction type, plus the tensors of plain objects its modules hold: ``_identity``);
 ``sample`` and ``LearnedSolver.load`` refuse another model with ``WrongModelError``. It saves as a small
 safetensors file (ts, a, b and the facts as metadata).
@@ -68,7 +68,8 @@ from .driver import sample
 from .grids import make_grid
 from .registry import SolverInfo, get
 from ..metrics import per_row_error as row_errors
-from .tune import START_GRIDS, model_fingerprint
+from ..fingerprint import model_fingerprint
+from .tune import START_GRIDS
 
 Tensor = torch.Tensor
 
@@ -82,7 +83,7 @@ class WrongModelError(NotApplicableError):
 
 
 def _identity(model: ScoreModel) -> Optional[str]:
-    """``tune.model_fingerprint`` plus the tensors and numbers of the plain objects the network's modules hold (a
+    """``sdekit.fingerprint.model_fingerprint`` plus the tensors and numbers of the plain objects the network's modules hold (a
     mixture, a schedule), which that hash does not see today (two mixtures of one shape hash alike there)."""
     base = model_fingerprint(model)
     if base is None:

@@ -16,18 +16,9 @@ end elsewhere under any perturbation; they dominate an RMS, and a grid tuned on 
 fits those rows and not the model (measured: 0.016 RMS on the calibration rows, 0.146 on fresh ones,
 untuned 0.151). Quantiles ignore them.
 
-Parameterisation. The grid lives in the normalised log-SNR z = (lambda(t) - lambda(t_start)) /
-(lambda(t_end) - lambda(t_start)) in [0, 1]: z_i = sum_{j<i} w_j / sum_j w_j with w_j = exp(theta_j), so
-every theta is a valid, strictly monotone grid with both ends fixed (N steps, N - 1 free shapes).
-theta starts at the best of the named grids (uniform, quadratic, logsnr, karras) on the calibration
-draw and is refined by the method asked for (below).
-
-A start at pure noise (alpha(t_start) = 0, lambda = -inf: the flow-matching paths at T) has no finite z. There
-the first node stays at t_start and the other N nodes live in a finite window [lambda_w, lambda(t_end)]:
-z_i = sum_{j<=i} w_j / sum_j w_j, i = 1..N (N weights, N - 1 free shapes, z_N = 1), so the first interior node
-may sit anywhere in the window and every theta is again a valid grid that starts exactly at t_start.
-lambda_w = -lambda(t_end) (the named grids' mirror point t_max, ``grids.py``), lowered below every start
-grid's first interior node. A low end at sigma = 0 keeps the named grids' convention (below).
+Parameterisation: ``grid_params`` (theta: the log-increments of a grid in normalised log-SNR; phi: a free
+start). theta starts at the best of the named grids (uniform, quadratic, logsnr, karras) on the calibration draw
+and is refined by the method asked for (below).
 
 Methods (``method=``; ``METHODS`` maps each name to a function of a ``Setup`` returning a ``Candidate``, and a new
 method is one entry there). "powell": Powell's derivative-free method (scipy) on theta within ``max_evals`` solves.
@@ -39,10 +30,9 @@ combination of its calls (every deterministic fixed-step solver here) and alpha(
 (``benchmarks/grad_tune.py``): gradient reaches Powell's fresh-draw error or better with about a quarter of its
 network calls.
 
-The free start (``free_start=True``, implied by "start"): the grid's first time t_s <= t_start is a parameter too,
-phi in [0, PHI_MAX] with lambda(t_s) = lam0 + phi (lam1 - lam0), while x_T stays the prior draw at t_start and the
-reference still starts there: diffusers' "leading" spacing, whose first step starts below T, weighed honestly
-(the prior is then used as an approximation of the marginal at t_s).
+The free start (``free_start=True``, implied by "start"): the grid's first time t_s <= t_start is a parameter too
+(``grid_params``), while x_T stays the prior draw at t_start and the reference still starts there: diffusers'
+"leading" spacing, weighed honestly (the prior is then used as an approximation of the marginal at t_s).
 
 Generalisation. A second, independent prior draw of ``n`` rows (with its own reference) scores the
 tuned grid against the starting grid; the tuned grid is kept only if it wins there on the objective and is no
@@ -63,7 +53,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
 import numbers
 import time
@@ -78,6 +67,8 @@ from ..metrics import error_summary, per_row_error
 from ..parameterization import ScoreModel
 from .base import NotApplicableError, SolverError
 from .driver import sample
+from ..fingerprint import model_fingerprint
+from .grid_params import PHI_MAX, GridParams
 from .grids import GRIDS, make_grid
 from .registry import get
 
@@ -87,7 +78,6 @@ __all__ = ["TunedGrid", "tune", "tune_grid", "OBJECTIVES", "METHODS", "GridParam
 
 OBJECTIVES = ("balanced", "median", "p90")
 START_GRIDS = ("uniform", "quadratic", "logsnr", "karras")
-PHI_MAX = 0.35  # free_start's lowest start: 35% of the way from lambda(t_start) to lambda(t_end) in log-SNR
 _CACHE: "weakref.WeakKeyDictionary[ScoreModel, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -153,44 +143,6 @@ class _Problem:
         return per_row_error(sol.x, self.x_ref)
 
 
-def _z_of(sde, ts: Tensor, lam0: float, lam1: float, noise_start: bool = False, free_end: bool = False) -> np.ndarray:
-    """Normalised log-SNR of the nodes ``_grid_of`` places (ts without its alpha = 0 start and sigma = 0 end)."""
-    ts = ts[1 if noise_start else 0: -1 if free_end else None]
-    return ((sde.log_snr(ts) - lam0) / (lam1 - lam0)).numpy()
-
-
-def _grid_of(theta: np.ndarray, sde, lam0: float, lam1: float, t_start: float, t_end: float,
-             noise_start: bool = False, free_end: bool = False) -> Tensor:
-    """The grid of the increments w = exp(theta), z = cumsum(w)/sum(w) in the window [lam0, lam1]: t_start at
-    z = 0 (or, with ``noise_start``, at alpha = 0 before the nodes), t_end at z = 1 (or, with ``free_end``, at
-    sigma = 0 after the nodes, the last increment being the gap from the last node to the window's top)."""
-    w = np.exp(theta - theta.max())
-    z = np.cumsum(w) / w.sum()
-    z = z[:-1] if free_end else z
-    z = z if noise_start else np.concatenate([[0.0], z])
-    ts = sde.t_from_log_snr(torch.as_tensor(lam0 + z * (lam1 - lam0), dtype=torch.float64))
-    if free_end:  # no node past the window's top (t = sde.eps on a grid to sigma = 0), even by rounding
-        ts = torch.maximum(ts, sde.t_from_log_snr(torch.tensor([lam1], dtype=torch.float64)))
-    ts = torch.cat([ts.new_full((int(noise_start),), t_start), ts, ts.new_full((int(free_end),), t_end)])
-    ts[0], ts[-1] = t_start, t_end
-    return ts
-
-
-def _theta_of(z: np.ndarray, noise_start: bool = False, free_end: bool = False) -> np.ndarray:
-    """The inverse of ``_grid_of``: log-increments of [0 (with ``noise_start``), z, 1 (with ``free_end``)]."""
-    z = np.concatenate([[0.0] * noise_start, z, [1.0] * free_end])
-    return np.log(np.maximum(np.diff(z), 1e-12))
-
-
-def _window(sde, starts, t_start: float, t_low: float, noise_start: bool):
-    """(lam0, lam1): the log-SNR range the free nodes are normalised to (module docstring)."""
-    lam1 = float(sde.log_snr(t_low))
-    if not noise_start:
-        return float(sde.log_snr(t_start)), lam1
-    firsts = [float(sde.log_snr(ts[1])) for ts in starts]
-    return min([-abs(lam1)] + [v - 1.0 for v in firsts]), lam1
-
-
 def _strictly_decreasing(ts: Tensor) -> bool:
     return bool((ts[1:] < ts[:-1]).all())
 
@@ -198,13 +150,6 @@ def _strictly_decreasing(ts: Tensor) -> bool:
 def _prior_draw(model: ScoreModel, shape, n: int, seed: int, dtype, device) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     return model.sde.prior_sample((n, *shape), generator=g).to(dtype=dtype, device=device)
-
-
-def _net_dtype_device(model: ScoreModel):
-    params = list(model.net.parameters()) if isinstance(model.net, torch.nn.Module) else []
-    if params:
-        return params[0].dtype, params[0].device
-    return torch.float64, torch.device("cpu")
 
 
 def _check(model, solver, steps, n, objective, max_evals, shape, sde, t_end, method="auto"):
@@ -250,99 +195,6 @@ def _seed_of(generator) -> int:
     if generator is None:  # a fresh seed, drawn from torch's global generator (so torch.manual_seed fixes it)
         return int(torch.randint(0, 2**31 - 1, (1,)).item())
     return int(generator) if not isinstance(generator, torch.Generator) else int(generator.initial_seed())
-
-
-def model_fingerprint(model: ScoreModel) -> Optional[str]:
-    """A hash of what the model computes: the network's parameters and buffers, the tensors and numbers held
-    by its modules and by the objects they hold (a mixture, a schedule), the SDE's, and the prediction type;
-    None for a network that is not an ``nn.Module``."""
-    if not isinstance(model.net, torch.nn.Module):
-        return None
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((type(model).__name__, model.prediction, getattr(model, "ratio", None),
-                   getattr(model, "max_value", None))).encode())
-    for name, t in model.net.state_dict(keep_vars=True).items():
-        _hash_tensor(h, name, t)
-    for mod in model.net.modules():
-        _hash_fields(h, mod, depth=1)
-    _hash_fields(h, model.sde, depth=1)
-    return h.hexdigest()
-
-
-def _hash_fields(h, obj, depth: int) -> None:
-    """Hash the tensors among ``obj``'s attributes, its numbers too unless it is a module (whose counters and
-    flags are not what it computes), and (``depth`` levels down) those of the plain objects it holds (a mixture,
-    a schedule); modules' parameters and buffers are in the state dict, submodules are walked apart."""
-    h.update(type(obj).__name__.encode())
-    module = isinstance(obj, torch.nn.Module)
-    for name, v in sorted(vars(obj).items()):
-        if isinstance(v, Tensor):
-            _hash_tensor(h, name, v)
-        elif isinstance(v, (numbers.Number, str, type(None))):
-            if not module:
-                h.update(repr((name, v)).encode())
-        elif isinstance(v, (list, tuple)) and all(isinstance(u, (numbers.Number, str)) for u in v):
-            if not module:
-                h.update(repr((name, v)).encode())
-        elif depth > 0 and hasattr(v, "__dict__") and not isinstance(v, (torch.nn.Module, type)) \
-                and not callable(v):
-            _hash_fields(h, v, depth - 1)
-
-
-def _hash_tensor(h, name: str, t: Tensor) -> None:
-    t = t.detach()
-    h.update(repr((name, str(t.dtype), tuple(t.shape))).encode())
-    h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
-
-
-class GridParams:
-    """Grid parameters p = [phi (only with ``free_start``)] + theta -> a grid (module docstring: theta as above;
-    phi in [0, PHI_MAX] the start's normalised log-SNR, lambda(t_s) = lam0 + phi (lam1 - lam0), phi = 0 being
-    t_start itself)."""
-
-    def __init__(self, sde, steps: int, t_start: float, t_end: float, free_start: bool, starts: Sequence[Tensor]):
-        self.sde, self.steps, self.t_start, self.t_end, self.free_start = sde, steps, t_start, t_end, free_start
-        self.zero_end = float(sde.sigma(t_end)) == 0  # the grids' convention: steps - 1 intervals to eps, then 0
-        self.noise_start = float(sde.alpha(t_start)) == 0  # lambda(t_start) = -inf: the first node stays put
-        if free_start and self.noise_start:
-            raise ValueError(f"free_start needs alpha(t_start) > 0 (a start in log-SNR); t_start = {t_start} has "
-                             f"alpha = 0 on {sde!r}: pass a t_start below it")
-        t_low = sde.eps if self.zero_end else t_end
-        self.lam0, self.lam1 = _window(sde, starts, t_start, t_low, self.noise_start)
-
-    def p_of(self, ts: Tensor, phi: float = 0.0) -> np.ndarray:
-        """The parameters of a grid that starts at ``t_of(phi)``."""
-        lam0 = self.lam0 + phi * (self.lam1 - self.lam0)
-        theta = _theta_of(_z_of(self.sde, ts, lam0, self.lam1, self.noise_start, self.zero_end),
-                          self.noise_start, self.zero_end)
-        return np.concatenate([[phi], theta]) if self.free_start else theta
-
-    def t_of(self, phi: float) -> float:
-        """The start time at phi."""
-        if phi == 0:
-            return self.t_start
-        lam = torch.tensor([self.lam0 + phi * (self.lam1 - self.lam0)], dtype=torch.float64)
-        return float(self.sde.t_from_log_snr(lam))
-
-    def phi_of(self, ts: Tensor) -> float:
-        """phi of a grid's start (0 at t_start)."""
-        if float(ts[0]) == self.t_start:
-            return 0.0
-        return (float(self.sde.log_snr(ts[0])) - self.lam0) / (self.lam1 - self.lam0)
-
-    def ts(self, p: np.ndarray) -> Tensor:
-        if not self.free_start:
-            return _grid_of(p, self.sde, self.lam0, self.lam1, self.t_start, self.t_end, self.noise_start,
-                            self.zero_end)
-        phi = float(p[0])
-        return _grid_of(p[1:], self.sde, self.lam0 + phi * (self.lam1 - self.lam0), self.lam1, self.t_of(phi),
-                        self.t_end, False, self.zero_end)
-
-    def project(self, p: np.ndarray) -> np.ndarray:
-        if self.free_start:
-            p = p.copy()
-            p[0] = min(max(float(p[0]), 0.0), PHI_MAX)
-        return p
 
 
 @dataclass
@@ -532,7 +384,7 @@ def tune(
     sde = model.sde
     t_start = float(sde.T if t_start is None else t_start)
     t_end = float(sde.eps if t_end is None else t_end)
-    net_dtype, device = _net_dtype_device(model)
+    net_dtype, device = model.net_dtype_device()
     dtype = dtype or (net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32)
     assert shape is not None  # _check refuses None
     seed = _seed_of(generator)
@@ -568,7 +420,7 @@ def _wins(tuned: Tensor, start: Tensor, objective: str) -> bool:
 
 def _tune(model, solver, steps, shape, n, seed, t_start, t_end, objective, max_evals, ref_steps, start_grids,
           dtype, solver_options, method, free_start, lr) -> TunedGrid:
-    device = _net_dtype_device(model)[1]
+    device = model.net_dtype_device()[1]
     draws = [_Problem(model, solver, _prior_draw(model, shape, n, seed + k * 7919, dtype, device), ref_steps,
                       solver_options, t_start, t_end) for k in range(3)]
     cal, val, fresh = draws
