@@ -568,6 +568,20 @@ def schedules(results: Results) -> dict[str, Any]:
             "sched.gits_nfe": span(r["gits_nfe"] for r in rows)}
 
 
+def grad_tune(results: Results) -> dict[str, Any]:
+    data = results("grad_tune.json")
+    methods = ("untuned", "powell", "gradient", "gradient_free_start")
+    rows = []
+    for key, cell in data["summary"].items():
+        dim, nfe = key.split("_")
+        errs = [f"{fmt(span(cell[m]['median']), '.3g')} / {fmt(span(cell[m]['p90']), '.3g')}" for m in methods]
+        calls = [fmt(span(c["tuning_nfe"] for c in cell[m]["cost"])) for m in methods[1:]]
+        rows.append([dim.replace("d", "-D"), nfe.replace("nfe", ""), *errs, " / ".join(calls)])
+    header = ["problem", "NFE", *[f"{m} median / p90" for m in methods], "tuning calls P / G / G+start"]
+    seeds = data["seeds"]
+    return {"grad.table": table(header, rows), "grad.seeds": f"{seeds[0]}-{seeds[-1]}"}
+
+
 def learned_solver(results: Results) -> dict[str, Any]:
     data = results("learned_solver.json")
     rows = []
@@ -588,7 +602,7 @@ def learned_solver(results: Results) -> dict[str, Any]:
 
 SECTIONS: list[Callable[[Results], dict[str, Any]]] = [
     accuracy, quick_runs, overhead, overhead_path_noise, likelihood, likelihood_digits, transcripts, stochastic, stochastic_quick, strong_order,
-    flow_matching, digits, distributed, sample_memory, schedules, learned_solver,
+    flow_matching, digits, distributed, sample_memory, schedules, grad_tune, learned_solver,
 ]
 
 
