@@ -273,8 +273,8 @@ def _steps(ev, x: Tensor, ts: Tensor, a: Sequence[float], b: Sequence[Sequence[f
 def _solve(ev, x: Tensor, ts: Tensor, a, b, denoise: bool) -> Tensor:
     """The endpoint of ``_steps`` on the run grid, then (denoise) the driver's jump x = alpha(0) x0(x, ts[-2])."""
     run_ts = ts[:-1] if denoise else ts
-    for x in _steps(ev, x, run_ts, a.tolist(), b.tolist()):  # noqa: B007 (the last state)
-        pass
+    for state in _steps(ev, x, run_ts, a.tolist(), b.tolist()):
+        x = state
     if denoise:
         x = float(ev.sde.alpha(ts[-1])) * ev.x0(x, run_ts[-1])
     return x
