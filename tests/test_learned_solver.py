@@ -279,3 +279,48 @@ def test_log_prob_with_a_learned_solver_is_refused_by_name(case):
     _, model, ls = case
     with pytest.raises(ValueError, match="learned solver"):
         sdekit.sample(model, torch.randn(4, 2, dtype=torch.float64), ls, log_prob=True)
+
+
+# -- compare: a learned solver in the leaderboard with its one-time cost ---------------------------------------
+def test_compare_ranks_a_learned_solver_with_its_learning_cost(case, tmp_path):
+    from sdekit.compare import CompareResults, compare
+
+    gm, model, ls = case
+    x_T = SDE.prior_sample((120, 2), generator=torch.Generator().manual_seed(5)).double()
+    ref = sdekit.sample(model, x_T, "rk4", 200, grid="logsnr").x
+    res = compare(model, x_T, mixture=gm, solvers=["dpmpp_2m", ls], nfe=(4, 5), grids=("logsnr",), reference=ref,
+                  progress=False)
+    row = next(r for r in res if r.learned)
+    want = _quantiles(row_errors(sdekit.sample(model, x_T, ls).x, ref))
+    assert (row.solver, row.nfe, row.steps) == (ls.name, 4, 4)
+    assert math.isclose(row.median, want[0], rel_tol=1e-12) and math.isclose(row.p90, want[1], rel_tol=1e-12)
+    assert row.tune_nfe == ls.cost["nfe"] and row.learn_s == ls.cost["seconds"]
+    meta = res.meta["learned"][ls.name]
+    assert meta["cost"] == ls.cost and meta["parameters"] == ls.num_parameters and meta["improved"]
+    board = res.leaderboard((4, 5))
+    kinds = {(e.budget, e.kind): e.row for e in board}
+    assert kinds[(4, "learned")] is row and kinds[(5, "learned")] is row  # nfe 4 fits both budgets
+    assert kinds[(4, "untuned")].solver == "dpmpp_2m" and kinds[(4, "untuned")].median > row.median
+    assert "learn s" in board.table() and f"{ls.cost['nfe']}" in board.table()
+    res.save(str(tmp_path))
+    for back in (CompareResults.from_json(str(tmp_path / "results.json")),
+                 CompareResults.from_csv(str(tmp_path / "results.csv"))):
+        assert next(r for r in back if r.learned).learn_s == row.learn_s
+    only = compare(model, x_T, solvers=[ls], reference=ref, progress=False)  # a learned solver alone
+    assert [r.solver for r in only] == [ls.name]
+
+
+def test_compare_refuses_a_learned_solver_it_cannot_measure_before_any_work(case, monkeypatch):
+    from sdekit.compare import compare
+    from sdekit.compare import harness
+
+    _, model, ls = case
+    monkeypatch.setattr(harness, "ode_reference", lambda *a, **k: pytest.fail("work started"))
+    other = sdekit.GaussianMixture.default(dim=2, seed=12).model(SDE)
+    with pytest.raises(WrongModelError):
+        compare(other, solvers=["dpmpp_2m", ls], nfe=(4,), n=20, progress=False)
+    den = LearnedSolver(ls.ts, ls.a, ls.b, ls.init, ls.start_grid, False, ls.fingerprint, denoise=True)
+    with pytest.raises(ValueError, match="denoise"):
+        compare(model, solvers=[den], n=20, progress=False)
+    with pytest.raises(TypeError, match="LearnedSolver"):
+        compare(model, solvers=["dpmpp_2m", 3], n=20, progress=False)
