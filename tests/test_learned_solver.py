@@ -324,3 +324,25 @@ def test_compare_refuses_a_learned_solver_it_cannot_measure_before_any_work(case
         compare(model, solvers=[den], n=20, progress=False)
     with pytest.raises(TypeError, match="LearnedSolver"):
         compare(model, solvers=["dpmpp_2m", 3], n=20, progress=False)
+
+
+def test_free_start_is_exact_at_step_zero_and_moves_only_below_T(tmp_path):
+    """The first call's time as a parameter ("leading"): at start = 0 the grid is the init's bit for bit; learned,
+    the first time stays in (eps, T] and the grid stays decreasing; one more parameter; kept through a file;
+    refused by name where log-SNR is -inf at T."""
+    for grid in ("logsnr", "quadratic", "karras"):
+        ts = make_grid(SDE, 5, grid)
+        times = learned_mod._Times(SDE, ts)
+        zero = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        assert torch.equal(times(times.theta0.clone().requires_grad_(True), zero).detach(), ts)
+    model = sdekit.GaussianMixture.default(dim=2, seed=11).model(SDE)
+    ls = learn_solver(model, 4, shape=(2,), n=48, steps=40, lr=0.03, ref_steps=60, free_start=True, generator=2)
+    assert ls.free_start and ls.num_parameters == 4 + 10 + 3 + 1
+    if ls.improved:
+        assert SDE.eps < float(ls.ts[0]) <= SDE.T and bool((ls.ts[1:] < ls.ts[:-1]).all())
+    path = str(tmp_path / "f.safetensors")
+    ls.save(path)
+    assert LearnedSolver.load(path, model).free_start
+    flow = sdekit.GaussianMixture.default(dim=2, seed=1).model(sdekit.RectifiedFlow())
+    with pytest.raises(NotApplicableError, match="free_start"):
+        learn_solver(flow, 4, shape=(2,), n=16, ref_steps=4, free_start=True)

@@ -59,6 +59,12 @@ x_N = alpha(0) x0(x_{N-1}, t_{N-1}) from t_{N-1} = sde.eps, fixed (not learned);
 family above (its reference: rk4 down to eps/1000, then the jump). An SDE with sigma(0) > 0 (VE) has no zero-noise
 end and is refused by name there.
 
+The first call's time. With ``free_start=True`` the first model call's time is a parameter too (x_T stays the
+prior draw): z_0 = s >= 0 in the normalised log-SNR coordinate (projected to [0, 0.5] after each update) and the
+interior z_k = s + (1 - s) z_k', so s = 0 is the init exactly; s > 0 evaluates the network at (x_T, t_0 < T), the
+lever of diffusers' "leading" spacing (issue 24: its UniPC/DEIS leading runs were the peers' best at NFE <= 6). It
+needs a finite log-SNR at T (alpha(T) > 0) and is refused by name elsewhere. One more parameter.
+
 Scope: probability-flow ODE (deterministic). ``sample(..., log_prob=True)`` integrates the augmented ODE with an
 adaptive solver and cannot take a learned solver: refused by name (``LearnedSolver.check_log_prob``).
 """
@@ -163,6 +169,7 @@ class LearnedSolver:
     validation: dict = field(default_factory=dict)
     seed: Optional[int] = None
     denoise: bool = False
+    free_start: bool = False
 
     @property
     def nfe(self) -> int:
@@ -174,7 +181,7 @@ class LearnedSolver:
         """Learned numbers: M a's, M(M+1)/2 b's and M - 1 interior times, M = len(a) (nfe, or nfe - 1 before the
         fixed final jump of a denoising solver)."""
         n = int(self.a.numel())
-        return n + n * (n + 1) // 2 + n - 1
+        return n + n * (n + 1) // 2 + n - 1 + int(self.free_start)
 
     @property
     def name(self) -> str:
@@ -230,7 +237,7 @@ class LearnedSolver:
                              "could not tie it to its model (wrap the network in a torch.nn.Module)")
         meta = {"format": FORMAT, "fingerprint": self.fingerprint, "init": self.init, "start_grid": self.start_grid,
                 "improved": json.dumps(self.improved), "seed": json.dumps(self.seed),
-                "denoise": json.dumps(self.denoise),
+                "denoise": json.dumps(self.denoise), "free_start": json.dumps(self.free_start),
                 "cost": json.dumps(self.cost), "calibration": json.dumps(self.calibration),
                 "validation": json.dumps(self.validation)}
         save_file({"ts": self.ts.contiguous(), "a": self.a.contiguous(), "b": self.b.contiguous()}, path,
@@ -254,7 +261,7 @@ class LearnedSolver:
         solver = cls(tensors["ts"], tensors["a"], tensors["b"], meta["init"], meta["start_grid"],
                      json.loads(meta["improved"]), meta["fingerprint"], json.loads(meta["cost"]),
                      json.loads(meta["calibration"]), json.loads(meta["validation"]), json.loads(meta["seed"]),
-                     json.loads(meta.get("denoise", "false")))
+                     json.loads(meta.get("denoise", "false")), json.loads(meta.get("free_start", "false")))
         solver.check_model(model)
         return solver
 
@@ -384,12 +391,29 @@ class _Times:
             slope = slope * (-0.5 * c_d * (1 - c_d))  # d phi / dt = (d phi / d lambda) lambda'(t)
         return t + (c - c_d) / slope  # value t(c), derivative 1/c'(t)
 
-    def __call__(self, theta: Tensor) -> Tensor:
-        inner = self.ts0[1:-1] + (self._t(theta) - self._ref)  # exactly ts0 at theta^0
-        return torch.cat([self.ts0[:1], inner, self.ts0[-1:]])
+    def __call__(self, theta: Tensor, start: Optional[Tensor] = None) -> Tensor:
+        """The grid; ``start`` (>= 0, a free first time): the first call at z_0 = start in the normalised
+        coordinate, below T (diffusers' "leading" spacing) and the interior times at start + z_k (1 - start)."""
+        if start is None:
+            inner = self.ts0[1:-1] + (self._t(theta) - self._ref)  # exactly ts0 at theta^0
+            return torch.cat([self.ts0[:1], inner, self.ts0[-1:]])
+        w = torch.softmax(theta, 0)
+        z = torch.cat([start.reshape(1), start + torch.cumsum(w, 0)[:-1] * (1 - start)])
+        ref = self.ts0[:-1]
+        pts = ref + (self._at(z) - self._at(torch.cat([torch.zeros(1, dtype=z.dtype), torch.cumsum(
+            torch.softmax(self.theta0, 0), 0)[:-1]])))  # exactly ts0 at (theta^0, 0)
+        return torch.cat([pts, self.ts0[-1:]])
+
+    def _at(self, z: Tensor) -> Tensor:
+        """t at normalised coordinates z (finite log-SNR ends only), differentiable in z."""
+        c = self.c0 + z * (self.c1 - self.c0)
+        c_d = c.detach()
+        t = self.sde.t_from_log_snr(c_d)
+        slope = 2 * (self.sde.d_alpha(t) / self.sde.alpha(t) - self.sde.d_sigma(t) / self.sde.sigma(t))
+        return t + (c - c_d) / slope
 
 
-def _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, denoise):
+def _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, denoise, free_start):
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be a sdekit.ScoreModel; got {type(model).__name__}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
@@ -411,7 +435,12 @@ def _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, de
         raise TypeError(f"grid must be None (the best named grid), a grid name or a tensor of times; got {grid!r}")
     if not isinstance(denoise, bool):
         raise TypeError(f"denoise must be True or False; got {denoise!r}")
+    if not isinstance(free_start, bool):
+        raise TypeError(f"free_start must be True or False; got {free_start!r}")
     sde = model.sde
+    if free_start and float(sde.alpha(sde.T)) == 0.0:
+        raise NotApplicableError(f"free_start=True moves the first call below T in log-SNR, which is -inf at T on "
+                                 f"this {sde!r} (alpha(T) = 0): learn with free_start=False")
     if denoise and float(sde.sigma(0.0)) != 0.0:
         raise NotApplicableError(f"denoise=True ends at t = 0 with sigma = 0, but this {sde!r} has sigma(0) = "
                                  f"{float(sde.sigma(0.0)):.3g} > 0 (no zero-noise end): learn to sde.eps "
@@ -431,6 +460,7 @@ def learn_solver(
     grid: Union[str, Tensor, None] = None,
     ref_steps: int = 500,
     denoise: bool = False,
+    free_start: bool = False,
 ) -> LearnedSolver:
     """Learn an ``nfe``-call solver for ``model`` (module docstring), starting at the registered solver ``init``.
 
@@ -439,8 +469,10 @@ def learn_solver(
     init is returned); grid: the init's grid: None picks the best of tune's named start grids on the calibration
     draw, or a grid name, or a tensor of nfe + 1 decreasing times from sde.T to sde.eps (with denoise, to 0);
     ref_steps: rk4 steps of the reference solves; denoise: end at t = 0, the last call being the data-prediction
-    jump from sde.eps (module docstring; needs sigma(0) = 0)."""
-    _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, denoise)
+    jump from sde.eps (module docstring; needs sigma(0) = 0); free_start: learn the time of the first call too
+    (x_T stays the prior draw; the first call may be made below T, diffusers' "leading" lever; needs alpha(T) > 0:
+    one more parameter)."""
+    _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, denoise, free_start)
     assert shape is not None  # checked above
     t0 = time.perf_counter()
     sde = model.sde
@@ -453,7 +485,7 @@ def learn_solver(
     scores = {g: _balanced(cal.errors(model, *v)) for g, v in inits.items()}
     start = min(scores, key=scores.__getitem__)
     ts0, a0, b0 = inits[start]
-    ts1, a1, b1, back = (_fit(model, cal, ts0, a0, b0, steps, float(lr), dtype) if steps and lr
+    ts1, a1, b1, back = (_fit(model, cal, ts0, a0, b0, steps, float(lr), dtype, free_start) if steps and lr
                          else (ts0, a0, b0, 0))
     e_cal = {"learned": cal.errors(model, ts1, a1, b1), "init": cal.errors(model, ts0, a0, b0)}
     e_val = {"learned": val.errors(model, ts1, a1, b1), "init": val.errors(model, ts0, a0, b0)}
@@ -462,7 +494,7 @@ def learn_solver(
     cost = {"nfe": cal.nfe + val.nfe, "backward": back, "steps": steps, "seconds": time.perf_counter() - t0}
     return LearnedSolver(ts, a, b, init, start, improved, _identity(model), cost,
                          {k: _summary(e) for k, e in e_cal.items()}, {k: _summary(e) for k, e in e_val.items()},
-                         generator, denoise)
+                         generator, denoise, free_start)
 
 
 def _start_grids(sde, nfe: int, grid, denoise: bool) -> dict:
@@ -495,8 +527,10 @@ def _adam(leaves, grads, moments, k: int, lr: float, b1: float = 0.9, b2: float 
             p.sub_(lr * (m / (1 - b1**k)) / ((s / (1 - b2**k)).sqrt() + eps))
 
 
-def _fit(model, cal: _Draw, ts0: Tensor, a0: Tensor, b0: Tensor, steps: int, lr: float, dtype):
-    """Adam on (theta, u, v) from zero offsets; returns the lowest-loss (ts, a, b) and the backward call count."""
+def _fit(model, cal: _Draw, ts0: Tensor, a0: Tensor, b0: Tensor, steps: int, lr: float, dtype,
+         free_start: bool = False):
+    """Adam on (theta, u, v[, start]) from zero offsets; returns the lowest-loss (ts, a, b) and the backward call
+    count. free_start: the first time is learned too (start >= 0, projected after each update)."""
     N, denoise = len(a0), cal.denoise
     run0 = ts0[:-1] if denoise else ts0
     times = _Times(model.sde, run0)
@@ -506,12 +540,13 @@ def _fit(model, cal: _Draw, ts0: Tensor, a0: Tensor, b0: Tensor, steps: int, lr:
     v = torch.zeros(N, N, dtype=torch.float64, requires_grad=True)
     mask = torch.tril(torch.ones(N, N, dtype=torch.float64))
     scale = b0.abs().amax(1).clamp_min(1e-12)[:, None]
-    leaves = [theta, u, v]
+    start = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    leaves = [theta, u, v] + ([start] if free_start else [])
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
     rows = cal.x_T.shape[0]
 
     def params():
-        ts = times(theta)
+        ts = times(theta, start) if free_start else times(theta)
         return (torch.cat([ts, ts0[-1:]]) if denoise else ts), a0 * (1 + u), b0 + scale * v * mask
 
     best = (math.inf, ts0, a0, b0)
@@ -536,6 +571,8 @@ def _fit(model, cal: _Draw, ts0: Tensor, a0: Tensor, b0: Tensor, steps: int, lr:
             best = (float(loss), *(p.detach().clone() for p in (ts, a, b)))
         grads = torch.autograd.grad(loss, leaves)
         _adam(leaves, grads, moments, k + 1, 0.5 * lr * (1 + math.cos(math.pi * k / steps)))
+        with torch.no_grad():
+            start.clamp_(0.0, 0.5)
     _, ts, a, b = best
     back = steps * (N + denoise)
     if not bool((ts[1:] < ts[:-1]).all()):  # increments under float resolution: keep the init
