@@ -95,7 +95,7 @@ def test_no_learning_returns_the_init(how):
 
 def test_the_held_out_draw_rejects_a_solver_worse_than_its_init(monkeypatch):
     """Whatever learning returns, a solver that loses on the validation draw is not kept: the init is."""
-    def spoiled(model, cal, ts0, a0, b0, steps, lr, dtype):  # a "learned" solver with half the data terms
+    def spoiled(model, cal, ts0, a0, b0, steps, lr, dtype, free_start=False):  # half the data terms
         return ts0, a0, b0 * 0.5, steps * len(a0)
 
     monkeypatch.setattr(learned_mod, "_fit", spoiled)
