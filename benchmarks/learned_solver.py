@@ -26,6 +26,7 @@ PEER_DOC below; writes benchmarks/results/learned_solver_vs_peers.{json,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -209,6 +210,20 @@ def peers_main(args) -> None:
 GOAL = {"median": 0.1, "p90": 0.25}
 
 
+def merge_parts(names, name: str) -> None:
+    """One report from ``--peers`` runs made per problem (``--problems vp`` and ``--problems ddpm`` in two processes,
+    each comparison still in one process): their summaries and units side by side, costs summed."""
+    out_dir = Path(__file__).resolve().parent / "results"
+    parts = [json.loads((out_dir / f"{n}.json").read_text()) for n in names]
+    report = {**parts[0], "problems": [p for r in parts for p in r["problems"]],
+              "summary": {k: v for r in parts for k, v in r["summary"].items()},
+              "units": [u for r in parts for u in r["units"]],
+              "seconds": [r["seconds"] for r in parts], "cpu_s": sum(r["cpu_s"] for r in parts),
+              "parts": {n: {"problems": r["problems"], "seconds": r["seconds"], "cpu_s": r["cpu_s"]}
+                        for n, r in zip(names, parts)}}
+    write_report(str(out_dir), name, report, lambda path: plot_peers(report, path))
+
+
 def plot_peers(report: dict, path: str) -> None:
     import matplotlib
 
@@ -251,8 +266,12 @@ def main(argv=None) -> None:
     p.add_argument("--learn-ref-steps", type=int, default=500)
     p.add_argument("--free-start", type=int, default=1, help="--peers: learn the first call's time too (1) or not (0)")
     p.add_argument("--name", default="learned_solver_vs_peers")
+    p.add_argument("--merge", nargs="+", default=None, metavar="PART", help="merge --peers reports into --name")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.merge:
+        merge_parts(args.merge, args.name)
+        return
     if args.peers:
         args.seeds = args.seeds or [9201, 9202, 9203]
         args.nfe = args.nfe or [3, 4, 5, 6, 8, 10]
