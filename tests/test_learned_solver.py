@@ -346,3 +346,26 @@ def test_free_start_is_exact_at_step_zero_and_moves_only_below_T(tmp_path):
     flow = sdekit.GaussianMixture.default(dim=2, seed=1).model(sdekit.RectifiedFlow())
     with pytest.raises(NotApplicableError, match="free_start"):
         learn_solver(flow, 4, shape=(2,), n=16, ref_steps=4, free_start=True)
+
+
+def test_several_inits_start_from_the_best_pair_on_the_calibration_draw():
+    """init=(names): learning starts from the (solver, grid) pair with the best balanced calibration error; names
+    that cannot run on the path are skipped (all refused: the refusal is raised); bad lists are refused."""
+    model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
+    kw = dict(shape=(2,), n=32, ref_steps=30, steps=0, generator=4)
+    names = ("dpmpp_2m", "euler", "ipndm")
+    both = learn_solver(model, 3, init=names, **kw)
+    single = [learn_solver(model, 3, init=nm, **kw) for nm in names]
+
+    def balanced(ls):
+        c = ls.calibration["init"]
+        return math.log(c["median"]) + math.log(c["p90"])
+
+    assert both.init in names and balanced(both) == min(balanced(s) for s in single)
+    flow = sdekit.GaussianMixture.default(dim=2, seed=1).model(sdekit.RectifiedFlow())
+    assert learn_solver(flow, 3, init=("ipndm", "dpmpp_2m"), **kw).init == "dpmpp_2m"
+    with pytest.raises(NotApplicableError, match="ipndm"):
+        learn_solver(flow, 3, init=("ipndm", "deis_2"), **kw)
+    for bad, err in (((), TypeError), ([3], TypeError), (("dpmpp_2m", "nope"), ValueError)):
+        with pytest.raises(err):
+            learn_solver(model, 3, init=bad, **kw)

@@ -418,7 +418,11 @@ def _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, de
         raise TypeError(f"model must be a sdekit.ScoreModel; got {type(model).__name__}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
         raise ValueError(f"nfe must be an integer >= 2; got {nfe!r}")
-    get(init)
+    names = (init,) if isinstance(init, str) else tuple(init) if isinstance(init, (tuple, list)) else None
+    if not names or not all(isinstance(nm, str) for nm in names):
+        raise TypeError(f"init must be a solver name or a non-empty list of names; got {init!r}")
+    for nm in names:
+        get(nm)
     if shape is None or any(isinstance(s, bool) or int(s) != s or s < 1 for s in shape):
         raise ValueError(f"shape must give one row's shape, e.g. shape=(2,) or (1, 8, 8); got {shape!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 10:
@@ -451,7 +455,7 @@ def learn_solver(
     model: ScoreModel,
     nfe: int,
     *,
-    init: str = "dpmpp_2m",
+    init: Union[str, Sequence[str]] = "dpmpp_2m",
     shape: Optional[Sequence[int]] = None,
     n: int = 256,
     generator: int = 0,
@@ -464,14 +468,16 @@ def learn_solver(
 ) -> LearnedSolver:
     """Learn an ``nfe``-call solver for ``model`` (module docstring), starting at the registered solver ``init``.
 
-    shape: one row's shape (prior draws are (n, *shape)); generator: the calibration draw's seed (the validation
-    draw's is generator + 7919); steps, lr: Adam updates and learning rate (lr = 0 or steps = 0: no learning, the
-    init is returned); grid: the init's grid: None picks the best of tune's named start grids on the calibration
-    draw, or a grid name, or a tensor of nfe + 1 decreasing times from sde.T to sde.eps (with denoise, to 0);
-    ref_steps: rk4 steps of the reference solves; denoise: end at t = 0, the last call being the data-prediction
-    jump from sde.eps (module docstring; needs sigma(0) = 0); free_start: learn the time of the first call too
-    (x_T stays the prior draw; the first call may be made below T, diffusers' "leading" lever; needs alpha(T) > 0:
-    one more parameter)."""
+    init: a registered solver, or several: each is read off on each start grid and the (solver, grid) pair with the
+    best balanced error on the calibration draw starts learning (names in the list that cannot run on this SDE are
+    skipped; all refused: the first refusal is raised); shape: one row's shape (prior draws are (n, *shape));
+    generator: the calibration draw's seed (the validation draw's is generator + 7919); steps, lr: Adam updates and
+    learning rate (lr = 0 or steps = 0: no learning, the init is returned); grid: the init's grid: None picks the
+    best of tune's named start grids on the calibration draw, or a grid name, or a tensor of nfe + 1 decreasing
+    times from sde.T to sde.eps (with denoise, to 0); ref_steps: rk4 steps of the reference solves; denoise: end at
+    t = 0, the last call being the data-prediction jump from sde.eps (module docstring; needs sigma(0) = 0);
+    free_start: learn the time of the first call too (x_T stays the prior draw; the first call may be made below T,
+    diffusers' "leading" lever; needs alpha(T) > 0: one more parameter)."""
     _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, denoise, free_start)
     assert shape is not None  # checked above
     t0 = time.perf_counter()
@@ -479,12 +485,23 @@ def learn_solver(
     dtype, device = _dtype_device(model)
     starts = _start_grids(sde, nfe, grid, denoise)
     # refuses an init outside the family (or one that cannot start at alpha = 0) by name
-    inits = {g: (ts, *_probe(model, init, ts[:-1] if denoise else ts)) for g, ts in starts.items()}
+    names = (init,) if isinstance(init, str) else tuple(init)
+    inits, refused = {}, []
+    for nm in names:
+        try:
+            inits.update({(nm, g): (ts, *_probe(model, nm, ts[:-1] if denoise else ts)) for g, ts in starts.items()})
+        except NotApplicableError as err:
+            if len(names) == 1:
+                raise
+            refused.append(err)
+    if not inits:
+        raise refused[0]
     cal = _Draw(model, tuple(shape), n, generator, dtype, device, ref_steps, denoise)
     val = _Draw(model, tuple(shape), n, generator + 7919, dtype, device, ref_steps, denoise)
     scores = {g: _balanced(cal.errors(model, *v)) for g, v in inits.items()}
     start = min(scores, key=scores.__getitem__)
     ts0, a0, b0 = inits[start]
+    chosen, start_grid = start
     ts1, a1, b1, back = (_fit(model, cal, ts0, a0, b0, steps, float(lr), dtype, free_start) if steps and lr
                          else (ts0, a0, b0, 0))
     e_cal = {"learned": cal.errors(model, ts1, a1, b1), "init": cal.errors(model, ts0, a0, b0)}
@@ -492,7 +509,7 @@ def learn_solver(
     improved = _wins(e_val["learned"], e_val["init"])
     ts, a, b = (ts1, a1, b1) if improved else (ts0, a0, b0)
     cost = {"nfe": cal.nfe + val.nfe, "backward": back, "steps": steps, "seconds": time.perf_counter() - t0}
-    return LearnedSolver(ts, a, b, init, start, improved, _identity(model), cost,
+    return LearnedSolver(ts, a, b, chosen, start_grid, improved, _identity(model), cost,
                          {k: _summary(e) for k, e in e_cal.items()}, {k: _summary(e) for k, e in e_val.items()},
                          generator, denoise, free_start)
 
