@@ -151,16 +151,17 @@ def peers_main(args) -> None:
                 cells = {}
                 for b in budgets:
                     c0, w0 = time.process_time(), time.perf_counter()
-                    ls = sdekit.learn_solver(model, b, init=args.init, shape=(dim,), n=args.n_learn,
+                    ls = sdekit.learn_solver(model, b, init=tuple(args.init), shape=(dim,), n=args.n_learn,
                                              steps=args.learn_steps, ref_steps=args.learn_ref_steps,
-                                             generator=5_000_000 + seed, free_start=bool(args.free_start))
+                                             generator=5_000_000 + seed, free_start=bool(args.free_start),
+                                             tries=args.tries)
                     cpu = time.process_time() - c0
                     mine = avn.summarize(avn.row_errors(sdekit.sample(model, x_T, ls).x, x_ref))
-                    init = avn.summarize(avn.row_errors(sdekit.sample(model, x_T, args.init, b, grid=ls.start_grid).x,
+                    init = avn.summarize(avn.row_errors(sdekit.sample(model, x_T, ls.init, b, grid=ls.start_grid).x,
                                                         x_ref))
                     best = {s: avn.best(rows, peer, b, s) for s in avn.STATS}
                     cells[str(b)] = {
-                        "learned": {**mine, "improved": ls.improved, "start_grid": ls.start_grid,
+                        "learned": {**mine, "improved": ls.improved, "init": ls.init, "start_grid": ls.start_grid,
                                     "parameters": ls.num_parameters,
                                     "cost": {**ls.cost, "cpu_s": cpu, "wall_s": time.perf_counter() - w0}},
                         "init": init,
@@ -199,7 +200,7 @@ def peers_main(args) -> None:
     report = {"doc": PEER_DOC, "problems": args.problems, "dims": args.dims, "seeds": args.seeds, "nfe": budgets,
               "n": args.n, "ref_steps": args.ref_steps, "init": args.init,
               "learning": {"n": args.n_learn, "steps": args.learn_steps, "ref_steps": args.learn_ref_steps,
-                           "free_start": bool(args.free_start), "seed": "5000000 + mixture seed"},
+                           "free_start": bool(args.free_start), "tries": args.tries, "seed": "5000000 + mixture seed"},
               "versions": {"torch": torch.__version__, "diffusers": dp.version() if dp else None},
               "goal": GOAL, "summary": summary, "units": units,
               "seconds": time.perf_counter() - t_all, "cpu_s": time.process_time() - cpu_all}
@@ -260,10 +261,11 @@ def main(argv=None) -> None:
     p.add_argument("--problems", nargs="+", default=["vp", "ddpm"], choices=("vp", "ddpm"))
     p.add_argument("--n", type=int, default=500, help="--peers: evaluation rows per mixture")
     p.add_argument("--ref-steps", type=int, default=2000, help="--peers: rk4 steps of the evaluation reference")
-    p.add_argument("--init", default=SOLVER)
+    p.add_argument("--init", nargs="+", default=[SOLVER], help="--peers: init solver(s) of learn_solver")
     p.add_argument("--n-learn", type=int, default=256)
     p.add_argument("--learn-steps", type=int, default=300)
     p.add_argument("--learn-ref-steps", type=int, default=500)
+    p.add_argument("--tries", type=int, default=1, help="--peers: learn_solver's tries")
     p.add_argument("--free-start", type=int, default=1, help="--peers: learn the first call's time too (1) or not (0)")
     p.add_argument("--name", default="learned_solver_vs_peers")
     p.add_argument("--merge", nargs="+", default=None, metavar="PART", help="merge --peers reports into --name")

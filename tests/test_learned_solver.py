@@ -369,3 +369,20 @@ def test_several_inits_start_from_the_best_pair_on_the_calibration_draw():
     for bad, err in (((), TypeError), ([3], TypeError), (("dpmpp_2m", "nope"), ValueError)):
         with pytest.raises(err):
             learn_solver(model, 3, init=bad, **kw)
+
+
+def test_tries_learns_from_the_best_starts_and_keeps_the_best_on_calibration(monkeypatch):
+    calls = []
+
+    def fit(model, cal, ts0, a0, b0, steps, lr, dtype, free_start=False):  # the second start "learns" better
+        calls.append(ts0)
+        return ts0, a0, b0 * (1.0 if len(calls) == 1 else 1.0 + 1e-9), steps * len(a0)
+
+    monkeypatch.setattr(learned_mod, "_fit", fit)
+    model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
+    ls = learn_solver(model, 4, shape=(2,), n=32, ref_steps=40, steps=3, tries=2)
+    assert len(calls) == 2 and not torch.equal(calls[0], calls[1])  # two distinct start grids
+    assert ls.cost["backward"] == 2 * 3 * 4
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="tries"):
+            learn_solver(model, 4, shape=(2,), n=32, ref_steps=4, tries=bad)

@@ -465,6 +465,7 @@ def learn_solver(
     ref_steps: int = 500,
     denoise: bool = False,
     free_start: bool = False,
+    tries: int = 1,
 ) -> LearnedSolver:
     """Learn an ``nfe``-call solver for ``model`` (module docstring), starting at the registered solver ``init``.
 
@@ -477,7 +478,11 @@ def learn_solver(
     times from sde.T to sde.eps (with denoise, to 0); ref_steps: rk4 steps of the reference solves; denoise: end at
     t = 0, the last call being the data-prediction jump from sde.eps (module docstring; needs sigma(0) = 0);
     free_start: learn the time of the first call too (x_T stays the prior draw; the first call may be made below T,
-    diffusers' "leading" lever; needs alpha(T) > 0: one more parameter)."""
+    diffusers' "leading" lever; needs alpha(T) > 0: one more parameter); tries: learn from the best ``tries``
+    (solver, grid) starts on the calibration draw and keep the one that ends best there (cost x tries); the held-out
+    draw then compares it with the best start's init (which is returned if it loses)."""
+    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+        raise ValueError(f"tries must be an integer >= 1; got {tries!r}")
     _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, denoise, free_start)
     assert shape is not None  # checked above
     t0 = time.perf_counter()
@@ -499,15 +504,20 @@ def learn_solver(
     cal = _Draw(model, tuple(shape), n, generator, dtype, device, ref_steps, denoise)
     val = _Draw(model, tuple(shape), n, generator + 7919, dtype, device, ref_steps, denoise)
     scores = {g: _balanced(cal.errors(model, *v)) for g, v in inits.items()}
-    start = min(scores, key=scores.__getitem__)
-    ts0, a0, b0 = inits[start]
-    chosen, start_grid = start
-    ts1, a1, b1, back = (_fit(model, cal, ts0, a0, b0, steps, float(lr), dtype, free_start) if steps and lr
-                         else (ts0, a0, b0, 0))
+    ranked = sorted(scores, key=scores.__getitem__)
+    ts0, a0, b0 = inits[ranked[0]]
+    fits, back = [], 0
+    for pair in ranked[:tries]:  # learn from the best `tries` starts; keep the best on the calibration draw
+        fit = _fit(model, cal, *inits[pair], steps, float(lr), dtype, free_start) if steps and lr else (
+            *inits[pair], 0)
+        back += fit[3]
+        fits.append((_balanced(cal.errors(model, *fit[:3])), pair, fit[:3]))
+    _, learned_from, (ts1, a1, b1) = min(fits, key=lambda f: f[0])
     e_cal = {"learned": cal.errors(model, ts1, a1, b1), "init": cal.errors(model, ts0, a0, b0)}
     e_val = {"learned": val.errors(model, ts1, a1, b1), "init": val.errors(model, ts0, a0, b0)}
     improved = _wins(e_val["learned"], e_val["init"])
     ts, a, b = (ts1, a1, b1) if improved else (ts0, a0, b0)
+    chosen, start_grid = learned_from if improved else ranked[0]
     cost = {"nfe": cal.nfe + val.nfe, "backward": back, "steps": steps, "seconds": time.perf_counter() - t0}
     return LearnedSolver(ts, a, b, chosen, start_grid, improved, _identity(model), cost,
                          {k: _summary(e) for k, e in e_cal.items()}, {k: _summary(e) for k, e in e_val.items()},
