@@ -185,7 +185,7 @@ def peers_main(args) -> None:
                 cell = {}
                 for s in ("median", "p90"):
                     v = torch.tensor([u["cells"][str(b)]["ratio"][s] for u in us], dtype=torch.float64)
-                    cell[s] = {"per_seed": v.tolist(), "median": float(v.median()), "min": float(v.min()),
+                    cell[s] = {"per_seed": v.tolist(), "median": float(v.quantile(0.5)), "min": float(v.min()),
                                "max": float(v.max()), "goal": GOAL[s], "goal_met_every_seed": bool(v.max() <= GOAL[s])}
                 costs = [u["cells"][str(b)]["learned"]["cost"] for u in us]
                 cell["learn_cpu_s"] = [c["cpu_s"] for c in costs]
