@@ -37,6 +37,14 @@ count by ``sdekit.solvers.tune.tune``, from prior draws of its own seed (``seed 
 so never the compared x_T). Its rows are labelled grid = "tuned" and carry the one-time tuning cost in
 network calls, ``tune_nfe``; one-step runs and stochastic solvers are not tuned.
 
+Learned solvers. ``solvers=`` also takes ``LearnedSolver`` objects (``sdekit.learn_solver(model, nfe, ...)``) beside
+names: each runs once, on its own grid at its own NFE (grids and budgets do not apply to it), in a row labelled
+grid = "learned" whose ``tune_nfe`` and ``learn_s`` are its one-time learning cost (forward network calls, each a
+batch of its n rows, and seconds); ``meta["learned"]`` keeps the rest (init, start grid, parameters, back-propagated
+calls, calibration and validation errors, whether learning won on its held-out draw). The leaderboard ranks them as
+their own kind, "learned". A learned solver for another model is refused before any work (``WrongModelError``), and
+one that ends at t = 0 (``denoise=True``) too: compare measures every endpoint at sde.eps.
+
 Reading the results. ``CompareResults.leaderboard(budgets, statistic)`` gives the best solver and
 grid per NFE budget, tuned and untuned grids apart (``statistic="excess"``, ``"path_median"`` or ``"mode_err"``: the
 best stochastic row); ``table()`` lists every row; ``save(dir)`` writes results.json, results.csv and
@@ -63,13 +71,14 @@ from ..parameterization import ScoreModel
 from ..sde import LinearSDE, sde_from_name
 from ..solvers import NotApplicableError, SolverError, available, get, sample
 from ..solvers.grids import GRIDS
+from ..solvers.learned import LearnedSolver
 from ..solvers.registry import SolverInfo
 from ..solvers.tune import tune
 from .law import LawReference, exact_law, flipped_fraction
 from .pathwise import check_path_references, path_reference
 from .reference import check_reference, given_reference, ode_reference
 from .results import CompareResults
-from .rows import ENDPOINT, SLICED, TUNED, CompareRow, fmt, grid_label
+from .rows import ENDPOINT, LEARNED, SLICED, TUNED, CompareRow, fmt, grid_label
 
 Tensor = torch.Tensor
 
@@ -142,12 +151,13 @@ class Problem:
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """What runs. solvers: names (a list or comma-separated), None for every deterministic fixed-step solver.
+    """What runs. solvers: names (a list or comma-separated), None for every deterministic fixed-step solver; a
+    list may hold ``LearnedSolver`` objects too (module docstring: each runs once on its own grid).
     nfe: NFE budgets, turned into per-solver step counts; or ``steps``: the same raw step counts for all.
     grids: time grids (``sdekit.solvers.grids.GRIDS``, and "tuned": a grid tuned per solver and step count by
     ``sdekit.solvers.tune.tune`` with n = tune_n and ``tune_options``). tolerances: of adaptive solvers."""
 
-    solvers: Union[str, Sequence[str], None] = None
+    solvers: Union[str, Sequence[Union[str, LearnedSolver]], LearnedSolver, None] = None
     nfe: Sequence[int] = DEFAULT_NFE
     steps: Optional[Sequence[int]] = None
     grids: Sequence[str] = DEFAULT_GRIDS
@@ -239,6 +249,35 @@ def _build(problem: Problem, plan: Plan) -> _State:
                   tune={"n": plan.tune_n, **(plan.tune_options or {})})
 
 
+def _split_learned(solvers) -> tuple[Any, list[LearnedSolver]]:
+    """(the names, or None for the default set; the LearnedSolver objects) of ``Plan.solvers``."""
+    if isinstance(solvers, LearnedSolver):
+        return [], [solvers]
+    if solvers is None or isinstance(solvers, str):
+        return solvers, []
+    learned = [s for s in solvers if isinstance(s, LearnedSolver)]
+    names = [s for s in solvers if not isinstance(s, LearnedSolver)]
+    bad = [s for s in names if not isinstance(s, str)]
+    if bad:
+        raise TypeError(f"solvers must be names or sdekit.LearnedSolver objects; got {bad[0]!r}")
+    return names, learned
+
+
+def _check_learned(learned: Sequence[LearnedSolver], model: ScoreModel) -> dict:
+    """Refuse, before any work, a learned solver of another model or one ending at t = 0; their meta entries."""
+    out: dict[str, dict] = {}
+    for ls in learned:
+        ls.check_model(model)  # WrongModelError names the fingerprints
+        if ls.denoise:
+            raise ValueError(f"{ls.name} ends at t = 0 (learned with denoise=True); compare measures every endpoint "
+                             f"at sde.eps = {model.sde.eps}: learn it with denoise=False to compare it")
+        key = ls.name if ls.name not in out else f"{ls.name}#{len(out)}"
+        out[key] = {"init": ls.init, "start_grid": ls.start_grid, "improved": ls.improved, "nfe": ls.nfe,
+                    "parameters": ls.num_parameters, "ts": ls.ts.tolist(), "cost": dict(ls.cost),
+                    "calibration": ls.calibration, "validation": ls.validation, "seed": ls.seed}
+    return out
+
+
 def _resolve_solvers(names, stochastic_ok: bool) -> list[str]:
     if names is None:
         return default_solvers()
@@ -254,9 +293,9 @@ def _resolve_solvers(names, stochastic_ok: bool) -> list[str]:
     return names
 
 
-def _runs(names: Sequence[str], plan: Plan) -> list:
-    """(solver, grid, steps, tol) for every run, steps from NFE budgets via nfe_per_step."""
-    runs: list[tuple[str, str, Optional[int], Optional[float]]] = []
+def _runs(names: Sequence[str], plan: Plan, learned: Sequence[LearnedSolver] = ()) -> list:
+    """(solver, grid, steps, tol) for every run, steps from NFE budgets via nfe_per_step; a learned solver once."""
+    runs: list[tuple[Any, str, Optional[int], Optional[float]]] = [(ls, LEARNED, ls.nfe, None) for ls in learned]
     for name in names:
         info = get(name)
         if info.adaptive:
@@ -293,12 +332,12 @@ def _meta(st: _State, names, plan: Plan) -> dict:
     return meta
 
 
-def _references(st: _State, names: Sequence[str], refs: References, meta: dict) -> None:
+def _references(st: _State, names: Sequence[str], refs: References, meta: dict, learned: bool = False) -> None:
     """The ODE reference (when a deterministic solver is compared) and the stochastic solvers' references."""
     stochastic = [nm for nm in names if not is_deterministic(get(nm))]
     if refs.reference is not None:
         st.x_ref, meta["reference"] = given_reference(refs.reference, st.x_T)
-    elif len(stochastic) < len(names):
+    elif len(stochastic) < len(names) or learned:
         st.x_ref, meta["reference"] = ode_reference(st.model, st.x_T, st.builtin, refs.ref_steps, refs.ref_tol)
     else:
         meta["reference"] = {"method": "none (no deterministic solver compared)"}
@@ -346,15 +385,23 @@ def _solve_kwargs(st: _State, name: str, grid: str, k: Optional[int], tol: Optio
     return {**kwargs, "ts": tuned.ts}, int(tuned.nfe)
 
 
-def _measure(st: _State, name: str, grid: str, k: Optional[int], tol: Optional[float]) -> Union[CompareRow, str]:
+def _measure(st: _State, solver: Union[str, LearnedSolver], grid: str, k: Optional[int],
+             tol: Optional[float]) -> Union[CompareRow, str]:
     """One solve and its statistics (a NaN row, with a warning, when the solver fails); the reason, a string, when
     the solver refuses the problem before any network call (``NotApplicableError``: a noise-form solver on a flow
     path, which starts at alpha = 0, say)."""
-    deterministic = is_deterministic(get(name))
-    kwargs, tune_nfe = _solve_kwargs(st, name, grid, k, tol, deterministic)
+    learn_s: Optional[float] = None
+    kwargs: dict[str, Any] = {}
+    if isinstance(solver, LearnedSolver):  # its own grid; its learning cost is the row's one-time cost
+        name, deterministic = solver.name, True
+        tune_nfe, learn_s = solver.cost.get("nfe"), solver.cost.get("seconds")
+    else:
+        name = solver
+        deterministic = is_deterministic(get(name))
+        kwargs, tune_nfe = _solve_kwargs(st, name, grid, k, tol, deterministic)
     t0 = time.perf_counter()
     try:
-        sol = sample(st.model, st.x_T, name, **kwargs)
+        sol = sample(st.model, st.x_T, solver, **kwargs)
     except NotApplicableError as err:  # refused before any work: skipped, reported in meta["skipped"]
         return str(err)
     except SolverError as err:  # NaN / budget: report, keep going
@@ -363,7 +410,7 @@ def _measure(st: _State, name: str, grid: str, k: Optional[int], tol: Optional[f
         if not deterministic:
             return CompareRow(name, grid, k, 0, nan, time.perf_counter() - t0, SLICED, tol, excess=nan)
         return CompareRow(name, grid, k, 0, nan, time.perf_counter() - t0, ENDPOINT, tol, nan, nan, nan, None,
-                          tune_nfe)
+                          tune_nfe, learn_s)
     dt = time.perf_counter() - t0
     if not deterministic:
         return _law_row(st, name, grid, k, tol, sol, dt)
@@ -372,7 +419,7 @@ def _measure(st: _State, name: str, grid: str, k: Optional[int], tol: Optional[f
     the_sde = st.model.sde
     flipped = None if st.gm is None else flipped_fraction(st.gm, sol.x, st.x_ref, the_sde.eps, the_sde)
     return CompareRow(name, grid, k, int(sol.nfe), s["rms"], dt, ENDPOINT, tol, s["median"], s["p90"], s["max"],
-                      flipped, tune_nfe)
+                      flipped, tune_nfe, learn_s)
 
 
 def _law_row(st: _State, name: str, grid: str, k: Optional[int], tol: Optional[float], sol, dt: float) -> CompareRow:
@@ -395,7 +442,7 @@ def _run_all(st: _State, runs: list, meta: dict, progress: bool, verbose: bool) 
     for run in tqdm(runs, desc="compare", disable=not progress):
         row = _measure(st, *run)
         if isinstance(row, str):
-            skipped.setdefault(f"{run[0]} ({run[1]})", row)
+            skipped.setdefault(f"{getattr(run[0], 'name', run[0])} ({run[1]})", row)
             continue
         results.append(row)
         if verbose:
@@ -431,10 +478,14 @@ def compare(model: Optional[ScoreModel] = None, x_T: Optional[Tensor] = None, *,
                     **({"x_T": x_T} if x_T is not None else {})}
     prob, run_plan, refs = settings_groups({"problem": problem, "plan": plan, "references": references}, settings)
     st = _build(prob, run_plan)
-    names = _resolve_solvers(run_plan.solvers, stochastic_ok=st.gm is not None)
-    runs = _runs(names, run_plan)
-    meta = _meta(st, names, run_plan)
-    _references(st, names, refs, meta)
+    given, learned = _split_learned(run_plan.solvers)
+    learned_meta = _check_learned(learned, st.model)
+    names = [] if learned and given == [] else _resolve_solvers(given, stochastic_ok=st.gm is not None)
+    runs = _runs(names, run_plan, learned)
+    meta = _meta(st, [*names, *learned_meta], run_plan)
+    if learned_meta:
+        meta["learned"] = learned_meta
+    _references(st, names, refs, meta, bool(learned))
     results = _run_all(st, runs, meta, progress, verbose)
     check_reference(results, results.meta)
     check_path_references(results, results.meta)

@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from .plot import plot_results
-from .rows import (ENDPOINT, LABELS, LAW_STATISTICS, SLICED, STATISTICS, TUNED, CompareRow, csv_values, fmt,
+from .rows import (ENDPOINT, LABELS, LAW_STATISTICS, LEARNED, SLICED, STATISTICS, TUNED, CompareRow, csv_values, fmt,
                    grid_label)
 
 Tensor = torch.Tensor
@@ -37,8 +37,8 @@ def _law_cells(r: CompareRow) -> str:
 @dataclass
 class LeaderboardEntry:
     """The best row with nfe <= budget among untuned grids (named grids and adaptive solvers), among
-    tuned grids (kind "tuned") or among stochastic rows (kind "sde"); row is None when no run of that kind fits
-    the budget."""
+    tuned grids (kind "tuned"), among learned solvers (kind "learned") or among stochastic rows (kind "sde"); row is
+    None when no run of that kind fits the budget."""
 
     budget: int
     kind: str
@@ -61,12 +61,14 @@ class Leaderboard(list):
         rows = [e.row for e in self if e.row is not None]
         stats = ["median", "p90", "rms"] + (["max"] if self.statistic == "max" else [])
         flips = any(r.flipped is not None for r in rows)
-        tuned = any(e.kind == TUNED for e in self)
+        tuned = any(e.kind in (TUNED, LEARNED) for e in self)
+        learned = any(e.kind == LEARNED for e in self)
         ws = max([6] + [len(r.solver) for r in rows])
         wg = max([4] + [len(grid_label(r)) for r in rows])
         head = (f"{'NFE <=':>6}  {'grids':<7}  {'solver':<{ws}}  {'grid':<{wg}} {'steps':>5} {'NFE':>5}"
                 + "".join(f" {s + ('*' if s == self.statistic else ''):>10}" for s in stats)
-                + (f" {'flipped':>8}" if flips else "") + (f" {'tuning NFE':>10}" if tuned else ""))
+                + (f" {'flipped':>8}" if flips else "") + (f" {'tuning NFE':>10}" if tuned else "")
+                + (f" {'learn s':>7}" if learned else ""))
         lines = [f"best per NFE budget by the {LABELS[self.statistic]} (*) of e_i = |x_i - x_ref,i| / sqrt(dim)",
                  head, "-" * len(head)]
         for e in self:
@@ -79,6 +81,7 @@ class Leaderboard(list):
                      + "".join(f" {r.statistic(s):>10.3e}" for s in stats))
             line += f" {fmt(None if r.flipped is None else 100 * r.flipped, '.2f') + '%':>8}" if flips else ""
             line += f" {fmt(r.tune_nfe, 'd'):>10}" if tuned else ""
+            line += f" {fmt(r.learn_s, '.1f'):>7}" if learned else ""
             lines.append(line.rstrip())
         return "\n".join(lines)
 
@@ -131,7 +134,9 @@ class CompareResults(list):
                          f"{fmt(r.median, '.3e'):>10} {fmt(r.p90, '.3e'):>10} {r.error:>10.3e} "
                          f"{fmt(r.max, '.3e'):>10}"
                          + (f" {fmt(r.flipped, '.4f'):>8}" if flips else "") + f" {r.time_s:>8.3f}  {r.metric}"
-                         + (f" (tuning {r.tune_nfe} NFE)" if r.tune_nfe is not None else ""))
+                         + (f" ({'learning' if r.learned else 'tuning'} {r.tune_nfe} NFE"
+                            + (f", {r.learn_s:.1f} s)" if r.learn_s is not None else ")")
+                            if r.tune_nfe is not None else ""))
         ref = self.meta.get("reference", {})
         if "error_estimate" in ref:
             lines.append(f"reference: {ref.get('method', '?')}; its own error estimate {ref['error_estimate']:.2e}")
@@ -174,7 +179,8 @@ class CompareResults(list):
 
     def leaderboard(self, budgets: Optional[Sequence[int]] = None, statistic: str = "median") -> Leaderboard:
         """The best endpoint row per NFE budget (nfe <= budget) by ``statistic`` (median, p90, rms, max),
-        one entry for untuned grids and, if any were run, one for tuned grids; or, for ``statistic`` excess,
+        one entry for untuned grids and, if any were run, one for tuned grids and one for learned solvers (their
+        one-time cost in tune_nfe and learn_s); or, for ``statistic`` excess,
         path_median or mode_err, the best stochastic row per budget. budgets default to the run's NFE budgets
         (or the NFE counts it measured)."""
         if statistic in LAW_STATISTICS:
@@ -184,11 +190,12 @@ class CompareResults(list):
         endpoint = [r for r in self if r.metric == ENDPOINT]
         if budgets is None:
             budgets = self.meta.get("nfe_budgets") or sorted({r.nfe for r in endpoint if r.nfe > 0})
-        kinds = ["untuned"] + ([TUNED] if any(r.tuned for r in endpoint) else [])
+        kinds = (["untuned"] + ([TUNED] if any(r.tuned for r in endpoint) else [])
+                 + ([LEARNED] if any(r.learned for r in endpoint) else []))
         entries = []
         for b in sorted({int(b) for b in budgets}):
             for kind in kinds:
-                pool = CompareResults(r for r in endpoint if r.tuned == (kind == TUNED))
+                pool = CompareResults(r for r in endpoint if (r.grid if r.grid in (TUNED, LEARNED) else "untuned") == kind)
                 entries.append(LeaderboardEntry(b, kind, pool.best(b, statistic=statistic)))
         return Leaderboard(entries, statistic)
 

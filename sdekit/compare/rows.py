@@ -4,12 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["CompareRow", "ENDPOINT", "SLICED", "TUNED", "STATISTICS", "LAW_STATISTICS", "LABELS", "csv_values",
+__all__ = ["CompareRow", "ENDPOINT", "SLICED", "TUNED", "LEARNED", "STATISTICS", "LAW_STATISTICS", "LABELS", "csv_values",
            "grid_label", "fmt"]
 
 ENDPOINT = "endpoint_rmse"  # the metric of deterministic rows (all statistics of e_i are kept)
 SLICED = "sliced_w2"  # the metric of stochastic rows (``sdekit.compare.law``)
 TUNED = "tuned"  # the grid name that asks for a grid tuned to the model and solver
+LEARNED = "learned"  # the grid label of a learned solver's row (``sdekit.learn_solver``: its own grid)
 STATISTICS = {"median": "median", "p90": "p90", "rms": "error", "max": "max"}  # statistic -> CompareRow field
 LAW_STATISTICS = {"excess": "excess", "path_median": "path_median", "mode_err": "mode_err"}  # of stochastic rows
 LABELS = {"median": "median", "p90": "90th percentile", "rms": "RMS", "max": "maximum",
@@ -23,7 +24,9 @@ class CompareRow:
     error (the RMS of the per-row errors e_i; for metric "sliced_w2" the sliced W2 to exact samples instead),
     time_s (wall time of the solve), metric ("endpoint_rmse" or "sliced_w2"), tol (adaptive solvers only),
     median / p90 / max of e_i, flipped (fraction of rows ending in another mixture component than the
-    reference; ground truth only) and tune_nfe (network calls spent tuning the grid; tuned rows only).
+    reference; ground truth only) and tune_nfe (network calls spent tuning the grid; tuned rows only; on a learned
+    solver's row, grid "learned": the forward network calls of its learning, each a batch of its n rows, with
+    learn_s the seconds it took; both one-time costs).
 
     Stochastic rows (metric "sliced_w2"; None on the others): excess (error minus the floor) and excess_se (its
     standard error), mode_err (mode-weight total variation), and path_median / path_p90 / path_rms / path_max of
@@ -42,6 +45,7 @@ class CompareRow:
     max: Optional[float] = None
     flipped: Optional[float] = None
     tune_nfe: Optional[int] = None
+    learn_s: Optional[float] = None
     excess: Optional[float] = None
     excess_se: Optional[float] = None
     mode_err: Optional[float] = None
@@ -57,6 +61,10 @@ class CompareRow:
     @property
     def tuned(self) -> bool:
         return self.grid == TUNED
+
+    @property
+    def learned(self) -> bool:
+        return self.grid == LEARNED
 
     def statistic(self, name: str) -> float:
         """The value of one statistic (median, p90, rms, max; for stochastic rows excess, path_median, mode_err);

@@ -105,6 +105,8 @@ def sample(
       inside its own call (classifier guidance) turns it on there with ``torch.enable_grad()``.
     """
     if log_prob:
+        if not isinstance(solver, str):  # a LearnedSolver cannot solve the augmented ODE: refused by name
+            solver.check_log_prob()
         if grad:
             raise ValueError("log_prob=True keeps the graph through the likelihood's own setting: pass "
                              "likelihood={'create_graph': True} instead of grad=True")

@@ -46,8 +46,27 @@ tensors, the SDE and the prediction type, plus the tensors of plain objects its 
 ``sample`` and ``LearnedSolver.load`` refuse another model with ``WrongModelError``. It saves as a small
 safetensors file (ts, a, b and the facts as metadata).
 
-Scope of this version: probability-flow ODE (deterministic), grids from sde.T to sde.eps on SDEs with alpha(T) > 0
-(VP, sub-VP, VE, cosine VP; not the flow-matching paths at T).
+Ends of the grid. The grid starts at sde.T. On the flow-matching paths (RectifiedFlow, CondOT, CosinePath, a
+zero-SNR table: alpha(T) = 0, lambda(T) = -inf) the first step starts at pure noise, where the data-form step is
+exact (x_1 = sigma_1 x_T + alpha_1 m_0 for DDIM/DPM-Solver++: ``exponential.py``), so any init that runs from
+alpha = 0 (dpmpp_2m, dpmpp_3m, unipc_*, ddim, euler) is read off as above and the family contains it; an init that
+refuses alpha = 0 (ipndm, deis_*) is refused by name, and a path on which the network at T determines nothing
+(PolynomialPath, alpha'(T) = sigma'(T) = 0) is refused with the solvers' own error. Where a grid end has an infinite
+log-SNR, the times are parametrised as above in phi = sigmoid(-lambda/2) = sigma/(alpha + sigma) (in [0, 1], = t
+on the rectified flow) instead of lambda. ``denoise=True`` ends at t = 0 (sigma = 0) as ``sample(...,
+denoise=True)`` and ``grid="table"`` do: the last of the ``nfe`` calls is the driver's data-prediction jump
+x_N = alpha(0) x0(x_{N-1}, t_{N-1}) from t_{N-1} = sde.eps, fixed (not learned); the N - 1 steps before it are the
+family above (its reference: rk4 down to eps/1000, then the jump). An SDE with sigma(0) > 0 (VE) has no zero-noise
+end and is refused by name there.
+
+The first call's time. With ``free_start=True`` the first model call's time is a parameter too (x_T stays the
+prior draw): z_0 = s >= 0 in the normalised log-SNR coordinate (projected to [0, 0.5] after each update) and the
+interior z_k = s + (1 - s) z_k', so s = 0 is the init exactly; s > 0 evaluates the network at (x_T, t_0 < T), the
+lever of diffusers' "leading" spacing (issue 24: its UniPC/DEIS leading runs were the peers' best at NFE <= 6). It
+needs a finite log-SNR at T (alpha(T) > 0) and is refused by name elsewhere. One more parameter.
+
+Scope: probability-flow ODE (deterministic). ``sample(..., log_prob=True)`` integrates the augmented ODE with an
+adaptive solver and cannot take a learned solver: refused by name (``LearnedSolver.check_log_prob``).
 """
 from __future__ import annotations
 
@@ -136,7 +155,8 @@ class LearnedSolver:
     the validation draw (else a, b, ts are the init's); fingerprint: the model's (None: a plain-function network,
     which cannot be checked or saved); cost: {"nfe": forward network calls, "backward": calls back-propagated,
     "seconds": wall time, "steps": Adam updates}; calibration / validation: per-row error quantiles of the
-    learned solver and its init on each draw."""
+    learned solver and its init on each draw; denoise: the grid ends at t = 0 (ts[-1] = 0, sigma = 0) and the last
+    call is the driver's data-prediction jump from ts[-2] (a, b hold the N - 1 steps before it)."""
 
     ts: Tensor
     a: Tensor
@@ -149,17 +169,20 @@ class LearnedSolver:
     calibration: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
     seed: Optional[int] = None
+    denoise: bool = False
+    free_start: bool = False
 
     @property
     def nfe(self) -> int:
-        """Network calls per solve (= steps)."""
-        return int(self.a.numel())
+        """Network calls per solve (= steps; with denoise, the final jump included)."""
+        return int(self.a.numel()) + int(self.denoise)
 
     @property
     def num_parameters(self) -> int:
-        """Learned numbers: N a's, N(N+1)/2 b's and N - 1 interior times."""
-        n = self.nfe
-        return n + n * (n + 1) // 2 + n - 1
+        """Learned numbers: M a's, M(M+1)/2 b's and M - 1 interior times, M = len(a) (nfe, or nfe - 1 before the
+        fixed final jump of a denoising solver)."""
+        n = int(self.a.numel())
+        return n + n * (n + 1) // 2 + n - 1 + int(self.free_start)
 
     @property
     def name(self) -> str:
@@ -167,7 +190,8 @@ class LearnedSolver:
 
     def __repr__(self) -> str:
         return (f"LearnedSolver(init={self.init!r}, start_grid={self.start_grid!r}, nfe={self.nfe}, "
-                f"parameters={self.num_parameters}, improved={self.improved})")
+                f"parameters={self.num_parameters}, improved={self.improved}"
+                f"{', denoise=True' if self.denoise else ''})")
 
     # -- running ----------------------------------------------------------------------------------
     def entry(self, steps=None, ts=None, t_start=None, t_end=None) -> tuple[SolverInfo, Tensor]:
@@ -183,9 +207,16 @@ class LearnedSolver:
     def _run(self, ev: Evaluator, x: Tensor, ts: Tensor):
         ev.solver = self.name
         self.check_model(ev.model)
-        if not torch.equal(ts, self.ts):
+        if not torch.equal(ts, self.ts[:-1] if self.denoise else self.ts):  # the driver takes a zero end's jump
             raise NotApplicableError(f"solver {self.name!r} runs on its own grid LearnedSolver.ts; got another grid")
         return _steps(ev, x, ts, self.a.tolist(), self.b.tolist())
+
+    def check_log_prob(self) -> None:
+        """``sample(..., log_prob=True)`` integrates the augmented probability-flow ODE adaptively: a learned
+        solver cannot run it (its coefficients are fitted to the endpoint, not to the divergence integral)."""
+        raise ValueError(f"log_prob=True solves the augmented ODE with an adaptive solver (dopri5, bosh3, ...); the "
+                         f"learned solver {self.name} cannot: sample with it, then score the samples with "
+                         "sdekit.likelihood (e.g. log_prob(model, x))")
 
     def check_model(self, model) -> None:
         """``WrongModelError`` unless ``model`` has this solver's fingerprint (not checked when it has none)."""
@@ -207,6 +238,7 @@ class LearnedSolver:
                              "could not tie it to its model (wrap the network in a torch.nn.Module)")
         meta = {"format": FORMAT, "fingerprint": self.fingerprint, "init": self.init, "start_grid": self.start_grid,
                 "improved": json.dumps(self.improved), "seed": json.dumps(self.seed),
+                "denoise": json.dumps(self.denoise), "free_start": json.dumps(self.free_start),
                 "cost": json.dumps(self.cost), "calibration": json.dumps(self.calibration),
                 "validation": json.dumps(self.validation)}
         save_file({"ts": self.ts.contiguous(), "a": self.a.contiguous(), "b": self.b.contiguous()}, path,
@@ -229,7 +261,8 @@ class LearnedSolver:
             tensors = {k: fh.get_tensor(k) for k in ("ts", "a", "b")}
         solver = cls(tensors["ts"], tensors["a"], tensors["b"], meta["init"], meta["start_grid"],
                      json.loads(meta["improved"]), meta["fingerprint"], json.loads(meta["cost"]),
-                     json.loads(meta["calibration"]), json.loads(meta["validation"]), json.loads(meta["seed"]))
+                     json.loads(meta["calibration"]), json.loads(meta["validation"]), json.loads(meta["seed"]),
+                     json.loads(meta.get("denoise", "false")), json.loads(meta.get("free_start", "false")))
         solver.check_model(model)
         return solver
 
@@ -243,6 +276,16 @@ def _steps(ev, x: Tensor, ts: Tensor, a: Sequence[float], b: Sequence[Sequence[f
         for j in range(i + 1):
             x = x.add(hist[j], alpha=b[i][j])
         yield x
+
+
+def _solve(ev, x: Tensor, ts: Tensor, a, b, denoise: bool) -> Tensor:
+    """The endpoint of ``_steps`` on the run grid, then (denoise) the driver's jump x = alpha(0) x0(x, ts[-2])."""
+    run_ts = ts[:-1] if denoise else ts
+    for state in _steps(ev, x, run_ts, a.tolist(), b.tolist()):
+        x = state
+    if denoise:
+        x = float(ev.sde.alpha(ts[-1])) * ev.x0(x, run_ts[-1])
+    return x
 
 
 # -- the init, read off a registered solver -----------------------------------------------------------
@@ -301,56 +344,86 @@ def _dtype_device(model: ScoreModel):
 
 
 class _Draw:
-    """Prior rows and their converged reference endpoints."""
+    """Prior rows and their converged reference endpoints (rk4 on the log-SNR grid to sde.eps; with denoise, to
+    eps/1000 and then the jump to t = 0, whose own error is O(sigma(eps/1000)^2))."""
 
-    def __init__(self, model, shape, n, seed, dtype, device, ref_steps):
+    def __init__(self, model, shape, n, seed, dtype, device, ref_steps, denoise=False):
         g = torch.Generator().manual_seed(seed)
-        self.x_T = model.sde.prior_sample((n, *shape), generator=g).to(dtype=dtype, device=device)
-        self.x_ref = sample(model, self.x_T, "rk4", ref_steps, grid="logsnr").x
-        self.nfe = 4 * ref_steps
+        sde = model.sde
+        self.x_T = sde.prior_sample((n, *shape), generator=g).to(dtype=dtype, device=device)
+        if denoise:
+            ts = make_grid(sde, ref_steps, "logsnr", t_end=sde.eps * 1e-3)
+            sol = sample(model, self.x_T, "rk4", ts=torch.cat([ts, ts.new_zeros(1)]))
+        else:
+            sol = sample(model, self.x_T, "rk4", ref_steps, grid="logsnr")
+        self.x_ref, self.nfe, self.denoise = sol.x, sol.nfe, denoise
 
     def errors(self, model, ts, a, b) -> Tensor:
         ev = Evaluator(model)
-        x = self.x_T
         with torch.no_grad():
-            for x in _steps(ev, self.x_T.clone(), ts, a.tolist(), b.tolist()):  # noqa: B007 (the last state)
-                pass
+            x = _solve(ev, self.x_T.clone(), ts, a, b, self.denoise)
         self.nfe += ev.nfe
         e = row_errors(x, self.x_ref)
         return torch.where(torch.isfinite(e), e, torch.full_like(e, math.inf))
 
 
 class _Times:
-    """The interior times as a differentiable function of theta (softmax increments in normalised log-SNR), exactly
-    the init grid at theta^0."""
+    """The interior times as a differentiable function of theta (softmax increments in a normalised coordinate c:
+    log-SNR, or phi = sigmoid(-lambda/2) where an end's log-SNR is infinite), exactly the init grid at theta^0."""
 
     def __init__(self, sde, ts: Tensor):
         self.sde, self.ts0 = sde, ts
         lam = sde.log_snr(ts)
-        self.lam0, self.lam1 = float(lam[0]), float(lam[-1])
-        z = (lam - self.lam0) / (self.lam1 - self.lam0)
+        self.phi = not bool(torch.isfinite(lam[[0, -1]]).all())
+        c = torch.sigmoid(-0.5 * lam) if self.phi else lam
+        self.c0, self.c1 = float(c[0]), float(c[-1])
+        z = (c - self.c0) / (self.c1 - self.c0)
         self.theta0 = torch.log(torch.diff(z).clamp_min(1e-12))
         self._ref = self._t(self.theta0).detach()
 
     def _t(self, theta: Tensor) -> Tensor:
         w = torch.softmax(theta, 0)
-        lam = self.lam0 + torch.cumsum(w, 0)[:-1] * (self.lam1 - self.lam0)
-        lam_d = lam.detach()
-        t = self.sde.t_from_log_snr(lam_d)
+        c = self.c0 + torch.cumsum(w, 0)[:-1] * (self.c1 - self.c0)
+        c_d = c.detach()
+        lam = 2 * (torch.log1p(-c_d) - torch.log(c_d)) if self.phi else c_d  # lambda = -2 logit(phi)
+        t = self.sde.t_from_log_snr(lam)
         slope = 2 * (self.sde.d_alpha(t) / self.sde.alpha(t) - self.sde.d_sigma(t) / self.sde.sigma(t))
-        return t + (lam - lam_d) / slope  # value t(lambda), derivative 1/lambda'(t)
+        if self.phi:
+            slope = slope * (-0.5 * c_d * (1 - c_d))  # d phi / dt = (d phi / d lambda) lambda'(t)
+        return t + (c - c_d) / slope  # value t(c), derivative 1/c'(t)
 
-    def __call__(self, theta: Tensor) -> Tensor:
-        inner = self.ts0[1:-1] + (self._t(theta) - self._ref)  # exactly ts0 at theta^0
-        return torch.cat([self.ts0[:1], inner, self.ts0[-1:]])
+    def __call__(self, theta: Tensor, start: Optional[Tensor] = None) -> Tensor:
+        """The grid; ``start`` (>= 0, a free first time): the first call at z_0 = start in the normalised
+        coordinate, below T (diffusers' "leading" spacing) and the interior times at start + z_k (1 - start)."""
+        if start is None:
+            inner = self.ts0[1:-1] + (self._t(theta) - self._ref)  # exactly ts0 at theta^0
+            return torch.cat([self.ts0[:1], inner, self.ts0[-1:]])
+        w = torch.softmax(theta, 0)
+        z = torch.cat([start.reshape(1), start + torch.cumsum(w, 0)[:-1] * (1 - start)])
+        ref = self.ts0[:-1]
+        pts = ref + (self._at(z) - self._at(torch.cat([torch.zeros(1, dtype=z.dtype), torch.cumsum(
+            torch.softmax(self.theta0, 0), 0)[:-1]])))  # exactly ts0 at (theta^0, 0)
+        return torch.cat([pts, self.ts0[-1:]])
+
+    def _at(self, z: Tensor) -> Tensor:
+        """t at normalised coordinates z (finite log-SNR ends only), differentiable in z."""
+        c = self.c0 + z * (self.c1 - self.c0)
+        c_d = c.detach()
+        t = self.sde.t_from_log_snr(c_d)
+        slope = 2 * (self.sde.d_alpha(t) / self.sde.alpha(t) - self.sde.d_sigma(t) / self.sde.sigma(t))
+        return t + (c - c_d) / slope
 
 
-def _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid):
+def _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, denoise, free_start):
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be a sdekit.ScoreModel; got {type(model).__name__}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
         raise ValueError(f"nfe must be an integer >= 2; got {nfe!r}")
-    get(init)
+    names = (init,) if isinstance(init, str) else tuple(init) if isinstance(init, (tuple, list)) else None
+    if not names or not all(isinstance(nm, str) for nm in names):
+        raise TypeError(f"init must be a solver name or a non-empty list of names; got {init!r}")
+    for nm in names:
+        get(nm)
     if shape is None or any(isinstance(s, bool) or int(s) != s or s < 1 for s in shape):
         raise ValueError(f"shape must give one row's shape, e.g. shape=(2,) or (1, 8, 8); got {shape!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 10:
@@ -365,17 +438,25 @@ def _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid):
         raise TypeError(f"generator must be an int seed; got {generator!r}")
     if not (grid is None or isinstance(grid, (str, Tensor))):
         raise TypeError(f"grid must be None (the best named grid), a grid name or a tensor of times; got {grid!r}")
+    if not isinstance(denoise, bool):
+        raise TypeError(f"denoise must be True or False; got {denoise!r}")
+    if not isinstance(free_start, bool):
+        raise TypeError(f"free_start must be True or False; got {free_start!r}")
     sde = model.sde
-    if float(sde.alpha(sde.T)) == 0.0:
-        raise NotApplicableError("learn_solver needs alpha(T) > 0 (its grid starts at sde.T in log-SNR); this "
-                                 f"{sde!r} has alpha(T) = 0")
+    if free_start and float(sde.alpha(sde.T)) == 0.0:
+        raise NotApplicableError(f"free_start=True moves the first call below T in log-SNR, which is -inf at T on "
+                                 f"this {sde!r} (alpha(T) = 0): learn with free_start=False")
+    if denoise and float(sde.sigma(0.0)) != 0.0:
+        raise NotApplicableError(f"denoise=True ends at t = 0 with sigma = 0, but this {sde!r} has sigma(0) = "
+                                 f"{float(sde.sigma(0.0)):.3g} > 0 (no zero-noise end): learn to sde.eps "
+                                 "(denoise=False) and sample with sample(..., denoise=True) for a final jump")
 
 
 def learn_solver(
     model: ScoreModel,
     nfe: int,
     *,
-    init: str = "dpmpp_2m",
+    init: Union[str, Sequence[str]] = "dpmpp_2m",
     shape: Optional[Sequence[int]] = None,
     n: int = 256,
     generator: int = 0,
@@ -383,46 +464,77 @@ def learn_solver(
     lr: float = 0.01,
     grid: Union[str, Tensor, None] = None,
     ref_steps: int = 500,
+    denoise: bool = False,
+    free_start: bool = False,
+    tries: int = 1,
 ) -> LearnedSolver:
     """Learn an ``nfe``-call solver for ``model`` (module docstring), starting at the registered solver ``init``.
 
-    shape: one row's shape (prior draws are (n, *shape)); generator: the calibration draw's seed (the validation
-    draw's is generator + 7919); steps, lr: Adam updates and learning rate (lr = 0 or steps = 0: no learning, the
-    init is returned); grid: the init's grid: None picks the best of tune's named start grids on the calibration
-    draw, or a grid name, or a tensor of nfe + 1 decreasing times from sde.T to sde.eps; ref_steps: rk4 steps of
-    the reference solves."""
-    _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid)
+    init: a registered solver, or several: each is read off on each start grid and the (solver, grid) pair with the
+    best balanced error on the calibration draw starts learning (names in the list that cannot run on this SDE are
+    skipped; all refused: the first refusal is raised); shape: one row's shape (prior draws are (n, *shape));
+    generator: the calibration draw's seed (the validation draw's is generator + 7919); steps, lr: Adam updates and
+    learning rate (lr = 0 or steps = 0: no learning, the init is returned); grid: the init's grid: None picks the
+    best of tune's named start grids on the calibration draw, or a grid name, or a tensor of nfe + 1 decreasing
+    times from sde.T to sde.eps (with denoise, to 0); ref_steps: rk4 steps of the reference solves; denoise: end at
+    t = 0, the last call being the data-prediction jump from sde.eps (module docstring; needs sigma(0) = 0);
+    free_start: learn the time of the first call too (x_T stays the prior draw; the first call may be made below T,
+    diffusers' "leading" lever; needs alpha(T) > 0: one more parameter); tries: learn from the best ``tries``
+    (solver, grid) starts on the calibration draw and keep the one that ends best there (cost x tries); the held-out
+    draw then compares it with the best start's init (which is returned if it loses)."""
+    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+        raise ValueError(f"tries must be an integer >= 1; got {tries!r}")
+    _check(model, nfe, init, shape, n, steps, lr, ref_steps, generator, grid, denoise, free_start)
     assert shape is not None  # checked above
     t0 = time.perf_counter()
     sde = model.sde
     dtype, device = _dtype_device(model)
-    starts = _start_grids(sde, nfe, grid)
-    inits = {g: (ts, *_probe(model, init, ts)) for g, ts in starts.items()}  # refuses an init outside the family
-    cal = _Draw(model, tuple(shape), n, generator, dtype, device, ref_steps)
-    val = _Draw(model, tuple(shape), n, generator + 7919, dtype, device, ref_steps)
+    starts = _start_grids(sde, nfe, grid, denoise)
+    # refuses an init outside the family (or one that cannot start at alpha = 0) by name
+    names = (init,) if isinstance(init, str) else tuple(init)
+    inits, refused = {}, []
+    for nm in names:
+        try:
+            inits.update({(nm, g): (ts, *_probe(model, nm, ts[:-1] if denoise else ts)) for g, ts in starts.items()})
+        except NotApplicableError as err:
+            if len(names) == 1:
+                raise
+            refused.append(err)
+    if not inits:
+        raise refused[0]
+    cal = _Draw(model, tuple(shape), n, generator, dtype, device, ref_steps, denoise)
+    val = _Draw(model, tuple(shape), n, generator + 7919, dtype, device, ref_steps, denoise)
     scores = {g: _balanced(cal.errors(model, *v)) for g, v in inits.items()}
-    start = min(scores, key=scores.__getitem__)
-    ts0, a0, b0 = inits[start]
-    ts1, a1, b1, back = _fit(model, cal, ts0, a0, b0, steps, float(lr), dtype) if steps and lr else (ts0, a0, b0, 0)
+    ranked = sorted(scores, key=scores.__getitem__)
+    ts0, a0, b0 = inits[ranked[0]]
+    fits, back = [], 0
+    for pair in ranked[:tries]:  # learn from the best `tries` starts; keep the best on the calibration draw
+        fit = _fit(model, cal, *inits[pair], steps, float(lr), dtype, free_start) if steps and lr else (
+            *inits[pair], 0)
+        back += fit[3]
+        fits.append((_balanced(cal.errors(model, *fit[:3])), pair, fit[:3]))
+    _, learned_from, (ts1, a1, b1) = min(fits, key=lambda f: f[0])
     e_cal = {"learned": cal.errors(model, ts1, a1, b1), "init": cal.errors(model, ts0, a0, b0)}
     e_val = {"learned": val.errors(model, ts1, a1, b1), "init": val.errors(model, ts0, a0, b0)}
     improved = _wins(e_val["learned"], e_val["init"])
     ts, a, b = (ts1, a1, b1) if improved else (ts0, a0, b0)
+    chosen, start_grid = learned_from if improved else ranked[0]
     cost = {"nfe": cal.nfe + val.nfe, "backward": back, "steps": steps, "seconds": time.perf_counter() - t0}
-    return LearnedSolver(ts, a, b, init, start, improved, _identity(model), cost,
+    return LearnedSolver(ts, a, b, chosen, start_grid, improved, _identity(model), cost,
                          {k: _summary(e) for k, e in e_cal.items()}, {k: _summary(e) for k, e in e_val.items()},
-                         generator)
+                         generator, denoise, free_start)
 
 
-def _start_grids(sde, nfe: int, grid) -> dict:
+def _start_grids(sde, nfe: int, grid, denoise: bool) -> dict:
+    end = 0.0 if denoise else sde.eps
     if isinstance(grid, Tensor):
         ts = make_grid(sde, ts=grid)
-        if len(ts) != nfe + 1 or float(ts[0]) != sde.T or float(ts[-1]) != sde.eps or not bool((ts[1:] < ts[:-1]).all()):
-            raise ValueError(f"grid must hold nfe + 1 = {nfe + 1} decreasing times from sde.T = {sde.T} to sde.eps = "
-                             f"{sde.eps}; got {grid.tolist()}")
+        if len(ts) != nfe + 1 or float(ts[0]) != sde.T or float(ts[-1]) != end or not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError(f"grid must hold nfe + 1 = {nfe + 1} decreasing times from sde.T = {sde.T} to "
+                             f"{'0 (denoise)' if denoise else f'sde.eps = {sde.eps}'}; got {grid.tolist()}")
         return {"custom": ts}
     names = START_GRIDS if grid is None else (grid,)
-    return {g: make_grid(sde, nfe, g) for g in names}
+    return {g: make_grid(sde, nfe, g, t_end=end if denoise else None) for g in names}
 
 
 def _objective(e: Tensor) -> Tensor:
@@ -443,21 +555,27 @@ def _adam(leaves, grads, moments, k: int, lr: float, b1: float = 0.9, b2: float 
             p.sub_(lr * (m / (1 - b1**k)) / ((s / (1 - b2**k)).sqrt() + eps))
 
 
-def _fit(model, cal: _Draw, ts0: Tensor, a0: Tensor, b0: Tensor, steps: int, lr: float, dtype):
-    """Adam on (theta, u, v) from zero offsets; returns the lowest-loss (ts, a, b) and the backward call count."""
-    N = len(a0)
-    times = _Times(model.sde, ts0)
+def _fit(model, cal: _Draw, ts0: Tensor, a0: Tensor, b0: Tensor, steps: int, lr: float, dtype,
+         free_start: bool = False):
+    """Adam on (theta, u, v[, start]) from zero offsets; returns the lowest-loss (ts, a, b) and the backward call
+    count. free_start: the first time is learned too (start >= 0, projected after each update)."""
+    N, denoise = len(a0), cal.denoise
+    run0 = ts0[:-1] if denoise else ts0
+    times = _Times(model.sde, run0)
+    alpha_end = float(model.sde.alpha(ts0[-1]))
     theta = times.theta0.clone().requires_grad_(True)
     u = torch.zeros(N, dtype=torch.float64, requires_grad=True)
     v = torch.zeros(N, N, dtype=torch.float64, requires_grad=True)
     mask = torch.tril(torch.ones(N, N, dtype=torch.float64))
     scale = b0.abs().amax(1).clamp_min(1e-12)[:, None]
-    leaves = [theta, u, v]
+    start = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    leaves = [theta, u, v] + ([start] if free_start else [])
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
     rows = cal.x_T.shape[0]
 
     def params():
-        return times(theta), a0 * (1 + u), b0 + scale * v * mask
+        ts = times(theta, start) if free_start else times(theta)
+        return (torch.cat([ts, ts0[-1:]]) if denoise else ts), a0 * (1 + u), b0 + scale * v * mask
 
     best = (math.inf, ts0, a0, b0)
     for k in range(steps):
@@ -470,17 +588,22 @@ def _fit(model, cal: _Draw, ts0: Tensor, a0: Tensor, b0: Tensor, steps: int, lr:
                 t = ts[i].expand(rows).to(dtype)
                 hist.append(model.predict(x, t, "x0"))
                 x = a[i].to(dtype) * x + sum(b[i, j].to(dtype) * hist[j] for j in range(i + 1))
+            if denoise:  # the driver's jump from the last run time
+                x = alpha_end * model.predict(x, ts[N].expand(rows).to(dtype), "x0")
             e = row_errors(x, cal.x_ref)
             loss = _objective(e)
-        cal.nfe += N
+        cal.nfe += N + denoise
         if not torch.isfinite(loss):
             break
         if float(loss) < best[0]:
             best = (float(loss), *(p.detach().clone() for p in (ts, a, b)))
         grads = torch.autograd.grad(loss, leaves)
         _adam(leaves, grads, moments, k + 1, 0.5 * lr * (1 + math.cos(math.pi * k / steps)))
+        with torch.no_grad():
+            start.clamp_(0.0, 0.5)
     _, ts, a, b = best
+    back = steps * (N + denoise)
     if not bool((ts[1:] < ts[:-1]).all()):  # increments under float resolution: keep the init
-        return ts0, a0, b0, steps * N
-    return ts, a, b, steps * N
+        return ts0, a0, b0, back
+    return ts, a, b, back
 
