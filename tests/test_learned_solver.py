@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sdekit
-from sdekit.solvers import learned as learned_mod
+from sdekit.solvers import learned_fit
 from sdekit.solvers.base import NotApplicableError
 from sdekit.solvers.grids import make_grid
 from sdekit.solvers.learned import LearnedSolver, WrongModelError, learn_solver
@@ -49,7 +49,7 @@ def test_init_reproduces_every_one_call_solver_or_refuses_it_by_name(grid):
     reproduced = []
     for name in _one_call_solvers():
         try:
-            a, b = learned_mod._probe(model, name, ts)
+            a, b = learned_fit._probe(model, name, ts)
         except NotApplicableError as err:
             assert name in str(err)
             continue
@@ -66,7 +66,7 @@ def test_step_zero_of_learning_is_the_init_exactly():
     """The learned parametrisation at its starting point gives the init's times bit for bit."""
     for grid in ("logsnr", "quadratic", "karras"):
         ts = make_grid(SDE, 5, grid)
-        times = learned_mod._Times(SDE, ts)
+        times = learned_fit._Times(SDE, ts)
         assert torch.equal(times(times.theta0.clone().requires_grad_(True)).detach(), ts)
 
 
@@ -88,7 +88,7 @@ def test_learning_lowers_the_error_on_fresh_draws(case):
 def test_no_learning_returns_the_init(how):
     model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
     ls = learn_solver(model, 4, shape=(2,), n=16, ref_steps=20, grid="logsnr", **how)
-    a, b = learned_mod._probe(model, "dpmpp_2m", make_grid(SDE, 4, "logsnr"))
+    a, b = learned_fit._probe(model, "dpmpp_2m", make_grid(SDE, 4, "logsnr"))
     assert not ls.improved and torch.equal(ls.a, a) and torch.equal(ls.b, b)
     assert torch.equal(ls.ts, make_grid(SDE, 4, "logsnr"))
 
@@ -98,12 +98,12 @@ def test_the_held_out_draw_rejects_a_solver_worse_than_its_init(monkeypatch):
     def spoiled(model, cal, ts0, a0, b0, steps, lr, dtype, free_start=False):  # half the data terms
         return ts0, a0, b0 * 0.5, steps * len(a0)
 
-    monkeypatch.setattr(learned_mod, "_fit", spoiled)
+    monkeypatch.setattr(learned_fit, "_fit", spoiled)
     model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
     ls = learn_solver(model, 4, shape=(2,), n=32, ref_steps=50, steps=1, grid="logsnr")
     assert not ls.improved
     assert ls.validation["learned"]["median"] > ls.validation["init"]["median"]
-    assert torch.equal(ls.a, learned_mod._probe(model, "dpmpp_2m", ls.ts)[0])
+    assert torch.equal(ls.a, learned_fit._probe(model, "dpmpp_2m", ls.ts)[0])
 
 
 def test_save_load_round_trip(case, tmp_path):
@@ -166,7 +166,7 @@ def test_bad_inputs_are_refused_before_any_work(monkeypatch):
             yield x
 
     info = SolverInfo("off_state", off_state, False, 1, 1, False, "ode", {})
-    monkeypatch.setattr(learned_mod, "get", lambda name: info if name == "off_state" else get(name))
+    monkeypatch.setattr(learned_fit, "get", lambda name: info if name == "off_state" else get(name))
     model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
     for kwargs, err in (({"nfe": 1}, ValueError), ({"shape": None}, ValueError), ({"n": 5}, ValueError),
                         ({"steps": -1}, ValueError), ({"lr": math.nan}, ValueError), ({"init": "nope"}, ValueError),
@@ -207,11 +207,11 @@ def test_on_flow_paths_the_init_is_every_solver_that_starts_at_pure_noise(sde, d
     for grid in ("uniform", "logsnr", "karras"):
         ts = make_grid(sde, 5, grid, t_end=0.0 if denoise else None)
         run = ts[:-1] if denoise else ts
-        times = learned_mod._Times(sde, run)
+        times = learned_fit._Times(sde, run)
         assert torch.equal(times(times.theta0.clone().requires_grad_(True)).detach(), run)
         for name in _one_call_solvers():
             try:
-                a, b = learned_mod._probe(model, name, run)
+                a, b = learned_fit._probe(model, name, run)
             except NotApplicableError as err:
                 assert name in str(err)
                 continue
@@ -332,7 +332,7 @@ def test_free_start_is_exact_at_step_zero_and_moves_only_below_T(tmp_path):
     refused by name where log-SNR is -inf at T."""
     for grid in ("logsnr", "quadratic", "karras"):
         ts = make_grid(SDE, 5, grid)
-        times = learned_mod._Times(SDE, ts)
+        times = learned_fit._Times(SDE, ts)
         zero = torch.zeros((), dtype=torch.float64, requires_grad=True)
         assert torch.equal(times(times.theta0.clone().requires_grad_(True), zero).detach(), ts)
     model = sdekit.GaussianMixture.default(dim=2, seed=11).model(SDE)
@@ -378,7 +378,7 @@ def test_tries_learns_from_the_best_starts_and_keeps_the_best_on_calibration(mon
         calls.append(ts0)
         return ts0, a0, b0 * (1.0 if len(calls) == 1 else 1.0 + 1e-9), steps * len(a0)
 
-    monkeypatch.setattr(learned_mod, "_fit", fit)
+    monkeypatch.setattr(learned_fit, "_fit", fit)
     model = sdekit.GaussianMixture.default(dim=2, seed=1).model(SDE)
     ls = learn_solver(model, 4, shape=(2,), n=32, ref_steps=40, steps=3, tries=2)
     assert len(calls) == 2 and not torch.equal(calls[0], calls[1])  # two distinct start grids
