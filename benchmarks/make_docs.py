@@ -600,9 +600,28 @@ def learned_solver(results: Results) -> dict[str, Any]:
             "learned.seeds": f"{seeds[0]}-{seeds[-1]}", "learned.cost": span(costs), "learned.seconds": span(secs)}
 
 
+def learned_vs_peers(results: Results) -> dict[str, Any]:
+    data = results("learned_solver_vs_peers.json")
+    rows, met = [], {"median": 0, "p90": 0}
+    for problem in data["problems"]:
+        for dim in data["dims"]:
+            for stat in ("median", "p90"):
+                cells = []
+                for nfe in data["nfe"]:
+                    c = data["summary"][f"{problem}_{dim}d_nfe{nfe}"][stat]
+                    met[stat] += bool(c["goal_met_every_seed"])
+                    cells.append(f"{c['median']:.2f} ({fmt(span(c['per_seed']), '.2f')})")
+                rows.append([problem, f"{dim}-D", stat, *cells])
+    cells_n = len(data["problems"]) * len(data["dims"]) * len(data["nfe"])
+    seeds = data["seeds"]
+    return {"lvp.table": table(["problem", "dim", "statistic", *[f"NFE {n}" for n in data["nfe"]]], rows),
+            "lvp.seeds": f"{seeds[0]}-{seeds[-1]}", "lvp.median_met": f"{met['median']} of {cells_n}",
+            "lvp.p90_met": f"{met['p90']} of {cells_n}"}
+
+
 SECTIONS: list[Callable[[Results], dict[str, Any]]] = [
     accuracy, quick_runs, overhead, overhead_path_noise, likelihood, likelihood_digits, transcripts, stochastic, stochastic_quick, strong_order,
-    flow_matching, digits, distributed, sample_memory, schedules, grad_tune, learned_solver,
+    flow_matching, digits, distributed, sample_memory, schedules, grad_tune, learned_solver, learned_vs_peers,
 ]
 
 
