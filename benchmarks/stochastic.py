@@ -160,6 +160,8 @@ def _sdekit_solve(model, x_T, spec, seed):
         kw["ts"] = torch.tensor(spec["ts"], dtype=torch.float64)
     else:
         kw.update(steps=spec["steps"], grid=spec["grid"], **({"t_end": 0.0} if spec["jump"] else {}))
+        if "t_start" in spec:
+            kw["t_start"] = spec["t_start"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return sdekit.sample(model, x_T, spec["solver"], generator=seed, **kw)
@@ -177,17 +179,21 @@ def sdekit_runs(gm, sde, x_T, t_end, exact, budgets, seed, jump: bool):
         extra = 12 if name == "restart" else 0  # default restart interval: 2 N K = 12 calls
         for grid in GRIDS:
             for b in budgets:
+              for lead in (False, True) if LEADING else (False,):
                 k = max(1, (b - extra - (1 if jump else 0)) // per + (1 if jump else 0))
                 while True:
                     t0 = time.perf_counter()
                     spec = {"solver": name, "opts": opts, "grid": grid, "steps": k, "jump": jump}
+                    if lead:  # diffusers' "leading" lever: the first node one step's worth of t below T
+                        spec["t_start"] = sde.T * (1 - 1 / k)
                     sol = _sdekit_solve(model, x_T, spec, seed)
                     if sol.nfe <= b or k == 1:
                         break
                     k -= 1
                 if sol.nfe > b:
                     continue
-                rows.append({"library": "sdekit", "solver": _label(name, opts), "setting": grid, "steps": k,
+                rows.append({"library": "sdekit", "solver": _label(name, opts), "setting": grid + " leading" * lead,
+                             "steps": k,
                              "nfe": sol.nfe, "budget": b, "time_s": time.perf_counter() - t0, "spec": spec,
                              **law_metrics(gm, sde, t_end, sol.x, exact)})
     return rows
@@ -361,6 +367,7 @@ def problem_of(problem: str, dim: int, seed: int):
     return gm, sde, (sde.eps if problem == "vp" else 0.0)
 
 
+LEADING = False  # --leading: every named grid also with its first node at T (1 - 1/steps)
 HELD_OUT = 5000  # the held-out draw's seeds: prior rows seed + HELD_OUT, exact set + 1, sampler noise + 2
 LIBS = ("sdekit", "sdekit named grids", "k-diffusion", "diffusers")
 
@@ -520,6 +527,7 @@ def resummarize(path: str) -> dict:
     report = reports[0]
     report["units"] = [u for r in reports for u in r["units"]]
     report["settings"]["seeds"] = sorted({u["seed"] for u in report["units"]})
+    report["settings"]["dims"] = sorted({u["dim"] for u in report["units"]})
     budgets = report["budgets"]
     for u in report["units"]:
         if "mode_floor" not in u:
@@ -579,6 +587,10 @@ def main(argv=None):
     p.add_argument("--seeds", default="9501,9502,9503")
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--dims", default="2,16")
+    p.add_argument("--problems", default="vp,ddpm")
+    p.add_argument("--leading", action="store_true", help="sdekit's named grids also start one step below T")
+    p.add_argument("--lean", action="store_true", help="sdekit's samplers and grids that can win at NFE 10-20 only "
+                   "(no restart, euler_maruyama, dpmpp_2s_ancestral; no karras grid): the peers keep every setting")
     p.add_argument("--budgets", default=None, help="NFE budgets (default 10,20)")
     p.add_argument("--tune-n", type=int, default=1024, help="prior rows per draw of tune_stochastic (0: no tuned "
                    "grids)")
@@ -592,6 +604,12 @@ def main(argv=None):
                    "report (and its plot) instead of running")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    global LEADING
+    LEADING = args.leading
+    if args.lean:
+        global GRIDS
+        SDEKIT[:] = [(name, o) for name, o in SDEKIT if name not in ("restart", "euler_maruyama", "dpmpp_2s_ancestral")]
+        GRIDS = tuple(g for g in GRIDS if g != "karras")
     if args.resummarize:
         report = resummarize(args.resummarize)
         print_ratios(report)
@@ -613,6 +631,7 @@ def main(argv=None):
         have_diffusers = False
     name = args.name or ("stochastic_quick" if quick else "stochastic")
     report = {"settings": {"n": n, "seeds": seeds, "dims": dims, "torch": torch.__version__, "tune_n": args.tune_n,
+                           "sdekit_samplers": [_label(name, o) for name, o in SDEKIT], "sdekit_grids": GRIDS,
                            "threads": torch.get_num_threads(), "clock": "thread CPU time, min over repeats"},
               "budgets": budgets, "missing_peers": [k for k, v in (("k-diffusion", kds), ("diffusers", have_diffusers))
                                                     if not v]}
@@ -628,7 +647,7 @@ def main(argv=None):
     units = []
     for seed in seeds:
         for dim in dims:
-            for problem in ("vp", "ddpm"):
+            for problem in args.problems.split(","):
                 t0 = time.perf_counter()
                 units.append(run_unit(problem, dim, seed, n, budgets, kds, have_diffusers, args.tune_n,
                                        [int(b) for b in args.tune_budgets.split(",")]))
