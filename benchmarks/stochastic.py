@@ -179,23 +179,23 @@ def sdekit_runs(gm, sde, x_T, t_end, exact, budgets, seed, jump: bool):
         extra = 12 if name == "restart" else 0  # default restart interval: 2 N K = 12 calls
         for grid in GRIDS:
             for b in budgets:
-              for lead in (False, True) if LEADING else (False,):
-                k = max(1, (b - extra - (1 if jump else 0)) // per + (1 if jump else 0))
-                while True:
-                    t0 = time.perf_counter()
-                    spec = {"solver": name, "opts": opts, "grid": grid, "steps": k, "jump": jump}
-                    if lead:  # diffusers' "leading" lever: the first node one step's worth of t below T
-                        spec["t_start"] = sde.T * (1 - 1 / k)
-                    sol = _sdekit_solve(model, x_T, spec, seed)
-                    if sol.nfe <= b or k == 1:
-                        break
-                    k -= 1
-                if sol.nfe > b:
-                    continue
-                rows.append({"library": "sdekit", "solver": _label(name, opts), "setting": grid + " leading" * lead,
-                             "steps": k,
-                             "nfe": sol.nfe, "budget": b, "time_s": time.perf_counter() - t0, "spec": spec,
-                             **law_metrics(gm, sde, t_end, sol.x, exact)})
+                for lead in (False, True) if LEADING else (False,):
+                    k = max(1, (b - extra - (1 if jump else 0)) // per + (1 if jump else 0))
+                    while True:
+                        t0 = time.perf_counter()
+                        spec = {"solver": name, "opts": opts, "grid": grid, "steps": k, "jump": jump}
+                        if lead:  # diffusers' "leading" lever: the first node one step's worth of t below T
+                            spec["t_start"] = sde.T * (1 - 1 / k)
+                        sol = _sdekit_solve(model, x_T, spec, seed)
+                        if sol.nfe <= b or k == 1:
+                            break
+                        k -= 1
+                    if sol.nfe > b:
+                        continue
+                    rows.append({"library": "sdekit", "solver": _label(name, opts), "setting": grid + " leading" * lead,
+                                 "steps": k,
+                                 "nfe": sol.nfe, "budget": b, "time_s": time.perf_counter() - t0, "spec": spec,
+                                 **law_metrics(gm, sde, t_end, sol.x, exact)})
     return rows
 
 
