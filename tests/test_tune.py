@@ -101,7 +101,7 @@ def test_named_grids_round_trip_through_the_parameters(steps, grid):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(solver="euler_maruyama", steps=4, shape=(2,)), "deterministic"),
+    (dict(solver="euler_maruyama", steps=4, shape=(2,), method="gradient"), "stochastic"),
     (dict(solver="dopri5", steps=4, shape=(2,)), "adaptive"),
     (dict(solver="nope", steps=4, shape=(2,)), "unknown solver"),
     (dict(solver="euler", steps=1, shape=(2,)), "steps"),

@@ -95,3 +95,20 @@ def test_bad_input_is_refused_before_any_work():
         tune_stochastic(GM, "euler_ancestral", 10, shape=(2,))
     with pytest.raises(TypeError, match="generator"):
         tune_stochastic(MODEL, "euler_ancestral", 10, shape=(2,), generator=None)
+
+
+def test_tune_is_the_front_door_for_stochastic_samplers():
+    """sdekit.tune on a stochastic sampler tunes its grid on the sliced W2 (tune_stochastic), with the same result
+    for the same settings; deterministic-only settings are refused by name before any work."""
+    model = GM.model(SDE)
+    kw = dict(shape=(2,), n=256, generator=3, max_evals=6, ref_steps=40)
+    front = sdekit.tune(model, "euler_ancestral", 5, **kw)
+    direct = tune_stochastic(model, "euler_ancestral", 5, **kw)
+    assert front.objective == "sw2"
+    assert torch.equal(front.ts, direct.ts)
+    calls = []
+    counted = sdekit.ScoreModel(lambda x, t: calls.append(1) or model.net(x, t), SDE, model.prediction)
+    for bad in ({"method": "gradient"}, {"objective": "median"}, {"lr": 0.1}):
+        with pytest.raises(ValueError, match="stochastic"):
+            sdekit.tune(counted, "euler_ancestral", 5, **kw, **bad)
+    assert not calls

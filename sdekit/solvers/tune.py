@@ -70,7 +70,7 @@ from .driver import sample
 from ..fingerprint import model_fingerprint
 from .grid_params import PHI_MAX, GridParams
 from .grids import GRIDS, make_grid
-from .registry import get
+from .registry import available, get
 
 Tensor = torch.Tensor
 
@@ -332,7 +332,7 @@ def tune(
     steps: int,
     *,
     shape: Optional[Sequence[int]] = None,
-    n: int = 256,
+    n: Optional[int] = None,
     generator: Union[int, torch.Generator, None] = 0,
     t_start: Optional[float] = None,
     t_end: Optional[float] = None,
@@ -370,7 +370,17 @@ def tune(
     solver_options go to the solver.
 
     The tuned grid is kept only if it beats the start grid on the validation draw on the objective and is no worse
-    there on the median nor on the 90th percentile (``TunedGrid.improved``); else the start grid is returned."""
+    there on the median nor on the 90th percentile (``TunedGrid.improved``); else the start grid is returned.
+
+    A stochastic sampler (euler_ancestral, dpmpp_2m_sde, er_sde_k, ...) has no per-row endpoint to compare: it is
+    tuned by ``tune_sde.tune_stochastic`` on the sliced W2 between its samples and a converged reference law from the
+    same prior draws (objective "sw2", method Powell; n defaults to 2048 there, 256 here; not cached)."""
+    if isinstance(solver, str) and solver in available() and _stochastic(solver, solver_options):
+        return _tune_stochastic(model, solver, steps, shape=shape, n=n, generator=generator, t_start=t_start,
+                                t_end=t_end, objective=objective, max_evals=max_evals, ref_steps=ref_steps,
+                                start_grids=start_grids, dtype=dtype, method=method, free_start=free_start,
+                                lr=lr, **solver_options)
+    n = 256 if n is None else n
     shape = tuple(shape) if shape is not None else None
     if method not in ("auto", *METHODS):
         raise ValueError(f"unknown method {method!r}; accepted: auto, {', '.join(METHODS)}")
@@ -409,6 +419,28 @@ def tune(
         del cached[old]
     cached[key] = result
     return copy.deepcopy(result)
+
+
+def _stochastic(solver: str, options: dict) -> bool:
+    info = get(solver)
+    return info.stochastic and not info.adaptive and options.get("eta", info.options.get("eta", None)) != 0
+
+
+def _tune_stochastic(model, solver, steps, *, shape, n, generator, t_start, t_end, objective, max_evals, ref_steps,
+                     start_grids, dtype, method, free_start, lr, **solver_options) -> TunedGrid:
+    """tune's front door for stochastic samplers: ``tune_sde.tune_stochastic`` with the settings that apply there."""
+    from .tune_sde import tune_stochastic  # tune_sde builds on this module
+
+    if method not in ("auto", "powell"):
+        raise NotApplicableError(f"method={method!r} tunes deterministic solvers; {solver!r} is stochastic and is "
+                                 "tuned on the sliced W2 by Powell (method='auto' or 'powell')")
+    if objective not in ("balanced", "sw2") or lr is not None:
+        raise ValueError(f"{solver!r} is stochastic: its grid is tuned on the sliced W2 to the reference law "
+                         "(objective='sw2'); per-row objectives and lr do not apply")
+    kw = {} if n is None else {"n": n}
+    return tune_stochastic(model, solver, steps, shape=shape, generator=_seed_of(generator),
+                           t_start=t_start, t_end=t_end, free_start=free_start, max_evals=max_evals,
+                           ref_steps=ref_steps, start_grids=start_grids, dtype=dtype, **kw, **solver_options)
 
 
 def _wins(tuned: Tensor, start: Tensor, objective: str) -> bool:
