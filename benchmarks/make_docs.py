@@ -401,16 +401,19 @@ def stochastic(results: Results) -> dict[str, Any]:
                 for lib in ("sdekit", "k-diffusion", "diffusers")}
     floors = [u["floor_sd"] for u in data["units"]]
     low = str(min(data["budgets"]))
-    small = [u["best"][low] for u in data["units"] if u["dim"] == min(data["settings"]["dims"])]
+    small = [u["best"][low] for u in data["units"] if u["dim"] == min(u["dim"] for u in data["units"])]
     big_floors = [u["floor"] for u in big["units"]]
     return {
-        "sto.dims": dims(data["settings"]["dims"]), "sto.n": data["settings"]["n"], "sto.seeds": span(data["settings"]["seeds"]),
+        "sto.dims": dims(sorted({u["dim"] for u in data["units"]})), "sto.n": data["settings"]["n"],
+        "sto.seeds": span(data["settings"]["seeds"]), "sto.tune_n": data["settings"]["tune_n"],
+        "sto.leading_table": _stochastic_table(results("stochastic_ddpm_leading.json")),
         "sto.samplers": ", ".join(f"{lib}: {len(s)}" for lib, s in samplers.items()),
         "sto.table": _stochastic_table(data),
         "sto.floor_sd": span(floors),
-        "sto.low_budget": low, "sto.low_dim": min(data["settings"]["dims"]),
+        "sto.low_budget": low, "sto.low_dim": min(u["dim"] for u in data["units"]),
         "sto.mode_err_sdekit": span(b["sdekit"]["mode_err"] for b in small),
-        "sto.mode_err_peer": span(v["mode_err"] for b in small for k, v in b.items() if k != "sdekit"),
+        "sto.mode_err_peer": span(v["mode_err"] for b in small for k, v in b.items()
+                                 if not k.startswith("sdekit")),
         "big.n": big["settings"]["n"], "big.units": len(big["units"]),
         "big.floor": span(big_floors), "big.floor_sd": span(u["floor_sd"] for u in big["units"]),
         "big.table": _stochastic_table(big),
