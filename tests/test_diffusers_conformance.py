@@ -321,12 +321,28 @@ def test_custom_timesteps_and_sigmas_equal_diffusers(cls_name, solver, grid):
 
 
 def test_edm_euler_config_is_refused_by_name():
-    """EDMEulerScheduler is in _compatibles (diffusers lists every Karras scheduler) but is EDM-preconditioned (time
-    is sigma, c_skip/c_out scalings, no beta table): from_config refuses it with the reason and the way that works."""
+    """EDMEulerScheduler is EDM-preconditioned (time is sigma, c_skip/c_out scalings, no beta table): from_config
+    refuses it with the reason and the way that works, and so SdekitScheduler does not list it as compatible."""
     with pytest.raises(ValueError, match="EDMEulerScheduler.* is EDM-preconditioned.*from_denoiser"):
         SdekitScheduler.from_config(diffusers.EDMEulerScheduler().config, solver="euler")
     with pytest.raises(ValueError, match="EDM-preconditioned"):
         SdekitScheduler.from_config(diffusers.EDMEulerScheduler(), solver="euler")
+    assert "EDMEulerScheduler" not in {c.__name__ for c in SdekitScheduler().compatibles}
+
+
+@pytest.mark.parametrize("cls_name", sorted(c.__name__ for c in SdekitScheduler().compatibles))
+def test_every_compatible_scheduler_converts_both_ways(cls_name):
+    """Each class that ``compatibles`` lists takes SdekitScheduler's config, and SdekitScheduler.from_config takes
+    that class's config back with every field as it was (solver, solver_options, table, prediction type): what
+    diffusers' generic scheduler test checks through whichever compatible its set order puts last."""
+    cls = getattr(diffusers, cls_name)
+    for solver in ("dpmpp_2m", "sa_solver"):
+        options = {k: v for k, v in get(solver).options.items() if k != "afs"}
+        ours = SdekitScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction",
+                               timestep_spacing="trailing", solver=solver, solver_options=options)
+        back = SdekitScheduler.from_config(cls.from_config(ours.config).config)
+        assert {k: v for k, v in back.config.items() if k in ours.config} == dict(ours.config)
+        assert back._options == options
 
 
 @pytest.mark.parametrize("steps,begin", [(1, 0), (6, 5), (6, 0)])

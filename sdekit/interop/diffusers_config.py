@@ -136,6 +136,11 @@ def _has_table(cfg: dict) -> bool:
     return bool(set(cfg) & (MODEL_FIELDS - {"num_train_timesteps"}))
 
 
+def refused_class(name: str) -> Optional[str]:
+    """Why diffusers' scheduler class ``name`` is refused (its config is not a DDPM table sdekit honours), or None."""
+    return next((why for prefix, why in _REFUSED_CLASSES.items() if name.startswith(prefix)), None)
+
+
 def check_config(cfg: dict) -> DiffusersSpec:
     """Raise ValueError for every field of ``cfg`` that sdekit cannot honour (naming it, and what is accepted);
     return the model-defining part. Fields starting with "_" (``_class_name``, ``_diffusers_version``) are
@@ -148,9 +153,9 @@ def check_config(cfg: dict) -> DiffusersSpec:
         raise ValueError(f"scheduler {name or 'config'} {FLOW_MESSAGE}")
     if not name and EDM_MARKERS & set(cfg):  # an in-memory config has no _class_name: EDM's own fields mark it
         name = "EDMEulerScheduler/EDMDPMSolverMultistepScheduler config"
-    for prefix, why in _REFUSED_CLASSES.items():
-        if name.startswith(prefix):
-            raise ValueError(f"scheduler {name} {why}")
+    why = refused_class(name)
+    if why is not None:
+        raise ValueError(f"scheduler {name} {why}")
     problems = []
     for key, value in cfg.items():
         if key.startswith("_") or key in MODEL_FIELDS | GRID_FIELDS | SOLVER_FIELDS:
