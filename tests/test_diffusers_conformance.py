@@ -345,6 +345,19 @@ def test_every_compatible_scheduler_converts_both_ways(cls_name):
         assert back._options == options
 
 
+def test_flow_matching_scheduler_lists_only_compatibles_that_convert_back():
+    """A flow-matching SdekitScheduler (velocity network on RectifiedFlow) lists as compatible only the classes whose
+    configs SdekitScheduler.from_config takes back unchanged: the flow-matching ones, not the beta-table schedulers
+    (whose defaults would add a DDPM table that a flow config refuses)."""
+    flow = SdekitScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="euler")
+    names = {c.__name__ for c in flow.compatibles}
+    assert names and all(n.startswith("FlowMatch") for n in names)
+    for cls in flow.compatibles:
+        back = SdekitScheduler.from_config(cls.from_config(flow.config).config)
+        assert {k: v for k, v in back.config.items() if k in flow.config} == dict(flow.config)
+    assert "DDIMScheduler" in {c.__name__ for c in SdekitScheduler().compatibles}  # a beta table keeps them
+
+
 @pytest.mark.parametrize("steps,begin", [(1, 0), (6, 5), (6, 0)])
 def test_ddim_clipping_on_the_final_jump_and_one_step_grids(steps, begin):
     """DDIM with clip_sample ending at sigma = 0: the last step is alpha_0 c(x0) (DDIMScheduler's with

@@ -290,6 +290,10 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         check_starts_at_pure_noise(self._name, self._options, float(ts[0]))
 
     @property
+    def compatibles(self):  # a flow config's: FlowMatch only (a beta-table class adds a DDPM table, refused)
+        return [c for c in self._get_compatibles() if not self.flow or c.__name__.startswith("FlowMatch")]
+
+    @property
     def _table(self) -> DiscreteVPSDE:
         """The DDPM table (a flow-matching scheduler has none)."""
         if not isinstance(self.sde, DiscreteVPSDE):
