@@ -126,6 +126,8 @@ def read_config(scheduler) -> dict:
 
 
 def _same(value, default) -> bool:
+    if value is None or default is None:  # e.g. trained_betas, an array: == would compare elementwise
+        return value is default
     if isinstance(default, float) and isinstance(value, (int, float)):
         return float(value) == default
     return value == default
