@@ -321,12 +321,41 @@ def test_custom_timesteps_and_sigmas_equal_diffusers(cls_name, solver, grid):
 
 
 def test_edm_euler_config_is_refused_by_name():
-    """EDMEulerScheduler is in _compatibles (diffusers lists every Karras scheduler) but is EDM-preconditioned (time
-    is sigma, c_skip/c_out scalings, no beta table): from_config refuses it with the reason and the way that works."""
+    """EDMEulerScheduler is EDM-preconditioned (time is sigma, c_skip/c_out scalings, no beta table): from_config
+    refuses it with the reason and the way that works, and so SdekitScheduler does not list it as compatible."""
     with pytest.raises(ValueError, match="EDMEulerScheduler.* is EDM-preconditioned.*from_denoiser"):
         SdekitScheduler.from_config(diffusers.EDMEulerScheduler().config, solver="euler")
     with pytest.raises(ValueError, match="EDM-preconditioned"):
         SdekitScheduler.from_config(diffusers.EDMEulerScheduler(), solver="euler")
+    assert "EDMEulerScheduler" not in {c.__name__ for c in SdekitScheduler().compatibles}
+
+
+@pytest.mark.parametrize("cls_name", sorted(c.__name__ for c in SdekitScheduler().compatibles))
+def test_every_compatible_scheduler_converts_both_ways(cls_name):
+    """Each class that ``compatibles`` lists takes SdekitScheduler's config, and SdekitScheduler.from_config takes
+    that class's config back with every field as it was (solver, solver_options, table, prediction type): what
+    diffusers' generic scheduler test checks through whichever compatible its set order puts last."""
+    cls = getattr(diffusers, cls_name)
+    for solver in ("dpmpp_2m", "sa_solver"):
+        options = {k: v for k, v in get(solver).options.items() if k != "afs"}
+        ours = SdekitScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction",
+                               timestep_spacing="trailing", solver=solver, solver_options=options)
+        back = SdekitScheduler.from_config(cls.from_config(ours.config).config)
+        assert {k: v for k, v in back.config.items() if k in ours.config} == dict(ours.config)
+        assert back._options == options
+
+
+def test_flow_matching_scheduler_lists_only_compatibles_that_convert_back():
+    """A flow-matching SdekitScheduler (velocity network on RectifiedFlow) lists as compatible only the classes whose
+    configs SdekitScheduler.from_config takes back unchanged: the flow-matching ones, not the beta-table schedulers
+    (whose defaults would add a DDPM table that a flow config refuses)."""
+    flow = SdekitScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="euler")
+    names = {c.__name__ for c in flow.compatibles}
+    assert names and all(n.startswith("FlowMatch") for n in names)
+    for cls in flow.compatibles:
+        back = SdekitScheduler.from_config(cls.from_config(flow.config).config)
+        assert {k: v for k, v in back.config.items() if k in flow.config} == dict(flow.config)
+    assert "DDIMScheduler" in {c.__name__ for c in SdekitScheduler().compatibles}  # a beta table keeps them
 
 
 @pytest.mark.parametrize("steps,begin", [(1, 0), (6, 5), (6, 0)])

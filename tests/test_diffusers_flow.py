@@ -190,6 +190,16 @@ def test_flow_settings_sdekit_cannot_honour_are_refused_by_name(config, match):
         SdekitScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler().config, grid_scheduler="ddim")
 
 
+@pytest.mark.parametrize("betas", [np.array([0.1, 0.3]), [0.1, 0.3], torch.tensor([0.1, 0.3])])
+def test_trained_betas_on_a_flow_config_are_refused_by_name(betas):
+    """A flow-matching config has no beta table: trained_betas (an array, list or tensor) beside it is refused with
+    the field's name, by the constructor and by from_config, not by an ambiguous array comparison."""
+    with pytest.raises(ValueError, match="trained_betas=.*beta-table"):
+        SdekitScheduler(prediction_type="flow_prediction", shift=3.0, solver="euler", trained_betas=betas)
+    with pytest.raises(ValueError, match="trained_betas=.*beta-table"):
+        SdekitScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler().config, trained_betas=betas)
+
+
 def test_from_diffusers_with_dynamic_shifting_samples_like_the_pipeline():
     """from_diffusers(net, FlowMatch config with use_dynamic_shifting, mu=) is the time-shifted rectified flow with
     shift exp(mu): diffusers_equivalent's ddim on it equals FlowMatchEulerDiscreteScheduler with that mu."""

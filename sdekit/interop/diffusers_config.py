@@ -126,6 +126,8 @@ def read_config(scheduler) -> dict:
 
 
 def _same(value, default) -> bool:
+    if value is None or default is None:  # e.g. trained_betas, an array: == would compare elementwise
+        return value is default
     if isinstance(default, float) and isinstance(value, (int, float)):
         return float(value) == default
     return value == default
@@ -134,6 +136,11 @@ def _same(value, default) -> bool:
 def _has_table(cfg: dict) -> bool:
     """Whether ``cfg`` has beta-table fields (a DDPM scheduler's config)."""
     return bool(set(cfg) & (MODEL_FIELDS - {"num_train_timesteps"}))
+
+
+def refused_class(name: str) -> Optional[str]:
+    """Why diffusers' scheduler class ``name`` is refused (its config is not a DDPM table sdekit honours), or None."""
+    return next((why for prefix, why in _REFUSED_CLASSES.items() if name.startswith(prefix)), None)
 
 
 def check_config(cfg: dict) -> DiffusersSpec:
@@ -148,9 +155,9 @@ def check_config(cfg: dict) -> DiffusersSpec:
         raise ValueError(f"scheduler {name or 'config'} {FLOW_MESSAGE}")
     if not name and EDM_MARKERS & set(cfg):  # an in-memory config has no _class_name: EDM's own fields mark it
         name = "EDMEulerScheduler/EDMDPMSolverMultistepScheduler config"
-    for prefix, why in _REFUSED_CLASSES.items():
-        if name.startswith(prefix):
-            raise ValueError(f"scheduler {name} {why}")
+    why = refused_class(name)
+    if why is not None:
+        raise ValueError(f"scheduler {name} {why}")
     problems = []
     for key, value in cfg.items():
         if key.startswith("_") or key in MODEL_FIELDS | GRID_FIELDS | SOLVER_FIELDS:

@@ -28,7 +28,7 @@ from ..solvers.exponential import unipc_steps
 from ..solvers.grids import check_grid
 from ..solvers.registry import get
 from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, check_config, check_scheduler_flow_config,
-                               is_scheduler_flow_config, read_config)
+                               is_scheduler_flow_config, read_config, refused_class)
 from .diffusers_models import EQUIVALENTS, sde_from_scheduler
 from .scheduler_grids import ddim_step_targets, fixed_grid, flow_grid, from_diffusers, table_grid
 from .pipeline_step import (DIFFUSERS_SOLVER, DIFFUSERS_SOLVER_FIELDS, SOLVER_TYPES, DDIMClippedX0, PipelineOutput,
@@ -76,8 +76,8 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     sigmas); ``euler`` is then its step; solvers that cannot start at pure noise are refused (docs/interop.md).
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler",
-                                                                  "FlowMatchHeunDiscreteScheduler"]
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers if refused_class(e.name) is None] + [
+        "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]  # not EDMEuler: from_config refuses it
     order = 1
 
     @register_to_config
@@ -288,6 +288,10 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                              "are trained with) or a grid that starts below the last timestep (timestep_spacing="
                              "'leading')")
         check_starts_at_pure_noise(self._name, self._options, float(ts[0]))
+
+    @property
+    def compatibles(self):  # a flow config's: FlowMatch only (a beta-table class adds a DDPM table, refused)
+        return [c for c in self._get_compatibles() if not self.flow or c.__name__.startswith("FlowMatch")]
 
     @property
     def _table(self) -> DiscreteVPSDE:
