@@ -62,17 +62,66 @@ def exp_weights(us: Sequence[float], h: float, eta: float) -> List[float]:
     The limits at alpha = 0 (l = -inf): a point at u = -inf (a history point at t = T) gets b = 0, as its Lagrange
     basis vanishes on [0, 1] when its node runs off; on a step from l_t = -inf (h = inf) w_k -> 1/k!, the weight
     e^{-h'(1 - u)} concentrating at u = 1, so the update integrates the polynomial's value at the step's end."""
+    keep, w, V = _exp_system(us, h, eta)
+    if V is None:
+        return _spread(keep, w, len(us))
+    b = torch.linalg.solve(torch.tensor(V, dtype=torch.float64).T, torch.tensor(w, dtype=torch.float64)).tolist()
+    return _spread(keep, b, len(us))
+
+
+def _exp_system(us: Sequence[float], h: float, eta: float):
+    """(keep, w, V rows) of ``exp_weights``' system; V is None when no solve is needed (at most one finite point)."""
     hp = (1.0 + eta) * h
     keep = [m for m, u in enumerate(us) if math.isfinite(u)]
     K = len(keep)
-    w = torch.tensor([_hphi(k, hp) for k in range(K)], dtype=torch.float64)
-    if K <= 1:
-        b = w.tolist()
-    else:
-        V = torch.tensor([[us[m] ** k / math.factorial(k) for k in range(K)] for m in keep], dtype=torch.float64)
-        b = torch.linalg.solve(V.T, w).tolist()
+    w = [_hphi(k, hp) for k in range(K)]
+    V = None if K <= 1 else [[us[m] ** k / math.factorial(k) for k in range(K)] for m in keep]
+    return keep, w, V
+
+
+def _spread(keep: List[int], b: List[float], n: int) -> List[float]:
     out = dict(zip(keep, b))
-    return [out.get(m, 0.0) for m in range(len(us))]
+    return [out.get(m, 0.0) for m in range(n)]
+
+
+class ExpWeights:
+    """``exp_weights`` for the steps of one solve, the systems solved together (one batched ``linalg.solve`` per
+    size, the same values as one call per step): declare each (us, h) with ``want`` before the first network call,
+    then ``table(us, h)`` looks the weights up (and computes a pair it was not told of, counted in ``misses``)."""
+
+    def __init__(self, eta: float):
+        self.eta = eta
+        self._want: dict = {}
+        self._done: dict = {}
+        self.misses = 0
+
+    def want(self, us: Sequence[float], h: float) -> None:
+        key = (tuple(us), h)
+        if key not in self._done and key not in self._want:
+            self._want[key] = _exp_system(us, h, self.eta)
+
+    def solve(self) -> "ExpWeights":
+        by_size: dict = {}
+        for key, (keep, w, V) in self._want.items():
+            if V is None:
+                self._done[key] = _spread(keep, w, len(key[0]))
+            else:
+                by_size.setdefault(len(keep), []).append((key, keep, w, V))
+        for group in by_size.values():
+            Vs = torch.tensor([V for _, _, _, V in group], dtype=torch.float64)
+            ws = torch.tensor([w for _, _, w, _ in group], dtype=torch.float64)
+            bs = torch.linalg.solve(Vs.transpose(-1, -2), ws).tolist()
+            for (key, keep, _, _), b in zip(group, bs):
+                self._done[key] = _spread(keep, b, len(key[0]))
+        self._want.clear()
+        return self
+
+    def __call__(self, us: Sequence[float], h: float) -> List[float]:
+        hit = self._done.get((tuple(us), h))
+        if hit is None:
+            self.misses += 1
+            return exp_weights(us, h, self.eta)
+        return hit
 
 
 def _u(l_m: float, l_t: float, l_s: float) -> float:
@@ -251,21 +300,30 @@ def _multistep_sde(ev: Evaluator, x: Tensor, ts: Tensor, order: int, eta: float,
     sch = Schedule(ev.sde, ts)
     hist: List[Tuple[float, Tensor]] = []
     n = len(ts) - 1
+    # everything but the x0's is known from the grid: each step's weights (solved together), ratio and noise scale
+    plan = []
+    table = ExpWeights(eta)
+    for i in range(n):
+        k = min(i + 1, order, final_order(order, i, n, lower_order_final))  # the points used, newest (l_t) first
+        us = [_u(sch.l[j], sch.l[i], sch.l[i + 1]) for j in range(i, i - k, -1)]
+        midpoint = solver_type == "midpoint" and k == 2 and math.isfinite(us[1])
+        if not midpoint:
+            table.want(us, sch.h(i))
+        plan.append((k, us, midpoint) + _noise_and_ratio(sch, i, eta, s_noise))
+    table.solve()
     if eta > 0 and s_noise > 0:
         ev.plan_path_noise(x, ts)
-    for i in range(n):
-        x0 = ev.x0(x, ts[i])
+    times = ts.tolist()
+    for i, (k, us, midpoint, std, ratio) in enumerate(plan):
+        x0 = ev.x0(x, times[i])
         hist = (hist + [(sch.l[i], x0)])[-order:]
-        h = sch.h(i)
-        pts = hist[::-1][:final_order(order, i, n, lower_order_final)]  # newest (l_t) first
-        us = [_u(l_m, sch.l[i], sch.l[i + 1]) for l_m, _ in pts]
-        if solver_type == "midpoint" and len(pts) == 2 and math.isfinite(us[1]):
-            e = -math.expm1(-(1 + eta) * h)
+        pts = hist[::-1][:k]
+        if midpoint:
+            e = -math.expm1(-(1 + eta) * sch.h(i))
             weights = [e * (1 - 0.5 / us[1]), e * 0.5 / us[1]]  # 1/(2r) with r = -u_prev
         else:
-            weights = exp_weights(us, h, eta)
-        std, ratio = _noise_and_ratio(sch, i, eta, s_noise)
-        z = ev.path_noise(x, ts[i], ts[i + 1]) if std > 0 else None
+            weights = table(us, sch.h(i))
+        z = ev.path_noise(x, times[i], times[i + 1]) if std > 0 else None
         x = _sde_update(x, pts, weights, ratio, sch.alpha[i + 1], std, z)
         yield x
 
@@ -321,26 +379,43 @@ def sa_solver(ev: Evaluator, x: Tensor, ts: Tensor, *, tau: float = 1.0, predict
     _check_grid(ev, ts)
     eta = tau * tau
     sch = Schedule(ev.sde, ts)
+    n = len(ts) - 1
+    # the weights of every predictor and corrector step are known from the grid: solved together up front
+    table = ExpWeights(eta)
+    for i in range(n):
+        if i > 0 and c > 1:  # the corrector of step i - 1: l_i, then the history before it, newest first
+            table.want(_adams_us(sch, i - 1, range(i, i - min(c, 1 + min(i, max(p, c))), -1)), sch.h(i - 1))
+        k = min(i + 1, max(p, c), final_order(p, i, n, lower_order_final))
+        table.want(_adams_us(sch, i, range(i, i - k, -1)), sch.h(i))
+    table.solve()
     hist: List[Tuple[float, Tensor]] = []
     prev = None  # (i, x_i, z_i) of the last predictor step
     if eta > 0:
         ev.plan_path_noise(x, ts)
-    for i in range(len(ts) - 1):
-        x0 = ev.x0(x, ts[i])
+    times = ts.tolist()
+    for i in range(n):
+        x0 = ev.x0(x, times[i])
         if prev is not None and c > 1:  # correct the step that led here, using x0 at the predicted state
             j, x_j, z_j = prev
             pts = ([(sch.l[i], x0)] + hist[::-1])[:c]
-            x = _adams_step(sch, j, x_j, pts, eta, s_noise, z_j)  # x0 at the predicted state is kept: no new NFE
+            x = _adams_step(sch, j, x_j, pts, eta, s_noise, z_j, table)  # x0 at the predicted state: no new NFE
         hist = (hist + [(sch.l[i], x0)])[-max(p, c):]
-        z = ev.path_noise(x, ts[i], ts[i + 1]) if eta > 0 else None
+        z = ev.path_noise(x, times[i], times[i + 1]) if eta > 0 else None
         prev = (i, x, z)
-        x = _adams_step(sch, i, x, hist[::-1][:final_order(p, i, len(ts) - 1, lower_order_final)], eta, s_noise, z)
+        x = _adams_step(sch, i, x, hist[::-1][:final_order(p, i, n, lower_order_final)], eta, s_noise, z, table)
         yield x
 
 
-def _adams_step(sch: Schedule, i: int, x: Tensor, pts, eta: float, s_noise: float, z) -> Tensor:
+def _adams_us(sch: Schedule, i: int, points) -> List[float]:
+    """The positions u of the grid points ``points`` (indices) in step i."""
+    return [_u(sch.l[m], sch.l[i], sch.l[i + 1]) for m in points]
+
+
+def _adams_step(sch: Schedule, i: int, x: Tensor, pts, eta: float, s_noise: float, z,
+                table: Optional[ExpWeights] = None) -> Tensor:
     h = sch.h(i)
-    weights = exp_weights([_u(l_m, sch.l[i], sch.l[i + 1]) for l_m, _ in pts], h, eta)
+    us = [_u(l_m, sch.l[i], sch.l[i + 1]) for l_m, _ in pts]
+    weights = exp_weights(us, h, eta) if table is None else table(us, h)
     std, ratio = _noise_and_ratio(sch, i, eta, s_noise)
     return _sde_update(x, pts, weights, ratio, sch.alpha[i + 1], std, z)
 
