@@ -234,7 +234,7 @@ class ScoreModel:
             if not out.is_floating_point():
                 raise TypeError(f"the network must return a floating-point tensor; got {out.dtype}")
             out = out.to(x.dtype)
-        return convert(out, self.prediction, kind, x, t, self.sde)
+        return _converted(out, self.prediction, kind, x, t, self.sde)  # kinds and shapes checked above
 
     def score(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t, "score")

@@ -206,19 +206,19 @@ def _er_sde(ev: Evaluator, x: Tensor, ts: Tensor, order: int, noise_scale_, s_no
     if float(ts[-1]) > float(ts[0]):
         raise SolverError(f"{name} samples the reverse SDE; an inversion (increasing ts) needs a deterministic solver")
     sch, coefs = er_sde_coefficients(ev.sde, ts, order, ns, lower_order_final)
+    times = sch.times
     if s_noise > 0:
-        times = ts.tolist()
         ev.plan_path_noise(x, [(times[i], times[i + 1]) for i, (_, _, std) in enumerate(coefs) if std > 0])
     outputs: dict = {}
     for i, (ratio, weights, std) in enumerate(coefs):
-        outputs[i] = ev.x0(x, ts[i])
+        outputs[i] = ev.x0(x, times[i])
         for j in [j for j in outputs if j <= i - order]:
             del outputs[j]
         drift = ratio * x
         for j, b in weights:
             drift = drift + (sch.alpha[i + 1] * b) * outputs[j]
         noise_std = s_noise * sch.sigma[i + 1] * std
-        x = (drift + noise_std * ev.path_noise(x, ts[i], ts[i + 1])) if noise_std > 0 else drift
+        x = (drift + noise_std * ev.path_noise(x, times[i], times[i + 1])) if noise_std > 0 else drift
         yield x
 
 

@@ -100,8 +100,20 @@ class Schedule:
 
     def __init__(self, sde, ts: Tensor):
         self.sde, self.ts = sde, ts
-        self.alpha, self.sigma = (c.tolist() for c in sde.alpha_sigma(ts))
-        self.l = [math.inf if s == 0 else 0.5 * float(v) for s, v in zip(self.sigma, sde.log_snr(ts))]
+        # memoised per SDE and grid (like ``sde.schedule``): a repeated solve on one grid computes them once
+        self.times = ts.tolist()  # the grid as Python floats (indexing ts makes a tensor per time)
+        key = tuple(self.times) if ts.device.type == "cpu" else None
+        memo = sde.__dict__.setdefault("_grid_schedule_memo", {})
+        hit = memo.get(key) if key is not None else None
+        if hit is None:
+            alpha, sigma = (c.tolist() for c in sde.alpha_sigma(ts))
+            lam = [math.inf if s == 0 else 0.5 * float(v) for s, v in zip(sigma, sde.log_snr(ts).tolist())]
+            hit = (tuple(alpha), tuple(sigma), tuple(lam))
+            if key is not None:
+                if len(memo) >= 256:
+                    memo.clear()
+                memo[key] = hit
+        self.alpha, self.sigma, self.l = (list(v) for v in hit)
 
     def h(self, i: int) -> float:
         """Step in half log-SNR from ts[i] to ts[i+1] (> 0; < 0 on an increasing grid)."""

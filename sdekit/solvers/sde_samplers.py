@@ -184,8 +184,8 @@ def euler_ancestral(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s
     eps_t = x_t/sigma_t (y_t + (s_down - s_t) eps = x0 + s_down eps for every alpha_t > 0): DDIM/DDPM from pure noise."""
     def deterministic(x, sch, i, s_t, down):
         if sch.alpha[i] == 0.0:
-            return ev.x0(x, ts[i]) + (down / sch.sigma[i]) * x
-        return x / sch.alpha[i] + (down - s_t) * ev.eps(x, ts[i])
+            return ev.x0(x, sch.times[i]) + (down / sch.sigma[i]) * x
+        return x / sch.alpha[i] + (down - s_t) * ev.eps(x, sch.times[i])
 
     return _ancestral(ev, x, ts, eta, s_noise, "euler_ancestral", deterministic)
 
@@ -199,13 +199,14 @@ def _ancestral(ev: Evaluator, x: Tensor, ts: Tensor, eta, s_noise, name: str, de
     sch = Schedule(ev.sde, ts)
     if eta > 0:
         ev.plan_path_noise(x, ts)
+    times = sch.times
     for i in range(len(ts) - 1):
         a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
         s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
         down, up = ancestral_split(s_t, s_s, eta)
         y = deterministic(x, sch, i, s_t, down)
         if up > 0:
-            y = y + (s_noise * up) * ev.path_noise(x, ts[i], ts[i + 1])
+            y = y + (s_noise * up) * ev.path_noise(x, times[i], times[i + 1])
         x = a_s * y
         yield x
 
@@ -220,18 +221,37 @@ def dpmpp_2s_ancestral(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0
 
     From alpha_t = 0 (h = inf) the midpoint is t = T itself (l_d - h/2 = -inf), u = x_t, and the step is its limit
     y_s = x0_t + s_down x_t/sigma_t ((s_down/s_t) y_t = s_down x_t/sigma_t): euler_ancestral's first step."""
+    mids: dict = {}  # step -> (t, alpha, sigma) of its midpoint, for the whole grid in one at_ls call (first step)
+    # (called after _ancestral validated eta)
+
     def deterministic(x, sch, i, s_t, down):
-        x0 = ev.x0(x, ts[i])
+        x0 = ev.x0(x, sch.times[i])
         if sch.alpha[i] == 0.0:
             return x0 + (down / sch.sigma[i]) * x
         if down == 0.0:
             return x0
         h = math.log(s_t / down)
-        tm, am, sm = sch.at_l(sch.l[i] + 0.5 * h)
+        if not mids:
+            mids.update(_midpoints(sch, float(eta)), done=None)
+        tm, am, sm = mids[i] if i in mids else sch.at_l(sch.l[i] + 0.5 * h)
         u = (sm / sch.sigma[i]) * x - (am * math.expm1(-0.5 * h)) * x0
         return (down / s_t) * (x / sch.alpha[i]) - math.expm1(-h) * ev.x0(u, tm)
 
     return _ancestral(ev, x, ts, eta, s_noise, "dpmpp_2s_ancestral", deterministic)
+
+
+def _midpoints(sch: Schedule, eta: float) -> dict:
+    """DPM-Solver++(2S) ancestral's midpoints l_t + h/2 (h = log(s_t/s_down)) of every step that has one."""
+    want = {}
+    for i in range(len(sch.times) - 1):
+        a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
+        if a_t == 0.0:
+            continue
+        s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
+        down, _ = ancestral_split(s_t, s_s, eta)
+        if down != 0.0:
+            want[i] = sch.l[i] + 0.5 * math.log(s_t / down)
+    return dict(zip(want, sch.at_ls(list(want.values())))) if want else {}
 
 
 @register("dpmpp_sde", order=1, nfe_per_step=2, stochastic=True, family="sde")
@@ -257,19 +277,19 @@ def dpmpp_sde(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_noise
     # the stage times of every step at once (one t_from_log_snr call), and the path increments the steps will use
     inner = [i for i in range(n) if sch.alpha[i] != 0.0]
     mids = dict(zip(inner, sch.at_ls([sch.l[i] + r * (sch.l[i + 1] - sch.l[i]) for i in inner]))) if inner else {}
+    times = sch.times
     if eta > 0:
-        times = ts.tolist()
         ev.plan_path_noise(x, [p for i in range(n) for p in
                                ([(times[i], mids[i][0])] if i in mids else []) + [(times[i], times[i + 1])]])
     for i in range(n):
         a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
         s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
-        x0 = ev.x0(x, ts[i])
+        x0 = ev.x0(x, times[i])
         if a_t == 0.0:
             d2, u2 = ancestral_split(s_t, s_s, eta)
             y = x0 + (d2 / sch.sigma[i]) * x
             if u2 > 0:
-                y = y + (s_noise * u2) * ev.path_noise(x, ts[i], ts[i + 1])
+                y = y + (s_noise * u2) * ev.path_noise(x, times[i], times[i + 1])
             x = a_s * y
             yield x
             continue
@@ -278,12 +298,12 @@ def dpmpp_sde(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_noise
         d1, u1 = ancestral_split(s_t, sm / am, eta)
         y2 = (d1 / s_t) * y + (1.0 - d1 / s_t) * x0
         if u1 > 0:
-            y2 = y2 + (s_noise * u1) * ev.path_noise(x, ts[i], tm)
+            y2 = y2 + (s_noise * u1) * ev.path_noise(x, times[i], tm)
         D = (1.0 - fac) * x0 + fac * ev.x0(am * y2, tm)
         d2, u2 = ancestral_split(s_t, s_s, eta)
         y = (d2 / s_t) * y + (1.0 - d2 / s_t) * D
         if u2 > 0:
-            y = y + (s_noise * u2) * ev.path_noise(x, ts[i], ts[i + 1])
+            y = y + (s_noise * u2) * ev.path_noise(x, times[i], times[i + 1])
         x = a_s * y
         yield x
 
@@ -313,7 +333,7 @@ def _multistep_sde(ev: Evaluator, x: Tensor, ts: Tensor, order: int, eta: float,
     table.solve()
     if eta > 0 and s_noise > 0:
         ev.plan_path_noise(x, ts)
-    times = ts.tolist()
+    times = sch.times
     for i, (k, us, midpoint, std, ratio) in enumerate(plan):
         x0 = ev.x0(x, times[i])
         hist = (hist + [(sch.l[i], x0)])[-order:]
@@ -392,7 +412,7 @@ def sa_solver(ev: Evaluator, x: Tensor, ts: Tensor, *, tau: float = 1.0, predict
     prev = None  # (i, x_i, z_i) of the last predictor step
     if eta > 0:
         ev.plan_path_noise(x, ts)
-    times = ts.tolist()
+    times = sch.times
     for i in range(n):
         x0 = ev.x0(x, times[i])
         if prev is not None and c > 1:  # correct the step that led here, using x0 at the predicted state
