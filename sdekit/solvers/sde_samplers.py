@@ -408,6 +408,7 @@ def sa_solver(ev: Evaluator, x: Tensor, ts: Tensor, *, tau: float = 1.0, predict
         k = min(i + 1, max(p, c), final_order(p, i, n, lower_order_final))
         table.want(_adams_us(sch, i, range(i, i - k, -1)), sch.h(i))
     table.solve()
+    scales = [_noise_and_ratio(sch, i, eta, s_noise) for i in range(n)]  # each step's (noise std, ratio)
     hist: List[Tuple[float, Tensor]] = []
     prev = None  # (i, x_i, z_i) of the last predictor step
     if eta > 0:
@@ -418,11 +419,12 @@ def sa_solver(ev: Evaluator, x: Tensor, ts: Tensor, *, tau: float = 1.0, predict
         if prev is not None and c > 1:  # correct the step that led here, using x0 at the predicted state
             j, x_j, z_j = prev
             pts = ([(sch.l[i], x0)] + hist[::-1])[:c]
-            x = _adams_step(sch, j, x_j, pts, eta, s_noise, z_j, table)  # x0 at the predicted state: no new NFE
+            x = _adams_step(sch, j, x_j, pts, eta, s_noise, z_j, table, scales)  # x0 at the predicted state: no NFE
         hist = (hist + [(sch.l[i], x0)])[-max(p, c):]
         z = ev.path_noise(x, times[i], times[i + 1]) if eta > 0 else None
         prev = (i, x, z)
-        x = _adams_step(sch, i, x, hist[::-1][:final_order(p, i, n, lower_order_final)], eta, s_noise, z, table)
+        x = _adams_step(sch, i, x, hist[::-1][:final_order(p, i, n, lower_order_final)], eta, s_noise, z, table,
+                        scales)
         yield x
 
 
@@ -432,11 +434,11 @@ def _adams_us(sch: Schedule, i: int, points) -> List[float]:
 
 
 def _adams_step(sch: Schedule, i: int, x: Tensor, pts, eta: float, s_noise: float, z,
-                table: Optional[ExpWeights] = None) -> Tensor:
+                table: Optional[ExpWeights] = None, scales: Optional[list] = None) -> Tensor:
     h = sch.h(i)
     us = [_u(l_m, sch.l[i], sch.l[i + 1]) for l_m, _ in pts]
     weights = exp_weights(us, h, eta) if table is None else table(us, h)
-    std, ratio = _noise_and_ratio(sch, i, eta, s_noise)
+    std, ratio = _noise_and_ratio(sch, i, eta, s_noise) if scales is None else scales[i]
     return _sde_update(x, pts, weights, ratio, sch.alpha[i + 1], std, z)
 
 

@@ -47,11 +47,11 @@ def euler_maruyama(ev: Evaluator, x, ts, *, eta: float = 1.0, noise_last: bool =
         ev.plan_path_noise(x, ts if noise_last else ts[:-1])
     n = len(ts) - 1
     times = ts.tolist()  # Python floats: indexing ts makes a tensor per time
+    hs = [times[i + 1] - times[i] for i in range(n)]
+    stds = [eta * float(ev.sde.diffusion(times[i])) * math.sqrt(abs(hs[i])) for i in range(n)]  # from the grid alone
     for i in range(n):
-        h = times[i + 1] - times[i]
-        mean = x + h * ev.reverse_drift(x, times[i], eta=eta)
-        std = eta * float(ev.sde.diffusion(times[i])) * math.sqrt(abs(h))
-        x = _add_noise(ev, mean, std, i == n - 1, noise_last, times[i], times[i + 1])
+        mean = x + hs[i] * ev.reverse_drift(x, times[i], eta=eta)
+        x = _add_noise(ev, mean, stds[i], i == n - 1, noise_last, times[i], times[i + 1])
         yield x
 
 
