@@ -171,3 +171,12 @@ def test_seeds_step_without_a_table_matches():
         ev = Evaluator(model, RowNoise(0, 3), path=False)
         outs.append(seeds.seeds_step(ev, x, sch, 1, [1 / 3, 2 / 3], 1.0, 0.0, False, None, tab))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_memos_stay_bounded():
+    """The per-SDE memos of grids and Schedule values keep at most 2^16 times, however many grids a caller makes."""
+    sde = sdekit.VPSDE()
+    for steps in range(2000, 2300):
+        Schedule(sde, make_grid(sde, steps, "uniform"))
+    assert sum(len(k) for k in sde.__dict__["_grid_schedule_memo"]) <= 2**16
+    assert sum(v.numel() for v in sde.__dict__["_grid_memo"].values()) <= 2**16

@@ -92,6 +92,9 @@ def phi(k: int, z: float) -> float:
     return head / z**k
 
 
+_MEMO_TIMES = 2**16  # Schedule's memo of grid values keeps at most this many times per SDE
+
+
 class Schedule:
     """alpha, sigma and half log-SNR l = log(alpha/sigma) at the grid times, as float64 Python floats.
 
@@ -110,8 +113,11 @@ class Schedule:
             lam = [math.inf if s == 0 else 0.5 * float(v) for s, v in zip(sigma, sde.log_snr(ts).tolist())]
             hit = (tuple(alpha), tuple(sigma), tuple(lam))
             if key is not None:
-                if len(memo) >= 256:
+                kept = sde.__dict__.get("_grid_schedule_memo_times", 0) + len(key)
+                if kept > _MEMO_TIMES:  # bounded: at most 2^16 times kept per SDE
                     memo.clear()
+                    kept = len(key)
+                sde.__dict__["_grid_schedule_memo_times"] = kept
                 memo[key] = hit
         self.alpha, self.sigma, self.l = (list(v) for v in hit)
 

@@ -178,8 +178,11 @@ def make_grid(sde: LinearSDE, steps: Optional[int] = None, grid: str = "logsnr",
     out = _make_named_grid(sde, steps, grid, t_start, t_end, **grid_options)
     if key is not None:
         memo = sde.__dict__.setdefault("_grid_memo", {})
-        if len(memo) >= 256:
+        kept = sde.__dict__.get("_grid_memo_times", 0) + out.numel()
+        if kept > 2**16:  # bounded: at most 2^16 times kept per SDE
             memo.clear()
+            kept = out.numel()
+        sde.__dict__["_grid_memo_times"] = kept
         memo[key] = out.clone()
     return out
 
