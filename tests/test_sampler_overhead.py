@@ -178,5 +178,20 @@ def test_memos_stay_bounded():
     sde = sdekit.VPSDE()
     for steps in range(2000, 2300):
         Schedule(sde, make_grid(sde, steps, "uniform"))
-    assert sum(len(k) for k in sde.__dict__["_grid_schedule_memo"]) <= 2**16
-    assert sum(v.numel() for v in sde.__dict__["_grid_memo"].values()) <= 2**16
+    assert sum(len(k) for k in sde.__dict__["_grid_schedule_memo"]["grids"]) <= 2**16
+    assert sum(v.numel() for v in sde.__dict__["_grid_memo"]["grids"].values()) <= 2**16
+
+
+def test_memos_leave_the_model_fingerprint_alone():
+    """Solving fills the SDE's memos without changing ``tune``'s fingerprint of the model (its cache key)."""
+    from sdekit.solvers.tune import model_fingerprint
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t):
+            return 0.1 * x
+
+    model = ScoreModel(Net(), sdekit.VPSDE(), "x0")
+    before = model_fingerprint(model)
+    for steps in (3, 4):
+        sdekit.solvers.sample(model, torch.zeros(2, 2), "dpmpp_2m_sde", steps, grid="karras", generator=0)
+    assert model_fingerprint(model) == before

@@ -106,19 +106,19 @@ class Schedule:
         # memoised per SDE and grid (like ``sde.schedule``): a repeated solve on one grid computes them once
         self.times = ts.tolist()  # the grid as Python floats (indexing ts makes a tensor per time)
         key = tuple(self.times) if ts.device.type == "cpu" else None
-        memo = sde.__dict__.setdefault("_grid_schedule_memo", {})
-        hit = memo.get(key) if key is not None else None
+        # (a dict on the SDE, whose fingerprint for ``tune``'s cache skips dicts: memo state is not model content)
+        memo = sde.__dict__.setdefault("_grid_schedule_memo", {"times": 0, "grids": {}})
+        hit = memo["grids"].get(key) if key is not None else None
         if hit is None:
             alpha, sigma = (c.tolist() for c in sde.alpha_sigma(ts))
             lam = [math.inf if s == 0 else 0.5 * float(v) for s, v in zip(sigma, sde.log_snr(ts).tolist())]
             hit = (tuple(alpha), tuple(sigma), tuple(lam))
             if key is not None:
-                kept = sde.__dict__.get("_grid_schedule_memo_times", 0) + len(key)
-                if kept > _MEMO_TIMES:  # bounded: at most 2^16 times kept per SDE
-                    memo.clear()
-                    kept = len(key)
-                sde.__dict__["_grid_schedule_memo_times"] = kept
-                memo[key] = hit
+                if memo["times"] + len(key) > _MEMO_TIMES:  # bounded: at most 2^16 times kept per SDE
+                    memo["grids"].clear()
+                    memo["times"] = 0
+                memo["times"] += len(key)
+                memo["grids"][key] = hit
         self.alpha, self.sigma, self.l = (list(v) for v in hit)
 
     def h(self, i: int) -> float:

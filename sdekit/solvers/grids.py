@@ -170,20 +170,20 @@ def make_grid(sde: LinearSDE, steps: Optional[int] = None, grid: str = "logsnr",
     steps = integer("steps", steps, 1)
     try:  # a named grid is a function of its arguments and the SDE: memoised per SDE, like ``sde.schedule``
         key = (grid, steps, t_start, t_end, tuple(sorted(grid_options.items())))
-        hit = sde.__dict__.get("_grid_memo", {}).get(key)
+        hit = sde.__dict__.get("_grid_memo", {}).get("grids", {}).get(key)
     except TypeError:  # an unhashable option value: computed each time
         key, hit = None, None
     if hit is not None:
         return hit.clone()
     out = _make_named_grid(sde, steps, grid, t_start, t_end, **grid_options)
     if key is not None:
-        memo = sde.__dict__.setdefault("_grid_memo", {})
-        kept = sde.__dict__.get("_grid_memo_times", 0) + out.numel()
-        if kept > 2**16:  # bounded: at most 2^16 times kept per SDE
-            memo.clear()
-            kept = out.numel()
-        sde.__dict__["_grid_memo_times"] = kept
-        memo[key] = out.clone()
+        # a dict on the SDE (``tune``'s fingerprint of the SDE skips dicts: memo state is not model content)
+        memo = sde.__dict__.setdefault("_grid_memo", {"times": 0, "grids": {}})
+        if memo["times"] + out.numel() > 2**16:  # bounded: at most 2^16 times kept per SDE
+            memo["grids"].clear()
+            memo["times"] = 0
+        memo["times"] += out.numel()
+        memo["grids"][key] = out.clone()
     return out
 
 
