@@ -13,6 +13,7 @@ prediction derived from that x0).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Union
 
 import torch
@@ -130,6 +131,12 @@ def convert(value: Tensor, src: str, dst: str, x: Tensor, t, sde: LinearSDE) -> 
     check_prediction(dst)
     if value.shape != x.shape:
         raise ValueError(f"prediction shape {tuple(value.shape)} must equal x shape {tuple(x.shape)}")
+    return _converted(value, src, dst, x, t, sde)
+
+
+def _converted(value, src: str, dst: str, x, t, sde: LinearSDE):
+    """``convert`` without its checks; value and x may also be Python floats (with a scalar t): the same
+    arithmetic, in float64."""
     if src == dst:
         return value
     a, s = _coefficients(sde, t, x)
@@ -194,10 +201,14 @@ class ScoreModel:
         check_prediction(kind)
         if kind == self.prediction:
             return None
-        one = torch.ones(1, 1, dtype=torch.float64)
-        with torch.no_grad():
-            out = convert(one, self.prediction, kind, one, float(self.sde.check_scalar_time(t)), self.sde)
-        if bool(torch.isfinite(out).all()):
+        # Python floats, not tensors: the same float64 arithmetic without a tensor per operation (this runs once per
+        # step and kind); a division by zero or an overflow, which a float raises, is what gives inf or NaN in a tensor
+        try:
+            out = _converted(1.0, self.prediction, kind, 1.0, float(self.sde.check_scalar_time(t)), self.sde)
+            finite = math.isfinite(out)
+        except (ZeroDivisionError, OverflowError):
+            finite = False
+        if finite:
             return None
         if self.prediction == "velocity":
             return (f"which a 'velocity' network cannot give on {self.sde!r}: alpha sigma' - sigma alpha' = 0 there "
@@ -223,7 +234,7 @@ class ScoreModel:
             if not out.is_floating_point():
                 raise TypeError(f"the network must return a floating-point tensor; got {out.dtype}")
             out = out.to(x.dtype)
-        return convert(out, self.prediction, kind, x, t, self.sde)
+        return _converted(out, self.prediction, kind, x, t, self.sde)  # kinds and shapes checked above
 
     def score(self, x: Tensor, t) -> Tensor:
         return self.predict(x, t, "score")

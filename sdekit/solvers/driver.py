@@ -21,6 +21,7 @@ at sde.eps and take x_eps ~ x_0). A solver that draws noise raises ``SolverError
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from typing import TYPE_CHECKING, Callable, Optional, Union
@@ -159,15 +160,20 @@ def _warn_if_finer_than_the_path(grid_ts: Tensor, solver: str) -> None:
     """The Brownian path's increments are independent with the right variance only while no two times share a
     leaf of its tree (``noise.BrownianPath``: steps longer than rel_tol t, rel_tol = 2^-12 by default; a log-SNR
     grid of about 5000 steps on the VP SDE). Finer grids get a warning, with the remedy."""
-    rel_tol = inspect.signature(BrownianPath).parameters["rel_tol"].default
-    gaps = (grid_ts[:-1] - grid_ts[1:]).abs()
-    tops = torch.maximum(grid_ts[:-1], grid_ts[1:])
-    fine = int((gaps < rel_tol * tops).sum())
+    rel_tol = _path_rel_tol()
+    times = grid_ts.tolist()  # Python floats: the same float64 arithmetic as on the tensor, without a tensor per op
+    fine = sum(abs(a - b) < rel_tol * max(a, b) for a, b in zip(times[:-1], times[1:]))
     if fine:
         warnings.warn(f"{fine} step(s) of this {len(grid_ts) - 1}-step grid are shorter than the Brownian path's "
                       f"resolution ({rel_tol:.3g} t): if {solver!r} follows the path (noise='path'), those steps' "
                       "increments may share noise, and then their variance is wrong; use noise='step' or fewer steps",
                       stacklevel=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _path_rel_tol() -> float:
+    """The Brownian path's default resolution (``BrownianPath``'s rel_tol), read once."""
+    return inspect.signature(BrownianPath).parameters["rel_tol"].default
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -115,41 +115,55 @@ def _psi(ns: NoiseScale, s: Tensor) -> Tensor:
     return out
 
 
-def _integrals(ns: NoiseScale, s_a: float, s_b: float, K: int) -> List[float]:
-    """J_k = I_k / (s_b - s_a)^k, k = 0..K-1 (module docstring): J_0 = 1 - r and, for k >= 1,
+def _integrals(ns: NoiseScale, spans: List[tuple], K: int) -> List[List[float]]:
+    """For each step (s_a, s_b, psi(s_a), psi(s_b)): J_k = I_k / (s_b - s_a)^k, k = 0..K-1 (module docstring):
+    J_0 = 1 - r and, for k >= 1,
     J_k = 1/k! + (s_b/(psi(s_b) d)) int_{log s_b}^{log s_a} v^{k-1}/(k-1)! psi(e^w) dw, v = (e^w - s_a)/d,
-    d = s_b - s_a (Gauss-Legendre in w = log s)."""
-    psi_b = float(_psi(ns, torch.tensor([s_b], dtype=torch.float64))[0])
-    psi_a = float(_psi(ns, torch.tensor([s_a], dtype=torch.float64))[0])
-    out = [1.0 - (psi_a / psi_b) * (s_b / s_a)]
-    if K == 1:
+    d = s_b - s_a (Gauss-Legendre in w = log s; every step's nodes in one tensor)."""
+    out = [[1.0 - (psi_a / psi_b) * (s_b / s_a)] for s_a, s_b, psi_a, psi_b in spans]
+    if K == 1 or not spans:
         return out
-    lo, hi = math.log(s_b), math.log(s_a)
-    w = torch.from_numpy(0.5 * (hi - lo) * _NODES + 0.5 * (hi + lo))
+    lo = torch.tensor([math.log(s_b) for _, s_b, _, _ in spans], dtype=torch.float64)[:, None]
+    hi = torch.tensor([math.log(s_a) for s_a, _, _, _ in spans], dtype=torch.float64)[:, None]
+    nodes, weights = torch.from_numpy(_NODES), torch.from_numpy(_WEIGHTS)
+    w = 0.5 * (hi - lo) * nodes + 0.5 * (hi + lo)
     s = torch.exp(w)
     psi = _psi(ns, s)
+    s_a = torch.tensor([sp[0] for sp in spans], dtype=torch.float64)[:, None]
+    s_b = torch.tensor([sp[1] for sp in spans], dtype=torch.float64)[:, None]
     d = s_b - s_a
     v = (s - s_a) / d
-    qw = torch.from_numpy(0.5 * (hi - lo) * _WEIGHTS)
+    qw = 0.5 * (hi - lo) * weights
     for k in range(1, K):
-        integral = float((qw * psi * v.pow(k - 1)).sum()) / math.factorial(k - 1)
-        out.append(1.0 / math.factorial(k) + s_b / (psi_b * d) * integral)
+        sums = (qw * psi * v.pow(k - 1)).sum(dim=1).tolist()
+        for row, (sa, sb, _, psi_b), total in zip(out, spans, sums):
+            row.append(1.0 / math.factorial(k) + sb / (psi_b * (sb - sa)) * (total / math.factorial(k - 1)))
     return out
 
 
-def _weights(us: List[float], J: List[float]) -> List[float]:
-    """b with sum_m b_m u_m^k/k! = J_k, k < len(us): the quadrature weights of the points at u_m (u_0 = 0)."""
-    if len(us) == 1:
-        return [J[0]]
-    V = torch.tensor([[u**k / math.factorial(k) for k in range(len(us))] for u in us], dtype=torch.float64)
-    return torch.linalg.solve(V.T, torch.tensor(J, dtype=torch.float64)).tolist()
+def _weights(us_list: List[List[float]], J_list: List[List[float]]) -> List[List[float]]:
+    """For each step, b with sum_m b_m u_m^k/k! = J_k, k < len(us): the quadrature weights of the points at u_m
+    (u_0 = 0); the systems of each size solved in one batched call."""
+    out: List[List[float]] = [[J[0]] if len(us) == 1 else [] for us, J in zip(us_list, J_list)]
+    by_size: dict = {}
+    for idx, us in enumerate(us_list):
+        if len(us) > 1:
+            by_size.setdefault(len(us), []).append(idx)
+    for K, idxs in by_size.items():
+        V = torch.tensor([[[u**k / math.factorial(k) for k in range(K)] for u in us_list[i]] for i in idxs],
+                         dtype=torch.float64)
+        rhs = torch.tensor([J_list[i] for i in idxs], dtype=torch.float64)
+        for i, b in zip(idxs, torch.linalg.solve(V.transpose(-1, -2), rhs).tolist()):
+            out[i] = b
+    return out
 
 
 def er_sde_coefficients(sde, ts: Tensor, order: int, ns: NoiseScale, lower_order_final: bool = True):
     """Per step i: (ratio, [(j, b_j)], noise_std / sigma_b), so that
     x_{i+1} = ratio x_i + alpha_{i+1} sum_j b_j x0_j + s_noise noise_std z, j indexing the grid points whose model
-    outputs are used (i, i-1, ...). All of it from the schedule, before any network call; a noise scale whose psi
-    increases on the grid (negative noise variance) is refused."""
+    outputs are used (i, i-1, ...). All of it from the schedule, before any network call, in a few tensor calls for
+    the whole grid (psi at every grid point, the Gauss-Legendre sums of every step, the weight systems of each size
+    solved together); a noise scale whose psi increases on the grid (negative noise variance) is refused."""
     sch = Schedule(sde, ts)
     n = len(ts) - 1
     s = [sg / a if a > 0 else math.inf for a, sg in zip(sch.alpha, sch.sigma)]
@@ -157,24 +171,28 @@ def er_sde_coefficients(sde, ts: Tensor, order: int, ns: NoiseScale, lower_order
         raise ValueError(f"noise_scale {ns.name!r} (a callable) has no known limit s/Phi(s) as s -> inf, which a start "
                          f"at alpha = 0 (t = {float(ts[0]):.6g}) needs: pass a named noise_scale or an exponent, or "
                          "start below that time")
-    out = []
+    finite = [m for m in range(n + 1) if math.isfinite(s[m])]
+    psi = dict(zip(finite, _psi(ns, torch.tensor([s[m] for m in finite], dtype=torch.float64)).tolist()))
+    steps = []  # (i, q, points used, u's) of the steps from a finite s_a
+    out: list = [None] * n
     for i in range(n):
         s_a, s_b = s[i], s[i + 1]
-        psi_b = float(_psi(ns, torch.tensor([s_b], dtype=torch.float64))[0])
         if s_a == math.inf:
-            q = float(ns.psi_inf) / psi_b  # type: ignore[arg-type]
-            out.append(((sch.sigma[i + 1] / sch.sigma[i]) * q, [(i, 1.0)], math.sqrt(max(1.0 - q * q, 0.0))))
+            q = float(ns.psi_inf) / psi[i + 1]  # type: ignore[arg-type]
+            out[i] = ((sch.sigma[i + 1] / sch.sigma[i]) * q, [(i, 1.0)], math.sqrt(max(1.0 - q * q, 0.0)))
             continue
-        q = float(_psi(ns, torch.tensor([s_a], dtype=torch.float64))[0]) / psi_b
+        q = psi[i] / psi[i + 1]
         if q > 1.0 + 1e-9:
             raise ValueError(f"noise_scale {ns.name!r} needs s/Phi(s) non-increasing (Phi'/Phi >= 1/s); it increases "
                              f"between s = {s_b:.6g} and {s_a:.6g} (step {i})")
-        q = min(q, 1.0)
         K = final_order(order, i, n, lower_order_final)
         pts = [j for j in range(i, max(i - K, -1), -1) if math.isfinite(s[j])]  # newest first
-        us = [(s[j] - s_a) / (s_b - s_a) for j in pts]
-        b = _weights(us, _integrals(ns, s_a, s_b, len(pts)))
-        out.append(((sch.sigma[i + 1] / sch.sigma[i]) * q, list(zip(pts, b)), math.sqrt(max(1.0 - q * q, 0.0))))
+        steps.append((i, min(q, 1.0), pts, [(s[j] - s_a) / (s_b - s_a) for j in pts]))
+    J = _integrals(ns, [(s[i], s[i + 1], psi[i], psi[i + 1]) for i, _, _, _ in steps],
+                   max((len(pts) for _, _, pts, _ in steps), default=1))
+    bs = _weights([us for _, _, _, us in steps], [Jk[:len(us)] for Jk, (_, _, _, us) in zip(J, steps)])
+    for (i, q, pts, _), b in zip(steps, bs):
+        out[i] = ((sch.sigma[i + 1] / sch.sigma[i]) * q, list(zip(pts, b)), math.sqrt(max(1.0 - q * q, 0.0)))
     return sch, out
 
 
@@ -188,19 +206,19 @@ def _er_sde(ev: Evaluator, x: Tensor, ts: Tensor, order: int, noise_scale_, s_no
     if float(ts[-1]) > float(ts[0]):
         raise SolverError(f"{name} samples the reverse SDE; an inversion (increasing ts) needs a deterministic solver")
     sch, coefs = er_sde_coefficients(ev.sde, ts, order, ns, lower_order_final)
+    times = sch.times
     if s_noise > 0:
-        times = ts.tolist()
         ev.plan_path_noise(x, [(times[i], times[i + 1]) for i, (_, _, std) in enumerate(coefs) if std > 0])
     outputs: dict = {}
     for i, (ratio, weights, std) in enumerate(coefs):
-        outputs[i] = ev.x0(x, ts[i])
+        outputs[i] = ev.x0(x, times[i])
         for j in [j for j in outputs if j <= i - order]:
             del outputs[j]
         drift = ratio * x
         for j, b in weights:
             drift = drift + (sch.alpha[i + 1] * b) * outputs[j]
         noise_std = s_noise * sch.sigma[i + 1] * std
-        x = (drift + noise_std * ev.path_noise(x, ts[i], ts[i + 1])) if noise_std > 0 else drift
+        x = (drift + noise_std * ev.path_noise(x, times[i], times[i + 1])) if noise_std > 0 else drift
         yield x
 
 

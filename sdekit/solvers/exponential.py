@@ -92,6 +92,9 @@ def phi(k: int, z: float) -> float:
     return head / z**k
 
 
+_MEMO_TIMES = 2**16  # Schedule's memo of grid values keeps at most this many times per SDE
+
+
 class Schedule:
     """alpha, sigma and half log-SNR l = log(alpha/sigma) at the grid times, as float64 Python floats.
 
@@ -100,8 +103,23 @@ class Schedule:
 
     def __init__(self, sde, ts: Tensor):
         self.sde, self.ts = sde, ts
-        self.alpha, self.sigma = (c.tolist() for c in sde.alpha_sigma(ts))
-        self.l = [math.inf if s == 0 else 0.5 * float(v) for s, v in zip(self.sigma, sde.log_snr(ts))]
+        # memoised per SDE and grid (like ``sde.schedule``): a repeated solve on one grid computes them once
+        self.times = ts.tolist()  # the grid as Python floats (indexing ts makes a tensor per time)
+        key = tuple(self.times) if ts.device.type == "cpu" else None
+        # (a dict on the SDE, whose fingerprint for ``tune``'s cache skips dicts: memo state is not model content)
+        memo = sde.__dict__.setdefault("_grid_schedule_memo", {"times": 0, "grids": {}})
+        hit = memo["grids"].get(key) if key is not None else None
+        if hit is None:
+            alpha, sigma = (c.tolist() for c in sde.alpha_sigma(ts))
+            lam = [math.inf if s == 0 else 0.5 * float(v) for s, v in zip(sigma, sde.log_snr(ts).tolist())]
+            hit = (tuple(alpha), tuple(sigma), tuple(lam))
+            if key is not None:
+                if memo["times"] + len(key) > _MEMO_TIMES:  # bounded: at most 2^16 times kept per SDE
+                    memo["grids"].clear()
+                    memo["times"] = 0
+                memo["times"] += len(key)
+                memo["grids"][key] = hit
+        self.alpha, self.sigma, self.l = (list(v) for v in hit)
 
     def h(self, i: int) -> float:
         """Step in half log-SNR from ts[i] to ts[i+1] (> 0; < 0 on an increasing grid)."""

@@ -168,6 +168,27 @@ def make_grid(sde: LinearSDE, steps: Optional[int] = None, grid: str = "logsnr",
             raise ValueError(f"grid_options {sorted(grid_options)} apply to a named grid, not to explicit ts=")
         return check_grid(sde, ts)
     steps = integer("steps", steps, 1)
+    try:  # a named grid is a function of its arguments and the SDE: memoised per SDE, like ``sde.schedule``
+        key = (grid, steps, t_start, t_end, tuple(sorted(grid_options.items())))
+        hit = sde.__dict__.get("_grid_memo", {}).get("grids", {}).get(key)
+    except TypeError:  # an unhashable option value: computed each time
+        key, hit = None, None
+    if hit is not None:
+        return hit.clone()
+    out = _make_named_grid(sde, steps, grid, t_start, t_end, **grid_options)
+    if key is not None:
+        # a dict on the SDE (``tune``'s fingerprint of the SDE skips dicts: memo state is not model content)
+        memo = sde.__dict__.setdefault("_grid_memo", {"times": 0, "grids": {}})
+        if memo["times"] + out.numel() > 2**16:  # bounded: at most 2^16 times kept per SDE
+            memo["grids"].clear()
+            memo["times"] = 0
+        memo["times"] += out.numel()
+        memo["grids"][key] = out.clone()
+    return out
+
+
+def _make_named_grid(sde: LinearSDE, steps: int, grid: str, t_start: Optional[float], t_end: Optional[float],
+                     **grid_options) -> Tensor:
     if steps > MAX_STEPS:
         raise ValueError(f"steps = {steps} is over sdekit.solvers.grids.MAX_STEPS = {MAX_STEPS}; pass a longer grid "
                          "as ts= if it is really wanted")

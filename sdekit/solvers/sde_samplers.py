@@ -62,17 +62,66 @@ def exp_weights(us: Sequence[float], h: float, eta: float) -> List[float]:
     The limits at alpha = 0 (l = -inf): a point at u = -inf (a history point at t = T) gets b = 0, as its Lagrange
     basis vanishes on [0, 1] when its node runs off; on a step from l_t = -inf (h = inf) w_k -> 1/k!, the weight
     e^{-h'(1 - u)} concentrating at u = 1, so the update integrates the polynomial's value at the step's end."""
+    keep, w, V = _exp_system(us, h, eta)
+    if V is None:
+        return _spread(keep, w, len(us))
+    b = torch.linalg.solve(torch.tensor(V, dtype=torch.float64).T, torch.tensor(w, dtype=torch.float64)).tolist()
+    return _spread(keep, b, len(us))
+
+
+def _exp_system(us: Sequence[float], h: float, eta: float):
+    """(keep, w, V rows) of ``exp_weights``' system; V is None when no solve is needed (at most one finite point)."""
     hp = (1.0 + eta) * h
     keep = [m for m, u in enumerate(us) if math.isfinite(u)]
     K = len(keep)
-    w = torch.tensor([_hphi(k, hp) for k in range(K)], dtype=torch.float64)
-    if K <= 1:
-        b = w.tolist()
-    else:
-        V = torch.tensor([[us[m] ** k / math.factorial(k) for k in range(K)] for m in keep], dtype=torch.float64)
-        b = torch.linalg.solve(V.T, w).tolist()
+    w = [_hphi(k, hp) for k in range(K)]
+    V = None if K <= 1 else [[us[m] ** k / math.factorial(k) for k in range(K)] for m in keep]
+    return keep, w, V
+
+
+def _spread(keep: List[int], b: List[float], n: int) -> List[float]:
     out = dict(zip(keep, b))
-    return [out.get(m, 0.0) for m in range(len(us))]
+    return [out.get(m, 0.0) for m in range(n)]
+
+
+class ExpWeights:
+    """``exp_weights`` for the steps of one solve, the systems solved together (one batched ``linalg.solve`` per
+    size, the same values as one call per step): declare each (us, h) with ``want`` before the first network call,
+    then ``table(us, h)`` looks the weights up (and computes a pair it was not told of, counted in ``misses``)."""
+
+    def __init__(self, eta: float):
+        self.eta = eta
+        self._want: dict = {}
+        self._done: dict = {}
+        self.misses = 0
+
+    def want(self, us: Sequence[float], h: float) -> None:
+        key = (tuple(us), h)
+        if key not in self._done and key not in self._want:
+            self._want[key] = _exp_system(us, h, self.eta)
+
+    def solve(self) -> "ExpWeights":
+        by_size: dict = {}
+        for key, (keep, w, V) in self._want.items():
+            if V is None:
+                self._done[key] = _spread(keep, w, len(key[0]))
+            else:
+                by_size.setdefault(len(keep), []).append((key, keep, w, V))
+        for group in by_size.values():
+            Vs = torch.tensor([V for _, _, _, V in group], dtype=torch.float64)
+            ws = torch.tensor([w for _, _, w, _ in group], dtype=torch.float64)
+            bs = torch.linalg.solve(Vs.transpose(-1, -2), ws).tolist()
+            for (key, keep, _, _), b in zip(group, bs):
+                self._done[key] = _spread(keep, b, len(key[0]))
+        self._want.clear()
+        return self
+
+    def __call__(self, us: Sequence[float], h: float) -> List[float]:
+        hit = self._done.get((tuple(us), h))
+        if hit is None:
+            self.misses += 1
+            return exp_weights(us, h, self.eta)
+        return hit
 
 
 def _u(l_m: float, l_t: float, l_s: float) -> float:
@@ -135,8 +184,8 @@ def euler_ancestral(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s
     eps_t = x_t/sigma_t (y_t + (s_down - s_t) eps = x0 + s_down eps for every alpha_t > 0): DDIM/DDPM from pure noise."""
     def deterministic(x, sch, i, s_t, down):
         if sch.alpha[i] == 0.0:
-            return ev.x0(x, ts[i]) + (down / sch.sigma[i]) * x
-        return x / sch.alpha[i] + (down - s_t) * ev.eps(x, ts[i])
+            return ev.x0(x, sch.times[i]) + (down / sch.sigma[i]) * x
+        return x / sch.alpha[i] + (down - s_t) * ev.eps(x, sch.times[i])
 
     return _ancestral(ev, x, ts, eta, s_noise, "euler_ancestral", deterministic)
 
@@ -150,13 +199,14 @@ def _ancestral(ev: Evaluator, x: Tensor, ts: Tensor, eta, s_noise, name: str, de
     sch = Schedule(ev.sde, ts)
     if eta > 0:
         ev.plan_path_noise(x, ts)
+    times = sch.times
     for i in range(len(ts) - 1):
         a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
         s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
         down, up = ancestral_split(s_t, s_s, eta)
         y = deterministic(x, sch, i, s_t, down)
         if up > 0:
-            y = y + (s_noise * up) * ev.path_noise(x, ts[i], ts[i + 1])
+            y = y + (s_noise * up) * ev.path_noise(x, times[i], times[i + 1])
         x = a_s * y
         yield x
 
@@ -171,18 +221,37 @@ def dpmpp_2s_ancestral(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0
 
     From alpha_t = 0 (h = inf) the midpoint is t = T itself (l_d - h/2 = -inf), u = x_t, and the step is its limit
     y_s = x0_t + s_down x_t/sigma_t ((s_down/s_t) y_t = s_down x_t/sigma_t): euler_ancestral's first step."""
+    mids: dict = {}  # step -> (t, alpha, sigma) of its midpoint, for the whole grid in one at_ls call (first step)
+    # (called after _ancestral validated eta)
+
     def deterministic(x, sch, i, s_t, down):
-        x0 = ev.x0(x, ts[i])
+        x0 = ev.x0(x, sch.times[i])
         if sch.alpha[i] == 0.0:
             return x0 + (down / sch.sigma[i]) * x
         if down == 0.0:
             return x0
         h = math.log(s_t / down)
-        tm, am, sm = sch.at_l(sch.l[i] + 0.5 * h)
+        if not mids:
+            mids.update(_midpoints(sch, float(eta)), done=None)
+        tm, am, sm = mids[i] if i in mids else sch.at_l(sch.l[i] + 0.5 * h)
         u = (sm / sch.sigma[i]) * x - (am * math.expm1(-0.5 * h)) * x0
         return (down / s_t) * (x / sch.alpha[i]) - math.expm1(-h) * ev.x0(u, tm)
 
     return _ancestral(ev, x, ts, eta, s_noise, "dpmpp_2s_ancestral", deterministic)
+
+
+def _midpoints(sch: Schedule, eta: float) -> dict:
+    """DPM-Solver++(2S) ancestral's midpoints l_t + h/2 (h = log(s_t/s_down)) of every step that has one."""
+    want = {}
+    for i in range(len(sch.times) - 1):
+        a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
+        if a_t == 0.0:
+            continue
+        s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
+        down, _ = ancestral_split(s_t, s_s, eta)
+        if down != 0.0:
+            want[i] = sch.l[i] + 0.5 * math.log(s_t / down)
+    return dict(zip(want, sch.at_ls(list(want.values())))) if want else {}
 
 
 @register("dpmpp_sde", order=1, nfe_per_step=2, stochastic=True, family="sde")
@@ -208,19 +277,19 @@ def dpmpp_sde(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_noise
     # the stage times of every step at once (one t_from_log_snr call), and the path increments the steps will use
     inner = [i for i in range(n) if sch.alpha[i] != 0.0]
     mids = dict(zip(inner, sch.at_ls([sch.l[i] + r * (sch.l[i + 1] - sch.l[i]) for i in inner]))) if inner else {}
+    times = sch.times
     if eta > 0:
-        times = ts.tolist()
         ev.plan_path_noise(x, [p for i in range(n) for p in
                                ([(times[i], mids[i][0])] if i in mids else []) + [(times[i], times[i + 1])]])
     for i in range(n):
         a_t, a_s = sch.alpha[i], sch.alpha[i + 1]
         s_t, s_s = _ve(a_t, sch.sigma[i]), sch.sigma[i + 1] / a_s
-        x0 = ev.x0(x, ts[i])
+        x0 = ev.x0(x, times[i])
         if a_t == 0.0:
             d2, u2 = ancestral_split(s_t, s_s, eta)
             y = x0 + (d2 / sch.sigma[i]) * x
             if u2 > 0:
-                y = y + (s_noise * u2) * ev.path_noise(x, ts[i], ts[i + 1])
+                y = y + (s_noise * u2) * ev.path_noise(x, times[i], times[i + 1])
             x = a_s * y
             yield x
             continue
@@ -229,12 +298,12 @@ def dpmpp_sde(ev: Evaluator, x: Tensor, ts: Tensor, *, eta: float = 1.0, s_noise
         d1, u1 = ancestral_split(s_t, sm / am, eta)
         y2 = (d1 / s_t) * y + (1.0 - d1 / s_t) * x0
         if u1 > 0:
-            y2 = y2 + (s_noise * u1) * ev.path_noise(x, ts[i], tm)
+            y2 = y2 + (s_noise * u1) * ev.path_noise(x, times[i], tm)
         D = (1.0 - fac) * x0 + fac * ev.x0(am * y2, tm)
         d2, u2 = ancestral_split(s_t, s_s, eta)
         y = (d2 / s_t) * y + (1.0 - d2 / s_t) * D
         if u2 > 0:
-            y = y + (s_noise * u2) * ev.path_noise(x, ts[i], ts[i + 1])
+            y = y + (s_noise * u2) * ev.path_noise(x, times[i], times[i + 1])
         x = a_s * y
         yield x
 
@@ -251,21 +320,30 @@ def _multistep_sde(ev: Evaluator, x: Tensor, ts: Tensor, order: int, eta: float,
     sch = Schedule(ev.sde, ts)
     hist: List[Tuple[float, Tensor]] = []
     n = len(ts) - 1
+    # everything but the x0's is known from the grid: each step's weights (solved together), ratio and noise scale
+    plan = []
+    table = ExpWeights(eta)
+    for i in range(n):
+        k = min(i + 1, order, final_order(order, i, n, lower_order_final))  # the points used, newest (l_t) first
+        us = [_u(sch.l[j], sch.l[i], sch.l[i + 1]) for j in range(i, i - k, -1)]
+        midpoint = solver_type == "midpoint" and k == 2 and math.isfinite(us[1])
+        if not midpoint:
+            table.want(us, sch.h(i))
+        plan.append((k, us, midpoint) + _noise_and_ratio(sch, i, eta, s_noise))
+    table.solve()
     if eta > 0 and s_noise > 0:
         ev.plan_path_noise(x, ts)
-    for i in range(n):
-        x0 = ev.x0(x, ts[i])
+    times = sch.times
+    for i, (k, us, midpoint, std, ratio) in enumerate(plan):
+        x0 = ev.x0(x, times[i])
         hist = (hist + [(sch.l[i], x0)])[-order:]
-        h = sch.h(i)
-        pts = hist[::-1][:final_order(order, i, n, lower_order_final)]  # newest (l_t) first
-        us = [_u(l_m, sch.l[i], sch.l[i + 1]) for l_m, _ in pts]
-        if solver_type == "midpoint" and len(pts) == 2 and math.isfinite(us[1]):
-            e = -math.expm1(-(1 + eta) * h)
+        pts = hist[::-1][:k]
+        if midpoint:
+            e = -math.expm1(-(1 + eta) * sch.h(i))
             weights = [e * (1 - 0.5 / us[1]), e * 0.5 / us[1]]  # 1/(2r) with r = -u_prev
         else:
-            weights = exp_weights(us, h, eta)
-        std, ratio = _noise_and_ratio(sch, i, eta, s_noise)
-        z = ev.path_noise(x, ts[i], ts[i + 1]) if std > 0 else None
+            weights = table(us, sch.h(i))
+        z = ev.path_noise(x, times[i], times[i + 1]) if std > 0 else None
         x = _sde_update(x, pts, weights, ratio, sch.alpha[i + 1], std, z)
         yield x
 
@@ -321,27 +399,46 @@ def sa_solver(ev: Evaluator, x: Tensor, ts: Tensor, *, tau: float = 1.0, predict
     _check_grid(ev, ts)
     eta = tau * tau
     sch = Schedule(ev.sde, ts)
+    n = len(ts) - 1
+    # the weights of every predictor and corrector step are known from the grid: solved together up front
+    table = ExpWeights(eta)
+    for i in range(n):
+        if i > 0 and c > 1:  # the corrector of step i - 1: l_i, then the history before it, newest first
+            table.want(_adams_us(sch, i - 1, range(i, i - min(c, 1 + min(i, max(p, c))), -1)), sch.h(i - 1))
+        k = min(i + 1, max(p, c), final_order(p, i, n, lower_order_final))
+        table.want(_adams_us(sch, i, range(i, i - k, -1)), sch.h(i))
+    table.solve()
+    scales = [_noise_and_ratio(sch, i, eta, s_noise) for i in range(n)]  # each step's (noise std, ratio)
     hist: List[Tuple[float, Tensor]] = []
     prev = None  # (i, x_i, z_i) of the last predictor step
     if eta > 0:
         ev.plan_path_noise(x, ts)
-    for i in range(len(ts) - 1):
-        x0 = ev.x0(x, ts[i])
+    times = sch.times
+    for i in range(n):
+        x0 = ev.x0(x, times[i])
         if prev is not None and c > 1:  # correct the step that led here, using x0 at the predicted state
             j, x_j, z_j = prev
             pts = ([(sch.l[i], x0)] + hist[::-1])[:c]
-            x = _adams_step(sch, j, x_j, pts, eta, s_noise, z_j)  # x0 at the predicted state is kept: no new NFE
+            x = _adams_step(sch, j, x_j, pts, eta, s_noise, z_j, table, scales)  # x0 at the predicted state: no NFE
         hist = (hist + [(sch.l[i], x0)])[-max(p, c):]
-        z = ev.path_noise(x, ts[i], ts[i + 1]) if eta > 0 else None
+        z = ev.path_noise(x, times[i], times[i + 1]) if eta > 0 else None
         prev = (i, x, z)
-        x = _adams_step(sch, i, x, hist[::-1][:final_order(p, i, len(ts) - 1, lower_order_final)], eta, s_noise, z)
+        x = _adams_step(sch, i, x, hist[::-1][:final_order(p, i, n, lower_order_final)], eta, s_noise, z, table,
+                        scales)
         yield x
 
 
-def _adams_step(sch: Schedule, i: int, x: Tensor, pts, eta: float, s_noise: float, z) -> Tensor:
+def _adams_us(sch: Schedule, i: int, points) -> List[float]:
+    """The positions u of the grid points ``points`` (indices) in step i."""
+    return [_u(sch.l[m], sch.l[i], sch.l[i + 1]) for m in points]
+
+
+def _adams_step(sch: Schedule, i: int, x: Tensor, pts, eta: float, s_noise: float, z,
+                table: Optional[ExpWeights] = None, scales: Optional[list] = None) -> Tensor:
     h = sch.h(i)
-    weights = exp_weights([_u(l_m, sch.l[i], sch.l[i + 1]) for l_m, _ in pts], h, eta)
-    std, ratio = _noise_and_ratio(sch, i, eta, s_noise)
+    us = [_u(l_m, sch.l[i], sch.l[i + 1]) for l_m, _ in pts]
+    weights = exp_weights(us, h, eta) if table is None else table(us, h)
+    std, ratio = _noise_and_ratio(sch, i, eta, s_noise) if scales is None else scales[i]
     return _sde_update(x, pts, weights, ratio, sch.alpha[i + 1], std, z)
 
 

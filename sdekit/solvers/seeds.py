@@ -47,7 +47,7 @@ import torch
 from .base import Evaluator, SolverError
 from .exponential import Schedule
 from .registry import register
-from .sde_samplers import exp_weights
+from .sde_samplers import ExpWeights, exp_weights
 
 Tensor = torch.Tensor
 
@@ -64,12 +64,12 @@ def _real(name: str, solver: str, value, lo: float, hi: float, lo_open: bool = F
 
 
 def seeds_step(ev: Evaluator, x: Tensor, sch: Schedule, i: int, cs: List[float], eta: float, s_noise: float,
-               midpoint: bool, stages: Optional[list] = None) -> Tensor:
+               midpoint: bool, stages: Optional[list] = None, table: Optional[ExpWeights] = None) -> Tensor:
     """One SEEDS step i with stages at fractions ``cs`` of h (module docstring): len(cs) + 1 network calls.
     ``midpoint``: the last update's two-point weights are SEEDS-2's "2a" ones instead of the kernel's. ``stages``:
-    the stages' [(t, alpha, sigma)] if already known (``_stage_times``)."""
-    ts = sch.ts
-    t, s = ts[i], ts[i + 1]
+    the stages' [(t, alpha, sigma)] if already known (``_stage_times``); ``table``: the solve's ``ExpWeights``
+    (``_weight_table``), else the weights are solved here."""
+    t, s = sch.times[i], sch.times[i + 1]
     a_s, sig_t, sig_s = sch.alpha[i + 1], sch.sigma[i], sch.sigma[i + 1]
     x0 = ev.x0(x, t)
     if sch.alpha[i] == 0.0:  # from pure noise: every stage sits at t = T (module docstring)
@@ -107,7 +107,7 @@ def seeds_step(ev: Evaluator, x: Tensor, sch: Schedule, i: int, cs: List[float],
         elif midpoint:
             weights = [e * (1.0 - 0.5 / us[1]), e * 0.5 / us[1]]
         else:
-            weights = exp_weights(us, hc, eta)
+            weights = exp_weights(us, hc, eta) if table is None else table(us, hc)
         xj = ratio * x
         for b, m in zip(weights, pts):
             xj = xj + (aj * b) * m
@@ -139,9 +139,26 @@ def _seeds(ev: Evaluator, x: Tensor, ts: Tensor, order: int, eta, s_noise, r: fl
         times = ts.tolist()
         nodes = [[times[i]] + [st[0] for st in stages[i]] + [times[i + 1]] for i in range(len(times) - 1)]
         ev.plan_path_noise(x, [(ns[j - 1], ns[j]) for ns in nodes for j in range(1, len(ns))])
+    midpoint = order == 2 and solver_type == "midpoint"
+    table = _weight_table(sch, cs, eta, midpoint)
     for i in range(len(ts) - 1):
-        x = seeds_step(ev, x, sch, i, cs, eta, s_noise, order == 2 and solver_type == "midpoint", stages[i])
+        x = seeds_step(ev, x, sch, i, cs, eta, s_noise, midpoint, stages[i], table)
         yield x
+
+
+def _weight_table(sch: Schedule, cs: List[float], eta: float, midpoint: bool) -> ExpWeights:
+    """The kernel weights of every two-point update of the solve (``seeds_step``: the stage j >= 2 at fraction c
+    of step i, through x0_t and the previous stage's output at u = c_prev/c, over c h), solved together."""
+    table = ExpWeights(eta)
+    if not midpoint:
+        fractions = [0.0] + list(cs) + [1.0]
+        for i in range(len(sch.ts) - 1):
+            if sch.alpha[i] == 0.0 or not cs:
+                continue
+            h = sch.h(i)
+            for j in range(2, len(fractions)):
+                table.want([0.0, fractions[j - 1] / fractions[j]], fractions[j] * h)
+    return table.solve()
 
 
 def _stage_times(sch: Schedule, cs: List[float]) -> list:

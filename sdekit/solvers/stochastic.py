@@ -46,11 +46,12 @@ def euler_maruyama(ev: Evaluator, x, ts, *, eta: float = 1.0, noise_last: bool =
     if eta > 0:
         ev.plan_path_noise(x, ts if noise_last else ts[:-1])
     n = len(ts) - 1
+    times = ts.tolist()  # Python floats: indexing ts makes a tensor per time
+    hs = [times[i + 1] - times[i] for i in range(n)]
+    stds = [eta * float(ev.sde.diffusion(times[i])) * math.sqrt(abs(hs[i])) for i in range(n)]  # from the grid alone
     for i in range(n):
-        h = float(ts[i + 1] - ts[i])
-        mean = x + h * ev.reverse_drift(x, ts[i], eta=eta)
-        std = eta * float(ev.sde.diffusion(ts[i])) * math.sqrt(abs(h))
-        x = _add_noise(ev, mean, std, i == n - 1, noise_last, ts[i], ts[i + 1])
+        mean = x + hs[i] * ev.reverse_drift(x, times[i], eta=eta)
+        x = _add_noise(ev, mean, stds[i], i == n - 1, noise_last, times[i], times[i + 1])
         yield x
 
 
@@ -74,9 +75,10 @@ def reverse_diffusion(ev: Evaluator, x, ts, *, noise_last: bool = False):
     _checks(ev, ts, noise_last)
     ev.plan_path_noise(x, ts if noise_last else ts[:-1])
     n = len(ts) - 1
+    times = ts.tolist()
     for i in range(n):
-        mean, std = _reverse_diffusion_mean(ev, x, ts[i], ts[i + 1])
-        x = _add_noise(ev, mean, std, i == n - 1, noise_last, ts[i], ts[i + 1])
+        mean, std = _reverse_diffusion_mean(ev, x, times[i], times[i + 1])
+        x = _add_noise(ev, mean, std, i == n - 1, noise_last, times[i], times[i + 1])
         yield x
 
 
@@ -117,11 +119,12 @@ def pc(ev: Evaluator, x, ts, *, snr: float = 0.16, n_corrector: int = 1, step_ru
     _checks(ev, ts, noise_last)
     ev.plan_path_noise(x, ts if noise_last else ts[:-1])
     n = len(ts) - 1
+    times = ts.tolist()
     for i in range(n):
         for _ in range(n_corrector):
-            x = _langevin(ev, x, ts[i], ts[i + 1], snr, step_rule)
-        mean, std = _reverse_diffusion_mean(ev, x, ts[i], ts[i + 1])
-        x = _add_noise(ev, mean, std, i == n - 1, noise_last, ts[i], ts[i + 1])
+            x = _langevin(ev, x, times[i], times[i + 1], snr, step_rule)
+        mean, std = _reverse_diffusion_mean(ev, x, times[i], times[i + 1])
+        x = _add_noise(ev, mean, std, i == n - 1, noise_last, times[i], times[i + 1])
         yield x
 
 
