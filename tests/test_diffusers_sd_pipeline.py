@@ -2,6 +2,7 @@
 (4-channel U-Net: the pipeline blends the known latents back in after every step), built from tiny components with
 random weights and no download: a CLIPTokenizer over an in-memory letter vocabulary, a one-layer CLIPTextModel, a
 two-block UNet2DConditionModel and a one-block AutoencoderKL (8x8 images, 8x8 latents)."""
+import json
 import string
 
 import pytest
@@ -32,12 +33,15 @@ def _stochastic(solver: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def sd():
+def sd(tmp_path_factory):
     torch.manual_seed(0)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in string.ascii_lowercase:
         vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
-    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=12)
+    folder = tmp_path_factory.mktemp("clip_tokenizer")  # from_pretrained on a local folder: transformers 4 and 5
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")  # no merges: one token per letter
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(folder, model_max_length=12)
     text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         max_position_embeddings=12, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
