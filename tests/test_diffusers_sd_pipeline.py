@@ -1,7 +1,7 @@
 """Every eligible solver in an unmodified diffusers StableDiffusionPipeline and StableDiffusionInpaintPipeline
 (4-channel U-Net: the pipeline blends the known latents back in after every step), built from tiny components with
-random weights and no download: a CLIPTokenizer loaded from a temporary folder holding a letter vocabulary, a one-layer CLIPTextModel, a
-two-block UNet2DConditionModel and a one-block AutoencoderKL (8x8 images, 8x8 latents)."""
+random weights and no download: a CLIPTokenizer loaded from a temporary folder holding a letter vocabulary, a
+one-layer CLIPTextModel, a two-block UNet2DConditionModel and a one-block AutoencoderKL (8x8 images, 8x8 latents)."""
 import json
 import string
 
