@@ -47,7 +47,7 @@ import torch
 from .base import Evaluator, SolverError
 from .exponential import Schedule
 from .registry import register
-from .sde_samplers import ExpWeights, exp_weights
+from .exp_weights import ExpWeights, exp_weights
 
 Tensor = torch.Tensor
 
