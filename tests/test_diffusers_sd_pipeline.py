@@ -20,11 +20,6 @@ PROMPT, NEGATIVE, GUIDANCE = "a red cat", "dog", 5.0
 STEPS = 2  # per-solver runs (the second step starts from a blended sample in the inpaint pipeline); 3 vs diffusers
 
 
-# SdekitScheduler runs these on the grid less its final x0 jump, so their noise_last=False drops the noise of the
-# step before the jump (with 2 steps: every step's); reproducer in the report on issue 22.
-_NO_NOISE_BEFORE_JUMP = pytest.mark.xfail(strict=True, reason="no noise in the step before the final x0 jump")
-SD_SOLVERS = [pytest.param(s, marks=_NO_NOISE_BEFORE_JUMP) if s in ("euler_maruyama", "reverse_diffusion") else s
-              for s in SOLVERS]
 
 
 def _stochastic(solver: str) -> bool:
@@ -78,7 +73,7 @@ def _close(a, b, rel=1e-5) -> bool:
     return float((a - b).abs().max()) <= rel * max(float(b.abs().max()), 1.0)
 
 
-@pytest.mark.parametrize("solver", SD_SOLVERS)
+@pytest.mark.parametrize("solver", SOLVERS)
 def test_every_eligible_solver_in_an_unmodified_stable_diffusion_pipeline(sd, solver):
     """StableDiffusionPipeline (prompt through the CLIP tokenizer and text encoder, guidance 5, 3 steps, fixed initial
     latents): the same generator seed gives the same latents; a stochastic solver draws its noise from the pipeline's

@@ -172,3 +172,18 @@ def test_unknown_noise_kind_is_refused():
     gm = _gauss()
     with pytest.raises(ValueError, match="noise must be one of path, step"):
         sample(gm.model(sde), _start(gm, sde, 2), "euler_ancestral", steps=2, generator=0, noise="fresh")
+
+
+@pytest.mark.parametrize("solver", [n for n in sdekit.solvers.available()
+                                    if "noise_last" in sdekit.solvers.registry.get(n).options])
+def test_a_grid_ending_with_the_x0_jump_keeps_the_noise_of_the_step_before_it(solver):
+    """noise_last=False drops the last step's noise (score_sde); when the x0 jump ends the grid, the jump is that
+    noiseless last step, so the step before it keeps its noise: two seeds give different samples (they were equal
+    with 2 steps, where every step was the 'last' one), and the law at t = 0 has the mixture's spread."""
+    sde = sdekit.VPSDE()
+    gm = sdekit.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.3, 0.3])
+    x_T = sde.prior_sample((4000, 1), generator=torch.Generator().manual_seed(0)).double()
+    a, b = (sdekit.sample(gm.model(sde), x_T, solver, 2, t_end=0.0, generator=g).x for g in (1, 2))
+    assert float((a - b).abs().max()) > 0.1
+    many = sdekit.sample(gm.model(sde), x_T, solver, 64, t_end=0.0, generator=1).x
+    assert abs(float(many.std()) - float(gm.covariance().sqrt())) < 0.1

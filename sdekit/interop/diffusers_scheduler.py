@@ -26,6 +26,7 @@ from ..solvers.base import Evaluator
 from ..solvers.discrete import CLASS_NAMES, SCHEDULERS
 from ..solvers.exponential import unipc_steps
 from ..solvers.grids import check_grid
+from ..solvers.driver import with_jump_options
 from ..solvers.registry import get
 from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, check_config, check_scheduler_flow_config,
                                is_scheduler_flow_config, read_config, refused_class)
@@ -385,7 +386,7 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         ts = self.ts[index:]
         jump = float(self.sde.sigma(ts[-1])) == 0.0
         run_ts = ts[:-1] if jump else ts
-        options = self._solver_options(eta)
+        options = with_jump_options(get(self._name), self._solver_options(eta), jump)
         net, ev, noise = self._evaluator(run_ts, options, clipped)
         if self._final_corrector:  # the last pipeline call feeds the final corrector: step the unmerged states
             ev.solver = self._name

@@ -202,9 +202,18 @@ def _check_inputs(info: SolverInfo, model, x_T, options) -> LinearSDE:
     return sde
 
 
+def with_jump_options(info: SolverInfo, options: dict, jump: bool) -> dict:
+    """A grid that ends with the x0 jump is denoised by the jump: a sampler whose last step drops its noise
+    (``noise_last=False``, score_sde's convention) keeps it on the step before the jump unless told otherwise."""
+    if jump and "noise_last" in info.options and "noise_last" not in options:
+        return {**options, "noise_last": True}
+    return options
+
+
 def solver_states(info: SolverInfo, ev: Evaluator, x: Tensor, grid_ts: Tensor, jump: bool, options):
     """The states at grid_ts[1:]: the solver's on the grid without its zero-noise end, then the jump."""
     run_ts = grid_ts[:-1] if jump else grid_ts
+    options = with_jump_options(info, options, jump)
     if len(run_ts) > 1:
         run = info.fn(ev, x, run_ts, **options)
         try:
