@@ -33,25 +33,12 @@ import sdekit  # noqa: E402
 from sdekit.metrics import per_row_error  # noqa: E402
 from sdekit.solvers.tune import START_GRIDS, tune  # noqa: E402
 
+from learned_solver import mixture, stats  # noqa: E402 (the same random mixtures and statistics)
 from report import cached_json, write_report  # noqa: E402
 
 SDE = sdekit.VPSDE()
 KINDS = {"powell": dict(method="powell"), "gradient": dict(method="gradient"),
          "gradient_free_start": dict(method="gradient", free_start=True)}
-
-
-def mixture(dim: int, seed: int) -> sdekit.GaussianMixture:
-    g = torch.Generator().manual_seed(seed)
-    k = int(torch.randint(4, 9, (1,), generator=g))
-    means = 1.5 * torch.randn(k, dim, generator=g, dtype=torch.float64)
-    stds = 0.05 + 0.55 * torch.rand(k, generator=g, dtype=torch.float64)
-    weights = 0.2 + torch.rand(k, generator=g, dtype=torch.float64)
-    return sdekit.GaussianMixture(weights, means, stds)
-
-
-def stats(e: torch.Tensor) -> dict:
-    q = torch.quantile(e, torch.tensor([0.5, 0.9], dtype=e.dtype)).tolist()
-    return {"median": q[0], "p90": q[1]}
 
 
 def cell(model, x_T, x_ref, dim: int, nfe: int, seed: int, solver: str, n: int, ref_steps: int) -> dict:
