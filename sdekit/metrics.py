@@ -48,6 +48,28 @@ def error_summary(e: Tensor) -> dict:
     return {"median": float(q[0]), "p90": float(q[1]), "rms": float(e.pow(2).mean().sqrt()), "max": float(e.max())}
 
 
+def objective_score(e: Tensor, objective: str = "balanced") -> float:
+    """The tuning objective of per-row errors e: log q50 ("median"), log q90 ("p90") or their mean ("balanced",
+    robust to the few rows near basin boundaries); inf where e has a non-finite entry."""
+    s = error_summary(e)
+    tiny = 1e-300  # an exact solve (error 0) must not give log(0)
+    if math.isnan(s["median"]):
+        return math.inf
+    if objective == "median":
+        return math.log(s["median"] + tiny)
+    if objective == "p90":
+        return math.log(s["p90"] + tiny)
+    return 0.5 * (math.log(s["median"] + tiny) + math.log(s["p90"] + tiny))
+
+
+def keeps(candidate: Tensor, start: Tensor, objective: str = "balanced") -> bool:
+    """The keep rule of every tuned or learned object on its held-out draw: better on the objective and no worse on
+    the median nor on the 90th percentile than what it started from."""
+    sc, ss = error_summary(candidate), error_summary(start)
+    return objective_score(candidate, objective) < objective_score(start, objective) \
+        and sc["median"] <= ss["median"] and sc["p90"] <= ss["p90"]
+
+
 def endpoint_error(x: Tensor, x_ref: Tensor) -> float:
     """The RMS of the per-row errors: sqrt(mean over rows of |x - x_ref|^2 / dim), in float64."""
     return float(per_row_error(x, x_ref).pow(2).mean().sqrt())

@@ -189,3 +189,16 @@ def test_named_grids_from_pure_noise_round_trip_through_the_parameters(steps, gr
     theta = grid_params.theta_of(grid_params.z_of(RF, ts, lam0, lam1, True, zero_end), True, zero_end)
     back = grid_params.grid_of(theta, RF, lam0, lam1, RF.T, t_end, True, zero_end)
     assert torch.allclose(back, ts, rtol=1e-7, atol=1e-9)
+
+
+@given(st.lists(st.floats(1e-6, 10.0), min_size=10, max_size=60), st.floats(0.1, 0.99))
+def test_the_keep_rule_takes_a_uniform_improvement_and_never_a_tie(errors, factor):
+    """metrics.keeps, shared by tuned grids and learned solvers: every row better by the same
+    factor is kept; the start against itself, or anything against a candidate with a non-finite row, is not."""
+    from sdekit.metrics import keeps, objective_score
+
+    e = torch.tensor(errors, dtype=torch.float64)
+    assert keeps(factor * e, e) and not keeps(e, e) and not keeps(e, factor * e)
+    bad = e.clone()
+    bad[0] = math.nan
+    assert objective_score(bad) == math.inf and not keeps(bad, e)

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ..metrics import error_summary, keeps, objective_score
 from ..metrics import per_row_error as row_errors
 from ..parameterization import ScoreModel, convert
 from .base import Evaluator, NotApplicableError
@@ -22,27 +23,6 @@ from .tune import START_GRIDS
 Tensor = torch.Tensor
 
 __all__ = ["learn_solver"]
-
-
-def _summary(e: Tensor) -> dict:
-    q = torch.quantile(e, torch.tensor([0.5, 0.9], dtype=e.dtype)).tolist()
-    return {"median": q[0], "p90": q[1], "rms": float(e.pow(2).mean().sqrt())}
-
-
-def _balanced(e: Tensor) -> float:
-    """tune's balanced objective: (log q50 + log q90) / 2 (inf for a non-finite error)."""
-    if not bool(torch.isfinite(e).all()):
-        return math.inf
-    s = _summary(e)
-    return 0.5 * (math.log(s["median"] + 1e-300) + math.log(s["p90"] + 1e-300))
-
-
-def _wins(learned: Tensor, init: Tensor) -> bool:
-    """Kept only if better on the balanced objective and no worse on the median nor on p90."""
-    if not bool(torch.isfinite(learned).all()):
-        return False
-    sl, si = _summary(learned), _summary(init)
-    return _balanced(learned) < _balanced(init) and sl["median"] <= si["median"] and sl["p90"] <= si["p90"]
 
 
 class _Probe(Evaluator):
@@ -260,7 +240,7 @@ def learn_solver(
         raise refused[0]
     cal = _Draw(model, tuple(shape), n, generator, dtype, device, ref_steps, denoise)
     val = _Draw(model, tuple(shape), n, generator + 7919, dtype, device, ref_steps, denoise)
-    scores = {g: _balanced(cal.errors(model, *v)) for g, v in inits.items()}
+    scores = {g: objective_score(cal.errors(model, *v)) for g, v in inits.items()}
     ranked = sorted(scores, key=scores.__getitem__)
     ts0, a0, b0 = inits[ranked[0]]
     fits, back = [], 0
@@ -268,16 +248,16 @@ def learn_solver(
         fit = _fit(model, cal, *inits[pair], steps, float(lr), dtype, free_start) if steps and lr else (
             *inits[pair], 0)
         back += fit[3]
-        fits.append((_balanced(cal.errors(model, *fit[:3])), pair, fit[:3]))
+        fits.append((objective_score(cal.errors(model, *fit[:3])), pair, fit[:3]))
     _, learned_from, (ts1, a1, b1) = min(fits, key=lambda f: f[0])
     e_cal = {"learned": cal.errors(model, ts1, a1, b1), "init": cal.errors(model, ts0, a0, b0)}
     e_val = {"learned": val.errors(model, ts1, a1, b1), "init": val.errors(model, ts0, a0, b0)}
-    improved = _wins(e_val["learned"], e_val["init"])
+    improved = keeps(e_val["learned"], e_val["init"])
     ts, a, b = (ts1, a1, b1) if improved else (ts0, a0, b0)
     chosen, start_grid = learned_from if improved else ranked[0]
     cost = {"nfe": cal.nfe + val.nfe, "backward": back, "steps": steps, "seconds": time.perf_counter() - t0}
     return LearnedSolver(ts, a, b, chosen, start_grid, improved, model_identity(model), cost,
-                         {k: _summary(e) for k, e in e_cal.items()}, {k: _summary(e) for k, e in e_val.items()},
+                         {k: error_summary(e) for k, e in e_cal.items()}, {k: error_summary(e) for k, e in e_val.items()},
                          generator, denoise, free_start)
 
 

@@ -63,7 +63,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..metrics import error_summary, per_row_error
+from ..metrics import error_summary, keeps, objective_score, per_row_error
 from ..parameterization import ScoreModel
 from .base import NotApplicableError, SolverError
 from .driver import sample
@@ -110,19 +110,6 @@ class TunedGrid:
     backward: int = 0
     seconds: float = 0.0
     ref_nfe: int = 0
-
-
-def _score(e: Tensor, objective: str) -> float:
-    """The objective (module docstring) of per-row errors e; inf where e has a non-finite entry."""
-    s = error_summary(e)
-    tiny = 1e-300  # an exact solve (error 0) must not give log(0)
-    if math.isnan(s["median"]):
-        return math.inf
-    if objective == "median":
-        return math.log(s["median"] + tiny)
-    if objective == "p90":
-        return math.log(s["p90"] + tiny)
-    return 0.5 * (math.log(s["median"] + tiny) + math.log(s["p90"] + tiny))
 
 
 class _Problem:
@@ -237,7 +224,7 @@ def _powell(s: Setup) -> Candidate:
         ts = s.params.ts(s.params.project(np.asarray(p)))
         if not _strictly_decreasing(ts):  # increments below float resolution: not a grid
             return 1e6
-        value = _score(s.cal.errors(ts), s.objective)
+        value = objective_score(s.cal.errors(ts), s.objective)
         return value if math.isfinite(value) else 1e6
 
     if s.max_evals == 0:
@@ -261,13 +248,13 @@ def _gradient(s: Setup) -> Candidate:
     if s.params.free_start:
         first = _start(s, iters=10)
         ts0, evals = first.ts, first.evals
-        score0 = _score(s.cal.errors(ts0), s.objective)
+        score0 = objective_score(s.cal.errors(ts0), s.objective)
     phi = s.params.phi_of(ts0) if s.params.free_start else 0.0
     res = grad_grid.fit(s.model, s.solver, s.options, s.cal.x_T, s.cal.x_ref, s.params, s.params.p_of(ts0, phi),
-                        s.max_evals, s.lr, select=lambda e: _score(e, s.objective))
+                        s.max_evals, s.lr, select=lambda e: objective_score(e, s.objective))
     s.cal.nfe += res.nfe
     best = res.ts if res.loss < score0 else ts0
-    return Candidate(best if _score(s.cal.errors(best), s.objective) < s.start_score else s.start_ts,
+    return Candidate(best if objective_score(s.cal.errors(best), s.objective) < s.start_score else s.start_ts,
                      evals + res.iters, res.backward)
 
 
@@ -279,7 +266,7 @@ def _start(s: Setup, iters: Optional[int] = None) -> Candidate:
         return make_grid(s.model.sde, s.steps, s.start, s.params.t_of(phi), s.params.t_end)
 
     def score(ts: Tensor) -> float:
-        return _score(s.cal.errors(ts), s.objective)
+        return objective_score(s.cal.errors(ts), s.objective)
 
     iters = max(0, s.max_evals - 3) if iters is None else iters
     phi, value, evals = grad_grid.start_search(score, build, iters=iters)
@@ -443,13 +430,6 @@ def _tune_stochastic(model, solver, steps, *, shape, n, generator, t_start, t_en
                            ref_steps=ref_steps, start_grids=start_grids, dtype=dtype, **kw, **solver_options)
 
 
-def _wins(tuned: Tensor, start: Tensor, objective: str) -> bool:
-    """The keep rule: better on the objective, no worse on the median nor on the 90th percentile."""
-    st, ss = error_summary(tuned), error_summary(start)
-    return _score(tuned, objective) < _score(start, objective) and st["median"] <= ss["median"] \
-        and st["p90"] <= ss["p90"]
-
-
 def _tune(model, solver, steps, shape, n, seed, t_start, t_end, objective, max_evals, ref_steps, start_grids,
           dtype, solver_options, method, free_start, lr) -> TunedGrid:
     device = model.net_dtype_device()[1]
@@ -458,7 +438,7 @@ def _tune(model, solver, steps, shape, n, seed, t_start, t_end, objective, max_e
     cal, val, fresh = draws
     sde = model.sde
     starts = {g: make_grid(sde, steps, g, t_start, t_end) for g in start_grids}
-    start_scores = {g: _score(cal.errors(ts), objective) for g, ts in starts.items()}
+    start_scores = {g: objective_score(cal.errors(ts), objective) for g, ts in starts.items()}
     start = min(start_scores, key=start_scores.__getitem__)
     params = GridParams(sde, steps, t_start, t_end, free_start, list(starts.values()))
     setup = Setup(model, solver, steps, solver_options, cal, objective, start, starts[start], start_scores[start],
@@ -469,7 +449,7 @@ def _tune(model, solver, steps, shape, n, seed, t_start, t_end, objective, max_e
     else:
         cand = METHODS[method](setup)
     errs = [{"tuned": d.errors(cand.ts), "start": d.errors(starts[start])} for d in draws]
-    improved = not torch.equal(cand.ts, starts[start]) and _wins(errs[1]["tuned"], errs[1]["start"], objective)
+    improved = not torch.equal(cand.ts, starts[start]) and keeps(errs[1]["tuned"], errs[1]["start"], objective)
     cal_e, val_e, fresh_e = ({k: error_summary(e) for k, e in d.items()} for d in errs)
     return TunedGrid(
         ts=cand.ts if improved else starts[start], solver=solver, steps=steps, start_grid=start,
