@@ -33,7 +33,7 @@ import sdekit  # noqa: E402
 from sdekit.metrics import per_row_error  # noqa: E402
 from sdekit.solvers.tune import START_GRIDS, tune  # noqa: E402
 
-from learned_solver import mixture, stats  # noqa: E402 (the same random mixtures and statistics)
+from learned_solver import mixture, plot_errors, stats  # noqa: E402 (the same random mixtures and statistics)
 from report import cached_json, write_report  # noqa: E402
 
 SDE = sdekit.VPSDE()
@@ -78,12 +78,8 @@ def plot(results: dict, nfes, path: str) -> None:
     for col, dim in enumerate(dims):
         runs = [r for r in results["runs"] if r["dim"] == dim]
         ax = axes[0][col]
-        for key, colour in (("untuned", "C0"), ("powell", "C1"), ("gradient", "C3"), ("gradient_free_start", "C2")):
-            for stat, style in (("median", "-"), ("p90", "--")):
-                ys = [torch.tensor([r["cells"][str(k)][key][stat] for r in runs]).log().mean().exp().item()
-                      for k in nfes]
-                ax.plot(nfes, ys, style, color=colour, marker="o", label=f"{key} {stat}")
-        ax.set_yscale("log")
+        plot_errors(ax, runs, nfes, (("untuned", "C0"), ("powell", "C1"), ("gradient", "C3"),
+                                     ("gradient_free_start", "C2")))
         ax.set_xlabel("NFE")
         ax.set_ylabel("fresh-row error (geo. mean over seeds)")
         ax.set_title(f"{dim}-D mixtures, VP, {results['solver']}")

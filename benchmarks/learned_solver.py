@@ -54,6 +54,15 @@ def mixture(dim: int, seed: int) -> sdekit.GaussianMixture:
     return sdekit.GaussianMixture(weights, means, stds)
 
 
+def plot_errors(ax, runs: list, nfes: list, keys: tuple) -> None:
+    """Median (solid) and p90 (dashed) error per NFE of each (key, colour), geometric mean over the runs' seeds."""
+    for key, colour in keys:
+        for stat, style in (("median", "-"), ("p90", "--")):
+            ys = [torch.tensor([r["cells"][str(n)][key][stat] for r in runs]).log().mean().exp().item() for n in nfes]
+            ax.plot(nfes, ys, style, color=colour, marker="o", label=f"{key} {stat}")
+    ax.set_yscale("log")
+
+
 def stats(e: torch.Tensor) -> dict:
     q = torch.quantile(e, torch.tensor([0.5, 0.9], dtype=e.dtype)).tolist()
     return {"median": q[0], "p90": q[1]}
@@ -89,12 +98,7 @@ def plot(results: dict, nfes, path: str) -> None:
     fig, axes = plt.subplots(1, len(dims), figsize=(5.5 * len(dims), 4), squeeze=False)
     for ax, dim in zip(axes[0], dims):
         runs = [r for r in results["runs"] if r["dim"] == dim]
-        for key, colour in (("learned", "C3"), ("init", "C0"), ("best_named", "C2"), ("tuned", "C1")):
-            for stat, style in (("median", "-"), ("p90", "--")):
-                ys = [torch.tensor([r["cells"][str(n)][key][stat] for r in runs]).log().mean().exp().item()
-                      for n in nfes]
-                ax.plot(nfes, ys, style, color=colour, marker="o", label=f"{key} {stat}")
-        ax.set_yscale("log")
+        plot_errors(ax, runs, nfes, (("learned", "C3"), ("init", "C0"), ("best_named", "C2"), ("tuned", "C1")))
         ax.set_xlabel("NFE")
         ax.set_ylabel("per-row error (geometric mean over seeds)")
         ax.set_title(f"{dim}-D mixtures, VP, {SOLVER} init")
