@@ -215,17 +215,14 @@ class SdekitScheduler(ForwardProcessMixin, SchedulerMixin, ConfigMixin):
         if config is not None:
             given = read_config(config)
             cfg = {**given, **kwargs}
+            source = CLASS_NAMES.get(str(given.get("_class_name") or ""))
             if is_scheduler_flow_config(given) or kwargs.get("prediction_type") == "flow_prediction":
                 kwargs = {**kwargs, "prediction_type": kwargs.get("prediction_type", "flow_prediction")}
                 check_scheduler_flow_config({**cfg, **kwargs}, _ddpm_defaults())
             elif is_edm_config(cfg):
-                check_edm_config(cfg, _all_defaults())
+                source = check_edm_config(cfg, _all_defaults()).layout  # an EDM config's grid is its class's
             else:
                 check_config(cfg)
-            name = str(given.get("_class_name") or "")
-            source = CLASS_NAMES.get(name, EDM_CLASSES.get(name))
-            if is_edm_config(cfg) and source is None:  # an in-memory EDM config: only EDMDPMSolver's has solver fields
-                source = "edm_dpmsolver_multistep" if given.get("solver_order") is not None else "edm_euler"
             if (kwargs.get("solver", given.get("solver")) == DIFFUSERS_SOLVER or source in EDM_CLASSES.values()) \
                     and source is not None and kwargs.get("grid_scheduler", given.get("grid_scheduler")) is None:
                 kwargs["grid_scheduler"] = source  # diffusers' own algorithm: the one of the scheduler given

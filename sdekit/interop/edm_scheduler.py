@@ -38,7 +38,7 @@ from .diffusers_config import same_setting
 Tensor = torch.Tensor
 
 __all__ = ["EDMSpec", "EDM_CLASSES", "EDM_DEFAULTS", "EDM_EQUIVALENTS", "is_edm_config", "check_edm_config",
-           "edm_sigmas", "edm_grid", "c_noise", "c_in", "EDMPreconditioned"]
+           "edm_sigmas", "edm_grid", "c_noise", "c_in", "EDMPreconditioned", "precondition", "edm_equivalent"]
 
 EDM_CLASSES = {"EDMEulerScheduler": "edm_euler", "EDMDPMSolverMultistepScheduler": "edm_dpmsolver_multistep"}
 EDM_DEFAULTS = {"sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5, "sigma_schedule": "karras", "rho": 7.0}
@@ -124,7 +124,9 @@ def check_edm_config(cfg: dict, defaults: dict) -> EDMSpec:
         else:
             problems.append(f"{key}={value!r} (unknown to sdekit)")
     problems += _value_problems(cfg)
-    layout = cfg.get("grid_scheduler") or EDM_CLASSES.get(name, "edm_euler")
+    # whose grid: the class's; an in-memory config names none, and only EDMDPMSolverMultistep's has solver fields
+    layout = cfg.get("grid_scheduler") or EDM_CLASSES.get(name) or (
+        "edm_dpmsolver_multistep" if cfg.get("solver_order") is not None else "edm_euler")
     if layout not in EDM_CLASSES.values():
         problems.append(f"grid_scheduler={layout!r} (an EDM config's grid is {' or '.join(EDM_CLASSES.values())})")
     if problems:
@@ -191,19 +193,37 @@ def c_in(spec: EDMSpec, sigma) -> Tensor:
     return 1 / ((sigma ** 2 + spec.sigma_data ** 2) ** 0.5)
 
 
+def precondition(spec: EDMSpec, x: Tensor, t, out: Tensor) -> Tensor:
+    """D = c_skip(sigma) x + c_out(sigma) F for the network output F at sigma = t (per row or scalar), in x's dtype
+    (as diffusers' float32 coefficients)."""
+    s = torch.as_tensor(t).to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    sd = spec.sigma_data
+    c_skip = sd ** 2 / (s ** 2 + sd ** 2)
+    c_out = spec.sign * s * sd / (s ** 2 + sd ** 2) ** 0.5
+    return c_skip * x + c_out * out
+
+
 class EDMPreconditioned:
     """net(x, sigma) = D = c_skip x + c_out F: the x0 prediction from the network output F that ``net`` returns
-    (the pipeline's, ``PipelineOutput``); coefficients in x's dtype, as diffusers' float32 ones."""
+    (the pipeline's, ``PipelineOutput``)."""
 
     def __init__(self, net, spec: EDMSpec):
         self.net, self.spec = net, spec
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        s = torch.as_tensor(t).to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        sd = self.spec.sigma_data
-        c_skip = sd ** 2 / (s ** 2 + sd ** 2)
-        c_out = self.spec.sign * s * sd / (s ** 2 + sd ** 2) ** 0.5
-        return c_skip * x + c_out * self.net(x, t)
+        return precondition(self.spec, x, t, self.net(x, t))
+
+
+def edm_equivalent(spec: EDMSpec, config: dict, steps: int) -> dict:
+    """``sdekit.sample`` keywords that run an EDM scheduler's algorithm (``EDM_EQUIVALENTS``) on its grid for
+    ``steps`` steps: the solver, its options and ts, the sigmas the solve visits (ending at 0, sdekit's x0 jump,
+    or at sigma_min, diffusers' zero-length last step left out)."""
+    solver, options = EDM_EQUIVALENTS[spec.layout](config, steps)
+    ts, _ = edm_grid(spec, spec.sde(), steps, None, None)
+    if len(ts) < 2:
+        raise ValueError(f"{steps} step(s) on this EDM grid move nothing (its only step goes from sigma_min to "
+                         "sigma_min); use final_sigmas_type='zero' or more steps")
+    return {"solver": solver, "ts": ts, **options}
 
 
 # -- diffusers' EDM algorithms as sdekit solvers -----------------------------------------------------------
