@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 
 from ..sde import LinearSDE
+from ..solvers.registry import get
 from .denoisers import EDMSDE
 from .diffusers_config import same_setting
 
@@ -237,10 +238,16 @@ def _edm_dpmsolver(cfg: dict, steps: int) -> tuple:
     algo = "dpmsolver++" if algo == "deis" else algo  # as diffusers maps it
     kind = cfg.get("solver_type", "midpoint")
     kind = "midpoint" if kind in ("logrho", "bh1", "bh2") else kind
+    if algo == "dpmsolver++" and order == 3 and "form" in get("dpmpp_3m").options:
+        # diffusers' 3M weights its D2 term at half the Taylor weight (dpmpp_3m's form="published"), and lowers the
+        # last real step to order 2 below 15 steps (lower_order_second), a cap on sdekit's last step
+        lower = bool(cfg.get("lower_order_final", True)) and steps < 15
+        return "dpmpp_3m", {"form": "published", "lower_order_final": (2,) if lower else False}
     if algo not in ("dpmsolver++", "sde-dpmsolver++") or kind not in ("midpoint", "heun") or order not in (1, 2):
-        raise ValueError("EDMDPMSolverMultistepScheduler has an sdekit equivalent for algorithm_type 'dpmsolver++' or "
-                         "'sde-dpmsolver++', solver_type 'midpoint' or 'heun', solver_order 1 or 2 (sdekit's 3M is the "
-                         f"Taylor form, third order); got {algo}, {kind}, order {order}")
+        raise ValueError("EDMDPMSolverMultistepScheduler has an sdekit equivalent for algorithm_type 'dpmsolver++' "
+                         "(solver_order 1 or 2, and 3 where sdekit's dpmpp_3m has diffusers' published form) or "
+                         "'sde-dpmsolver++' (solver_order 1 or 2: diffusers has no third-order SDE update), solver_type "
+                         f"'midpoint' or 'heun'; got {algo}, {kind}, order {order}")
     sde = algo == "sde-dpmsolver++"
     if order == 1:
         return ("ddpm" if sde else "ddim"), {}
