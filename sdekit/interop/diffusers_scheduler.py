@@ -84,6 +84,10 @@ class SdekitScheduler(ForwardProcessMixin, SchedulerMixin, ConfigMixin):
     output is the velocity n - x0 on ``RectifiedFlow`` whose time is diffusers' sigma; the grid is the sigmas of
     FlowMatchEulerDiscreteScheduler.set_timesteps for the config (shift, dynamic shifting with ``mu``, custom
     sigmas); ``euler`` is then its step; solvers that cannot start at pure noise are refused (docs/interop.md).
+
+    EDM (an EDMEuler / EDMDPMSolverMultistep config: sigma_min, sigma_max, sigma_data, sigma_schedule, rho): the
+    sample is the state of ``EDMSDE``, the grid and timesteps are that scheduler's, the network output is
+    preconditioned to the x0 prediction (``sdekit.interop.edm_scheduler``).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers if refused_class(e.name) is None] + [
