@@ -270,3 +270,23 @@ def test_from_diffusers_and_diffusers_equivalent_run_the_edm_scheduler(cls_name,
         ours = sdekit.sample(from_diffusers(unet, sched), x_T, **diffusers_equivalent(sched, 6)).x
         ref = _pipeline_loop(sched, lambda x, t: unet(x, t).sample, x_T / sched.init_noise_sigma, 6)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_direct_edm_config_and_a_tuned_grid_in_the_pipeline():
+    """SdekitScheduler(**edm_config) reads it as an EDM config (its own fields mark it; solver="diffusers" takes the
+    layout from them), and ``grid_ts`` (sigmas on EDMSDE, e.g. a tuned grid) runs in the pipeline exactly the steps
+    ``sdekit.sample`` takes on that grid with the same exact model."""
+    cfg = {k: v for k, v in diffusers.EDMDPMSolverMultistepScheduler(sigma_max=40.0).config.items() if k[0] != "_"}
+    ref = diffusers.EDMDPMSolverMultistepScheduler(**cfg)
+    ours = SdekitScheduler(**cfg, solver="diffusers")
+    torch.testing.assert_close(_pipeline_loop(ours, _toy, _noise(), 7), _pipeline_loop(ref, _toy, _noise(), 7),
+                               rtol=1e-5, atol=1e-5)
+    sde = EDMSDE(0.002, 40.0)
+    ts = torch.cat([(40 ** (1 / 3) + torch.linspace(0, 1, 6, dtype=torch.float64) * (0.002 ** (1 / 3) - 40 ** (1 / 3)))
+                    ** 3, torch.zeros(1, dtype=torch.float64)])
+    sched = SdekitScheduler(**{k: v for k, v in cfg.items() if k != "solver_order"}, solver="unipc_2", grid_ts=ts)
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    got = _pipeline_loop(sched, _mixture_net(MIXTURE, sched), noise, 6)
+    want = sdekit.sample(MIXTURE.model(sde), noise.double() * sched.init_noise_sigma, "unipc_2", ts=ts).x
+    assert torch.equal(sched.sigmas, ts.float())
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)

@@ -129,7 +129,7 @@ class SdekitScheduler(ForwardProcessMixin, SchedulerMixin, ConfigMixin):
         self._build_model(solver, grid_scheduler)
         self._name, self._options = solver, dict(solver_options or {})  # solver="diffusers": set by set_timesteps
         if solver == DIFFUSERS_SOLVER:
-            if grid_scheduler is None:
+            if grid_scheduler is None and self.edm is None:  # an EDM config's algorithm: its layout's (EDMSpec)
                 raise ValueError("solver='diffusers' (diffusers' own algorithm) needs grid_scheduler=, the scheduler "
                                  f"whose algorithm to run ({', '.join(EQUIVALENTS)}): a pipeline's in-memory "
                                  "config does not name its class (a saved one, or the scheduler object, does)")
