@@ -24,7 +24,7 @@ from ..parameterization import ScoreModel, ThresholdedModel
 from ..sde import DiscreteVPSDE, LinearSDE, RectifiedFlow
 from ..solvers.base import Evaluator
 from ..solvers.discrete import CLASS_NAMES, SCHEDULERS
-from ..solvers.exponential import unipc_steps
+from ..solvers.multistep import unipc_steps
 from ..solvers.grids import check_grid
 from ..solvers.driver import with_jump_options
 from ..solvers.registry import get
