@@ -47,7 +47,6 @@ the converged endpoint by tune's balanced objective; the best is returned and na
 """
 from __future__ import annotations
 
-import copy
 import time
 from typing import Optional, Sequence, Union
 
@@ -55,8 +54,8 @@ import torch
 
 from ..sde import LinearSDE
 from ..validate import integer
-from .schedules import (CANDIDATES, CachedNet, Schedule, angle, check_grid_names, check_search, refine_angle,
-                        score_grid, search_ends, seed_of)
+from .schedules import (CANDIDATES, Schedule, angle, check_grid_names, check_search, score_grid, search_span, seed_of,
+                        teacher)
 
 Tensor = torch.Tensor
 
@@ -163,14 +162,11 @@ def ays_schedule(
         raise ValueError(f"coupling must be 'ode' or 'forward'; got {coupling!r}")
     check_grid_names([fine_grid, start, *candidates], candidates)
     sde = model.sde
-    t_start, t_end, t_low, zero_end = search_ends(sde, t_start, t_end, steps)
-    hops = steps - 1 if zero_end else steps
-    if hops > fine:
-        raise ValueError(f"steps = {steps} needs at least as many fine intervals; got fine = {fine}")
+    t_start, t_end, t_low, zero_end, hops = search_span(sde, t_start, t_end, steps, fine)
     seed = seed_of(generator)
     with torch.no_grad():
         tau = make_grid(sde, fine, fine_grid, t_start, t_low)
-        model, x_T, traj, x_ref = _teacher(model, sde, tau, (n, *shape), seed, substeps)
+        model, x_T, traj, x_ref, _ = teacher(model, tau, (n, *shape), seed, substeps)
         D = _denoised(model, x_ref, tau, seed + 1) if coupling == "forward" else torch.stack(
             [model.x0(traj[k], t).to(torch.float64) for k, t in enumerate(tau.tolist())])  # cached: no new calls
         bound = KLUB(sde, tau, D, bool(extrapolate))
@@ -189,21 +185,6 @@ def ays_schedule(
                         "sweeps": sweeps, "coupling": coupling, "extrapolate": bool(extrapolate), "searched_ts": ts,
                         "fine": fine, "fine_grid": fine_grid, "substeps": substeps, "n": n, "path": path,
                         "seconds": time.perf_counter() - t0})
-
-
-def _teacher(model, sde: LinearSDE, tau: Tensor, shape: tuple, seed: int, substeps: int) -> tuple:
-    """(the model on a network that counts its calls and remembers them at ``tau``, x_T, the teacher's states at
-    ``tau``, its endpoint): rk4 with ``substeps`` steps per fine interval from ``shape`` prior draws of ``seed``."""
-    from .driver import sample
-
-    dtype, device = model.net_dtype_device()
-    x_T = sde.prior_sample(shape, generator=torch.Generator().manual_seed(seed)).to(
-        dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32, device=device)
-    counted = copy.copy(model)  # the same model (any ScoreModel subclass) on the counting, caching network
-    counted.net = CachedNet(model.net, tau.tolist())
-    out = sample(counted, x_T, "rk4", ts=refine_angle(sde, tau, substeps) if substeps > 1 else tau, trajectory=True)
-    assert out.trajectory is not None
-    return counted, x_T, out.trajectory[::substeps], out.x
 
 
 def _snap(tau: Tensor, ts: Tensor) -> list:

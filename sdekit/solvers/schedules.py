@@ -200,6 +200,32 @@ def search_ends(sde: LinearSDE, t_start, t_end, steps: int) -> tuple[float, floa
     return t_start, t_end, (sde.eps if zero_end else t_end), zero_end
 
 
+def search_span(sde: LinearSDE, t_start, t_end, steps: int, fine: int) -> tuple[float, float, float, bool, int]:
+    """``search_ends`` and the number of searched intervals (steps, less the final jump), at most ``fine``."""
+    t_start, t_end, t_low, zero_end = search_ends(sde, t_start, t_end, steps)
+    hops = steps - 1 if zero_end else steps
+    if hops > fine:
+        raise ValueError(f"steps = {steps} needs at least as many fine intervals; got fine = {fine}")
+    return t_start, t_end, t_low, zero_end, hops
+
+
+def teacher(model, tau: Tensor, shape: tuple, seed: int, substeps: int) -> tuple:
+    """(the model on a network that counts its calls and remembers them at the fine times ``tau``, x_T, the teacher's
+    states at ``tau``, its endpoint, its network calls): rk4 with ``substeps`` steps per fine interval (equal in
+    angle) from ``shape`` prior draws of ``seed``."""
+    from .driver import sample
+
+    dtype, device = model.net_dtype_device()
+    x_T = model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(seed)).to(
+        dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32, device=device)
+    cached = copy.copy(model)  # the same model (any ScoreModel subclass) on the caching network
+    cached.net = CachedNet(model.net, tau.tolist())
+    ts = refine_angle(model.sde, tau, substeps) if substeps > 1 else tau
+    out = sample(cached, x_T, "rk4", ts=ts, trajectory=True)
+    assert out.trajectory is not None
+    return cached, x_T, out.trajectory[::substeps], out.x, out.nfe
+
+
 def _dp(cost: Tensor, steps: int) -> tuple[list, float]:
     """The path 0 -> M of exactly ``steps`` steps (k < j) with the least sum of cost[k, j]."""
     big = torch.full_like(cost, math.inf)
@@ -251,22 +277,12 @@ def gits_schedule(
     if cost_solver is not None:
         _check_solver(cost_solver)
     sde = model.sde
-    t_start, t_end, t_low, zero_end = search_ends(sde, t_start, t_end, steps)
-    hops = steps - 1 if zero_end else steps
-    if hops > fine:
-        raise ValueError(f"steps = {steps} needs at least as many fine intervals; got fine = {fine}")
+    t_start, t_end, t_low, zero_end, hops = search_span(sde, t_start, t_end, steps, fine)
     seed = seed_of(generator)
     with torch.no_grad():
         tau = make_grid(sde, fine, fine_grid, t_start, t_low)
-        net = CachedNet(model.net, tau.tolist())
-        cached = copy.copy(model)  # the same model (any ScoreModel subclass) on the caching network
-        cached.net = net
-        dtype, device = model.net_dtype_device()
-        x_T = model.sde.prior_sample((n, *shape), generator=torch.Generator().manual_seed(seed)).to(
-            dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32, device=device)
-        teacher = sample(cached, x_T, "rk4", ts=refine_angle(sde, tau, substeps), trajectory=True)
-        assert teacher.trajectory is not None
-        xs, x_ref = teacher.trajectory[::substeps], teacher.x
+        cached, x_T, xs, x_ref, teacher_nfe = teacher(model, tau, (n, *shape), seed, substeps)
+        net = cached.net
         if zero_end:  # the reference ends as every grid to sigma = 0 does: the x0 jump from sde.eps
             x_ref = sample(cached, x_ref, "ddim", ts=torch.tensor([t_low, t_end], dtype=torch.float64)).x
         cost = torch.full((fine + 1, fine + 1), math.inf, dtype=torch.float64)
@@ -284,7 +300,7 @@ def gits_schedule(
     chosen = min(scores, key=lambda g: scores[g]["objective"])
     return Schedule(ts=grids[chosen], nfe=net.calls, method="gits", solver=solver, steps=steps, cost=total,
                     fine_ts=tau, seed=seed, info={
-                        "chosen": chosen, "scores": scores, "teacher_nfe": teacher.nfe, "fine": fine,
+                        "chosen": chosen, "scores": scores, "teacher_nfe": teacher_nfe, "fine": fine,
                         "fine_grid": fine_grid, "substeps": substeps, "n": n, "path": path,
                         "cost_solver": cost_solver or solver})
 
