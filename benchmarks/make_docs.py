@@ -571,6 +571,28 @@ def schedules(results: Results) -> dict[str, Any]:
             "sched.gits_nfe": span(r["gits_nfe"] for r in rows)}
 
 
+def schedules_vs_peers(results: Results) -> dict[str, Any]:
+    """kl_optimal, GITS and AYS beside the tuned grid and k-diffusion: per schedule and dimension, the median over
+    the (seed, NFE) cells of each ratio, with the cells below one."""
+    data = results("schedules_vs_peers.json")
+    summary = data["summary"]
+    labels = {"kl_optimal": "`kl_optimal` (free)", "gits": "GITS (with selection)", "ays": "AYS (with selection)",
+              "ays_searched": "AYS search alone", "tuned": "`sdekit.tune`"}
+    rows = []
+    for dim in data["dims"]:
+        for key, label in labels.items():
+            cells = []
+            for stat in ("median", "p90"):
+                for versus in ("logsnr", "k-diffusion"):
+                    c = summary[f"{dim}d/{key}/{stat}/vs_{versus}"]
+                    cells.append(f"{c['median']:.2f} ({c['below_1']}/{c['cells']})")
+            rows.append([f"{dim}-D", label, *cells])
+    header = ["problem", "schedule", "median vs logsnr", "median vs k-diffusion", "p90 vs logsnr",
+              "p90 vs k-diffusion"]
+    return {"sched_peers.table": table(header, rows), "sched_peers.seeds": fmt(data["seeds"]),
+            "sched_peers.dims": dims(data["dims"]), "sched_peers.nfe": fmt(data["nfe"])}
+
+
 def grad_tune(results: Results) -> dict[str, Any]:
     data = results("grad_tune.json")
     methods = ("untuned", "powell", "gradient", "gradient_free_start")
@@ -623,8 +645,9 @@ def learned_vs_peers(results: Results) -> dict[str, Any]:
 
 
 SECTIONS: list[Callable[[Results], dict[str, Any]]] = [
-    accuracy, quick_runs, overhead, overhead_path_noise, likelihood, likelihood_digits, transcripts, stochastic, stochastic_quick, strong_order,
-    flow_matching, digits, distributed, sample_memory, schedules, grad_tune, learned_solver, learned_vs_peers,
+    accuracy, quick_runs, overhead, overhead_path_noise, likelihood, likelihood_digits, transcripts, stochastic,
+    stochastic_quick, strong_order,
+    flow_matching, digits, distributed, sample_memory, schedules, schedules_vs_peers, grad_tune, learned_solver, learned_vs_peers,
 ]
 
 

@@ -10,6 +10,13 @@ of the measured rows.
     python benchmarks/schedules.py [--dims 2,16 --seeds 201,202,203 --nfe 4,5,6,8,10]
 
 Writes benchmarks/results/schedules.{json,png}.
+
+``--peers`` (PEER_DOC in ``schedules_peers.py``): kl_optimal, GITS and Align Your Steps beside the named grids,
+``sdekit.tune``'s grid and every k-diffusion sampler and schedule, in one process (run with /work/bench-venv):
+
+    PYTHONPATH=. /work/bench-venv/bin/python benchmarks/schedules.py --peers [--seeds 9301,9302]
+
+writes benchmarks/results/schedules_vs_peers.{json,png}.
 """
 from __future__ import annotations
 
@@ -93,6 +100,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", default="201,202,203")
     ap.add_argument("--nfe", default="4,5,6,8,10")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--peers", action="store_true", help="beside tune and k-diffusion (its options: schedules_peers.py)")
+    if "--peers" in (sys.argv[1:] if argv is None else argv):
+        import schedules_peers
+
+        return schedules_peers.main(argv)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     nfes = [int(n) for n in args.nfe.split(",")]

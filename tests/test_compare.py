@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import sdekit
 from sdekit.cli import main
+from sdekit.compare import fitted as fitted_module
 from sdekit.compare import harness as harness_module
 from sdekit.compare import (TUNE_SEED_OFFSET, CompareResults, CompareRow, compare, default_solvers, endpoint_error,
                             error_summary, flipped_fraction, per_row_error, sliced_w2)
@@ -230,7 +231,7 @@ def test_tuned_rows_use_the_tuned_grid_from_independent_draws(monkeypatch):
         calls.append(SimpleNamespace(solver=solver, steps=steps, n=n, generator=generator, draws=draws))
         return SimpleNamespace(ts=make_grid(model.sde, steps, "quadratic"), nfe=1000 + steps)
 
-    monkeypatch.setattr(harness_module, "tune", fake_tune)
+    monkeypatch.setattr(fitted_module, "tune", fake_tune)
     x_T = _x_T(32, seed=0)
     res = compare(x_T=x_T, solvers="euler,heun", steps=(1, 3, 4), grids=("quadratic", "tuned"), tune_n=16, **TINY)
     tuned = [r for r in res if r.tuned]
@@ -256,6 +257,49 @@ def test_tuned_with_the_real_tuner():
     (row,) = res
     assert row.tuned and row.steps == 3 and row.nfe == 3 and math.isfinite(row.median)
     assert row.tune_nfe is None or row.tune_nfe > 0
+
+
+# -- searched grids (gits, ays) and kl_optimal ------------------------------------------------------------
+SEARCH = {"gits": {"n": 16, "fine": 12, "substeps": 2}, "ays": {"n": 16, "fine": 24}}
+
+
+def test_every_searched_grid_runs_with_its_one_time_cost():
+    """Each searched grid (the loop walks SEARCHED) is built per (solver, steps) from draws of its own seed, with the
+    options given; its rows equal a solve on the builder's own grid, carry its network calls and seconds, rank as
+    their own leaderboard kind and print their cost; kl_optimal is a free named grid in the defaults."""
+    from sdekit.compare import DEFAULT_GRIDS, SEARCHED
+    from sdekit.solvers import ays, schedules
+
+    builders = {"gits": lambda m, s, k, **kw: schedules.gits_schedule(m, s, k, **kw),
+                "ays": lambda m, s, k, **kw: ays.ays_schedule(m, k, solver=s, **kw)}
+    assert set(builders) == set(SEARCHED) and "kl_optimal" in DEFAULT_GRIDS
+    x_T = _x_T(32, seed=0)
+    res = compare(x_T=x_T, solvers="dpmpp_2m,ddim", steps=(1, 4), grids=("kl_optimal", *SEARCHED),
+                  search_options=SEARCH, **TINY)
+    model = sdekit.GaussianMixture.default(dim=2).model(sdekit.VPSDE())
+    ref = sdekit.solvers.sample(model, x_T, "rk4", TINY["ref_steps"], grid="logsnr").x  # compare's reference
+    for grid in SEARCHED:
+        rows = [r for r in res if r.grid == grid]
+        assert sorted((r.solver, r.steps) for r in rows) == [("ddim", 4), ("dpmpp_2m", 4)]  # one step: not searched
+        assert res.meta[grid]["seed"] == TUNE_SEED_OFFSET and res.meta[grid]["n"] == 16
+        for r in rows:
+            built = builders[grid](model, r.solver, 4, shape=(2,), generator=TUNE_SEED_OFFSET, **SEARCH[grid])
+            e = per_row_error(sdekit.solvers.sample(model, x_T, r.solver, ts=built.ts).x, ref)
+            assert r.median == pytest.approx(error_summary(e)["median"], rel=1e-9)
+            assert r.tune_nfe == built.nfe > 0 and r.learn_s > 0 and r.kind == grid
+    assert all(r.tune_nfe is None and r.learn_s is None for r in res if r.grid == "kl_optimal")
+    board = res.leaderboard(budgets=(4,))
+    assert [e.kind for e in board] == ["untuned", "gits", "ays"]
+    assert all(e.row.grid == e.kind for e in board[1:]) and board[0].row.grid == "kl_optimal"
+    table = board.table()
+    assert "tuning NFE" in table and "learn s" in table and str(board[1].row.tune_nfe) in table
+    assert "(search " in res.table()
+
+
+def test_searched_grid_options_are_checked():
+    for bad in ({"tune": {}}, {"gits": 3}):
+        with pytest.raises(ValueError, match="search_options"):
+            compare(solvers="euler", steps=(4,), grids=("gits",), search_options=bad, **TINY)
 
 
 # -- other inputs ---------------------------------------------------------------------------------------
@@ -336,6 +380,20 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main(["compare", "--solvers", "euler", "--steps", "2", "--grids", "logsnr", "--n", "8",
                  "--ref-steps", "100", "--out", str(out), "--no-progress", "--full"]) == 0
     assert "endpoint_rmse" in capsys.readouterr().out  # --full adds every row
+
+
+def test_cli_free_and_searched_grids(tmp_path, capsys):
+    """--grids takes kl_optimal, gits and ays; the leaderboard shows each searched grid's kind and one-time cost."""
+    assert main(["compare", "--solvers", "dpmpp_2m", "--steps", "3", "--grids", "kl_optimal,gits,ays", "--n", "16",
+                 "--search-n", "8", "--ref-steps", "100", "--out", str(tmp_path), "--no-progress"]) == 0
+    board = capsys.readouterr().out.split("median*")[1].split("\n\n")[0]
+    kinds = {v.split()[1]: v.split() for v in board.splitlines()[2:]}
+    assert set(kinds) == {"untuned", "gits", "ays"} and kinds["untuned"][3] == "kl_optimal"
+    back = CompareResults.from_json(tmp_path / "results.json")
+    for grid in ("gits", "ays"):
+        row = next(r for r in back if r.grid == grid)
+        assert row.tune_nfe > 0 and row.learn_s > 0 and back.meta[grid]["n"] == 8
+        assert kinds[grid][3] == grid and str(row.tune_nfe) in kinds[grid]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -380,7 +380,7 @@ def _closed_form_loop(sched, x, steps):
 @pytest.mark.parametrize("cls_name,config,solver", [
     ("DDIMScheduler", {}, "ddim"),  # DDIMScheduler's default clip_sample=True is kept
     ("DPMSolverMultistepScheduler", {}, "dpmpp_2m"),
-    ("DPMSolverMultistepScheduler", {"solver_order": 1}, "ddim"),
+    ("DPMSolverMultistepScheduler", {"solver_order": 1}, "dpmpp_2m"),  # every step first order
     ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, "dpm_solver_2m"),
     ("DPMSolverMultistepScheduler", {"final_sigmas_type": "sigma_min", "use_karras_sigmas": True}, "dpmpp_2m"),
     ("UniPCMultistepScheduler", {}, "unipc_2"),
@@ -411,14 +411,14 @@ def test_solver_diffusers_runs_the_schedulers_own_algorithm(cls_name, config, so
 
 def test_solver_diffusers_refusals():
     """No grid scheduler to take the algorithm from, solver_options beside it, and a setting with no exact sdekit
-    counterpart (DPM-Solver 3M, SDE-DPM-Solver++): refused by name."""
+    counterpart (diffusers' third-order SDE-DPM-Solver++, not a consistent third-order step): refused by name."""
     base = diffusers.DPMSolverMultistepScheduler().config
     with pytest.raises(ValueError, match="needs grid_scheduler"):
         SdekitScheduler.from_config(base, solver="diffusers")
     with pytest.raises(ValueError, match="drop solver_options"):
         SdekitScheduler.from_config(base, solver="diffusers", grid_scheduler="dpmsolver_multistep",
                                     solver_options={"lower_order_final": False})
-    for config in ({"solver_order": 3}, {"algorithm_type": "sde-dpmsolver++"}):
+    for config in ({"solver_order": 3, "algorithm_type": "sde-dpmsolver++"},):
         sched = SdekitScheduler.from_config(diffusers.DPMSolverMultistepScheduler(**config).config, solver="diffusers",
                                             grid_scheduler="dpmsolver_multistep")
         with pytest.raises(ValueError, match="solver='diffusers': DPMSolverMultistepScheduler has an sdekit equivalent"):

@@ -173,13 +173,24 @@ def test_correct_or_refused_by_name(pn, name, grid, end):
     t1 = float(ts[-2]) if jump else t_end
     ref = _reference(pn, sde, exact, x, float(ts[0]), t1, jump)
     scale = float(_moments(sde, t_end)[1].max())  # the spread of the state at the end (20 at T on this VE)
-    err = float(((sol.x - ref).norm(dim=1) / math.sqrt(2)).median()) / scale
+    err = _error(sol.x, ref, scale)
     # loose: a wrong limit or a broken step is off by O(1); Euler and Heun in t on the VE SDE, a correct but poor
     # variable there, are 0.4 and 0.2 off at 16 steps; 3rd-order multistep methods on a Karras grid from alpha = 0
-    # (CosinePath) 0.13-0.16, falling to 0.01 at 32 steps and 0.001 at 64 (measured): order shows at more steps,
-    # which tests/test_convergence.py checks, not here
+    # (CosinePath) 0.13-0.16, falling to 0.01 at 32 steps and 0.001 at 64 (measured). A solve above the bound is
+    # still correct when it converges: 4x the steps must land within the bound and at least halve the error (its
+    # order is tests/test_convergence.py's to check, not the walk's)
     order = SOLVERS[name].order or math.inf  # None: an adapter whose order depends on method= (tolerance-led)
-    assert err < (0.5 if order <= 1 else 0.25), err
+    bound = 0.5 if order <= 1 else 0.25
+    if err >= bound and kw.get("steps") is not None and "ts" not in kw:
+        finer = _error(sample(model, x, name, **{**kw, "steps": 4 * kw["steps"]}).x, ref, scale)
+        assert finer < min(bound, err / 2), (err, finer)
+        return
+    assert err < bound, err
+
+
+def _error(x, ref, scale):
+    """Median per-row distance to the reference (per coordinate), in units of the end state's spread."""
+    return float(((x - ref).norm(dim=1) / math.sqrt(2)).median()) / scale
 
 
 def test_the_walk_covers_the_registry():

@@ -23,9 +23,10 @@ def add_parser(sub) -> None:
     p.add_argument("--nfe", type=int_list, default=None,
                    help="NFE budgets, turned into per-solver step counts (default 5,10,15,20,30,50,100)")
     p.add_argument("--steps", type=int_list, default=None, help="raw step counts for every solver (instead of --nfe)")
-    p.add_argument("--grids", type=name_list, default="logsnr,quadratic,uniform,karras",
-                   help="comma-separated time grids (uniform, quadratic, logsnr, karras; tuned: a grid tuned to the "
-                   "model for each solver and step count, on prior draws independent of x_T)")
+    p.add_argument("--grids", type=name_list, default="logsnr,quadratic,uniform,karras,kl_optimal",
+                   help="comma-separated time grids (uniform, quadratic, logsnr, karras, kl_optimal; fitted to the "
+                   "model for each solver and step count, on prior draws independent of x_T, with their one-time "
+                   "cost: tuned (sdekit.tune), gits (GITS), ays (Align Your Steps))")
     p.add_argument("--dim", type=int_arg("--dim", 1, 4096), default=None, help="dimension of the built-in Gaussian mixture (2)")
     p.add_argument("--n", type=int_arg("--n", 1, MAX_ROWS), default=512, help="number of starting points x_T")
     p.add_argument("--seed", type=SEED, default=0)
@@ -43,6 +44,8 @@ def add_parser(sub) -> None:
                    help="with --grids ...,tuned: prior rows per tuning draw")
     p.add_argument("--tune-evals", type=int_arg("--tune-evals", 1, MAX_TUNE_EVALS), default=None,
                    help="with --grids ...,tuned: optimiser solves per grid")
+    p.add_argument("--search-n", type=int_arg("--search-n", 1, MAX_ROWS), default=None,
+                   help="with --grids ...,gits or ays: prior rows of their teacher draw (default 64)")
     p.add_argument("--out", default="sdekit-compare", help="output directory (default ./sdekit-compare)")
     p.add_argument("--full", "--verbose", dest="full", action="store_true", help="also print every row")
     p.add_argument("--threads", type=THREADS_ARG, default=1, help="torch threads (default 1: small tensors)")
@@ -81,11 +84,13 @@ def run(args) -> int:
         raise ValueError("give --nfe or --steps, not both")
     writable_dir(args.out, "--out")  # before the work, not after it
     tune_options = {} if args.tune_evals is None else {"max_evals": args.tune_evals}
+    search = {} if args.search_n is None else {"n": args.search_n}
     model, x_T, source = _compare_problem(args)
     res = compare(model, x_T, solvers=args.solvers, nfe=args.nfe or DEFAULT_NFE, steps=args.steps,
                   grids=args.grids, seed=args.seed, n=args.n, dim=args.dim or 2, sde=args.sde or "vp",
                   progress=not args.no_progress, ref_steps=args.ref_steps, ref_tol=args.ref_tol,
-                  tune_n=args.tune_n, tune_options=tune_options, pathwise=not args.no_pathwise)
+                  tune_n=args.tune_n, tune_options=tune_options, pathwise=not args.no_pathwise,
+                  search_options={"gits": search, "ays": search})
     paths = res.save(args.out)
     meta = res.meta
     endpoint = any(r.metric != SLICED for r in res)

@@ -6,6 +6,7 @@ solvers are measured by the law of their samples against exact draws, and pathwi
 same noise. One job per module:
 
   harness     ``compare`` and its settings (``Problem``, ``Plan``, ``References``): validate, build, run, report
+  fitted      the grids fitted per model, solver and steps (tuned, gits, ays) and their one-time cost
   reference   the ODE reference endpoints and their own error estimate
   law         sliced W2 over its floor with a standard error, and mode weights, against exact draws
   pathwise    which stochastic solvers have a same-path reference, and that reference
@@ -22,10 +23,10 @@ from .harness import (DEFAULT_GRIDS, DEFAULT_NFE, DEFAULT_TOLERANCES, TUNE_SEED_
 from .law import FLOOR_PAIRS, LAW_SETS, LawReference, exact_law, flipped_fraction
 from .pathwise import PATH_PROBE_STEPS, pathwise_applies
 from .results import CompareResults, Leaderboard, LeaderboardEntry
-from .rows import ENDPOINT, LAW_STATISTICS, SLICED, STATISTICS, TUNED, CompareRow
+from .rows import ENDPOINT, FITTED, LAW_STATISTICS, SEARCHED, SLICED, STATISTICS, TUNED, CompareRow
 
 __all__ = ["compare", "Problem", "Plan", "References", "CompareResults", "CompareRow", "Leaderboard",
            "LeaderboardEntry", "endpoint_error", "per_row_error", "error_summary", "flipped_fraction", "sliced_w2",
            "LawReference", "exact_law", "pathwise_applies", "default_solvers", "make_sde", "SDE_NAMES", "STATISTICS",
-           "LAW_STATISTICS", "TUNED", "SLICED", "ENDPOINT", "DEFAULT_NFE", "DEFAULT_GRIDS", "DEFAULT_TOLERANCES",
-           "TUNE_SEED_OFFSET", "LAW_SETS", "FLOOR_PAIRS", "PATH_PROBE_STEPS"]
+           "LAW_STATISTICS", "TUNED", "SEARCHED", "FITTED", "SLICED", "ENDPOINT", "DEFAULT_NFE", "DEFAULT_GRIDS",
+           "DEFAULT_TOLERANCES", "TUNE_SEED_OFFSET", "LAW_SETS", "FLOOR_PAIRS", "PATH_PROBE_STEPS"]

@@ -32,10 +32,13 @@ one number, ``nfe_per_step`` None, gets ``budget`` steps), so solvers of 1, 2 or
 NFE range; the NFE reported is the one counted during the solve. ``steps=(...)`` instead gives the
 same raw step counts to every solver. Adaptive solvers (dopri5, ...) run at tolerances ``tolerances``.
 
-Tuned grids. The grid name ``"tuned"`` stands for a grid tuned to the model and each solver and step
-count by ``sdekit.solvers.tune.tune``, from prior draws of its own seed (``seed + TUNE_SEED_OFFSET``,
-so never the compared x_T). Its rows are labelled grid = "tuned" and carry the one-time tuning cost in
-network calls, ``tune_nfe``; one-step runs and stochastic solvers are not tuned.
+Fitted grids (``compare.fitted``). The grid names ``"tuned"`` (``sdekit.solvers.tune.tune``), ``"gits"`` (GITS's
+dynamic programming over a teacher trajectory, ``solvers.schedules.gits_schedule``) and ``"ays"`` (Align Your Steps'
+KL-bound search, ``solvers.ays.ays_schedule``) stand for a grid fitted to the model and each solver and step count,
+from prior draws of its own seed (``seed + TUNE_SEED_OFFSET``, so never the compared x_T); ``tune_options`` and
+``search_options`` (``{"gits": {...}, "ays": {...}}``) go to the builders. Their rows are labelled with the grid's
+name and carry the one-time cost: network calls ``tune_nfe`` and seconds ``learn_s``; one-step runs and stochastic
+solvers are not fitted. ``kl_optimal`` (the closed form, no model calls) is a named grid like the others.
 
 Learned solvers. ``solvers=`` also takes ``LearnedSolver`` objects (``sdekit.learn_solver(model, nfe, ...)``) beside
 names: each runs once, on its own grid at its own NFE (grids and budgets do not apply to it), in a row labelled
@@ -73,12 +76,12 @@ from ..solvers import NotApplicableError, SolverError, available, get, sample
 from ..solvers.grids import GRIDS
 from ..solvers.learned import LearnedSolver
 from ..solvers.registry import SolverInfo
-from ..solvers.tune import tune
 from .law import LawReference, exact_law, flipped_fraction
 from .pathwise import check_path_references, path_reference
 from .reference import check_reference, given_reference, ode_reference
 from .results import CompareResults
-from .rows import ENDPOINT, LEARNED, SLICED, TUNED, CompareRow, fmt, grid_label
+from .fitted import TUNE_SEED_OFFSET, check_fitted_options, describe, fitted_grid
+from .rows import ENDPOINT, FITTED, LEARNED, SLICED, CompareRow, fmt, grid_label
 
 Tensor = torch.Tensor
 
@@ -86,9 +89,8 @@ __all__ = ["compare", "Problem", "Plan", "References", "default_solvers", "make_
            "DEFAULT_NFE", "DEFAULT_GRIDS", "DEFAULT_TOLERANCES", "TUNE_SEED_OFFSET"]
 
 DEFAULT_NFE = (5, 10, 15, 20, 30, 50, 100)
-DEFAULT_GRIDS = ("logsnr", "quadratic", "uniform", "karras")  # quadratic and uniform win at low NFE
+DEFAULT_GRIDS = ("logsnr", "quadratic", "uniform", "karras", "kl_optimal")  # quadratic and uniform win at low NFE
 DEFAULT_TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6)
-TUNE_SEED_OFFSET = 1_000_003  # tuning draws use seed + this: independent of the compared x_T
 
 
 def make_sde(name: Union[str, LinearSDE]) -> LinearSDE:
@@ -154,8 +156,9 @@ class Plan:
     """What runs. solvers: names (a list or comma-separated), None for every deterministic fixed-step solver; a
     list may hold ``LearnedSolver`` objects too (module docstring: each runs once on its own grid).
     nfe: NFE budgets, turned into per-solver step counts; or ``steps``: the same raw step counts for all.
-    grids: time grids (``sdekit.solvers.grids.GRIDS``, and "tuned": a grid tuned per solver and step count by
-    ``sdekit.solvers.tune.tune`` with n = tune_n and ``tune_options``). tolerances: of adaptive solvers."""
+    grids: time grids (``sdekit.solvers.grids.GRIDS``, and the fitted "tuned", "gits", "ays": a grid per solver and
+    step count, module docstring; tune_n and ``tune_options`` go to ``tune``, ``search_options`` to GITS's and
+    AYS's builders). tolerances: of adaptive solvers."""
 
     solvers: Union[str, Sequence[Union[str, LearnedSolver]], LearnedSolver, None] = None
     nfe: Sequence[int] = DEFAULT_NFE
@@ -164,14 +167,16 @@ class Plan:
     tolerances: Sequence[float] = DEFAULT_TOLERANCES
     tune_n: int = 256
     tune_options: Optional[dict] = None
+    search_options: Optional[dict] = None
 
     def __post_init__(self):
-        accepted = ", ".join([*GRIDS, TUNED])
+        accepted = ", ".join([*GRIDS, *FITTED])
         grids = _names(self.grids)
+        object.__setattr__(self, "search_options", check_fitted_options(self.search_options))
         if not grids:
             raise ValueError(f"no time grid given; accepted: {accepted}")
         for g in grids:
-            if g not in GRIDS and g != TUNED:
+            if g not in GRIDS and g not in FITTED:
                 raise ValueError(f"unknown grid {g!r}; accepted: {accepted}")
         object.__setattr__(self, "grids", tuple(grids))
         if self.steps is None:
@@ -230,6 +235,7 @@ class _State:
     law: Optional[LawReference] = None  # exact draws of the law at t_end, for stochastic solvers
     paths: dict = field(default_factory=dict)  # stochastic solver -> its fine same-path endpoints (or None)
     tune: dict = field(default_factory=dict)  # keywords for solvers.tune.tune beyond model/solver/steps
+    search: dict = field(default_factory=dict)  # {"gits": {...}, "ays": {...}}: keywords for their builders
 
 
 def _build(problem: Problem, plan: Plan) -> _State:
@@ -246,7 +252,7 @@ def _build(problem: Problem, plan: Plan) -> _State:
         else:
             x_T = the_sde.prior_sample((problem.n, problem.dim), generator=gen, dtype=torch.float64)
     return _State(model, gm, x_T.to(problem.dtype), problem.seed, builtin,
-                  tune={"n": plan.tune_n, **(plan.tune_options or {})})
+                  tune={"n": plan.tune_n, **(plan.tune_options or {})}, search=dict(plan.search_options or {}))
 
 
 def _split_learned(solvers) -> tuple[Any, list[LearnedSolver]]:
@@ -306,9 +312,10 @@ def _runs(names: Sequence[str], plan: Plan, learned: Sequence[LearnedSolver] = (
         else:
             counts = sorted({max(1, int(b // (info.nfe_per_step or 1))) for b in plan.nfe})
         runs += [(name, g, s, None) for g in plan.grids for s in counts
-                 if g != TUNED or (s >= 2 and is_deterministic(info))]
+                 if g not in FITTED or (s >= 2 and is_deterministic(info))]
     if not runs:
-        raise ValueError(f"nothing to run: a {TUNED!r} grid needs at least 2 steps and a deterministic solver")
+        raise ValueError(f"nothing to run: a fitted grid ({', '.join(FITTED)}) needs at least 2 steps and a "
+                         "deterministic solver")
     return runs
 
 
@@ -325,10 +332,7 @@ def _meta(st: _State, names, plan: Plan) -> dict:
         "solvers": names, "grids": list(plan.grids), "nfe_budgets": list(plan.nfe) if plan.steps is None else None,
         "steps": list(plan.steps) if plan.steps is not None else None,
     }
-    if TUNED in plan.grids:
-        meta["tuning"] = {"method": "sdekit.solvers.tune.tune", "seed": st.seed + TUNE_SEED_OFFSET, **st.tune,
-                          "note": "tuned on prior draws of their own seed, never the compared x_T; one-step runs "
-                          "and stochastic solvers are not tuned; each row's tune_nfe is its tuning cost"}
+    meta.update(describe(plan.grids, st.seed, st.tune, st.search))
     return meta
 
 
@@ -373,16 +377,17 @@ def _stochastic_references(st: _State, names: Sequence[str], meta: dict, pathwis
 
 # -- one run -------------------------------------------------------------------------------------------------
 def _solve_kwargs(st: _State, name: str, grid: str, k: Optional[int], tol: Optional[float],
-                  deterministic: bool) -> tuple[dict, Optional[int]]:
-    """``sample``'s keywords for one run, and the tuning cost in NFE of a tuned grid (None otherwise)."""
+                  deterministic: bool) -> tuple[dict, Optional[int], Optional[float]]:
+    """``sample``'s keywords for one run, and the one-time cost (network calls, seconds) of a fitted grid (None,
+    None otherwise)."""
     kwargs: dict[str, Any] = {} if deterministic else {"generator": st.seed}
     if tol is not None:
-        return {**kwargs, "rtol": tol, "atol": tol}, None
-    if grid != TUNED:
-        return {**kwargs, "steps": k, "grid": grid}, None
-    assert k is not None  # _runs gives tuned runs a step count
-    tuned = tune(st.model, name, k, shape=tuple(st.x_T.shape[1:]), generator=st.seed + TUNE_SEED_OFFSET, **st.tune)
-    return {**kwargs, "ts": tuned.ts}, int(tuned.nfe)
+        return {**kwargs, "rtol": tol, "atol": tol}, None, None
+    if grid not in FITTED:
+        return {**kwargs, "steps": k, "grid": grid}, None, None
+    assert k is not None  # _runs gives fitted runs a step count
+    ts, nfe, seconds = fitted_grid(st.model, name, grid, k, tuple(st.x_T.shape[1:]), st.seed, st.tune, st.search)
+    return {**kwargs, "ts": ts}, nfe, seconds
 
 
 def _measure(st: _State, solver: Union[str, LearnedSolver], grid: str, k: Optional[int],
@@ -398,7 +403,7 @@ def _measure(st: _State, solver: Union[str, LearnedSolver], grid: str, k: Option
     else:
         name = solver
         deterministic = is_deterministic(get(name))
-        kwargs, tune_nfe = _solve_kwargs(st, name, grid, k, tol, deterministic)
+        kwargs, tune_nfe, learn_s = _solve_kwargs(st, name, grid, k, tol, deterministic)
     t0 = time.perf_counter()
     try:
         sol = sample(st.model, st.x_T, solver, **kwargs)

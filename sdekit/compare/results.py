@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from .plot import plot_results
-from .rows import (ENDPOINT, LABELS, LAW_STATISTICS, LEARNED, SLICED, STATISTICS, TUNED, CompareRow, csv_values, fmt,
+from .rows import (ENDPOINT, KINDS, LABELS, LAW_STATISTICS, LEARNED, SLICED, STATISTICS, CompareRow, csv_values, fmt,
                    grid_label)
 
 Tensor = torch.Tensor
@@ -36,9 +36,9 @@ def _law_cells(r: CompareRow) -> str:
 
 @dataclass
 class LeaderboardEntry:
-    """The best row with nfe <= budget among untuned grids (named grids and adaptive solvers), among
-    tuned grids (kind "tuned"), among learned solvers (kind "learned") or among stochastic rows (kind "sde"); row is
-    None when no run of that kind fits the budget."""
+    """The best row with nfe <= budget among untuned grids (named grids, kl_optimal included, and adaptive solvers),
+    among the grids of one fitting method (kind "tuned", "gits" or "ays"), among learned solvers (kind "learned") or
+    among stochastic rows (kind "sde"); row is None when no run of that kind fits the budget."""
 
     budget: int
     kind: str
@@ -61,8 +61,8 @@ class Leaderboard(list):
         rows = [e.row for e in self if e.row is not None]
         stats = ["median", "p90", "rms"] + (["max"] if self.statistic == "max" else [])
         flips = any(r.flipped is not None for r in rows)
-        tuned = any(e.kind in (TUNED, LEARNED) for e in self)
-        learned = any(e.kind == LEARNED for e in self)
+        tuned = any(e.kind != "untuned" for e in self)
+        learned = any(r.learn_s is not None for r in rows)
         ws = max([6] + [len(r.solver) for r in rows])
         wg = max([4] + [len(grid_label(r)) for r in rows])
         head = (f"{'NFE <=':>6}  {'grids':<7}  {'solver':<{ws}}  {'grid':<{wg}} {'steps':>5} {'NFE':>5}"
@@ -134,7 +134,7 @@ class CompareResults(list):
                          f"{fmt(r.median, '.3e'):>10} {fmt(r.p90, '.3e'):>10} {r.error:>10.3e} "
                          f"{fmt(r.max, '.3e'):>10}"
                          + (f" {fmt(r.flipped, '.4f'):>8}" if flips else "") + f" {r.time_s:>8.3f}  {r.metric}"
-                         + (f" ({'learning' if r.learned else 'tuning'} {r.tune_nfe} NFE"
+                         + (f" ({_COST_LABEL.get(r.kind, 'search')} {r.tune_nfe} NFE"
                             + (f", {r.learn_s:.1f} s)" if r.learn_s is not None else ")")
                             if r.tune_nfe is not None else ""))
         ref = self.meta.get("reference", {})
@@ -179,8 +179,8 @@ class CompareResults(list):
 
     def leaderboard(self, budgets: Optional[Sequence[int]] = None, statistic: str = "median") -> Leaderboard:
         """The best endpoint row per NFE budget (nfe <= budget) by ``statistic`` (median, p90, rms, max),
-        one entry for untuned grids and, if any were run, one for tuned grids and one for learned solvers (their
-        one-time cost in tune_nfe and learn_s); or, for ``statistic`` excess,
+        one entry for untuned grids and, if any were run, one per fitted grid ("tuned", "gits", "ays") and one for
+        learned solvers (their one-time cost in tune_nfe and learn_s); or, for ``statistic`` excess,
         path_median or mode_err, the best stochastic row per budget. budgets default to the run's NFE budgets
         (or the NFE counts it measured)."""
         if statistic in LAW_STATISTICS:
@@ -190,12 +190,11 @@ class CompareResults(list):
         endpoint = [r for r in self if r.metric == ENDPOINT]
         if budgets is None:
             budgets = self.meta.get("nfe_budgets") or sorted({r.nfe for r in endpoint if r.nfe > 0})
-        kinds = (["untuned"] + ([TUNED] if any(r.tuned for r in endpoint) else [])
-                 + ([LEARNED] if any(r.learned for r in endpoint) else []))
+        kinds = ["untuned"] + [k for k in KINDS[1:] if any(r.kind == k for r in endpoint)]
         entries = []
         for b in sorted({int(b) for b in budgets}):
             for kind in kinds:
-                pool = CompareResults(r for r in endpoint if (r.grid if r.grid in (TUNED, LEARNED) else "untuned") == kind)
+                pool = CompareResults(r for r in endpoint if r.kind == kind)
                 entries.append(LeaderboardEntry(b, kind, pool.best(b, statistic=statistic)))
         return Leaderboard(entries, statistic)
 
@@ -247,6 +246,9 @@ class CompareResults(list):
         """Error (``statistic`` of the per-row errors) against NFE as a PNG: which solver at which budget
         (``sdekit.compare.plot.plot_results``)."""
         plot_results(self, path, title=title, statistic=statistic)
+
+
+_COST_LABEL = {"tuned": "tuning", LEARNED: "learning"}  # the one-time cost's name in a row's line; else "search"
 
 
 def _values(r: CompareRow, names: Sequence[str]) -> list:

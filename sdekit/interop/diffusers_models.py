@@ -26,7 +26,7 @@ import torch
 from ..parameterization import ClassifierFreeGuidance, ScoreModel, ThresholdedModel, expand_batch, map_tensors
 from ..sde import (DiscreteVPSDE, LinearSDE, RectifiedFlow, TimeShift, cosine_beta_schedule,
                    rescale_zero_terminal_snr, time_shift)
-from ..solvers.discrete import DIFFUSERS_ORDERS, diffusers_timesteps, grid_options_from
+from ..solvers.discrete import diffusers_timesteps, grid_options_from
 from .diffusers_config import FlowSpec, check_config, check_flow_config, is_flow_scheduler, read_config
 from .edm_scheduler import EDM_FIELDS, EDMSpec, c_in, check_edm_config, edm_equivalent, is_edm_config, precondition
 
@@ -290,34 +290,64 @@ def times_from_sigmas(sde: DiscreteVPSDE, sigmas) -> Tensor:
 
 
 # -- diffusers' schedulers as sdekit solves ------------------------------------------------------------------
+DPM_SOLVERS = {("dpmsolver++", 2): "dpmpp_2m", ("dpmsolver++", 3): "dpmpp_3m", ("dpmsolver", 2): "dpm_solver_2m",
+               ("dpmsolver", 3): "dpm_solver_3m", ("sde-dpmsolver++", 2): "dpmpp_2m_sde",
+               ("sde-dpmsolver", 2): "dpm_solver_2m_sde"}
+
+
 def _dpmsolver(cfg, steps):
+    """DPMSolverMultistepScheduler: dpmsolver++ / dpmsolver (orders 1-3: 3M in its published form) and
+    sde-dpmsolver++ / sde-dpmsolver (orders 1-2), solver_type midpoint or heun (sdekit's "taylor": the exact weight),
+    lower_order_final and euler_at_final as the orders of the last steps sdekit takes (``final_order``)."""
     order, algo = int(cfg.get("solver_order", 2)), cfg.get("algorithm_type", "dpmsolver++")
-    if algo not in ("dpmsolver++", "dpmsolver") or cfg.get("solver_type", "midpoint") != "midpoint" \
-            or cfg.get("euler_at_final", False) or order > 2:
+    kind, final = cfg.get("solver_type", "midpoint"), cfg.get("final_sigmas_type", "zero")
+    if (algo, max(order, 2)) not in DPM_SOLVERS or kind not in ("midpoint", "heun") or order not in (1, 2, 3):
+        why = "diffusers' third-order sde-dpmsolver++ update weights D2 by (1 - e^{-2h} - 2h)/(2h)^2 - 1/2, which " \
+              "tends to -1 (not 0) as h -> 0, so it is not a consistent third-order step (measured: first order); " \
+              "diffusers' own tests skip it" if (algo, order) == ("sde-dpmsolver++", 3) else \
+              "diffusers has no third-order sde-dpmsolver update" if (algo, order) == ("sde-dpmsolver", 3) else ""
         raise ValueError("DPMSolverMultistepScheduler has an sdekit equivalent for algorithm_type dpmsolver++ or "
-                         "dpmsolver, solver_type='midpoint', solver_order 1 or 2, euler_at_final=False (sdekit's 3M "
-                         f"is the Taylor form, third order); got {algo}, {cfg.get('solver_type')}, order {order}")
-    if order == 1:
-        return "ddim", {}
-    final = cfg.get("final_sigmas_type", "zero")
+                         "dpmsolver (solver_order 1, 2 or 3), sde-dpmsolver++ or sde-dpmsolver (solver_order 1 or 2), "
+                         f"solver_type 'midpoint' or 'heun'; got {algo}, {kind}, order {order}" + (f" ({why})" if why
+                                                                                                   else ""))
+    lower = bool(cfg.get("lower_order_final", True)) and steps < 15
     # Karras (and the other sigma families) with "sigma_min": diffusers' grid ends with a zero-length step (sigma_min
-    # twice), the one its lower_order_final lowers; sdekit drops it, so the last real step keeps its order
-    zero_length_end = final == "sigma_min" and any(cfg.get(k, False) for k in (
+    # twice), taken at order 1 and changing nothing; sdekit drops it, as it takes the jump to sigma = 0 ("zero") apart
+    # from the solve: the last step sdekit's solver takes is then diffusers' second-to-last (at most 2 if lower)
+    apart = final == "zero" or any(cfg.get(k, False) for k in (
         "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"))
-    if final == "sigma_min" and (not cfg.get("lower_order_final", True) or zero_length_end):
-        return ("dpmpp_2m" if algo == "dpmsolver++" else "dpm_solver_2m"), {"lower_order_final": False}
-    return ("dpmpp_2m" if algo == "dpmsolver++" else "dpm_solver_2m"), DIFFUSERS_ORDERS[("dpmsolver_multistep", final)](steps)
+    caps = (2,) if apart and lower else True if lower else (1,) if cfg.get("euler_at_final", False) and not apart \
+        else False
+    options = {"lower_order_final": (1,) * steps if order == 1 else caps,
+               "solver_type": "taylor" if kind == "heun" else "midpoint"}
+    if order == 3:
+        options["form"] = "published"  # the D2 term at half its Taylor weight, as diffusers' update
+    return DPM_SOLVERS[(algo, max(order, 2))], options
 
 
 def _unipc(cfg, steps):
+    """UniPCMultistepScheduler: UniPC-1/2/3, bh1/bh2, predict_x0 (noise form when False), lower_order_final,
+    disable_corrector; its 3M-style order cap before the jump to sigma = 0 as the orders of the last steps."""
     order, final = int(cfg.get("solver_order", 2)), cfg.get("final_sigmas_type", "zero")
-    if not cfg.get("predict_x0", True) or cfg.get("disable_corrector") or cfg.get("solver_p") is not None \
-            or order not in (2, 3) or not cfg.get("lower_order_final", True) or (final == "zero" and order == 3):
-        raise ValueError("UniPCMultistepScheduler has an sdekit equivalent for predict_x0=True, no disabled "
-                         "corrector, no solver_p, lower_order_final=True, solver_order 2 (or 3 with "
-                         "final_sigmas_type='sigma_min': with 'zero' diffusers caps the step before the jump at "
-                         "order 2, which no sdekit option reproduces)")
-    options = {"variant": cfg.get("solver_type", "bh2"), **DIFFUSERS_ORDERS[("unipc_multistep", final)](steps)}
+    predict_x0, lower = bool(cfg.get("predict_x0", True)), bool(cfg.get("lower_order_final", True))
+    why = "solver_p (another scheduler as the predictor) has no sdekit counterpart" if cfg.get("solver_p") is not None \
+        else f"solver_order {order} (1, 2 or 3)" if order not in (1, 2, 3) else \
+        "predict_x0=False with final_sigmas_type='zero': diffusers' noise-form step to sigma = 0 is 0 * inf (its loop " \
+        "returns NaN); use final_sigmas_type='sigma_min'" if final == "zero" and not predict_x0 else \
+        "lower_order_final=False with final_sigmas_type='zero': diffusers' last step to sigma = 0 extrapolates its " \
+        "history over an infinite step (its loop returns inf, or fails at order 3); use final_sigmas_type=" \
+        "'sigma_min'" if final == "zero" and not lower and order > 1 else \
+        "solver_type='bh1' with final_sigmas_type='zero': B(h) = h is infinite on the step to sigma = 0 (diffusers' " \
+        "loop returns NaN); use 'bh2' or final_sigmas_type='sigma_min'" if final == "zero" and \
+        cfg.get("solver_type", "bh2") == "bh1" else None
+    if why is not None:
+        raise ValueError(f"UniPCMultistepScheduler has no sdekit equivalent for {why}")
+    # diffusers caps step i of n at n - i; the jump to sigma = 0 ("zero") is taken apart from sdekit's solve, so on
+    # the steps it sees that is "the last step at most 2" ((2,)); with "sigma_min" sdekit's own lower_order_final
+    options = {"variant": cfg.get("solver_type", "bh2"), "lower_order_final": ((2,) if final == "zero" else lower),
+               "predict_x0": predict_x0}
+    if cfg.get("disable_corrector"):
+        options["disable_corrector"] = tuple(int(j) for j in cfg["disable_corrector"])
     if final == "sigma_min" and cfg.get("use_karras_sigmas", False):
         # diffusers' Karras grid ends with a zero-length step (sigma_min twice), whose call feeds the final corrector
         options["final_corrector"] = True

@@ -24,7 +24,7 @@ from ..parameterization import ScoreModel, ThresholdedModel
 from ..sde import LinearSDE, RectifiedFlow
 from ..solvers.base import Evaluator
 from ..solvers.discrete import CLASS_NAMES
-from ..solvers.exponential import unipc_steps
+from ..solvers.multistep import unipc_steps
 from ..solvers.grids import check_grid
 from ..solvers.driver import with_jump_options
 from ..solvers.registry import get

@@ -32,7 +32,6 @@ from typing import Optional
 import torch
 
 from ..sde import LinearSDE
-from ..solvers.registry import get
 from .denoisers import EDMSDE
 from .diffusers_config import same_setting
 
@@ -229,32 +228,30 @@ def edm_equivalent(spec: EDMSpec, config: dict, steps: int) -> dict:
 
 # -- diffusers' EDM algorithms as sdekit solvers -----------------------------------------------------------
 def _edm_dpmsolver(cfg: dict, steps: int) -> tuple:
-    """EDMDPMSolverMultistep: order 1 is DPM-Solver++(1) = ddim (sde-dpmsolver++: the posterior step, ddpm);
-    order 2 is dpmpp_2m (midpoint) or the eta = 0 taylor 2M (heun), with sde-dpmsolver++ dpmpp_2m_sde at eta 1.
-    Its lowered orders touch only the last step, which is the x0 jump ("zero") or the zero-length step
-    ("sigma_min"), so every real step after the first is second order (lower_order_final=False)."""
+    """EDMDPMSolverMultistep: order 1 is DPM-Solver++(1) = ddim (sde-dpmsolver++: the posterior step, ddpm); order 2
+    dpmpp_2m (midpoint, or "heun": the Taylor weight), with sde-dpmsolver++ dpmpp_2m_sde at eta 1; order 3 dpmpp_3m
+    in diffusers' published form. Its lowered orders touch only the last step, which is the x0 jump ("zero") or the
+    zero-length step ("sigma_min"), and, below 15 steps, the step before it (at most second order), so every other
+    real step after the warm-up keeps its order."""
     order = int(cfg.get("solver_order", 2))
     algo = cfg.get("algorithm_type", "dpmsolver++")
     algo = "dpmsolver++" if algo == "deis" else algo  # as diffusers maps it
     kind = cfg.get("solver_type", "midpoint")
     kind = "midpoint" if kind in ("logrho", "bh1", "bh2") else kind
-    if algo == "dpmsolver++" and order == 3 and "form" in get("dpmpp_3m").options:
-        # diffusers' 3M weights its D2 term at half the Taylor weight (dpmpp_3m's form="published"), and lowers the
-        # last real step to order 2 below 15 steps (lower_order_second), a cap on sdekit's last step
-        lower = bool(cfg.get("lower_order_final", True)) and steps < 15
-        return "dpmpp_3m", {"form": "published", "lower_order_final": (2,) if lower else False}
-    if algo not in ("dpmsolver++", "sde-dpmsolver++") or kind not in ("midpoint", "heun") or order not in (1, 2):
+    if algo not in ("dpmsolver++", "sde-dpmsolver++") or kind not in ("midpoint", "heun") or order not in (1, 2, 3) \
+            or (algo, order) == ("sde-dpmsolver++", 3):
         raise ValueError("EDMDPMSolverMultistepScheduler has an sdekit equivalent for algorithm_type 'dpmsolver++' "
-                         "(solver_order 1 or 2, and 3 where sdekit's dpmpp_3m has diffusers' published form) or "
-                         "'sde-dpmsolver++' (solver_order 1 or 2: diffusers has no third-order SDE update), solver_type "
-                         f"'midpoint' or 'heun'; got {algo}, {kind}, order {order}")
-    sde = algo == "sde-dpmsolver++"
+                         "(solver_order 1, 2 or 3) or 'sde-dpmsolver++' (solver_order 1 or 2: diffusers has no "
+                         f"third-order SDE update), solver_type 'midpoint' or 'heun'; got {algo}, {kind}, order {order}")
+    sde, weight = algo == "sde-dpmsolver++", "taylor" if kind == "heun" else "midpoint"
     if order == 1:
         return ("ddpm" if sde else "ddim"), {}
-    if not sde and kind == "midpoint":
-        return "dpmpp_2m", {"lower_order_final": False}
-    return "dpmpp_2m_sde", {"eta": 1.0 if sde else 0.0, "solver_type": "midpoint" if kind == "midpoint" else "taylor",
-                            "lower_order_final": False}
+    if sde:
+        return "dpmpp_2m_sde", {"eta": 1.0, "solver_type": weight, "lower_order_final": False}
+    if order == 2:
+        return "dpmpp_2m", {"solver_type": weight, "lower_order_final": False}
+    lower = bool(cfg.get("lower_order_final", True)) and steps < 15  # diffusers' lower_order_second
+    return "dpmpp_3m", {"form": "published", "lower_order_final": (2,) if lower else False}
 
 
 EDM_EQUIVALENTS = {  # EDM layout -> (cfg, steps) -> (sdekit solver, options)

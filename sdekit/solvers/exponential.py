@@ -15,13 +15,14 @@ phi_k(z) = int_0^1 e^{(1-u) z} u^{k-1}/(k-1)! du (phi_1(z) = (e^z - 1)/z):
 
 Every solver here is that expansion with the derivatives estimated from extra model calls
 (single-step: DPM-Solver-2/3, DPM-Solver++(2S)) or from past model calls (multistep: DPM-Solver++(2M/3M),
-UniPC). The multistep solvers share one update (``_ms_update``): with previous points at
+UniPC; ``multistep.py``). The multistep solvers share one update (``ms_update``): with previous points at
 l_t + r_m h (r_m < 0; r = 1 for the corrector's new point) and D_m = (x0_m - x0_t)/r_m,
 
     x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0_t + alpha_s B(h) sum_m a_m D_m,
     sum_m a_m r_m^{k-1} = k! h phi_{k+1}(-h) / B(h),  k = 1..K        (Zhao et al. 2023, UniPC)
 
-with a = [1/2] when K = 1 (UniPC's choice). B(h) = 1 - e^{-h} ("bh2") makes the K = 1 predictor exactly
+with a = [1/2] when K = 1 (UniPC's choice; ``ms_weights`` also gives the Taylor weight there, and the published
+3M weights with k! replaced by 1). B(h) = 1 - e^{-h} ("bh2") makes the K = 1 predictor exactly
 DPM-Solver++(2M); for K >= 2 B cancels and the K = 2 predictor is DPM-Solver++(3M).
 
 The noise form is the data form under the symmetry alpha <-> sigma, x0 <-> eps, l -> -l (so h -> -h, while the
@@ -30,7 +31,7 @@ ratios r_m are unchanged): with D_m = (eps_m - eps_t)/r_m and C(h) = -B(-h) (e^h
     x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_t - sigma_s C(h) sum_m a_m D_m,
     sum_m a_m r_m^{k-1} = k! h phi_{k+1}(h) / C(h).
 
-``_multistep`` runs both forms by mirroring the schedule; the noise form with K = 1, 2 is the noise-prediction
+``multistep._multistep`` runs both forms by mirroring the schedule; the noise form with K = 1, 2 is the noise-prediction
 multistep DPM-Solver(2M/3M) of Lu et al. 2022b (diffusers' ``algorithm_type="dpmsolver"``).
 
 Analytic first step (AFS; Dockhorn et al. 2022, "GENIE"; Zhou et al. 2024, "AMED"): the multistep solvers can
@@ -51,7 +52,7 @@ diffusers' FlowMatch Euler step does on the rectified flow. ``Schedule`` keeps l
 coefficient is written so that its float value is that limit: ratios r_m are measured from the step's end
 (r = 1 - (l_s - l_m)/h, so the corrector's point is r = 1 even when h = inf), a history point at l = -inf has
 r = -inf and weight 0 (the limit of the weight equations as r -> -inf: the remaining points solve the first
-K' equations; ``_ms_weights``; UniPC's variant "bh1", B(h) = h, has no finite limit and cannot start there),
+K' equations; ``ms_weights``; UniPC's variant "bh1", B(h) = h, has no finite limit and cannot start there),
 midpoints are placed from the step's end (l_s - (1 - r) h, = -inf: t = T), and
 phi_k(-inf) = 0. The noise form cannot start there: x_t = sigma_t eps at alpha_t = 0, so eps(x_t, T) = x_t/sigma_t
 for every model and (alpha_s/alpha_t) is infinite; start those solvers below T (t_start < sde.T).
@@ -72,7 +73,8 @@ from .registry import register
 
 Tensor = torch.Tensor
 
-__all__ = ["phi", "Schedule", "x0_jump", "dpm_solver_step", "gaussian_prediction", "check_flag", "check_finite_start"]
+__all__ = ["phi", "Schedule", "x0_jump", "to_pure_noise", "dpm_solver_step", "gaussian_prediction", "check_flag",
+           "check_finite_start", "ms_weights", "ms_update", "final_order", "check_lower_order_final"]
 
 # -- shared helpers -------------------------------------------------------------------------------------
 def _eps_first_order(x: Tensor, eps: Tensor, a_t: float, a_s: float, s_s: float, h: float) -> Tensor:
@@ -254,202 +256,73 @@ def dpmpp_2s(ev: Evaluator, x: Tensor, ts: Tensor):
     return _single_steps(ev, x, ts, step)
 
 
-# -- multistep, data prediction: DPM-Solver++(2M/3M) and UniPC -----------------------------------------
-def _ms_weights(rs: list[float], h: float, B: float) -> list[float]:
-    """Weights a_m solving sum_m a_m r_m^{k-1} = k! h phi_{k+1}(-h) / B, k = 1..K (a = [1/2] for K = 1).
+# -- the multistep update (the solvers are in ``multistep.py``) ----------------------------------------
+WEIGHT_FORMS = ("taylor", "published")
+SOLVER_TYPES = ("midpoint", "taylor")
+
+
+def ms_weights(rs: list[float], h: float, B: float, form: str = "taylor", solver_type: str = "midpoint") -> list[float]:
+    """Weights a_m solving sum_m a_m r_m^{k-1} = c_k h phi_{k+1}(-h) / B, k = 1..K, with c_k = k! (the Taylor
+    weights; ``form="taylor"``) or c_k = 1 (``form="published"``: the DPM-Solver reference code's and diffusers' 3M,
+    which weights the second derivative by half its Taylor coefficient). One point (K = 1): a = [1/2]
+    (``solver_type="midpoint"``: DPM-Solver++(2M)'s and UniPC's choice) or its Taylor weight h phi_2(-h)/B
+    (``"taylor"``: diffusers' solver_type="heun", k-diffusion's 2M SDE "heun").
 
     A point with r_m = -inf (at l = -inf, alpha = 0) gets a_m = 0: as r_m -> -inf, a_m -> 0 like r_m^{1-K} and the
     finite points solve the first K' equations (K' of them), which is the limit of the system."""
     K = len(rs)
-    if K == 1:
+    if K == 1 and solver_type == "midpoint":
         return [0.5]
     keep = [m for m, r in enumerate(rs) if math.isfinite(r)]
     if not keep:
         return [0.0] * K
     R = torch.tensor([[rs[m] ** (k - 1) for m in keep] for k in range(1, len(keep) + 1)], dtype=torch.float64)
-    b = torch.tensor([math.factorial(k) * h * phi(k + 1, -h) / B for k in range(1, len(keep) + 1)],
-                     dtype=torch.float64)
+    c = [math.factorial(k) if form == "taylor" else 1 for k in range(1, len(keep) + 1)]
+    b = torch.tensor([c[k - 1] * h * phi(k + 1, -h) / B for k in range(1, len(keep) + 1)], dtype=torch.float64)
     a = dict(zip(keep, torch.linalg.solve(R, b).tolist()))
     return [a.get(m, 0.0) for m in range(K)]
 
 
-def _ms_update(x: Tensor, x0_t: Tensor, points: list[tuple[float, Tensor]], l_t: float, l_s: float,
-               s_t: float, a_s: float, s_s: float, variant: str) -> Tensor:
+_ms_weights = ms_weights  # the name tests use
+
+
+def ms_update(x: Tensor, x0_t: Tensor, points: list[tuple[float, Tensor]], l_t: float, l_s: float,
+              s_t: float, a_s: float, s_s: float, variant: str, rule: tuple = ("taylor", "midpoint")) -> Tensor:
     """One multistep update from (x_t, l_t) to l_s = l_t + h using x0_t and extra points (l_m, x0_m) (the noise
     form: the same call on the mirrored schedule, with eps for x0):
-    x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0_t + alpha_s B(h) sum_m a_m (x0_m - x0_t)/r_m."""
+    x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) x0_t + alpha_s B(h) sum_m a_m (x0_m - x0_t)/r_m,
+    a = ``ms_weights(..., *rule)`` (rule = (form, solver_type))."""
     h = l_s - l_t
     x = _x0_first_order(x, x0_t, s_t, a_s, s_s, h)
     if not points:
         return x
     B = h if variant == "bh1" else -math.expm1(-h)
     rs = [1.0 - (l_s - l_m) / h for l_m, _ in points]
-    weights = _ms_weights(rs, h, B)
+    weights = ms_weights(rs, h, B, *rule)
     corr = sum((w / r) * (m - x0_t) for w, r, (_, m) in zip(weights, rs, points))
     return x + (a_s * B) * corr
 
 
-def final_order(order: int, i: int, n: int, lower_order_final: bool) -> int:
-    """The order of step i of n of a multistep solver: ``order``, or with ``lower_order_final`` at most n - i (the
-    last step first order, the one before at most second), as UniPC and diffusers' multistep schedulers do.
+def check_lower_order_final(value) -> None:
+    """ValueError unless ``value`` is a bool or a non-empty tuple/list of orders >= 1 (``final_order``)."""
+    if isinstance(value, bool):
+        return
+    if not isinstance(value, (tuple, list)) or not value or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in value):
+        raise ValueError(f"lower_order_final must be True, False or a tuple of the orders (integers >= 1) of the last "
+                         f"steps, e.g. (2, 1); got {value!r}")
+
+
+def final_order(order: int, i: int, n: int, lower_order_final) -> int:
+    """The order of step i of n of a multistep solver: ``order``, or with ``lower_order_final=True`` at most n - i (the
+    last step first order, the one before at most second), as UniPC and diffusers' multistep schedulers do; or with
+    a tuple (c_1, ..., c_k) at most c_j on the j-th of the last k steps (e.g. (2,): only the last step capped, at 2;
+    (1,): diffusers' euler_at_final; (1,) * n: every step first order).
     Extrapolating a history across the large last steps of uniform and quadratic grids is what it avoids
     (measured: 20 uniform steps, 3M error 0.79 -> 0.04; for dpmpp_2m_sde on a DDPM table at 10 NFE, uniform
     grid, the sliced-W2 excess 0.53 -> 0.08)."""
+    if isinstance(lower_order_final, (tuple, list)):
+        back = n - 1 - i  # steps after this one
+        k = len(lower_order_final)
+        return min(order, lower_order_final[k - 1 - back]) if back < k else order
     return min(order, n - i) if lower_order_final else order
-
-
-def _multistep(ev: Evaluator, x: Tensor, ts: Tensor, order: int, variant: str, corrector: bool,
-               lower_order_final: bool, noise: bool = False, afs: bool = False, final_corrector: bool = False):
-    """Multistep predictor (order p uses the last p model outputs) with an optional UniC corrector.
-
-    History: the model outputs m_j (x0, or eps when ``noise``) at the half log-SNRs l_j already visited. Step i
-    predicts x_{i+1} from x_i, m_i and the previous p - 1 outputs (fewer during warm-up); with ``corrector`` the
-    next step first evaluates m_{i+1} at the predicted x_{i+1}, then redoes step i with (l_{i+1}, m_{i+1}) as an
-    extra point (UniC: no extra network call; m_{i+1} stays in the history). The last step is predictor only.
-    ``lower_order_final``: lower orders on the last steps (``final_order``), which keeps the large final steps of
-    uniform/quadratic grids stable at the price of the asymptotic order, which needs lower_order_final=False
-    (global order = registered order). ``noise``: the noise form, run as the data form
-    on the mirrored schedule (alpha <-> sigma, l -> -l; module docstring). ``afs``: m_0 = gaussian_prediction
-    (no network call at t_0; an approximation). ``final_corrector``: after the last predictor step, one more network
-    call at (x_n, t_n) corrects it too, and that corrected state is yielded as well (n + 1 states in all; the
-    orders of ``lower_order_final`` count it as a step): diffusers' UniPC on grids that end with a zero-length step
-    (Karras sigmas with final_sigmas_type="sigma_min"), whose call feeds this corrector. ``unipc_final_corrector``
-    merges the last two states for ``sample``."""
-    if variant not in ("bh1", "bh2"):
-        raise refuse(ev, f"needs variant 'bh1' or 'bh2'; got {variant!r}")
-    check_flag("lower_order_final", lower_order_final)
-    check_flag("afs", afs)
-    check_flag("corrector", corrector)
-    check_flag("final_corrector", final_corrector)
-    if final_corrector and not corrector:
-        raise refuse(ev, "with final_corrector=True needs corrector=True (the final call feeds the corrector)")
-    sch = Schedule(ev.sde, ts)
-    if final_corrector and (sch.sigma[-1] == 0 or sch.alpha[-1] == 0):
-        raise refuse(ev, f"with final_corrector=True needs a grid whose last time has 0 < alpha, sigma (t = "
-                         f"{float(ts[-1]):.6g} has none): the final call evaluates the network there")
-    if noise:  # mirrored schedule: the data-form update below is then the noise form
-        check_finite_start(ev, sch, "the noise-form multistep update")
-        kind, alpha, sigma, lam_half = "eps", sch.sigma, sch.alpha, [-v for v in sch.l]
-    else:
-        kind, alpha, sigma, lam_half = "x0", sch.alpha, sch.sigma, sch.l
-        if variant == "bh1" and corrector and sch.alpha[0] == 0.0:
-            raise refuse(ev, f"with variant 'bh1' cannot start at alpha = 0 (t = {float(ts[0]):.6g} on {ev.sde!r}): "
-                             "B(h) = h is infinite on the first step, so its corrector has no finite limit; use "
-                             "variant='bh2' or start below that time")
-    n = len(ts) - 1
-    hist: list[tuple[float, Tensor]] = []  # (l_j, m_j), oldest first
-    last = None  # (j, x_j, points used by the predictor) of the previous step, for the corrector
-    for i in range(n):
-        if afs and i == 0:
-            m = gaussian_prediction(x, sch.alpha[0], sch.sigma[0], kind)
-        else:
-            m = ev.x0(x, ts[i]) if kind == "x0" else ev.eps(x, ts[i])
-        x_eval = x
-        if corrector and last is not None:
-            j, x_j, pts = last
-            x = _ms_update(x_j, hist[-1][1], pts + [(lam_half[i], m)], lam_half[j], lam_half[i], sigma[j], alpha[i],
-                           sigma[i], variant)
-        hist.append((lam_half[i], m))
-        if sch.sigma[i + 1] == 0:  # x0_jump, from the output at hand
-            x0 = m if kind == "x0" else (x_eval - sch.sigma[i] * m) / sch.alpha[i]
-            x = sch.alpha[i + 1] * x0
-            yield x
-            continue
-        if sch.alpha[i + 1] == 0:  # an inversion's last step, to pure noise
-            x = to_pure_noise(x, m, sch, i)
-            yield x
-            continue
-        p = final_order(min(order, len(hist)), i, n + final_corrector, lower_order_final)
-        pts = hist[len(hist) - p:-1][::-1]  # the p - 1 most recent previous points, newest first
-        last = (i, x, pts)
-        x = _ms_update(x, m, pts, lam_half[i], lam_half[i + 1], sigma[i], alpha[i + 1], sigma[i + 1], variant)
-        del hist[: max(0, len(hist) - order)]
-        yield x
-    if final_corrector and last is not None:
-        j, x_j, pts = last
-        m = ev.x0(x, ts[n]) if kind == "x0" else ev.eps(x, ts[n])
-        yield _ms_update(x_j, hist[-1][1], pts + [(lam_half[n], m)], lam_half[j], lam_half[n], sigma[j], alpha[n],
-                         sigma[n], variant)
-
-
-def unipc_final_corrector(steps, n: int):
-    """The states of a ``_multistep(..., final_corrector=True)`` run on n intervals as ``sample`` takes them, one per
-    interval: the last predictor state is dropped for its correction (so the last step makes two network calls)."""
-    for i, x in enumerate(steps):
-        if i != n - 1:
-            yield x
-
-
-@register("dpmpp_2m", order=2, nfe_per_step=1, family="exponential")
-def dpmpp_2m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, afs: bool = False):
-    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): multistep, data prediction, 1 NFE/step.
-
-    With r = h_{i-1}/h_i: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1},
-    x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} (1 - e^{-h_i}) D; the first step is DPM-Solver++(1).
-    afs=True: analytic first step (one NFE fewer; an approximation, see the module docstring)."""
-    return _multistep(ev, x, ts, 2, "bh2", False, lower_order_final, afs=afs)
-
-
-@register("dpmpp_3m", order=3, nfe_per_step=1, family="exponential")
-def dpmpp_3m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, afs: bool = False):
-    """DPM-Solver++(3M) (Lu et al. 2022b; multistep third order, data prediction, 1 NFE/step):
-    x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} [h phi_1(-h) x0_i + h^2 phi_2(-h) D1 + h^3 phi_3(-h) D2]
-    with D1, D2 the first and second l-derivatives at l_i of the quadratic through the last three x0's;
-    warm-up: DPM-Solver++(1), then (2M).
-
-    Note: the 3M update in the DPM-Solver reference code (and diffusers, k-diffusion's 3M SDE) weights
-    the second-derivative term by half of h^3 phi_3(-h) x0'' (its "D2" is h^2 x0''/2 with coefficient
-    h phi_3(-h)), which makes it second order; this one is the exact Taylor form and is third order.
-    afs=True: analytic first step (one NFE fewer; an approximation, see the module docstring)."""
-    return _multistep(ev, x, ts, 3, "bh2", False, lower_order_final, afs=afs)
-
-
-@register("dpm_solver_2m", order=2, nfe_per_step=1, family="exponential")
-def dpm_solver_2m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, afs: bool = False):
-    """Multistep DPM-Solver-2M in noise form (Lu et al. 2022b, Appendix; diffusers' DPMSolverMultistep with
-    algorithm_type="dpmsolver", solver_type="midpoint"), 1 NFE/step. With r = h_{i-1}/h_i and
-    D = (eps_i - eps_{i-1})/r:
-        x_{i+1} = (alpha_{i+1}/alpha_i) x_i - sigma_{i+1} (e^{h_i} - 1) eps_i - sigma_{i+1} (e^{h_i} - 1)/2 D;
-    the first step is DPM-Solver-1 (= DDIM). afs=True: analytic first step (an approximation)."""
-    return _multistep(ev, x, ts, 2, "bh2", False, lower_order_final, noise=True, afs=afs)
-
-
-@register("dpm_solver_3m", order=3, nfe_per_step=1, family="exponential")
-def dpm_solver_3m(ev: Evaluator, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, afs: bool = False):
-    """Multistep DPM-Solver-3M in noise form (Lu et al. 2022b, Appendix; diffusers' algorithm_type="dpmsolver",
-    solver_order=3), 1 NFE/step:
-        x_{i+1} = (alpha_{i+1}/alpha_i) x_i - sigma_{i+1} [h phi_1(h) eps_i + h^2 phi_2(h) D1 + h^3 phi_3(h) D2],
-    D1, D2 the first and second l-derivatives at l_i of the quadratic through the last three eps's; warm-up:
-    DPM-Solver-1, then 2M. As for dpmpp_3m, the published update weights the D2 term by half its Taylor
-    coefficient (second order); this is the Taylor form, third order. afs=True: analytic first step."""
-    return _multistep(ev, x, ts, 3, "bh2", False, lower_order_final, noise=True, afs=afs)
-
-
-def unipc_steps(ev: Evaluator, x: Tensor, ts: Tensor, order: int, *, variant: str = "bh2", corrector: bool = True,
-                lower_order_final: bool = True, afs: bool = False, final_corrector: bool = False):
-    """UniPC-``order``'s states on ``ts``; with ``final_corrector`` one more, the corrected last state (a pipeline
-    calls the network once more for it: ``SdekitScheduler`` steps this generator)."""
-    return _multistep(ev, x, ts, order, variant, corrector, lower_order_final, afs=afs, final_corrector=final_corrector)
-
-
-def _unipc(order):
-    def unipc(ev: Evaluator, x: Tensor, ts: Tensor, *, variant: str = "bh2", corrector: bool = True,
-              lower_order_final: bool = True, afs: bool = False, final_corrector: bool = False):
-        steps = unipc_steps(ev, x, ts, order, variant=variant, corrector=corrector, lower_order_final=lower_order_final,
-                            afs=afs, final_corrector=final_corrector)
-        return unipc_final_corrector(steps, len(ts) - 1) if final_corrector is True else steps
-
-    unipc.__doc__ = f"""UniPC-{order} (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), data
-    prediction, 1 NFE/step: predictor UniP-{order} from the last {order} outputs, then corrector UniC that reuses the
-    next step's network call (order +1). With r_m = (l_m - l_i)/h and D_m = (x0_m - x0_i)/r_m:
-        x_{{i+1}} = (sigma_{{i+1}}/sigma_i) x_i + alpha_{{i+1}} (1 - e^{{-h}}) x0_i + alpha_{{i+1}} B(h) sum_m a_m D_m,
-        sum_m a_m r_m^{{k-1}} = k! h phi_{{k+1}}(-h)/B(h)  (a = [1/2] for a single point),
-    B(h) = h ("bh1") or 1 - e^{{-h}} ("bh2"). corrector=False gives UniP alone. afs=True: analytic first step
-    (one NFE fewer; an approximation, see the module docstring). final_corrector=True: one more network call at the
-    end of the grid corrects the last step too (n + 1 NFE for n steps; the orders of lower_order_final count it as a
-    step), as diffusers' UniPC does with its zero-length last step (Karras sigmas, final_sigmas_type="sigma_min")."""
-    return unipc
-
-
-for _p in (2, 3):
-    register(f"unipc_{_p}", order=_p + 1, nfe_per_step=1, family="exponential")(_unipc(_p))

@@ -112,7 +112,7 @@ class Schedule:
     info: dict = field(default_factory=dict)
 
 
-class _CachedNet:
+class CachedNet:
     """The model's network, remembering its outputs at the ``times`` given (one state per time), so that steps
     started from a teacher state reuse the teacher's evaluation there; counts the calls that reach the network."""
 
@@ -132,7 +132,7 @@ class _CachedNet:
         return out
 
 
-def _refine(sde: LinearSDE, ts: Tensor, k: int) -> Tensor:
+def refine_angle(sde: LinearSDE, ts: Tensor, k: int) -> Tensor:
     """``ts`` with k - 1 points inserted in each interval, equally spaced in the angle theta (finite at alpha = 0)."""
     th = angle(sde, ts)
     u = torch.arange(k, dtype=torch.float64) / k
@@ -143,7 +143,7 @@ def _refine(sde: LinearSDE, ts: Tensor, k: int) -> Tensor:
     return torch.cat([rows, ts[-1:]])
 
 
-def _check_search(model, solver: str, steps, n, shape, fine, substeps) -> tuple:
+def check_search(model, solver: str, steps, n, shape, fine, substeps) -> tuple:
     from ..parameterization import ScoreModel
 
     if not isinstance(model, ScoreModel):
@@ -157,17 +157,16 @@ def _check_search(model, solver: str, steps, n, shape, fine, substeps) -> tuple:
     return steps, n, fine, substeps
 
 
-def _check_grids(fine_grid: str, candidates: Sequence[str], cost_solver: Optional[str]) -> None:
+def check_grid_names(names: Sequence[str], candidates: Sequence[str]) -> None:
+    """Refuse a string for ``candidates`` and any of ``names`` that is not a named grid with free ends."""
     from .grids import GRIDS
 
     if isinstance(candidates, str):
         raise ValueError(f"candidates must be a sequence of grid names (or ()); got the string {candidates!r}")
-    for name in [fine_grid, *candidates]:
+    for name in names:
         if name not in GRIDS or GRIDS[name].own_ends:
             ok = ", ".join(g for g, info in GRIDS.items() if not info.own_ends)
             raise ValueError(f"unknown or fixed-end grid {name!r} for a searched grid; accepted: {ok}")
-    if cost_solver is not None:
-        _check_solver(cost_solver)
 
 
 def _check_solver(solver: str) -> None:
@@ -179,7 +178,7 @@ def _check_solver(solver: str) -> None:
                          f"{'adaptive' if info.adaptive else 'stochastic'}")
 
 
-def _seed_of(generator) -> int:
+def seed_of(generator) -> int:
     if isinstance(generator, bool) or not isinstance(generator, (int, torch.Generator, type(None))):
         raise TypeError(f"generator must be an int seed, a torch.Generator or None; got {type(generator).__name__}")
     if generator is None:
@@ -187,7 +186,7 @@ def _seed_of(generator) -> int:
     return int(generator.initial_seed()) if isinstance(generator, torch.Generator) else int(generator)
 
 
-def _ends(sde: LinearSDE, t_start, t_end, steps: int) -> tuple[float, float, float, bool]:
+def search_ends(sde: LinearSDE, t_start, t_end, steps: int) -> tuple[float, float, float, bool]:
     """(t_start, t_end, the searched low end, whether a final sigma = 0 jump follows it)."""
     t_start = float(sde.T if t_start is None else t_start)
     t_end = float(sde.eps if t_end is None else t_end)
@@ -199,6 +198,32 @@ def _ends(sde: LinearSDE, t_start, t_end, steps: int) -> tuple[float, float, flo
         raise ValueError("a grid that ends at sigma = 0 spends its last step on the jump to t = 0: searching it "
                          f"needs steps >= 2; got {steps}")
     return t_start, t_end, (sde.eps if zero_end else t_end), zero_end
+
+
+def search_span(sde: LinearSDE, t_start, t_end, steps: int, fine: int) -> tuple[float, float, float, bool, int]:
+    """``search_ends`` and the number of searched intervals (steps, less the final jump), at most ``fine``."""
+    t_start, t_end, t_low, zero_end = search_ends(sde, t_start, t_end, steps)
+    hops = steps - 1 if zero_end else steps
+    if hops > fine:
+        raise ValueError(f"steps = {steps} needs at least as many fine intervals; got fine = {fine}")
+    return t_start, t_end, t_low, zero_end, hops
+
+
+def teacher(model, tau: Tensor, shape: tuple, seed: int, substeps: int) -> tuple:
+    """(the model on a network that counts its calls and remembers them at the fine times ``tau``, x_T, the teacher's
+    states at ``tau``, its endpoint, its network calls): rk4 with ``substeps`` steps per fine interval (equal in
+    angle) from ``shape`` prior draws of ``seed``."""
+    from .driver import sample
+
+    dtype, device = model.net_dtype_device()
+    x_T = model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(seed)).to(
+        dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32, device=device)
+    cached = copy.copy(model)  # the same model (any ScoreModel subclass) on the caching network
+    cached.net = CachedNet(model.net, tau.tolist())
+    ts = refine_angle(model.sde, tau, substeps) if substeps > 1 else tau
+    out = sample(cached, x_T, "rk4", ts=ts, trajectory=True)
+    assert out.trajectory is not None
+    return cached, x_T, out.trajectory[::substeps], out.x, out.nfe
 
 
 def _dp(cost: Tensor, steps: int) -> tuple[list, float]:
@@ -247,25 +272,17 @@ def gits_schedule(
     from .driver import sample
     from .grids import make_grid
 
-    steps, n, fine, substeps = _check_search(model, solver, steps, n, shape, fine, substeps)
-    _check_grids(fine_grid, candidates, cost_solver)
+    steps, n, fine, substeps = check_search(model, solver, steps, n, shape, fine, substeps)
+    check_grid_names([fine_grid, *candidates], candidates)
+    if cost_solver is not None:
+        _check_solver(cost_solver)
     sde = model.sde
-    t_start, t_end, t_low, zero_end = _ends(sde, t_start, t_end, steps)
-    hops = steps - 1 if zero_end else steps
-    if hops > fine:
-        raise ValueError(f"steps = {steps} needs at least as many fine intervals; got fine = {fine}")
-    seed = _seed_of(generator)
+    t_start, t_end, t_low, zero_end, hops = search_span(sde, t_start, t_end, steps, fine)
+    seed = seed_of(generator)
     with torch.no_grad():
         tau = make_grid(sde, fine, fine_grid, t_start, t_low)
-        net = _CachedNet(model.net, tau.tolist())
-        cached = copy.copy(model)  # the same model (any ScoreModel subclass) on the caching network
-        cached.net = net
-        dtype, device = model.net_dtype_device()
-        x_T = model.sde.prior_sample((n, *shape), generator=torch.Generator().manual_seed(seed)).to(
-            dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32, device=device)
-        teacher = sample(cached, x_T, "rk4", ts=_refine(sde, tau, substeps), trajectory=True)
-        assert teacher.trajectory is not None
-        xs, x_ref = teacher.trajectory[::substeps], teacher.x
+        cached, x_T, xs, x_ref, teacher_nfe = teacher(model, tau, (n, *shape), seed, substeps)
+        net = cached.net
         if zero_end:  # the reference ends as every grid to sigma = 0 does: the x0 jump from sde.eps
             x_ref = sample(cached, x_ref, "ddim", ts=torch.tensor([t_low, t_end], dtype=torch.float64)).x
         cost = torch.full((fine + 1, fine + 1), math.inf, dtype=torch.float64)
@@ -279,16 +296,16 @@ def gits_schedule(
         if zero_end:
             ts = torch.cat([ts, torch.tensor([t_end], dtype=torch.float64)])
         grids = {"gits": ts, **{g: make_grid(sde, steps, g, t_start, t_end) for g in candidates}}
-        scores = {g: _scores(cached, x_T, x_ref, solver, g_ts, solver_options) for g, g_ts in grids.items()}
+        scores = {g: score_grid(cached, x_T, x_ref, solver, g_ts, solver_options) for g, g_ts in grids.items()}
     chosen = min(scores, key=lambda g: scores[g]["objective"])
     return Schedule(ts=grids[chosen], nfe=net.calls, method="gits", solver=solver, steps=steps, cost=total,
                     fine_ts=tau, seed=seed, info={
-                        "chosen": chosen, "scores": scores, "teacher_nfe": teacher.nfe, "fine": fine,
+                        "chosen": chosen, "scores": scores, "teacher_nfe": teacher_nfe, "fine": fine,
                         "fine_grid": fine_grid, "substeps": substeps, "n": n, "path": path,
                         "cost_solver": cost_solver or solver})
 
 
-def _scores(model, x_T: Tensor, x_ref: Tensor, solver: str, ts: Tensor, options: dict) -> dict:
+def score_grid(model, x_T: Tensor, x_ref: Tensor, solver: str, ts: Tensor, options: dict) -> dict:
     """Median, 90th percentile and tune's balanced objective of the per-row errors of one solve."""
     from .base import SolverError
     from .driver import sample

@@ -37,7 +37,7 @@ import torch
 
 from .base import Evaluator, option, refuse
 from .exp_weights import ExpWeights, exp_weights
-from .exponential import Schedule, check_flag, final_order
+from .exponential import Schedule, check_flag, check_lower_order_final, final_order
 from .registry import register
 
 Tensor = torch.Tensor
@@ -242,7 +242,7 @@ def _multistep_sde(ev: Evaluator, x: Tensor, ts: Tensor, order: int, eta: float,
     eta, s_noise = _noise_options(ev, eta, s_noise)
     if solver_type not in ("taylor", "midpoint"):
         raise refuse(ev, f"needs solver_type 'taylor' or 'midpoint'; got {solver_type!r}")
-    check_flag("lower_order_final", lower_order_final)
+    check_lower_order_final(lower_order_final)
     sch = Schedule(ev.sde, ts)
     hist: List[Tuple[float, Tensor]] = []
     n = len(ts) - 1
