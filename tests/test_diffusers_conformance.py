@@ -320,16 +320,6 @@ def test_custom_timesteps_and_sigmas_equal_diffusers(cls_name, solver, grid):
     torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-5)
 
 
-def test_edm_euler_config_is_refused_by_name():
-    """EDMEulerScheduler is EDM-preconditioned (time is sigma, c_skip/c_out scalings, no beta table): from_config
-    refuses it with the reason and the way that works, and so SdekitScheduler does not list it as compatible."""
-    with pytest.raises(ValueError, match="EDMEulerScheduler.* is EDM-preconditioned.*from_denoiser"):
-        SdekitScheduler.from_config(diffusers.EDMEulerScheduler().config, solver="euler")
-    with pytest.raises(ValueError, match="EDM-preconditioned"):
-        SdekitScheduler.from_config(diffusers.EDMEulerScheduler(), solver="euler")
-    assert "EDMEulerScheduler" not in {c.__name__ for c in SdekitScheduler().compatibles}
-
-
 @pytest.mark.parametrize("cls_name", sorted(c.__name__ for c in SdekitScheduler().compatibles))
 def test_every_compatible_scheduler_converts_both_ways(cls_name):
     """Each class that ``compatibles`` lists takes SdekitScheduler's config, and SdekitScheduler.from_config takes

@@ -254,7 +254,7 @@ def test_dpmsolver_with_thresholding_matches_diffusers():
     ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}, "flow-matching"),
     ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}, "interpolation_type"),
     ("LCMScheduler", {}, "consistency"),
-    ("EDMEulerScheduler", {}, "from_denoiser"),
+    ("EDMDPMSolverMultistepScheduler", {"prediction_type": "sample"}, "prediction_type=.sample. .*raise for it"),
 ])
 def test_scheduler_settings_sdekit_cannot_honour_are_refused(cls_name, config, match):
     diffusers = pytest.importorskip("diffusers")

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 __all__ = ["DiffusersSpec", "FlowSpec", "read_config", "check_config", "check_flow_config", "is_flow_scheduler",
-           "check_scheduler_flow_config", "is_scheduler_flow_config", "PREDICTION_TYPES"]
+           "check_scheduler_flow_config", "is_scheduler_flow_config", "PREDICTION_TYPES", "same_setting"]
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -64,6 +64,8 @@ INERT_DEFAULTS = {
     # flow matching, inert unless use_flow_sigmas
     "use_flow_sigmas": False, "flow_shift": 1.0, "use_dynamic_shifting": False, "time_shift_type": "exponential",
     "shift_terminal": None,
+    # EDM-preconditioned schedulers' own fields (SdekitScheduler's, None on a beta table): edm_scheduler reads them
+    "sigma_data": None, "sigma_schedule": None, "rho": None,
 }
 # fields only flow-matching schedulers have: their presence marks a flow config even without its _class_name
 FLOW_MARKERS = {"shift", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "stochastic_sampling"}
@@ -84,10 +86,11 @@ SCHEDULER_FLOW_DEFAULTS = {"shift": 1.0, "use_dynamic_shifting": False, "base_sh
                            "shift_terminal": None, "invert_sigmas": False, "stochastic_sampling": False}
 FLOW_GRID_FIELDS = {"shift", "use_dynamic_shifting", "time_shift_type", "shift_terminal", "use_karras_sigmas",
                     "use_exponential_sigmas", "use_beta_sigmas"} | FLOW_DYNAMIC_FIELDS
-EDM_MARKERS = {"sigma_data", "sigma_schedule"}  # fields only EDM-preconditioned schedulers have
+EDM_MARKERS = {"sigma_data", "sigma_schedule", "rho"}  # fields only EDM-preconditioned schedulers have
 _REFUSED_CLASSES = {
-    "EDM": "is EDM-preconditioned (time is sigma, c_skip/c_out scalings): wrap its denoiser with "
-           "sdekit.interop.from_denoiser instead",
+    "EDM": "is EDM-preconditioned (time is sigma, c_skip/c_out scalings), not a DDPM beta table: "
+           "SdekitScheduler.from_config runs it (sdekit.interop.edm_scheduler); for an sdekit model wrap its "
+           "denoiser with sdekit.interop.from_denoiser",
     "LCM": "is a consistency-model scheduler (its boundary scalings are part of the model); not supported",
     "TCD": "is a consistency-model scheduler (its boundary scalings are part of the model); not supported",
     "CMStochastic": "is a consistency-model scheduler (its boundary scalings are part of the model); not supported",
@@ -125,7 +128,8 @@ def read_config(scheduler) -> dict:
     return out
 
 
-def _same(value, default) -> bool:
+def same_setting(value, default) -> bool:
+    """Whether a config value is the default (None only as None; an int equal to a float default counts)."""
     if value is None or default is None:  # e.g. trained_betas, an array: == would compare elementwise
         return value is default
     if isinstance(default, float) and isinstance(value, (int, float)):
@@ -153,7 +157,8 @@ def check_config(cfg: dict) -> DiffusersSpec:
     if name.startswith("FlowMatch") or cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction" \
             or (FLOW_MARKERS & set(cfg) and not own):
         raise ValueError(f"scheduler {name or 'config'} {FLOW_MESSAGE}")
-    if not name and EDM_MARKERS & set(cfg):  # an in-memory config has no _class_name: EDM's own fields mark it
+    if not name and any(cfg.get(k) is not None for k in EDM_MARKERS):  # an in-memory config has no _class_name:
+        # EDM's own fields mark it
         name = "EDMEulerScheduler/EDMDPMSolverMultistepScheduler config"
     why = refused_class(name)
     if why is not None:
@@ -163,12 +168,12 @@ def check_config(cfg: dict) -> DiffusersSpec:
         if key.startswith("_") or key in MODEL_FIELDS | GRID_FIELDS | SOLVER_FIELDS:
             continue
         if own and key in SCHEDULER_FLOW_DEFAULTS:
-            if key not in FLOW_DYNAMIC_FIELDS and not _same(value, SCHEDULER_FLOW_DEFAULTS[key]):
+            if key not in FLOW_DYNAMIC_FIELDS and not same_setting(value, SCHEDULER_FLOW_DEFAULTS[key]):
                 problems.append(f"{key}={value!r} (a flow-matching setting: it applies with "
                                 "prediction_type='flow_prediction' only)")
             continue
         if key in INERT_DEFAULTS:
-            if not _same(value, INERT_DEFAULTS[key]):
+            if not same_setting(value, INERT_DEFAULTS[key]):
                 problems.append(f"{key}={value!r} (accepted: {INERT_DEFAULTS[key]!r} only; the 'diffusers' grid "
                                 "does not reproduce it)")
             continue
@@ -232,7 +237,7 @@ def check_flow_config(cfg: dict, mu: Optional[float] = None) -> FlowSpec:
         if key == "use_dynamic_shifting" and dynamic and mu is not None:
             continue
         if key in FLOW_INERT_DEFAULTS:
-            if not _same(value, FLOW_INERT_DEFAULTS[key]):
+            if not same_setting(value, FLOW_INERT_DEFAULTS[key]):
                 why = ("the shift depends on each call's image size: pass mu= (the pipeline's calculate_shift for "
                        "the size you sample), or the config with use_dynamic_shifting=False and shift=exp(mu)"
                        if key == "use_dynamic_shifting" else "a grid or sampler setting sdekit does not reproduce")
@@ -294,7 +299,7 @@ def check_scheduler_flow_config(cfg: dict, ddpm_defaults: dict) -> DiffusersSpec
             if value:
                 problems.append(f"{key}={value!r} ({refused[key]})")
         elif key in ddpm_defaults:
-            if not _same(value, ddpm_defaults[key]):
+            if not same_setting(value, ddpm_defaults[key]):
                 problems.append(f"{key}={value!r} (a DDPM beta-table setting; a flow-matching config has none)")
         else:
             problems.append(f"{key}={value!r} (unknown to sdekit)")

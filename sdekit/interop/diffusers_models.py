@@ -28,6 +28,7 @@ from ..sde import (DiscreteVPSDE, LinearSDE, RectifiedFlow, TimeShift, cosine_be
                    rescale_zero_terminal_snr, time_shift)
 from ..solvers.discrete import diffusers_timesteps, grid_options_from
 from .diffusers_config import FlowSpec, check_config, check_flow_config, is_flow_scheduler, read_config
+from .edm_scheduler import EDM_FIELDS, EDMSpec, c_in, check_edm_config, edm_equivalent, is_edm_config, precondition
 
 Tensor = torch.Tensor
 
@@ -36,8 +37,8 @@ CLAMPED_ZERO_SNR = {"DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "E
                     "EulerAncestralDiscreteScheduler"}
 ZERO_SNR_CLAMP = 2.0 ** -24
 
-__all__ = ["DiffusersUNet", "DiffusersFlowNet", "sde_from_scheduler", "flow_path_from_scheduler", "from_diffusers",
-           "diffusers_equivalent", "times_from_sigmas"]
+__all__ = ["DiffusersUNet", "DiffusersFlowNet", "DiffusersEDMNet", "sde_from_scheduler", "flow_path_from_scheduler",
+           "from_diffusers", "diffusers_equivalent", "times_from_sigmas"]
 
 
 def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
@@ -139,6 +140,30 @@ class DiffusersFlowNet(DiffusersUNet):
         return super().forward(x, t, cond) * rate.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+class DiffusersEDMNet(DiffusersUNet):
+    """A network trained with an EDM scheduler (EDMEuler / EDMDPMSolverMultistep) as sdekit's x0 prediction on
+    ``EDMSDE`` (time is sigma): D(x, sigma) = c_skip x + c_out F(c_in x, c_noise), F the network called on c_in x
+    with timestep c_noise = log(sigma)/4 (``sdekit.interop.edm_scheduler``)."""
+
+    def __init__(self, unet, spec: EDMSpec, conditioning: Optional[dict] = None):
+        super().__init__(unet, 1, conditioning)
+        self.spec = spec
+
+    def timestep(self, t: Tensor) -> Tensor:
+        return 0.25 * torch.log(t)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[dict] = None) -> Tensor:
+        s = t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return precondition(self.spec, x, t, super().forward(x * c_in(self.spec, s), t, cond))
+
+
+def _edm_spec(cfg: dict) -> EDMSpec:
+    """The EDM spec of an EDM scheduler's config, or of an EDM SdekitScheduler's (its other fields inert)."""
+    if cfg.get("_class_name") == "SdekitScheduler":
+        cfg = {k: v for k, v in cfg.items() if k in EDM_FIELDS or k.startswith("_")}
+    return check_edm_config(cfg, {})
+
+
 def flow_path_from_scheduler(spec: FlowSpec) -> LinearSDE:
     """The path of a FlowMatch config: RectifiedFlow with eps = 1/N, inside a TimeShift when shift != 1, whose
     uniform grids to t = 0 are then diffusers' sigmas. diffusers shifts its smallest training sigma tau(1/N) once
@@ -203,6 +228,8 @@ def from_diffusers(unet, scheduler, *, guidance_scale: Optional[float] = None, t
         return _flow_model(unet, FlowSpec(cfg, 1.0, n, "euler"), conditioning, guidance_scale)
     if mu is not None:
         raise ValueError("mu is the dynamic shift of flow-matching configs; this scheduler has a DDPM beta table")
+    if is_edm_config(cfg):
+        return _edm_model(unet, _edm_spec(cfg), conditioning, guidance_scale, threshold)
     spec = check_config(cfg)
     sde = sde_from_scheduler(scheduler)
     cond, uncond = _split_conditioning(unet, conditioning, guidance_scale)
@@ -214,6 +241,19 @@ def from_diffusers(unet, scheduler, *, guidance_scale: Optional[float] = None, t
         net = ClassifierFreeGuidance.from_scale(DiffusersUNet(unet, sde.N, None, spec.learned_variance), cond, uncond,
                                                 guidance_scale)
     model = ScoreModel(net, sde, prediction=spec.prediction)
+    if threshold and spec.threshold is not None:
+        model = ThresholdedModel(model, *spec.threshold)
+    return model
+
+
+def _edm_model(unet, spec: EDMSpec, conditioning: dict, guidance_scale, threshold: bool) -> ScoreModel:
+    """x0 prediction on EDMSDE (``DiffusersEDMNet``); guidance on F is guidance on D (D is affine in F)."""
+    cond, uncond = _split_conditioning(unet, conditioning, guidance_scale)
+    net: torch.nn.Module = DiffusersEDMNet(unet, spec, cond)
+    if uncond is not None:
+        assert guidance_scale is not None  # _split_conditioning returns an uncond only with guidance
+        net = ClassifierFreeGuidance.from_scale(DiffusersEDMNet(unet, spec), cond, uncond, guidance_scale)
+    model = ScoreModel(net, spec.sde(), prediction="x0")
     if threshold and spec.threshold is not None:
         model = ThresholdedModel(model, *spec.threshold)
     return model
@@ -362,6 +402,8 @@ def diffusers_equivalent(scheduler, steps: int, mu: Optional[float] = None) -> d
     cfg = read_config(scheduler)
     if is_flow_scheduler(cfg):
         return _flow_equivalent(check_flow_config(cfg, mu), steps)
+    if is_edm_config(cfg):
+        return edm_equivalent(_edm_spec(cfg), cfg, int(steps))
     check_config(cfg)
     opts = grid_options_from(scheduler)
     name = opts["scheduler"]

@@ -21,17 +21,20 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerOutput
 
 from ..parameterization import ScoreModel, ThresholdedModel
-from ..sde import DiscreteVPSDE, LinearSDE, RectifiedFlow
+from ..sde import LinearSDE, RectifiedFlow
 from ..solvers.base import Evaluator
-from ..solvers.discrete import CLASS_NAMES, SCHEDULERS
+from ..solvers.discrete import CLASS_NAMES
 from ..solvers.multistep import unipc_steps
 from ..solvers.grids import check_grid
 from ..solvers.driver import with_jump_options
 from ..solvers.registry import get
-from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, check_config, check_scheduler_flow_config,
+from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, DiffusersSpec, check_config, check_scheduler_flow_config,
                                is_scheduler_flow_config, read_config, refused_class)
+from .edm_scheduler import (EDM_CLASSES, EDM_DEFAULTS, EDMPreconditioned, c_noise, check_edm_config, edm_grid,
+                            is_edm_config)
+from .scheduler_noise import ForwardProcessMixin
 from .diffusers_models import EQUIVALENTS, sde_from_scheduler
-from .scheduler_grids import ddim_step_targets, fixed_grid, flow_grid, from_diffusers, table_grid
+from .scheduler_grids import ddim_step_targets, fixed_grid, flow_grid, from_diffusers, table_grid, table_layout
 from .pipeline_step import (DIFFUSERS_SOLVER, DIFFUSERS_SOLVER_FIELDS, SOLVER_TYPES, DDIMClippedX0, PipelineOutput,
                             StepNoise, as_times, check_starts_at_pure_noise, diffusers_algorithm,
                             eligible_solvers, layout_for)
@@ -48,7 +51,13 @@ def _ddpm_defaults() -> dict:
     return {k: p.default for k, p in params.items() if k not in own and k not in SCHEDULER_FLOW_DEFAULTS}
 
 
-class SdekitScheduler(SchedulerMixin, ConfigMixin):
+def _all_defaults() -> dict:
+    """Every SdekitScheduler field at its default (what an EDM config leaves alone outside its own fields)."""
+    params = inspect.signature(SdekitScheduler.__init__).parameters
+    return {k: p.default for k, p in params.items() if k != "self"}
+
+
+class SdekitScheduler(ForwardProcessMixin, SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that steps with an sdekit solver (module docstring).
 
     Config: the model fields of the pipeline's scheduler (beta table, prediction_type, variance_type,
@@ -75,10 +84,14 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     output is the velocity n - x0 on ``RectifiedFlow`` whose time is diffusers' sigma; the grid is the sigmas of
     FlowMatchEulerDiscreteScheduler.set_timesteps for the config (shift, dynamic shifting with ``mu``, custom
     sigmas); ``euler`` is then its step; solvers that cannot start at pure noise are refused (docs/interop.md).
+
+    EDM (an EDMEuler / EDMDPMSolverMultistep config: sigma_min, sigma_max, sigma_data, sigma_schedule, rho): the
+    sample is the state of ``EDMSDE``, the grid and timesteps are that scheduler's, the network output is
+    preconditioned to the x0 prediction (``sdekit.interop.edm_scheduler``).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers if refused_class(e.name) is None] + [
-        "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]  # not EDMEuler: from_config refuses it
+        "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", *EDM_CLASSES]
     order = 1
 
     @register_to_config
@@ -93,14 +106,16 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                  shift: float = 1.0, use_dynamic_shifting: bool = False, base_shift: float = 0.5,
                  max_shift: float = 1.15, base_image_seq_len: int = 256, max_image_seq_len: int = 4096,
                  time_shift_type: str = "exponential", shift_terminal: Optional[float] = None,
-                 invert_sigmas: bool = False, stochastic_sampling: bool = False,
+                 invert_sigmas: bool = False, stochastic_sampling: bool = False, sigma_min: Optional[float] = None,
+                 sigma_max: Optional[float] = None, sigma_data: Optional[float] = None,
+                 sigma_schedule: Optional[str] = None, rho: Optional[float] = None,
                  solver: str = "dpmpp_2m", solver_options: Optional[dict] = None,
                  grid_scheduler: Optional[str] = None, grid_ts: Optional[list] = None,
                  solver_order: Optional[int] = None, algorithm_type: Optional[str] = None,
                  solver_type: Optional[str] = None, lower_order_final: Optional[bool] = None,
                  euler_at_final: Optional[bool] = None, predict_x0: Optional[bool] = None,
                  disable_corrector: Optional[list] = None):
-        if solver == DIFFUSERS_SOLVER and grid_scheduler in CLASS_NAMES.values():
+        if solver == DIFFUSERS_SOLVER and grid_scheduler in (*CLASS_NAMES.values(), *EDM_CLASSES.values()):
             # diffusers' own algorithm: the fields left at their defaults take that scheduler's defaults (what its
             # from_config gives them; e.g. DDIMScheduler's clip_sample=True), so the algorithm is that class's
             self.register_to_config(**self._class_defaults(str(grid_scheduler)))
@@ -111,22 +126,10 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
             set_alpha_to_one, final_sigmas_type = self.config["set_alpha_to_one"], self.config["final_sigmas_type"]
             use_karras_sigmas, steps_offset = self.config["use_karras_sigmas"], self.config["steps_offset"]
             timestep_spacing = self.config["timestep_spacing"]
-        self.flow = prediction_type == "flow_prediction"
-        if self.flow:
-            self.spec = check_scheduler_flow_config(dict(self.config), _ddpm_defaults())
-            self.sde: LinearSDE = RectifiedFlow(eps=1.0 / num_train_timesteps)
-            if grid_scheduler is not None:
-                raise ValueError(f"grid_scheduler={grid_scheduler!r}: a flow-matching config's grid is "
-                                 "FlowMatchEulerDiscreteScheduler's (its shift and sigma options)")
-        else:
-            self.spec = check_config({**self.config, "_class_name": "SdekitScheduler"})
-            # the table of the class whose grid is laid out: DPMSolverMultistep, UniPC and Euler hold a zero-SNR
-            # table's last abar at 2^-24 (sde_from_scheduler), DDIM, DDPM and DEIS at 0
-            layout_class = {v: k for k, v in CLASS_NAMES.items()}.get(grid_scheduler or layout_for(solver), "")
-            self.sde = sde_from_scheduler({**self.config, "_class_name": layout_class})
+        self._build_model(solver, grid_scheduler)
         self._name, self._options = solver, dict(solver_options or {})  # solver="diffusers": set by set_timesteps
         if solver == DIFFUSERS_SOLVER:
-            if grid_scheduler is None:
+            if grid_scheduler is None and self.edm is None:  # an EDM config's algorithm: its layout's (EDMSpec)
                 raise ValueError("solver='diffusers' (diffusers' own algorithm) needs grid_scheduler=, the scheduler "
                                  f"whose algorithm to run ({', '.join(EQUIVALENTS)}): a pipeline's in-memory "
                                  "config does not name its class (a saved one, or the scheduler object, does)")
@@ -142,16 +145,12 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
             if not bool((self._fixed_ts[1:] < self._fixed_ts[:-1]).all()):
                 raise ValueError("grid_ts must be decreasing (noise to data): t_0 > ... > t_K")
             self.register_to_config(grid_ts=self._fixed_ts.tolist())  # a plain list: the config stays JSON
-        layout = grid_scheduler or layout_for(solver)
-        if layout not in SCHEDULERS:
-            raise ValueError(f"unknown grid_scheduler {layout!r}; accepted: {', '.join(SCHEDULERS)}")
-        final = ("zero" if set_alpha_to_one else "sigma_min") if layout in ("ddim", "ddpm") else \
-            "sigma_min" if layout == "deis_multistep" else final_sigmas_type  # DEIS's only end in diffusers
-        self.grid_options = {"scheduler": layout, "final_sigmas_type": final, "karras": bool(use_karras_sigmas),
-                             "steps_offset": int(steps_offset), "spacing": timestep_spacing}
-        if layout == "dpmsolver_singlestep":
-            self.grid_options.pop("spacing")
-        self.init_noise_sigma = 1.0
+        if self.edm is not None:
+            self.grid_options: dict = {"scheduler": self.edm.layout, "final_sigmas_type": self.edm.final}
+        else:
+            self.grid_options = table_layout(grid_scheduler or layout_for(solver), final_sigmas_type,
+                                                   use_karras_sigmas, steps_offset, timestep_spacing, set_alpha_to_one)
+        self.init_noise_sigma = 1.0 if self.edm is None else (self.edm.sigma_max ** 2 + 1) ** 0.5
         self.num_inference_steps: Optional[int] = None
         self.ts: Optional[Tensor] = None
         self.timesteps: Optional[Tensor] = None
@@ -159,12 +158,36 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index: Optional[int] = None
         self._reset()
 
+    def _build_model(self, solver: str, grid_scheduler: Optional[str]):
+        """self.flow, self.edm, self.spec and self.sde for the config: a flow-matching path (prediction_type
+        "flow_prediction"), an EDM process (``is_edm_config``) or a DDPM table."""
+        cfg = dict(self.config)
+        self.flow, self.edm = cfg["prediction_type"] == "flow_prediction", None
+        self.sde: LinearSDE
+        if self.flow:
+            self.spec = check_scheduler_flow_config(cfg, _ddpm_defaults())
+            self.sde = RectifiedFlow(eps=1.0 / cfg["num_train_timesteps"])
+            if grid_scheduler is not None:
+                raise ValueError(f"grid_scheduler={grid_scheduler!r}: a flow-matching config's grid is "
+                                 "FlowMatchEulerDiscreteScheduler's (its shift and sigma options)")
+        elif is_edm_config(cfg):
+            self.edm = check_edm_config(cfg, _all_defaults())
+            self.register_to_config(**{k: v for k, v in EDM_DEFAULTS.items() if cfg.get(k) is None})
+            self.spec = DiffusersSpec(dict(self.config), "x0", False, self.edm.threshold)
+            self.sde = self.edm.sde()
+        else:
+            self.spec = check_config({**cfg, "_class_name": "SdekitScheduler"})
+            # the table of the class whose grid is laid out: DPMSolverMultistep, UniPC and Euler hold a zero-SNR
+            # table's last abar at 2^-24 (sde_from_scheduler), DDIM, DDPM and DEIS at 0
+            layout_class = {v: k for k, v in CLASS_NAMES.items()}.get(grid_scheduler or layout_for(solver), "")
+            self.sde = sde_from_scheduler({**cfg, "_class_name": layout_class})
+
     def _class_defaults(self, layout: str) -> dict:
         """The defaults of diffusers' scheduler class for ``layout`` for the fields this config left at
         SdekitScheduler's defaults (``_use_default_values``) and that class has."""
         import diffusers
 
-        cls = getattr(diffusers, {v: k for k, v in CLASS_NAMES.items()}[layout])
+        cls = getattr(diffusers, {v: k for k, v in (*CLASS_NAMES.items(), *EDM_CLASSES.items())}[layout])
         theirs = inspect.signature(cls.__init__).parameters
         mine = set(inspect.signature(SdekitScheduler.__init__).parameters) - {"self", "solver", "solver_options",
                                                                              "grid_scheduler", "grid_ts"}
@@ -196,14 +219,16 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         if config is not None:
             given = read_config(config)
             cfg = {**given, **kwargs}
+            source = CLASS_NAMES.get(str(given.get("_class_name") or ""))
             if is_scheduler_flow_config(given) or kwargs.get("prediction_type") == "flow_prediction":
                 kwargs = {**kwargs, "prediction_type": kwargs.get("prediction_type", "flow_prediction")}
                 check_scheduler_flow_config({**cfg, **kwargs}, _ddpm_defaults())
+            elif is_edm_config(cfg):
+                source = check_edm_config(cfg, _all_defaults()).layout  # an EDM config's grid is its class's
             else:
                 check_config(cfg)
-            source = CLASS_NAMES.get(str(given.get("_class_name") or ""))
-            if kwargs.get("solver", given.get("solver")) == DIFFUSERS_SOLVER and source is not None \
-                    and kwargs.get("grid_scheduler", given.get("grid_scheduler")) is None:
+            if (kwargs.get("solver", given.get("solver")) == DIFFUSERS_SOLVER or source in EDM_CLASSES.values()) \
+                    and source is not None and kwargs.get("grid_scheduler", given.get("grid_scheduler")) is None:
                 kwargs["grid_scheduler"] = source  # diffusers' own algorithm: the one of the scheduler given
             if isinstance(config, ConfigMixin):  # a scheduler object: its config (diffusers reads it as a path)
                 config = given
@@ -221,16 +246,21 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         network calls, usually ending at 0). Flow-matching configs: what
         FlowMatchEulerDiscreteScheduler.set_timesteps takes (``mu``: the dynamic shift; ``sigmas`` are shifted as
         there). With ``grid_ts``: that grid, and ``num_inference_steps`` must be its number of steps."""
-        taus = None
+        taus, diffusers_sigmas = None, None
         if self._fixed_ts is not None:
             ts = fixed_grid(self._fixed_ts, num_inference_steps, timesteps, sigmas)
         elif self.flow:
             ts, taus = flow_grid(self.config, self.sde, num_inference_steps, timesteps, sigmas, mu)
+        elif self.edm is not None:
+            if mu is not None:
+                raise ValueError("mu is the dynamic shift of flow-matching configs; this scheduler steps an EDM process")
+            ts, diffusers_sigmas = edm_grid(self.edm, self.sde, num_inference_steps, timesteps, sigmas)
+            taus = c_noise(diffusers_sigmas[:-1])
         else:
             if mu is not None:
                 raise ValueError("mu is the dynamic shift of flow-matching configs; this scheduler steps a DDPM table")
             ts = table_grid(self.config, self.grid_options, self._table, num_inference_steps, timesteps, sigmas)
-        if len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
+        if len(ts) < (1 if self.edm is not None else 2) or not bool((ts[1:] < ts[:-1]).all()):
             raise ValueError(f"the grid must be strictly decreasing with at least one step; got {ts.tolist()}")
         if self.config["solver"] == DIFFUSERS_SOLVER:
             self._use_diffusers_algorithm(int(num_inference_steps) if num_inference_steps is not None else len(ts) - 1)
@@ -239,12 +269,15 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         self._final_corrector = self._wants_final_corrector(num_inference_steps, ts)
         self._targets = self._ddim_targets(num_inference_steps, ts) if taus is None else None
         calls = ts if self._final_corrector else ts[:-1]
+        if taus is None and self.edm is not None:  # grid_ts
+            taus = c_noise(calls)
         if taus is None:
             tau = calls * self._table.N - 1 if not self.flow else calls * self.config["num_train_timesteps"]
             integral = not self.flow and bool(((tau - tau.round()).abs() < 1e-9).all())
             taus = tau.round().to(torch.int64) if integral else tau.to(torch.float32)
         self.timesteps = taus.to(device)
-        self.sigmas = (ts if self.flow else self.sde.sigma(ts) / self.sde.alpha(ts)).to(torch.float32)
+        self.sigmas = (ts if self.flow or self.edm is not None else self.sde.sigma(ts) / self.sde.alpha(ts)).to(
+            torch.float32) if diffusers_sigmas is None else diffusers_sigmas
         self.num_inference_steps = len(self.timesteps)
         self._begin_index = None
         self._reset()
@@ -267,15 +300,16 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
 
     def _wants_final_corrector(self, num_inference_steps, ts: Tensor) -> bool:
         """UniPC's final corrector (one more call at the grid's end): as solver_options says, else where diffusers'
-        UniPC grid ends with the zero-length step sdekit's drops (Karras/sigma options with "sigma_min")."""
+        UniPC grid ends with the zero-length step sdekit's drops (Karras/sigma options with "sigma_min"), and on an
+        EDM grid ending at sigma_min, whose last step is zero-length too."""
         if not self._name.startswith("unipc_"):
             return False
         given = self._options.get("final_corrector")
         if given is not None:
             return bool(given)
         dropped = num_inference_steps is not None and self._fixed_ts is None and len(ts) - 1 < int(num_inference_steps)
-        return bool(dropped and self.grid_options["scheduler"] == "unipc_multistep" and not self.flow
-                    and float(self.sde.sigma(ts[-1])) > 0.0)
+        return bool(dropped and len(ts) > 1 and self.grid_options["scheduler"] in ("unipc_multistep", *EDM_CLASSES.values())
+                    and not self.flow and float(self.sde.sigma(ts[-1])) > 0.0)
 
     def _check_start(self, ts: Tensor):
         """A grid that starts at pure noise (alpha = 0) needs a solver that can step from there."""
@@ -291,15 +325,11 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
         check_starts_at_pure_noise(self._name, self._options, float(ts[0]))
 
     @property
-    def compatibles(self):  # a flow config's: FlowMatch only (a beta-table class adds a DDPM table, refused)
-        return [c for c in self._get_compatibles() if not self.flow or c.__name__.startswith("FlowMatch")]
-
-    @property
-    def _table(self) -> DiscreteVPSDE:
-        """The DDPM table (a flow-matching scheduler has none)."""
-        if not isinstance(self.sde, DiscreteVPSDE):
-            raise AttributeError("a flow-matching SdekitScheduler has no beta table (betas, alphas, alphas_cumprod)")
-        return self.sde
+    def compatibles(self):  # a flow config's: FlowMatch only (a beta-table class adds a DDPM table, refused); an
+        # EDM config's: EDM only; a table's: no EDM class (its config holds no sigma_data, sigma_schedule, rho)
+        kind = "FlowMatch" if self.flow else "EDM" if self.edm is not None else ""
+        return [c for c in self._get_compatibles() if c.__name__.startswith(kind)
+                and (kind or c.__name__ not in EDM_CLASSES)]
 
     def _reset(self):
         self._final_corrector = getattr(self, "_final_corrector", False)
@@ -321,54 +351,6 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     def set_begin_index(self, begin_index: int = 0):
         """Start at timesteps[begin_index] (image-to-image pipelines); the solver then runs on the rest of the grid."""
         self._begin_index = int(begin_index)
-
-    def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
-        """The identity: the network takes the VP state."""
-        return sample
-
-    def _row_times(self, timesteps, batch: int) -> Tensor:
-        tau = torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1)
-        if not self.flow:
-            t = self._table.step_time(tau)
-        else:  # the grid's sigma where the timestep is on the grid (custom timesteps need not be sigma N)
-            t = tau / self.config["num_train_timesteps"]
-            if self.timesteps is not None and self.ts is not None:
-                d = (tau[:, None] - self.timesteps.to(torch.float64).cpu()[None]).abs()
-                hit = d.min(dim=1)
-                t = torch.where(hit.values < 1e-4, self.ts[hit.indices], t)
-        return t.expand(batch) if t.numel() == 1 else t
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """x_t = alpha(t) x0 + sigma(t) n at the times of ``timesteps`` (t = (timestep + 1)/N; flow matching: t the
-        grid's sigma of the timestep, else timestep/N, so x_t = (1 - t) x0 + t n)."""
-        return self.sde.perturb(original_samples, self._row_times(timesteps, original_samples.shape[0]), noise)
-
-    def scale_noise(self, sample: Tensor, timestep, noise: Optional[Tensor] = None) -> Tensor:
-        """FlowMatchEulerDiscreteScheduler's name and argument order for ``add_noise`` (its image-to-image
-        pipelines call it): x_t = alpha(t) sample + sigma(t) noise."""
-        if noise is None:
-            raise ValueError("scale_noise needs the noise tensor")
-        return self.add_noise(sample, noise, timestep)
-
-    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """The v-prediction target v = alpha(t) n - sigma(t) x0 (Salimans & Ho 2022) at ``timesteps``."""
-        t = self._row_times(timesteps, sample.shape[0])
-        shape = (-1,) + (1,) * (sample.ndim - 1)
-        a, s = (f(t).reshape(shape).to(sample.device, sample.dtype) for f in (self.sde.alpha, self.sde.sigma))
-        return a * noise - s * sample
-
-    @property
-    def alphas_cumprod(self) -> Tensor:
-        """abar_n of the beta table (float32, as diffusers' schedulers hold it)."""
-        return self._table.alphas_cumprod.to(torch.float32)
-
-    @property
-    def betas(self) -> Tensor:
-        return self._table.betas.to(torch.float32)
-
-    @property
-    def alphas(self) -> Tensor:
-        return (1 - self._table.betas).to(torch.float32)
 
     def __len__(self):
         return self.config.num_train_timesteps
@@ -403,9 +385,9 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
     def _evaluator(self, run_ts: Tensor, options: dict, clipped: Optional[bool]):
         """The pipeline-output net, the evaluator of the model on it (thresholded as the config says) and its noise."""
         net = PipelineOutput(self._name)
-        model = ScoreModel(net, self.sde, self.spec.prediction)
+        model = ScoreModel(net if self.edm is None else EDMPreconditioned(net, self.edm), self.sde, self.spec.prediction)
         if self.spec.threshold is not None:
-            if self._name == "ddim" and not clipped:
+            if self._name == "ddim" and not clipped and self.edm is None:
                 model = DDIMClippedX0(model, self.spec.threshold, run_ts, float(options.get("eta", 0.0)))
             else:
                 model = ThresholdedModel(model, *self.spec.threshold)
@@ -440,6 +422,23 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
                              f"{self._name!r} does not take it: use solver='ddim' or set the solver's own "
                              f"options in solver_options ({', '.join(self.solver.options) if self.solver else 'none'})")
         return options
+
+    def _advance(self, i: int, out: Tensor, generator, variance_noise) -> Tensor:
+        """The state after step i, from the network output ``out`` at the current state."""
+        assert self.ts is not None and self.timesteps is not None and self._run is not None
+        if i >= len(self.ts) - 1 and not self._final_corrector and self._targets is None:
+            return self._x  # an EDM grid's last step, from sigma_min to sigma_min (final "sigma_min"), moves nothing
+        gen, net, ev, noise = self._run
+        noise.generator, noise.given = generator, variance_noise
+        t = float(self.ts[i])
+        net.load(self._x, out, t)
+        end = self.ts[-1] if self._targets is None else self._targets[i]
+        if (i == len(self.timesteps) - 1 or self._targets is not None) and float(self.sde.sigma(end)) == 0.0:
+            x = float(self.sde.alpha(end)) * ev.x0(self._x, t)  # the x0 jump to sigma = 0
+        else:
+            x = next(gen)
+        net.check_consumed()
+        return x
 
     def step(self, model_output: Tensor, timestep, sample: Tensor, eta: Optional[float] = None,
              use_clipped_model_output: Optional[bool] = None, generator: Optional[torch.Generator] = None,
@@ -479,16 +478,8 @@ class SdekitScheduler(SchedulerMixin, ConfigMixin):
             out = out[:, : sample.shape[1]]
         if self._targets is not None:
             self._run = self._target_run(i, use_clipped_model_output)
-        gen, net, ev, noise = self._run
-        noise.generator, noise.given = generator, variance_noise
-        t = float(self.ts[i])
-        net.load(self._x, out.to(work), t)
-        end = self.ts[-1] if self._targets is None else self._targets[i]
-        if (i == len(self.timesteps) - 1 or self._targets is not None) and float(self.sde.sigma(end)) == 0.0:
-            x = float(self.sde.alpha(end)) * ev.x0(self._x, t)  # the x0 jump to sigma = 0
-        else:
-            x = next(gen)
-        net.check_consumed()
+        gen = self._run[0]
+        x = self._advance(i, out.to(work), generator, variance_noise)
         self._x, self._step_index = x, i + 1
         if self._step_index == len(self.timesteps) and gen is not None:
             gen.close()

@@ -35,6 +35,7 @@ from ..solvers.base import SolverError
 from ..solvers.driver import sample
 from ..solvers.registry import available, get
 from .diffusers_models import EQUIVALENTS
+from .edm_scheduler import EDM_EQUIVALENTS
 
 Tensor = torch.Tensor
 
@@ -193,13 +194,15 @@ def diffusers_algorithm(layout: str, config: dict, steps: int) -> tuple:
     """(sdekit solver, options) that are diffusers' own algorithm of the scheduler class ``layout`` with this
     config's solver fields (solver_order, algorithm_type, solver_type, lower_order_final, ...; absent: that class's
     default) for ``steps`` steps (``diffusers_equivalent``'s mapping: DPMSolverMultistep 1/2 -> ddim/dpmpp_2m/
-    dpm_solver_2m, UniPC -> unipc_k, DEIS -> deis_logrho_k, DDIM/Euler -> ddim, DDPM -> ddpm, Heun -> heun).
-    A setting with no exact sdekit counterpart, or a solver a pipeline cannot run, raises ValueError naming it."""
-    if layout not in EQUIVALENTS:
+    dpm_solver_2m, UniPC -> unipc_k, DEIS -> deis_logrho_k, DDIM/Euler -> ddim, DDPM -> ddpm, Heun -> heun; the EDM
+    schedulers' ``EDM_EQUIVALENTS``). A setting with no exact sdekit counterpart, or a solver a pipeline cannot run,
+    raises ValueError naming it."""
+    known = {**EQUIVALENTS, **EDM_EQUIVALENTS}
+    if layout not in known:
         raise ValueError(f"solver='diffusers' with grid_scheduler={layout!r}: no exact sdekit equivalent of that "
-                         f"scheduler; accepted: {', '.join(EQUIVALENTS)}")
+                         f"scheduler; accepted: {', '.join(known)}")
     try:
-        name, options = EQUIVALENTS[layout](config, steps)
+        name, options = known[layout](config, steps)
     except ValueError as err:
         raise ValueError(f"solver='diffusers': {err}") from err
     if name not in eligible_solvers():

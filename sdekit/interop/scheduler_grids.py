@@ -96,6 +96,21 @@ def diffusers_sigmas_grid(config, grid_options: dict, table: DiscreteVPSDE, step
 
 
 
+def table_layout(layout: str, final_sigmas_type, use_karras_sigmas, steps_offset, timestep_spacing,
+                  set_alpha_to_one) -> dict:
+    """``grid="diffusers"`` options of a DDPM-table grid laid out as diffusers' ``layout`` class."""
+    if layout not in SCHEDULERS:
+        raise ValueError(f"unknown grid_scheduler {layout!r}; accepted: {', '.join(SCHEDULERS)} (EDM configs: "
+                         "edm_euler, edm_dpmsolver_multistep)")
+    final = ("zero" if set_alpha_to_one else "sigma_min") if layout in ("ddim", "ddpm") else \
+        "sigma_min" if layout == "deis_multistep" else final_sigmas_type  # DEIS's only end in diffusers
+    options = {"scheduler": layout, "final_sigmas_type": final, "karras": bool(use_karras_sigmas),
+               "steps_offset": int(steps_offset), "spacing": timestep_spacing}
+    if layout == "dpmsolver_singlestep":
+        options.pop("spacing")
+    return options
+
+
 def ddim_step_targets(table: DiscreteVPSDE, ts: Tensor, num_inference_steps: int) -> Optional[Tensor]:
     """Where DDIMScheduler and DDPMScheduler step to from each timestep tau: tau - N // K (prev_timestep), the end
     of the grid below 0. That is the next timestep for 'leading' spacing (and 'trailing' when K divides N), but
