@@ -33,7 +33,7 @@ from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, DiffusersSpec, check_con
 from .edm_scheduler import (EDM_CLASSES, EDM_DEFAULTS, EDMPreconditioned, c_noise, check_edm_config, edm_grid,
                             is_edm_config)
 from .scheduler_noise import ForwardProcessMixin
-from .diffusers_models import EQUIVALENTS, sde_from_scheduler
+from .diffusers_models import CLAMPED_ZERO_SNR, EQUIVALENTS, sde_from_scheduler
 from .scheduler_grids import ddim_step_targets, fixed_grid, flow_grid, from_diffusers, table_grid, table_layout
 from .pipeline_step import (DIFFUSERS_SOLVER, DIFFUSERS_SOLVER_FIELDS, SOLVER_TYPES, DDIMClippedX0, PipelineOutput,
                             StepNoise, as_times, check_starts_at_pure_noise, diffusers_algorithm,
@@ -321,8 +321,19 @@ class SdekitScheduler(ForwardProcessMixin, SchedulerMixin, ConfigMixin):
                              f"{self.config['prediction_type']!r} network's output determines no x0 (diffusers' "
                              "DDIMScheduler returns NaN there). Use prediction_type='v_prediction' (what zero-SNR models "
                              "are trained with) or a grid that starts below the last timestep (timestep_spacing="
-                             "'leading')")
+                             f"'leading'){self._clamp_note()}")
         check_starts_at_pure_noise(self._name, self._options, float(ts[0]))
+
+    def _clamp_note(self) -> str:
+        """Why this table keeps alpha(T) = 0 where diffusers' class holds the last abar at 2^-24 (else '')."""
+        layout = {v: k for k, v in CLASS_NAMES.items()}.get(str(self.grid_options["scheduler"]), "")
+        if layout not in CLAMPED_ZERO_SNR:
+            return ""
+        before = float(self._table.alphas_cumprod[-2])
+        return (f". {layout} holds the last abar at 2^-24 instead of 0, but this table's next-to-last abar is "
+                f"{before:.3g}, below it: the table would rise at its last step, which no SDE's alpha does, so sdekit "
+                "keeps 0 (Stable Diffusion's scaled_linear table, whose next-to-last abar is above 2^-24, takes the "
+                "2^-24 start)")
 
     @property
     def compatibles(self):  # a flow config's: FlowMatch only (a beta-table class adds a DDPM table, refused); an
