@@ -116,7 +116,8 @@ def test_scheduler_holds_the_zero_snr_table_of_the_class_it_lays_out(cls, solver
     want = _loop(ref, net, x, 6)
     assert float((_loop(ours, net, x, 6) - want).abs().max()) < 1e-5 * float(want.abs().max())
     linear = SdekitScheduler.from_config(cls(**{**ZERO_SNR, "beta_schedule": "linear", "beta_start": 1e-4,
-                                                "beta_end": 0.02}).config, solver=solver)
+                                                "beta_end": 0.02, "prediction_type": prediction}).config,
+                                         solver=solver)
     assert linear.sde.zero_snr
     if prediction == "epsilon":  # diffusers runs from 2^-24 there; sdekit refuses, naming the rising table
         with pytest.raises(ValueError, match=r"next-to-last abar is 4.21e-09, below it"):
