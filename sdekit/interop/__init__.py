@@ -8,6 +8,8 @@ diffusers
   ``diffusers_equivalent(scheduler, steps)``  ``sdekit.sample`` keywords for the same algorithm on the same grid
   ``SdekitScheduler``  an sdekit solver as a diffusers scheduler: ``pipe.scheduler = SdekitScheduler.from_config(
       pipe.scheduler.config, solver="unipc_3")`` (needs diffusers at import; loaded on first use)
+  ``LearnedScheduler.from_learned(learned, unet, scheduler)``  a solver learned for the U-Net (``learn_solver``)
+      as its pipeline's scheduler
   ``check_config``  which scheduler-config fields take effect and which are refused (``diffusers_config``)
 k-diffusion / EDM
   ``from_denoiser(D, sde)``, ``EDMSDE``  a denoiser D(x, sigma) as an x0-prediction ScoreModel
@@ -20,7 +22,7 @@ from .diffusers_models import (DiffusersFlowNet, DiffusersUNet, diffusers_equiva
 __all__ = ["EDMSDE", "DenoiserNet", "from_denoiser", "DiffusersUNet", "DiffusersFlowNet", "sde_from_scheduler",
            "flow_path_from_scheduler", "from_diffusers", "diffusers_equivalent", "times_from_sigmas", "check_config",
            "check_flow_config", "read_config", "DiffusersSpec", "FlowSpec",
-           "SdekitScheduler", "eligible_solvers"]
+           "SdekitScheduler", "eligible_solvers", "LearnedScheduler"]
 
 
 def __getattr__(name):
@@ -28,4 +30,8 @@ def __getattr__(name):
         from . import diffusers_scheduler
 
         return getattr(diffusers_scheduler, name)
+    if name == "LearnedScheduler":
+        from .learned_scheduler import LearnedScheduler
+
+        return LearnedScheduler
     raise AttributeError(f"module 'sdekit.interop' has no attribute {name!r}")

@@ -179,7 +179,13 @@ class LearnedSolver:
     def _run(self, ev: Evaluator, x: Tensor, ts: Tensor):
         ev.solver = self.name
         self.check_model(ev.model)
-        if not torch.equal(ts, self.ts[:-1] if self.denoise else self.ts):  # the driver takes a zero end's jump
+        return self.step_states(ev, x, ts)  # the driver takes a zero end's jump
+
+    def step_states(self, ev: Evaluator, x: Tensor, ts: Tensor):
+        """The states of a solve from x at ts[0] on ts, this solver's own grid (without a denoising end), yielded one
+        per step; the model is not checked here (``check_model``: a pipeline's network is checked where it is built,
+        ``sdekit.interop.LearnedScheduler``)."""
+        if not torch.equal(ts, self.ts[:-1] if self.denoise else self.ts):
             raise NotApplicableError(f"solver {self.name!r} runs on its own grid LearnedSolver.ts; got another grid")
         return _steps(ev, x, ts, self.a.tolist(), self.b.tolist())
 
