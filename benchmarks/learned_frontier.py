@@ -48,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import sdekit  # noqa: E402
+from sdekit.solvers.grids import make_grid  # noqa: E402
 from sdekit.solvers.tune import tune  # noqa: E402
 
 import flow_matching as fm  # noqa: E402
@@ -70,6 +71,11 @@ def cpu_now() -> float:
     return time.process_time()
 
 
+def _end(opts):
+    """The grid's end: t = 0 (the last call the data-prediction jump) with denoise, else sde.eps."""
+    return 0.0 if opts["denoise"] else None
+
+
 def learned_variant(model, x_T, ref, shape, b, seed, opts) -> dict:
     c0 = cpu_now()
     ls = sdekit.learn_solver(model, b, shape=shape, generator=seed, denoise=opts["denoise"], n=opts["n"],
@@ -77,7 +83,9 @@ def learned_variant(model, x_T, ref, shape, b, seed, opts) -> dict:
     cpu = cpu_now() - c0
     with torch.no_grad():
         sol = sdekit.sample(model, x_T, ls)
-    return {**stats(sol.x, ref), "nfe": int(sol.nfe), "improved": ls.improved, "init": ls.init,
+        start = sdekit.sample(model, x_T, ls.init, ts=make_grid(model.sde, b, ls.start_grid, t_end=_end(opts)))
+    return {**stats(sol.x, ref), "start": stats(start.x, ref), "nfe": int(sol.nfe), "improved": ls.improved,
+            "init": ls.init,
             "start_grid": ls.start_grid, "parameters": ls.num_parameters,
             "validation": ls.validation, "cost": {**ls.cost, "cpu_s": cpu}}
 
@@ -92,7 +100,9 @@ def tuned_variant(model, x_T, ref, shape, b, seed, opts) -> dict:
         cpu = cpu_now() - c0
         with torch.no_grad():
             sol = sdekit.sample(model, x_T, solver, ts=tg.ts)
-        runs.append({"solver": solver, **stats(sol.x, ref), "nfe": int(sol.nfe), "improved": tg.improved,
+            start = sdekit.sample(model, x_T, solver, ts=make_grid(model.sde, b, tg.start_grid, t_end=_end(opts)))
+        runs.append({"solver": solver, **stats(sol.x, ref), "start": stats(start.x, ref), "nfe": int(sol.nfe),
+                     "improved": tg.improved,
                      "start_grid": tg.start_grid, "cost": {"nfe": tg.nfe, "backward": tg.backward, "ref_nfe": tg.ref_nfe,
                                                            "cpu_s": cpu}})
     out = {s: min(r[s] for r in runs) for s in STATS}
@@ -163,52 +173,85 @@ class NetVelocity:
         return self._model
 
 
-def load_digits(path: str):
+def load_digits(path: str, dtype=torch.float64):
     from sdekit.checkpoint import load_model
 
     model, _ = load_model(path)
-    model.net.double().eval()
+    model.net.to(dtype).eval()
     return model
 
 
-def digits_rows_vp(path, model, x_T, ref, nfes, log):
+def digits_reference(model, x_T, kind, cache_dir):
+    """dopri5 rtol = atol = 1e-7 in float64 (to t = 0 on the flow path), kept under ``cache_dir`` if given."""
+    path = Path(cache_dir) / f"reference_{kind}.pt" if cache_dir else None
+    if path is not None and path.exists():
+        held = torch.load(path)
+        if torch.equal(held["x_T"], x_T):
+            return SimpleNamespace(x=held["x"], nfe=held["nfe"])
+    with torch.no_grad():
+        sol = sdekit.sample(model, x_T, "dopri5", rtol=1e-7, atol=1e-7, **({"t_end": 0.0} if kind == "fm" else {}))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"x_T": x_T, "x": sol.x, "nfe": int(sol.nfe)}, path)
+    return SimpleNamespace(x=sol.x, nfe=int(sol.nfe))
+
+
+def digits_rows_vp(path, x_T, ref_sol, nfes, log):
     """k-diffusion's samplers x schedules and sdekit's untuned grids through ``accuracy_vs_nfe.run_digits``."""
     import accuracy_vs_nfe as avn
 
     kds = avn.load_k_diffusion_sampling(required=True)
-    res = avn.run_digits(SimpleNamespace(digits=path, digits_n=x_T.shape[0], budgets=list(nfes), tune="none",
-                                         tune_evals=None), kds, log)
-    # run_digits draws the same x_T (seed 4242) and solves its own dopri5 1e-7 reference: check they agree
-    dist = res["reference"]["distance_to_1e-5_solve"]
-    return res["rows"], {"run_digits_reference": res["reference"], "distance_1e5_median": dist["median"]}
+    real = sdekit.solvers.sample
+
+    def reuse(m, x, solver, *a, **kw):  # run_digits draws the same x_T (seed 4242): its dopri5 1e-7 is ref_sol
+        same = solver == "dopri5" and kw.get("rtol") == 1e-7 and x.shape == x_T.shape and torch.equal(x, x_T)
+        return ref_sol if same else real(m, x, solver, *a, **kw)
+
+    sdekit.solvers.sample = reuse
+    try:
+        res = avn.run_digits(SimpleNamespace(digits=path, digits_n=x_T.shape[0], budgets=list(nfes), tune="none",
+                                             tune_evals=None), kds, log)
+    finally:
+        sdekit.solvers.sample = real
+    return res["rows"], {"distance_to_1e-5_solve": res["reference"]["distance_to_1e-5_solve"]}
 
 
-def digits_unit(kind, path, args, log) -> dict:
+def digits_unit(kind, path, args, log, saved) -> dict:
+    """References and peers in float64; learning, tuning and their solves on the network in --digits-dtype (the
+    rounding floor that adds: ``float_floor``, dpmpp_2m at each NFE in that dtype against float64)."""
     t0 = time.perf_counter()
     model = load_digits(path)
     sde = model.sde
     x_T = sde.prior_sample((args.digits_n, 1, 8, 8), generator=torch.Generator().manual_seed(4242)).double()
-    end = {"t_end": 0.0} if kind == "fm" else {}
-    with torch.no_grad():
-        ref_sol = sdekit.sample(model, x_T, "dopri5", rtol=1e-7, atol=1e-7, **end)
+    ref_sol = digits_reference(model, x_T, kind, args.digits_ref_cache)
     ref = ref_sol.x
+    log(f"[digits {kind}] reference: {ref_sol.nfe} calls, {time.perf_counter() - t0:.0f} s")
     if kind == "vp":
-        rows, extra = digits_rows_vp(path, model, x_T, ref, args.digits_nfe, log)
+        rows, extra = digits_rows_vp(path, x_T, ref_sol, args.digits_nfe, log)
         keys = ("library", "sdekit", "k-diffusion")
     else:
         net = NetVelocity(model)
         rows = fm.diffusers_runs(net, sde, x_T, ref) + fm.sdekit_runs(net, sde, x_T, ref)
         keys, extra = ("who", "sdekit", "diffusers"), {}
-    log(f"[digits {kind}] reference {ref_sol.nfe} calls; {len(rows)} peer / untuned rows in "
-        f"{time.perf_counter() - t0:.0f} s")
+    log(f"[digits {kind}] {len(rows)} peer / untuned rows in {time.perf_counter() - t0:.0f} s")
+    dtype = getattr(torch, args.digits_dtype)
+    lmodel, lx_T = load_digits(path, dtype), x_T.to(dtype)
     opts = {"denoise": kind == "fm", "n": args.digits_n_learn, "ref_steps": args.digits_ref_steps,
-            "steps": args.digits_learn_steps, "tune_solvers": tuple(args.digits_tune_solvers)}
-    cells = {}
+            "steps": args.digits_learn_steps, "tune_solvers": tuple(args.digits_tune_solvers), "dtype": str(dtype)}
+    unit = {"part": f"digits_{kind}", "dim": 64, "seed": 4242, "n": args.digits_n, "checkpoint": path,
+            "reference": {"method": "dopri5 rtol = atol = 1e-7, float64", "nfe": ref_sol.nfe,
+                          "t_end": 0.0 if kind == "fm" else sde.eps, **extra},
+            "rows": len(rows), "learning": opts, "cells": {}}
     for b in args.digits_nfe:
-        cells[str(b)] = cell(model, x_T, ref, (1, 8, 8), b, 7_004_242, rows, keys, opts, log, f"digits {kind}")
-    return {"part": f"digits_{kind}", "dim": 64, "seed": 4242, "n": args.digits_n, "checkpoint": path,
-            "reference": {"method": "dopri5 rtol = atol = 1e-7, float64", "nfe": ref_sol.nfe, **end, **extra},
-            "rows": len(rows), "learning": opts, "cells": cells, "seconds": time.perf_counter() - t0}
+        with torch.no_grad():
+            end = make_grid(sde, b, "logsnr", t_end=_end(opts))
+            floor = stats(sdekit.sample(lmodel, lx_T, "dpmpp_2m", ts=end).x, sdekit.sample(model, x_T, "dpmpp_2m",
+                                                                                             ts=end).x)
+        c = cell(lmodel, lx_T, ref, (1, 8, 8), b, 7_004_242, rows, keys, opts, log, f"digits {kind}")
+        unit["cells"][str(b)] = {**c, "float_floor": floor}
+        unit["seconds"] = time.perf_counter() - t0
+        saved(unit)  # after every cell: a run that is stopped keeps what it did
+    return unit
 
 
 # -- summary, plot, main -------------------------------------------------------------------------------------
@@ -234,6 +277,10 @@ def summarise(units) -> dict:
             entry["tune_cpu_s"] = [c["tuned"]["cost"]["cpu_s"] for c in cs]
             entry["tune_nfe"] = [c["tuned"]["cost"]["nfe"] for c in cs]
             entry["peer_median_setting"] = [c["peer"]["median_setting"] for c in cs]
+            # fresh-row error / its starting point's (the learned init; each tuned solver's start grid)
+            entry["learned_vs_start"] = {s: [c["learned"][s] / c["learned"]["start"][s] for c in cs] for s in STATS}
+            entry["tuned_vs_start"] = {s: [r[s] / r["start"][s] for c in cs for r in c["tuned"]["runs"]]
+                                       for s in STATS}
             out[f"{key[0]}_{key[1]}d_nfe{b}"] = entry
     return out
 
@@ -324,6 +371,9 @@ def main(argv=None) -> None:
     p.add_argument("--digits-n-learn", type=int, default=32, help="learning / tuning prior draws on the U-Nets")
     p.add_argument("--digits-ref-steps", type=int, default=100, help="rk4 steps of learning's references (U-Nets)")
     p.add_argument("--digits-learn-steps", type=int, default=100, help="learn_solver's Adam updates (U-Nets)")
+    p.add_argument("--digits-dtype", default="float32", choices=("float32", "float64"),
+                   help="the U-Net's dtype for learning, tuning and their solves (references, peers: float64)")
+    p.add_argument("--digits-ref-cache", default="/tmp/e4/refs", help="folder keeping the dopri5 references ('')")
     p.add_argument("--digits-tune-solvers", nargs="+", default=["dpmpp_2m"], help="gradient-tuned solvers (U-Nets)")
     p.add_argument("--name", default="learned_frontier")
     p.add_argument("--merge", nargs="+", default=None, metavar="PART", help="merge these reports into --name")
@@ -348,8 +398,8 @@ def main(argv=None) -> None:
         fm.BUDGETS = tuple(args.digits_nfe)
         for kind, path in (("vp", args.digits_vp), ("fm", args.digits_fm)):
             if path:
-                units.append(digits_unit(kind, path, args, log))
-                save(args, units, t0, cpu0, False)
+                units.append(digits_unit(kind, path, args, log,
+                                         lambda unit: save(args, units + [unit], t0, cpu0, False)))
     print_summary(save(args, units, t0, cpu0, True), log)
 
 
