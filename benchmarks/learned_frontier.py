@@ -314,8 +314,8 @@ def plot(report: dict, path: str) -> None:
         ax.set_ylabel("per-row error (geometric mean over seeds)")
         ax.set_title(f"{part} {dim}-D" if part == "flow" else part, fontsize=9)
         ax.legend(fontsize=6)
-    fig.suptitle("learned solver, gradient-tuned grid, best untuned sdekit, best peer setting (solid: median, "
-                 "dashed: p90)", fontsize=9)
+    fig.suptitle("sdekit learned / gradient-tuned / best untuned vs best peer; solid median, dashed p90",
+                 fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

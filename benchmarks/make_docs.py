@@ -653,6 +653,10 @@ def learned_frontier(results: Results) -> dict[str, Any]:
                                       for s in c["learn_cpu_s"]),
             "lf.digits_learn_cpu": span(s for c in digits for s in c["learn_cpu_s"]) if digits else (0.0, 0.0),
             "lf.improved": sum(i for c in data["summary"].values() for i in c["learn_improved"]),
+            "lf.learned_vs_start": max(r for c in data["summary"].values() for s in ("median", "p90")
+                                       for r in c["learned_vs_start"][s]),
+            "lf.tuned_vs_start": max(r for c in data["summary"].values() for s in ("median", "p90")
+                                     for r in c["tuned_vs_start"][s]),
             "lf.learned_runs": sum(len(c["learn_improved"]) for c in data["summary"].values())}
 
 
