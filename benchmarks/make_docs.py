@@ -644,10 +644,48 @@ def learned_vs_peers(results: Results) -> dict[str, Any]:
             "lvp.p90_met": f"{met['p90']} of {cells_n}"}
 
 
+def _frontier_label(part: str, dim: int) -> str:
+    return {"flow": f"rectified flow {dim}-D", "digits_vp": "digits U-Net, VP",
+            "digits_fm": "digits U-Net, rectified flow"}[part]
+
+
+def learned_frontier(results: Results) -> dict[str, Any]:
+    """learned_frontier.json: per (problem, NFE, statistic) each sdekit variant's ratio to the best peer setting
+    (median over seeds and range), and the learning cost."""
+    data = results("learned_frontier.json")
+    rows, met, cells_n = [], {"median": 0, "p90": 0}, 0
+    for key in sorted({(u["part"], u["dim"]) for u in data["units"]}):
+        first = next(u for u in data["units"] if (u["part"], u["dim"]) == key)
+        for nfe in first["cells"]:
+            cell = data["summary"][f"{key[0]}_{key[1]}d_nfe{nfe}"]
+            cells_n += 1
+            for stat in ("median", "p90"):
+                met[stat] += bool(cell["learned"][stat]["goal_met_every_seed"])
+                ratios = [f"{cell[v][stat]['median']:.2f} ({fmt(span(cell[v][stat]['per_seed']), '.2f')})"
+                          for v in ("learned", "tuned", "named")]
+                rows.append([_frontier_label(*key), nfe, stat, *ratios,
+                             fmt(span(cell["learn_cpu_s"]), ".0f"), fmt(span(cell["tune_cpu_s"]), ".0f")])
+    header = ["problem", "NFE", "statistic", "learned / best peer", "gradient-tuned / best peer",
+              "best untuned / best peer", "learning CPU s", "tuning CPU s"]
+    seeds = data["seeds"]
+    digits = [c for k, c in data["summary"].items() if k.startswith("digits")]
+    return {"lf.table": table(header, rows), "lf.seeds": f"{seeds[0]}-{seeds[-1]}",
+            "lf.median_met": f"{met['median']} of {cells_n}", "lf.p90_met": f"{met['p90']} of {cells_n}",
+            "lf.flow_learn_cpu": span(s for k, c in data["summary"].items() if k.startswith("flow")
+                                      for s in c["learn_cpu_s"]),
+            "lf.digits_learn_cpu": span(s for c in digits for s in c["learn_cpu_s"]) if digits else (0.0, 0.0),
+            "lf.improved": sum(i for c in data["summary"].values() for i in c["learn_improved"]),
+            "lf.learned_vs_start": max(r for c in data["summary"].values() for s in ("median", "p90")
+                                       for r in c["learned_vs_start"][s]),
+            "lf.tuned_vs_start": max(r for c in data["summary"].values() for s in ("median", "p90")
+                                     for r in c["tuned_vs_start"][s]),
+            "lf.learned_runs": sum(len(c["learn_improved"]) for c in data["summary"].values())}
+
+
 SECTIONS: list[Callable[[Results], dict[str, Any]]] = [
     accuracy, quick_runs, overhead, overhead_path_noise, likelihood, likelihood_digits, transcripts, stochastic,
-    stochastic_quick, strong_order,
-    flow_matching, digits, distributed, sample_memory, schedules, schedules_vs_peers, grad_tune, learned_solver, learned_vs_peers,
+    stochastic_quick, strong_order, flow_matching, digits, distributed, sample_memory, schedules, schedules_vs_peers,
+    grad_tune, learned_solver, learned_vs_peers, learned_frontier,
 ]
 
 
