@@ -286,3 +286,23 @@ def test_direct_edm_config_and_a_tuned_grid_in_the_pipeline():
     want = sdekit.sample(MIXTURE.model(sde), noise.double() * sched.init_noise_sigma, "unipc_2", ts=ts).x
     assert torch.equal(sched.sigmas, ts.float())
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_edm_euler_churn_arguments_are_taken_without_churn_and_refused_with_it():
+    """EDMEulerScheduler.step's s_churn/s_tmin/s_tmax/s_noise: at s_churn = 0 (its default) the step is the same;
+    churn is refused by name (sdekit's stochastic samplers take the noise); an unknown keyword is a TypeError."""
+    cfg = diffusers.EDMEulerScheduler().config
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    out = []
+    for kw in ({}, {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}):
+        s = SdekitScheduler.from_config(cfg, solver="ddim")
+        s.set_timesteps(4)
+        t = s.timesteps[0]
+        out.append(s.step(0.1 * x, t, x * s.init_noise_sigma, **kw).prev_sample)
+    assert torch.equal(out[0], out[1])
+    s = SdekitScheduler.from_config(cfg, solver="ddim")
+    s.set_timesteps(4)
+    with pytest.raises(ValueError, match="s_churn"):
+        s.step(0.1 * x, s.timesteps[0], x, s_churn=0.5)
+    with pytest.raises(TypeError, match="s_bogus"):
+        s.step(0.1 * x, s.timesteps[0], x, s_bogus=1.0)

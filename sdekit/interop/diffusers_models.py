@@ -26,7 +26,7 @@ import torch
 from ..parameterization import ClassifierFreeGuidance, ScoreModel, ThresholdedModel, expand_batch, map_tensors
 from ..sde import (DiscreteVPSDE, LinearSDE, RectifiedFlow, TimeShift, cosine_beta_schedule,
                    rescale_zero_terminal_snr, time_shift)
-from ..solvers.discrete import diffusers_timesteps, grid_options_from
+from ..solvers.discrete import CLASS_NAMES, diffusers_timesteps, grid_options_from
 from .diffusers_config import FlowSpec, check_config, check_flow_config, is_flow_scheduler, read_config
 from .edm_scheduler import EDM_FIELDS, EDMSpec, c_in, check_edm_config, edm_equivalent, is_edm_config, precondition
 
@@ -80,6 +80,18 @@ def sde_from_scheduler(scheduler) -> DiscreteVPSDE:
         if str(cfg.get("_class_name") or "") in CLAMPED_ZERO_SNR and ZERO_SNR_CLAMP < before:
             betas[-1] = 1 - ZERO_SNR_CLAMP / before
     return DiscreteVPSDE(betas)
+
+
+def zero_snr_clamp_note(layout: str, table: DiscreteVPSDE) -> str:
+    """Why a zero-SNR table laid out as ``layout`` keeps alpha(T) = 0 where diffusers' class holds the last abar at
+    2^-24 (a sentence to append to a refusal; '' where the layout holds no clamp or the table takes it)."""
+    name = {v: k for k, v in CLASS_NAMES.items()}.get(str(layout), "")
+    before = float(table.alphas_cumprod[-2])
+    if name not in CLAMPED_ZERO_SNR or before >= ZERO_SNR_CLAMP:
+        return ""
+    return (f". {name} holds the last abar at 2^-24 instead of 0, but this table's next-to-last abar is {before:.3g}, "
+            "below it: the table would rise at its last step, which no SDE's alpha does, so sdekit keeps 0 (Stable "
+            "Diffusion's scaled_linear table, whose next-to-last abar is above 2^-24, takes the 2^-24 start)")
 
 
 class DiffusersUNet(torch.nn.Module):

@@ -30,10 +30,10 @@ from ..solvers.driver import with_jump_options
 from ..solvers.registry import get
 from .diffusers_config import (SCHEDULER_FLOW_DEFAULTS, DiffusersSpec, check_config, check_scheduler_flow_config,
                                is_scheduler_flow_config, read_config, refused_class)
-from .edm_scheduler import (EDM_CLASSES, EDM_DEFAULTS, EDMPreconditioned, c_noise, check_edm_config, edm_grid,
-                            is_edm_config)
+from .edm_scheduler import (EDM_CLASSES, EDM_DEFAULTS, EDMPreconditioned, c_noise, check_edm_config, check_no_churn,
+                            edm_grid, is_edm_config)
 from .scheduler_noise import ForwardProcessMixin
-from .diffusers_models import CLAMPED_ZERO_SNR, EQUIVALENTS, sde_from_scheduler
+from .diffusers_models import EQUIVALENTS, sde_from_scheduler, zero_snr_clamp_note
 from .scheduler_grids import ddim_step_targets, fixed_grid, flow_grid, from_diffusers, table_grid, table_layout
 from .pipeline_step import (DIFFUSERS_SOLVER, DIFFUSERS_SOLVER_FIELDS, SOLVER_TYPES, DDIMClippedX0, PipelineOutput,
                             StepNoise, as_times, check_starts_at_pure_noise, diffusers_algorithm,
@@ -321,19 +321,8 @@ class SdekitScheduler(ForwardProcessMixin, SchedulerMixin, ConfigMixin):
                              f"{self.config['prediction_type']!r} network's output determines no x0 (diffusers' "
                              "DDIMScheduler returns NaN there). Use prediction_type='v_prediction' (what zero-SNR models "
                              "are trained with) or a grid that starts below the last timestep (timestep_spacing="
-                             f"'leading'){self._clamp_note()}")
+                             f"'leading'){zero_snr_clamp_note(self.grid_options['scheduler'], self._table)}")
         check_starts_at_pure_noise(self._name, self._options, float(ts[0]))
-
-    def _clamp_note(self) -> str:
-        """Why this table keeps alpha(T) = 0 where diffusers' class holds the last abar at 2^-24 (else '')."""
-        layout = {v: k for k, v in CLASS_NAMES.items()}.get(str(self.grid_options["scheduler"]), "")
-        if layout not in CLAMPED_ZERO_SNR:
-            return ""
-        before = float(self._table.alphas_cumprod[-2])
-        return (f". {layout} holds the last abar at 2^-24 instead of 0, but this table's next-to-last abar is "
-                f"{before:.3g}, below it: the table would rise at its last step, which no SDE's alpha does, so sdekit "
-                "keeps 0 (Stable Diffusion's scaled_linear table, whose next-to-last abar is above 2^-24, takes the "
-                "2^-24 start)")
 
     @property
     def compatibles(self):  # a flow config's: FlowMatch only (a beta-table class adds a DDPM table, refused); an
@@ -453,7 +442,7 @@ class SdekitScheduler(ForwardProcessMixin, SchedulerMixin, ConfigMixin):
 
     def step(self, model_output: Tensor, timestep, sample: Tensor, eta: Optional[float] = None,
              use_clipped_model_output: Optional[bool] = None, generator: Optional[torch.Generator] = None,
-             variance_noise: Optional[Tensor] = None, return_dict: bool = True):
+             variance_noise: Optional[Tensor] = None, return_dict: bool = True, **churn):
         """One solver step from ``sample`` at ``timestep`` with the network output the pipeline computed there.
 
         The signature is DDIMScheduler.step's (a torch.Generator as the fourth positional argument is taken as
@@ -464,7 +453,9 @@ class SdekitScheduler(ForwardProcessMixin, SchedulerMixin, ConfigMixin):
         ``eta``: DDIM's eta (solver ddim; others accept 0 only). ``use_clipped_model_output`` (ddim with
         thresholding or clip_sample): False/None keeps the network's eps beside the clipped x0, as
         DDIMScheduler; True derives eps from the clipped x0 (what every other solver does).
-        ``variance_noise``: the step's noise instead of a draw from ``generator``."""
+        ``variance_noise``: the step's noise instead of a draw from ``generator``. ``churn``: EDMEulerScheduler's
+        s_churn, s_tmin, s_tmax, s_noise, accepted without churn (s_churn = 0, its default) only."""
+        check_no_churn(churn)
         if isinstance(eta, torch.Generator):  # DDPMScheduler.step(model_output, timestep, sample, generator)
             generator, eta = eta, None
         if self.ts is None:

@@ -260,3 +260,18 @@ EDM_EQUIVALENTS = {  # EDM layout -> (cfg, steps) -> (sdekit solver, options)
     "edm_euler": lambda cfg, steps: ("ddim", {}),
     "edm_dpmsolver_multistep": _edm_dpmsolver,
 }
+
+
+CHURN = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}  # EDMEulerScheduler.step's, no churn
+
+
+def check_no_churn(churn: dict) -> None:
+    """EDMEulerScheduler.step's churn arguments: accepted at s_churn = 0 (no churn, its default: the other three then
+    do nothing); churn (Karras et al. 2022, Algorithm 2's noise injection) is sdekit's ``heun_churn`` sampler, not a
+    step option. Any other keyword is refused as TypeError."""
+    unknown = sorted(set(churn) - set(CHURN))
+    if unknown:
+        raise TypeError(f"step() got unexpected keyword argument(s) {unknown}")
+    if float(churn.get("s_churn", 0.0)) != 0.0:
+        raise ValueError(f"s_churn={churn['s_churn']}: EDMEulerScheduler's churn is not a step option here; sdekit's "
+                         "stochastic samplers (solver='heun_churn' for EDM's, 'euler_ancestral', ...) take the noise")
