@@ -137,6 +137,33 @@ def same_setting(value, default) -> bool:
     return value == default
 
 
+def positive_number(value) -> bool:
+    """A finite int or float > 0 (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def threshold_setting(cfg: dict, problems: list) -> Optional[tuple[Optional[float], float]]:
+    """The x0 thresholding a config asks for, as ``ThresholdedModel``'s (ratio, max_value): dynamic thresholding
+    (thresholding, dynamic_thresholding_ratio, sample_max_value), which wins over clip_sample as in diffusers, or
+    (None, clip_sample_range); None for neither, or where a value is bad (appended to ``problems``)."""
+    found = []
+    ratio = None
+    if cfg.get("thresholding", False):
+        ratio, top = cfg.get("dynamic_thresholding_ratio", 0.995), cfg.get("sample_max_value", 1.0)
+        if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
+            found.append(f"dynamic_thresholding_ratio={ratio!r} (accepted: a quantile in [0, 1])")
+        if not positive_number(top):
+            found.append(f"sample_max_value={top!r} (accepted: a finite number > 0)")
+    elif cfg.get("clip_sample", False):
+        top = cfg.get("clip_sample_range", 1.0)
+        if not positive_number(top):
+            found.append(f"clip_sample_range={top!r} (accepted: a finite number > 0)")
+    else:
+        return None
+    problems += found
+    return None if found else (None if ratio is None else float(ratio), float(top))
+
+
 def _has_table(cfg: dict) -> bool:
     """Whether ``cfg`` has beta-table fields (a DDPM scheduler's config)."""
     return bool(set(cfg) & (MODEL_FIELDS - {"num_train_timesteps"}))
@@ -184,23 +211,9 @@ def check_config(cfg: dict) -> DiffusersSpec:
     vtype = cfg.get("variance_type")
     if vtype not in VARIANCE_TYPES:
         problems.append(f"variance_type={vtype!r} (accepted: {', '.join(map(str, VARIANCE_TYPES))})")
-    if cfg.get("thresholding", False):
-        ratio, top = cfg.get("dynamic_thresholding_ratio", 0.995), cfg.get("sample_max_value", 1.0)
-        if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
-            problems.append(f"dynamic_thresholding_ratio={ratio!r} (accepted: a quantile in [0, 1])")
-        if not (isinstance(top, (int, float)) and top > 0.0):
-            problems.append(f"sample_max_value={top!r} (accepted: a number > 0)")
-    elif cfg.get("clip_sample", False):
-        top = cfg.get("clip_sample_range", 1.0)
-        if not (isinstance(top, (int, float)) and top > 0.0):
-            problems.append(f"clip_sample_range={top!r} (accepted: a number > 0)")
+    threshold = threshold_setting(cfg, problems)
     if problems:
         raise ValueError(f"scheduler config {name or ''} has setting(s) sdekit cannot honour: " + "; ".join(problems))
-    threshold: Optional[tuple[Optional[float], float]] = None
-    if cfg.get("thresholding", False):
-        threshold = (float(cfg.get("dynamic_thresholding_ratio", 0.995)), float(cfg.get("sample_max_value", 1.0)))
-    elif cfg.get("clip_sample", False):
-        threshold = (None, float(cfg.get("clip_sample_range", 1.0)))
     return DiffusersSpec(cfg, PREDICTION_TYPES[ptype], vtype in ("learned", "learned_range"), threshold)
 
 

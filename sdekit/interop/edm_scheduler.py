@@ -33,7 +33,7 @@ import torch
 
 from ..sde import LinearSDE
 from .denoisers import EDMSDE
-from .diffusers_config import same_setting
+from .diffusers_config import positive_number, same_setting, threshold_setting
 
 Tensor = torch.Tensor
 
@@ -76,17 +76,13 @@ def is_edm_config(cfg: dict) -> bool:
         or any(cfg.get(k) is not None for k in EDM_ONLY)
 
 
-def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
 def _value_problems(cfg: dict) -> list:
     problems = []
     lo, hi = cfg["sigma_min"], cfg["sigma_max"]
-    if not (_positive(lo) and _positive(hi) and lo < hi):
+    if not (positive_number(lo) and positive_number(hi) and lo < hi):
         problems.append(f"sigma_min={lo!r}, sigma_max={hi!r} (accepted: 0 < sigma_min < sigma_max, finite)")
     for key in ("sigma_data", "rho"):
-        if not _positive(cfg[key]):
+        if not positive_number(cfg[key]):
             problems.append(f"{key}={cfg[key]!r} (accepted: a finite number > 0)")
     if cfg["sigma_schedule"] not in ("karras", "exponential"):
         problems.append(f"sigma_schedule={cfg['sigma_schedule']!r} (accepted: 'karras', 'exponential')")
@@ -99,12 +95,6 @@ def _value_problems(cfg: dict) -> list:
         problems.append(f"prediction_type={ptype!r} (accepted: {', '.join(EDM_PREDICTIONS)})")
     if cfg.get("final_sigmas_type", "zero") not in ("zero", "sigma_min"):
         problems.append(f"final_sigmas_type={cfg['final_sigmas_type']!r} (accepted: 'zero', 'sigma_min')")
-    if cfg.get("thresholding", False):
-        ratio, top = cfg.get("dynamic_thresholding_ratio", 0.995), cfg.get("sample_max_value", 1.0)
-        if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
-            problems.append(f"dynamic_thresholding_ratio={ratio!r} (accepted: a quantile in [0, 1])")
-        if not _positive(top):
-            problems.append(f"sample_max_value={top!r} (accepted: a number > 0)")
     return problems
 
 
@@ -124,6 +114,7 @@ def check_edm_config(cfg: dict, defaults: dict) -> EDMSpec:
         else:
             problems.append(f"{key}={value!r} (unknown to sdekit)")
     problems += _value_problems(cfg)
+    threshold = threshold_setting(cfg, problems)
     # whose grid: the class's; an in-memory config names none, and only EDMDPMSolverMultistep's has solver fields
     layout = cfg.get("grid_scheduler") or EDM_CLASSES.get(name) or (
         "edm_dpmsolver_multistep" if cfg.get("solver_order") is not None else "edm_euler")
@@ -131,8 +122,6 @@ def check_edm_config(cfg: dict, defaults: dict) -> EDMSpec:
         problems.append(f"grid_scheduler={layout!r} (an EDM config's grid is {' or '.join(EDM_CLASSES.values())})")
     if problems:
         raise ValueError(f"EDM scheduler config {name} has setting(s) sdekit cannot honour: " + "; ".join(problems))
-    threshold = (float(cfg.get("dynamic_thresholding_ratio", 0.995)), float(cfg.get("sample_max_value", 1.0))) \
-        if cfg.get("thresholding", False) else None
     return EDMSpec(float(cfg["sigma_min"]), float(cfg["sigma_max"]), float(cfg["sigma_data"]), cfg["sigma_schedule"],
                    float(cfg["rho"]), EDM_PREDICTIONS[cfg.get("prediction_type", "epsilon")],
                    cfg.get("final_sigmas_type", "zero"), threshold, layout)
