@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import sdekit
 from sdekit.parameterization import PREDICTIONS, convert
-from sdekit.solvers.exponential import _ms_weights
+from sdekit.solvers.exponential import ms_weights
 from sdekit.solvers.grids import make_grid
 
 PATHS = {
@@ -100,10 +100,10 @@ def test_velocity_is_the_probability_flow_drift_on_a_vp_sde():
 
 def test_ms_weights_take_the_limit_of_a_point_at_minus_infinity():
     h, B = 0.7, -math.expm1(-0.7)
-    far = _ms_weights([-0.8, -1e7], h, B)
-    lim = _ms_weights([-0.8, -math.inf], h, B)
+    far = ms_weights([-0.8, -1e7], h, B)
+    lim = ms_weights([-0.8, -math.inf], h, B)
     assert lim[1] == 0.0 and abs(lim[0] - far[0]) < 1e-6
-    assert _ms_weights([-math.inf], h, B) == [0.5]
+    assert ms_weights([-math.inf], h, B) == [0.5]
 
 
 def _rf_problem(dim=2, n=64):

@@ -283,7 +283,6 @@ def ms_weights(rs: list[float], h: float, B: float, form: str = "taylor", solver
     return [a.get(m, 0.0) for m in range(K)]
 
 
-_ms_weights = ms_weights  # the name tests use
 
 
 def ms_update(x: Tensor, x0_t: Tensor, points: list[tuple[float, Tensor]], l_t: float, l_s: float,
