@@ -283,8 +283,6 @@ def ms_weights(rs: list[float], h: float, B: float, form: str = "taylor", solver
     return [a.get(m, 0.0) for m in range(K)]
 
 
-
-
 def ms_update(x: Tensor, x0_t: Tensor, points: list[tuple[float, Tensor]], l_t: float, l_s: float,
               s_t: float, a_s: float, s_s: float, variant: str, rule: tuple = ("taylor", "midpoint")) -> Tensor:
     """One multistep update from (x_t, l_t) to l_s = l_t + h using x0_t and extra points (l_m, x0_m) (the noise
